@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Create/refresh the project's Python environment; sourced by launch/demo.sh and tests/run.sh.
+#
+#   source launch/setup_env.sh [extras]     # extras for pip, default "mpi"; sets MOT_PY
+#
+# Idempotent: pip runs only when setup.py or this file changed since the last run (stamp in the venv).
+# CPU machines (laptops, CI): a .venv with torch==2.13.0 (MOT_TORCH_SPEC), a CPU wheel on this kind of
+#   machine; elsewhere add MOT_TORCH_INDEX=https://download.pytorch.org/whl/cpu to avoid a CUDA download.
+# GPU clusters keep their own CUDA torch, either way:
+#   MOT_PYTHON=/path/to/env/bin/python   use that interpreter as is (no venv; torch untouched), or
+#   MOT_VENV_SYSTEM_SITE=1               create .venv with --system-site-packages (sees the system torch).
+# torch is only installed when `import torch` fails; setup.py asks for a range, never a pin.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+extras="${1:-mpi}"
+if [ -n "${MOT_PYTHON:-}" ]; then
+  MOT_PY="$MOT_PYTHON"
+  stamp_dir="$root/.venv-stamps"
+else
+  venv="${MOT_VENV:-$root/.venv}"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "[setup_env] creating $venv"
+    python3 -m venv ${MOT_VENV_SYSTEM_SITE:+--system-site-packages} "$venv"
+  fi
+  MOT_PY="$venv/bin/python"
+  stamp_dir="$venv"
+fi
+mkdir -p "$stamp_dir"
+export MOT_PY
+# DeepSpeed compiles a small CPU comm op on first use (~1 min): cache it with the environment.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$stamp_dir/torch_extensions}"
+export DS_BUILD_OPS=0 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+want="$(cat "$root/setup.py" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)-$extras"
+stamp="$stamp_dir/.mot_setup_stamp"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  if ! "$MOT_PY" -c "import torch" 2>/dev/null; then
+    echo "[setup_env] installing ${MOT_TORCH_SPEC:-torch==2.13.0}"
+    "$MOT_PY" -m pip install -q ${MOT_TORCH_INDEX:+--index-url "$MOT_TORCH_INDEX"} "${MOT_TORCH_SPEC:-torch==2.13.0}"
+  fi
+  if [[ ",$extras," == *",mpi,"* ]] && ! command -v mpicc >/dev/null; then
+    # mpi4py builds against an MPI library; on Debian/Ubuntu as root we can add Open MPI ourselves.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "[setup_env] installing Open MPI (apt)"
+      { apt-get install -y -q libopenmpi-dev openmpi-bin >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libopenmpi-dev openmpi-bin >/dev/null 2>&1; }; } ||
+        echo "[setup_env] apt could not install Open MPI; continuing without mpi4py"
+    fi
+    command -v mpicc >/dev/null || extras="$(echo ",$extras," | sed 's/,mpi,/,/; s/^,//; s/,$//')"
+  fi
+  echo "[setup_env] pip install -e .[${extras}]"
+  "$MOT_PY" -m pip install -q -e "$root${extras:+[$extras]}"
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,153 @@
+"""The typed configuration: nested dataclasses, every field documented in its `help` metadata.
+
+Precedence is defaults < YAML (with `base:` inheritance) < command-line `key=value` (see loader.py).
+`python -m mot_parallel.config --help-keys` prints every key with its type, default and help.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional
+
+UNTIE_PARTS = ("attention", "ffn", "norms")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a help string (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help})
+    if dataclasses.is_dataclass(default) and isinstance(default, type):
+        return field(default_factory=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class InitConfig:
+    std: float = opt(0.02, "Std of the normal init of every weight matrix and the embedding.")
+    scale_output_by_depth: bool = opt(
+        True, "Scale the std of output projections (W_O, FFN down) by 1/sqrt(2*num_layers) (GPT-2/Megatron).")
+    modality_copies: Literal["independent", "shared_start"] = opt(
+        "independent",
+        "How the per-modality copies of an untied weight start: 'independent' (each modality its own draw) "
+        "or 'shared_start' (all copies equal: the upcycling start of BAGEL/LMFusion).")
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = opt(256, "Model width D.")
+    num_layers: int = opt(4, "Number of transformer layers.")
+    num_heads: int = opt(8, "Attention (query) heads; must be divisible by parallel.tensor_parallel.")
+    num_kv_heads: Optional[int] = opt(
+        None, "Key/value heads for grouped-query attention (null = num_heads); divides num_heads and is "
+        "divisible by parallel.tensor_parallel.")
+    ffn_hidden_size: Optional[int] = opt(
+        None, "SwiGLU inner width (null = 8/3*hidden rounded up to a multiple of 128, Llama's rule).")
+    vocab_size: int = opt(65536, "Vocabulary size shared by all modalities (Chameleon: 65536 incl. 8192 image codes).")
+    make_vocab_size_divisible_by: int = opt(
+        128, "Pad the embedding/head rows to a multiple of this times tensor_parallel; padded logits are masked.")
+    max_seq_len: int = opt(2048, "Training sequence length (tokens per packed sequence).")
+    rope_theta: float = opt(10000.0, "RoPE base frequency.")
+    norm_eps: float = opt(1e-5, "RMSNorm epsilon.")
+    modalities: List[str] = opt(["text", "image"], "Modality names, in modality-id order (id i = modalities[i]).")
+    untie: List[str] = opt(
+        list(UNTIE_PARTS),
+        "Which parts get one copy per modality: any subset of [attention, ffn, norms]. All three = MoT; "
+        "[ffn] = the paper's FFN-only ablation; [] = the dense baseline (no routing at all).")
+    norm_placement: Literal["pre", "post"] = opt(
+        "pre", "'pre': x + Attn(Norm(x)) (Llama/BAGEL; upcycles dense checkpoints). 'post': x + Norm(Attn(x)), "
+        "the paper's Eq. 1 (Chameleon norm reordering).")
+    qk_norm: bool = opt(False, "RMSNorm on queries and keys per head dim (per modality when attention is untied).")
+    untie_final_norm: bool = opt(False, "One final norm per modality (BAGEL) instead of a shared one.")
+    tie_embeddings: bool = opt(False, "Share the input embedding with the output head.")
+    attention_dropout: float = opt(0.0, "Dropout on attention probabilities (pretraining normally 0).")
+    hidden_dropout: float = opt(0.0, "Dropout on sub-layer outputs before the residual add.")
+    init: InitConfig = opt(InitConfig, "Weight initialisation.")
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = opt(1, "Tensor-parallel size (Megatron TP); divides heads, kv heads, ffn size.")
+    pipeline_parallel: int = opt(1, "Pipeline stages; divides num_layers. Needs zero_stage <= 1.")
+    sequence_parallel: bool = opt(False, "Megatron sequence parallelism inside the TP group (no-op at TP=1).")
+    zero_stage: int = opt(1, "DeepSpeed ZeRO stage 0-3 over the data-parallel group (<= 1 with pipelines).")
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adamw"] = opt("adamw", "Optimizer (AdamW, decoupled weight decay).")
+    lr: float = opt(3e-4, "Peak learning rate.")
+    betas: List[float] = opt([0.9, 0.95], "Adam betas.")
+    eps: float = opt(1e-8, "Adam epsilon.")
+    weight_decay: float = opt(0.1, "Decoupled weight decay; never applied to norms, biases or embeddings.")
+    modality_lr_scale: Dict[str, float] = opt(
+        {}, "Optional per-modality LR multiplier for that modality's untied weights, e.g. {image: 0.5}.")
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = opt(100, "Linear warm-up steps from 0 to the peak LR.")
+    decay: Literal["cosine", "linear", "constant"] = opt("cosine", "Decay after warm-up, down to min_lr_ratio*lr.")
+    min_lr_ratio: float = opt(0.05, "Final LR as a fraction of the peak (paper: 1.5e-5 / 3e-4 = 0.05).")
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = opt(1, "Sequences per micro-batch per data-parallel rank.")
+    global_batch_size: Optional[int] = opt(
+        None, "Sequences per optimizer step over all ranks = micro_batch_size * DP * accumulation "
+        "(null = micro_batch_size * DP, no accumulation).")
+    steps: int = opt(100, "Optimizer steps to train.")
+    seed: int = opt(1234, "Seed for weights, data order and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
+        "auto", "'auto' = bf16 on GPU, fp32 on CPU (bf16 matmuls are ~100x slower on CPU).")
+    grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0 = off).")
+    activation_checkpointing: bool = opt(False, "Recompute each layer in backward (DeepSpeed checkpointing).")
+    optimizer: OptimizerConfig = opt(OptimizerConfig, "Optimizer settings.")
+    lr_schedule: ScheduleConfig = opt(ScheduleConfig, "Learning-rate schedule.")
+
+
+@dataclass
+class DataConfig:
+    path: Optional[str] = opt(None, "Prefix of a Megatron indexed dataset (<path>.bin/.idx); null = demo corpus.")
+    modality_token_ranges: Dict[str, List[int]] = opt(
+        {}, "Optional {modality: [first_id, last_id_exclusive]}: derive modality from token ids (Chameleon).")
+    num_workers: int = opt(1, "Background loader workers per rank.")
+    balance: bool = opt(True, "Per-modality load-balanced micro-batching (else sequential assignment).")
+    document_masking: bool = opt(True, "Mask attention across packed documents and reset positions per document.")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: Optional[str] = opt(None, "Checkpoint directory (null = <run.output_dir>/checkpoints).")
+    interval: int = opt(1000, "Save every N steps (0 = only at the end and on SIGTERM).")
+    keep_last: int = opt(3, "Keep the newest K checkpoints (0 = keep all).")
+    resume: str = opt("auto", "'auto' (latest if any), 'none', or a checkpoint directory.")
+    save_on_sigterm: bool = opt(True, "On SIGTERM (Slurm preemption) save a checkpoint and exit.")
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = opt(10, "Log metrics every N steps.")
+    tensorboard: bool = opt(True, "Also write TensorBoard events under <run.output_dir>/tensorboard.")
+    peak_tflops: Optional[float] = opt(
+        None, "Per-device peak TFLOP/s for MFU (null = from the device table: A100 312, H100 989 bf16).")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = opt("runs/default", "Run directory: resolved config, metrics, checkpoints, events.")
+    name: Optional[str] = opt(None, "Run name for logs (null = the output_dir's basename).")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = opt(ModelConfig, "Model architecture and MoT options.")
+    parallel: ParallelConfig = opt(ParallelConfig, "Parallel layout; DP = world_size / (TP * PP).")
+    train: TrainConfig = opt(TrainConfig, "Training loop.")
+    data: DataConfig = opt(DataConfig, "Data pipeline.")
+    checkpoint: CheckpointConfig = opt(CheckpointConfig, "Checkpointing and resume.")
+    logging: LoggingConfig = opt(LoggingConfig, "Metrics and logs.")
+    run: RunConfig = opt(RunConfig, "Run directory.")
+    deepspeed: Dict[str, Any] = opt(
+        {}, "Extra DeepSpeed config keys merged over the generated ones (free-form, passed through).")

@@ -1,0 +1,82 @@
+"""The one place that knows about accelerators: device and backend choice, RNG state, memory, sync.
+
+Everything else asks this module; no other file names the CUDA device type or the NCCL backend
+(tests/test_device_literals.py enforces it).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+_ACCEL = "cuda"  # torch's device type for NVIDIA (and ROCm) GPUs
+_ACCEL_BACKEND = "nccl"
+_CPU_BACKEND = "gloo"
+
+
+def accelerator_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def pick_device(local_rank: int = 0, force_cpu: bool = False) -> torch.device:
+    """cuda:<local_rank mod #gpus> when GPUs exist (and sets it current), else cpu."""
+    if not force_cpu and accelerator_available():
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device(_ACCEL, index)
+    return torch.device("cpu")
+
+
+def backend_for(device: torch.device) -> str:
+    """nccl for GPUs, gloo for CPU."""
+    return _ACCEL_BACKEND if device.type == _ACCEL else _CPU_BACKEND
+
+
+def is_accelerator(device: torch.device) -> bool:
+    return device.type == _ACCEL
+
+
+def synchronize(device: torch.device) -> None:
+    if is_accelerator(device):
+        torch.cuda.synchronize(device)
+
+
+def get_rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if is_accelerator(device) else torch.get_rng_state()
+
+
+def set_rng_state(state: torch.Tensor, device: torch.device) -> None:
+    if is_accelerator(device):
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def manual_seed(seed: int, device: torch.device) -> None:
+    """Seed the generator that `device`'s random ops draw from (the CPU one for cpu)."""
+    if is_accelerator(device):
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak allocated memory on an accelerator; peak resident set size of the process on CPU."""
+    if is_accelerator(device):
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def device_name(device: Optional[torch.device] = None) -> str:
+    if device is not None and is_accelerator(device):
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def has_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
+    """torch._grouped_mm exists on recent CUDA builds (bf16, Hopper+); on CPU we loop over GEMMs."""
+    if not is_accelerator(device) or not hasattr(torch, "_grouped_mm") or dtype != torch.bfloat16:
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9

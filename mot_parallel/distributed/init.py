@@ -1,0 +1,60 @@
+"""Distributed start-up, in one place: launcher discovery -> device/backend -> torch.distributed."""
+from __future__ import annotations
+
+import atexit
+import datetime
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from . import device as dev
+from .launch_env import LaunchEnv, detect_launch_env
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    launcher: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(env: Optional[LaunchEnv] = None, *, force_cpu: bool = False,
+                     require_process_group: bool = False, timeout_s: float = 1800.0) -> DistContext:
+    """Initialise torch.distributed from whatever launched us; picks cuda+nccl or cpu+gloo.
+
+    World size 1 creates no process group unless `require_process_group` (DeepSpeed needs one).
+    An already initialised process group is reused (e.g. inside Megatron or a test harness).
+    """
+    env = env or detect_launch_env(argv=sys.argv)
+    device = dev.pick_device(env.local_rank, force_cpu=force_cpu)
+    backend = dev.backend_for(device)
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() != env.world_size:
+            raise RuntimeError(f"torch.distributed is already initialised with world size {dist.get_world_size()}, "
+                               f"but the launcher says {env.world_size}")
+        return DistContext(dist.get_rank(), dist.get_world_size(), env.local_rank, device,
+                           dist.get_backend(), env.launcher)
+    if env.world_size > 1 or require_process_group:
+        env.export()
+        dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        # Exiting with a live group lets gloo/nccl threads touch Python objects during interpreter
+        # teardown (seen: SIGABRT from ProcessGroupGloo::runLoop at exit). Tear it down first.
+        atexit.register(shutdown_distributed)
+    return DistContext(env.rank, env.world_size, env.local_rank, device, backend, env.launcher)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if it is still alive (idempotent)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,72 @@
+"""Initialisation that does not depend on the TP size: draw the full weight, keep this rank's shard.
+
+The full tensor is drawn on the CPU in fp32 from a private generator seeded per parameter
+(`param_seed(seed, name)`), so a TP=2 shard is exactly a slice of the TP=1 weight, PP stages draw the
+same numbers as a single process, and CPU and GPU runs start from identical weights.
+`init_method(tensor)` follows Megatron's convention (in-place on a tensor), so Megatron's own
+init methods work here too.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Callable, Optional, Sequence
+
+import torch
+
+InitMethod = Callable[[torch.Tensor], torch.Tensor]
+
+
+def normal_init(std: float) -> InitMethod:
+    return lambda t: torch.nn.init.normal_(t, mean=0.0, std=std)
+
+
+def scaled_normal_init(std: float, num_layers: int) -> InitMethod:
+    """Output projections (W_O, FFN down): std / sqrt(2 * layers), GPT-2 / Megatron."""
+    return normal_init(std / math.sqrt(2.0 * num_layers))
+
+
+def param_seed(seed: int, name: str) -> int:
+    """A stable per-parameter seed (Python's hash() is salted per process; crc32 is not)."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
+
+
+def shard(full: torch.Tensor, dim: int, rank: int, world: int, stride: int = 1) -> torch.Tensor:
+    """This rank's shard of `full` along `dim`; with `stride` s the dim holds s interleaved blocks
+    (e.g. fused [gate; up]) and each rank takes its slice of every block."""
+    if world == 1:
+        return full
+    if full.shape[dim] % (world * stride):
+        raise ValueError(f"dim {dim} of size {full.shape[dim]} does not split into {world} x {stride} pieces")
+    pieces = torch.chunk(full, world * stride, dim=dim)
+    return torch.cat(pieces[rank::world], dim=dim)
+
+
+def draw_full(shape: Sequence[int], init_method: InitMethod, seed: Optional[int]) -> torch.Tensor:
+    """The unsharded tensor in fp32 on CPU; a private RNG when `seed` is given, else the global CPU RNG."""
+    full = torch.empty(tuple(shape), dtype=torch.float32)
+    if seed is None:
+        init_method(full)
+        return full
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        init_method(full)
+    return full
+
+
+@torch.no_grad()
+def init_sharded_(param: torch.Tensor, init_method: InitMethod, full_shape: Sequence[int], partition_dim: int,
+                  tp_rank: int, tp_size: int, stride: int = 1, seed: Optional[int] = None) -> torch.Tensor:
+    """Fill `param` with its shard of a freshly drawn full tensor (no-op on the meta device)."""
+    if param.device.type == "meta":
+        return param
+    full = draw_full(full_shape, init_method, seed)
+    param.copy_(shard(full, partition_dim, tp_rank, tp_size, stride) if partition_dim >= 0 else full)
+    return param
+
+
+def set_tp_attributes(param: torch.Tensor, is_parallel: bool, partition_dim: int, stride: int = 1) -> None:
+    """Megatron's tags; DeepSpeed reads `tensor_model_parallel` to count the param once per TP shard."""
+    param.tensor_model_parallel = is_parallel
+    param.partition_dim = partition_dim
+    param.partition_stride = stride

@@ -1,0 +1,27 @@
+"""mot_parallel: Mixture-of-Transformers pretraining with tensor, sequence, pipeline and ZeRO data parallelism.
+
+torch is a *range*: a GPU cluster keeps its own CUDA build; `launch/setup_env.sh` installs the CPU wheel
+(torch==2.13.0) only when no torch is importable.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="mot_parallel",
+    version="0.1.0",
+    description="Mixture-of-Transformers (arXiv 2411.04996) with TP/SP/PP/ZeRO on DeepSpeed and Megatron-Core",
+    packages=find_packages(include=["mot_parallel", "mot_parallel.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4,<3",
+        "deepspeed>=0.15",
+        "pyyaml>=6",
+        "tensorboard>=2.14",
+        "numpy",
+    ],
+    extras_require={
+        "mpi": ["mpi4py>=3.1"],
+        "megatron": ["megatron-core>=0.12,<0.17"],
+        # transformers + safetensors: the hf-to-mot conversion tests build a tiny Llama.
+        "dev": ["pytest>=7", "matplotlib", "transformers>=4.40", "safetensors"],
+    },
+)

@@ -1,0 +1,23 @@
+"""Markers: `slow` (skipped unless --slow or -m slow), `gpu` (skipped without CUDA)."""
+import pytest
+
+from mot_parallel.distributed import device
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long test, not in the default run (tests/run.sh --slow)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped on CPU-only machines")
+
+
+def pytest_collection_modifyitems(config, items):
+    run_slow = config.getoption("--slow") or "slow" in (config.getoption("-m") or "")
+    has_gpu = device.accelerator_available()
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with tests/run.sh --slow"))
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device here"))
