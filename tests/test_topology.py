@@ -65,3 +65,22 @@ def test_single_process_needs_no_process_group():
     assert topo.tp_group is None and topo.is_first_stage and topo.is_last_stage
     with pytest.raises(RuntimeError, match="needs 2 processes"):
         ParallelTopology.build(Dims(tp=2))
+
+
+def _from_megatron(dims):
+    from megatron.core import parallel_state as ps
+    ps.initialize_model_parallel(tensor_model_parallel_size=dims.tp, pipeline_model_parallel_size=dims.pp)
+    topo = ParallelTopology.from_megatron(ps)
+    x = torch.tensor([float(2 ** dist.get_rank())])
+    dist.all_reduce(x, group=topo.tp_group)
+    y = torch.tensor([float(2 ** dist.get_rank())])
+    dist.all_reduce(y, group=topo.dp_group)
+    return topo.dims, tuple(topo.coord), int(x.item()) == sum(2 ** r for r in topo.tp_ranks), \
+        int(y.item()) == sum(2 ** r for r in topo.dp_ranks)
+
+
+@pytest.mark.parametrize("dims", [Dims(2, 2, 1), Dims(2, 1, 2), Dims(1, 2, 2)], ids=layout_id)
+def test_topology_from_megatron_parallel_state(dims):
+    pytest.importorskip("megatron.core")
+    for rank, (got, coord, tp_ok, dp_ok) in enumerate(run_distributed(_from_megatron, 4, args=(dims,))):
+        assert got == dims and coord == tuple(dims.coords(rank)) and tp_ok and dp_ok
