@@ -10,9 +10,15 @@ from typing import List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+
 # torch 2.13 renamed the tensor collectives; keep working on older torch (GPU clusters pin their own).
-_all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+# Looked up per call (not bound at import) so tests can count calls by patching torch.distributed.
+def _all_gather_flat(out, x, group):
+    return (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, x, group=group)
+
+
+def _reduce_scatter_flat(out, x, group):
+    return (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(out, x, group=group)
 
 
 def group_size(group) -> int:

@@ -80,3 +80,19 @@ def has_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
     if not is_accelerator(device) or not hasattr(torch, "_grouped_mm") or dtype != torch.bfloat16:
         return False
     return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def keep_freed_host_memory() -> bool:
+    """CPU runs: make glibc keep freed memory instead of returning it to the OS.
+
+    PyTorch has a caching allocator on GPUs but not on CPU; glibc serves every large tensor with a
+    fresh mmap and unmaps it on free, so each step page-faults its activations back in (~0.25 ms per
+    MB, hundreds of ms per step at benchmark shapes, varying with allocation history). Returns
+    whether the setting took effect (glibc only)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False

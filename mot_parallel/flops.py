@@ -1,0 +1,61 @@
+"""Parameter and FLOP accounting, MoT counted as its dense equivalent (the paper's §6.1).
+
+Each token passes through exactly one copy of every untied part, so FLOPs per token equal the dense
+model's; parameters grow by (M - 1) x the untied parts (7(M-1)D^2 per layer with the paper's 3D^2 FFN
+and D x D projections). MFU must use the active (dense-equivalent) count.
+
+Forward FLOPs per token and layer (Megatron's convention, 2 per multiply-add):
+  projections   2 * (h*(hq + 2 hkv)*d + hq*d*h)        (GQA shrinks K and V)
+  attention     2 * 2 * s * hq * d / 2                (QK^T and AV; causal masking halves them)
+  SwiGLU        2 * 3 * h * ffn
+plus the output head 2 * h * V. Training = 3 x forward, 4 x with full activation recompute.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from .model.settings import ModelSettings
+
+
+def part_params(s: ModelSettings) -> Dict[str, int]:
+    """Parameters of ONE copy of each untie-able part of one layer."""
+    d, h = s.head_dim, s.hidden_size
+    attention = h * (s.num_heads + 2 * s.num_kv_heads) * d + s.num_heads * d * h
+    if s.qk_norm:
+        attention += 2 * d
+    return {"attention": attention, "ffn": 3 * h * s.ffn_hidden_size, "norms": 2 * h}
+
+
+def param_counts(s: ModelSettings, padded_vocab: bool = True) -> Dict[str, int]:
+    """total: every parameter as the model holds them; active: those one token uses (dense-equivalent)."""
+    parts = part_params(s)
+    vocab = s.padded_vocab_size if padded_vocab else s.vocab_size
+    layer_total = sum(n * s.groups(p) for p, n in parts.items())
+    layer_active = sum(parts.values())
+    embed = vocab * s.hidden_size
+    head = 0 if s.tie_embeddings else vocab * s.hidden_size
+    final = s.hidden_size * (s.num_modalities if s.untie_final_norm else 1)
+    return {
+        "layer_total": layer_total, "layer_active": layer_active,
+        "embedding": embed, "head": head, "final_norm": final,
+        "total": s.num_layers * layer_total + embed + head + final,
+        "active": s.num_layers * layer_active + embed + head + s.hidden_size,
+        "mot_extra_per_layer": layer_total - layer_active,
+    }
+
+
+def forward_flops_per_token(s: ModelSettings, seq_len: int, causal: bool = True) -> Dict[str, float]:
+    d, h = s.head_dim, s.hidden_size
+    proj = 2 * (h * (s.num_heads + 2 * s.num_kv_heads) * d + s.num_heads * d * h)
+    attn = 2 * 2 * seq_len * s.num_heads * d * (0.5 if causal else 1.0)
+    ffn = 2 * 3 * h * s.ffn_hidden_size
+    head = 2 * h * s.padded_vocab_size
+    layer = proj + attn + ffn
+    return {"layer": layer, "layer_gemm": proj + ffn, "layer_attention": attn, "head": head,
+            "total": s.num_layers * layer + head}
+
+
+def training_flops_per_token(s: ModelSettings, seq_len: int, recompute: bool = False) -> float:
+    """fwd + bwd (2 x fwd) [+ a second fwd with full activation recompute]."""
+    f = forward_flops_per_token(s, seq_len)["total"]
+    return f * (4.0 if recompute else 3.0)

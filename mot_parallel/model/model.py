@@ -1,0 +1,127 @@
+"""The MoT language model: vocab-parallel embedding -> N MoT layers -> final norm -> vocab-parallel head
+-> per-modality loss. Built from three pieces (embedding, layers, head) so a pipeline stage can hold
+any contiguous slice of them; layers keep their global numbers, so every stage draws the same initial
+weights as a single process would.
+
+    model = MoTModel(settings, tp_group=topo.tp_group)
+    plan = model.build_plan(modality_ids_cpu, segment_ids_cpu, device)   # host side, once per micro-batch
+    out = model(tokens, plan, labels, label_modalities)                   # LossOutput: per-modality sums
+    loss = out.loss_sum.sum() / global_loss_tokens                         # normalise globally
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from ..distributed.collectives import group_rank, group_size
+from ..tensor_parallel import ColumnParallelLinear, VocabParallelEmbedding, vocab_parallel_cross_entropy
+from ..tensor_parallel.init import normal_init, param_seed
+from .layer import MoTLayer
+from .norms import ModalityRMSNorm
+from .rope import rope_cos_sin
+from .routing import RoutingPlan, build_routing_plan
+from .settings import ModelSettings
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossOutput:
+    loss_sum: torch.Tensor     # [M] fp32, sum of token losses per *target* modality (differentiable)
+    token_count: torch.Tensor  # [M] fp32, loss tokens per target modality
+
+    def mean(self) -> torch.Tensor:
+        """Local mean (for logging); training normalises by the global count instead."""
+        return self.loss_sum.sum() / self.token_count.sum().clamp(min=1.0)
+
+
+class MoTEmbedding(nn.Module):
+    """Token ids [s, b] (sequence order) -> hidden [s(/tp), b, h] in the plan's order (routing for free:
+    the ids are permuted, not the embeddings)."""
+
+    def __init__(self, settings: ModelSettings, tp_group=None, device=None):
+        super().__init__()
+        s = self.settings = settings
+        self.word_embeddings = VocabParallelEmbedding(
+            s.padded_vocab_size, s.hidden_size, init_method=normal_init(s.init_std), tp_group=tp_group,
+            sequence_parallel=s.sequence_parallel, init_seed=param_seed(s.seed, "embedding"),
+            params_dtype=s.params_dtype, device=device)
+
+    def forward(self, tokens: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+        x = self.word_embeddings(plan.group_ids(tokens), sp_sizes=plan.sp_sizes)
+        return x.view(-1, plan.batch, self.settings.hidden_size)
+
+
+class MoTHead(nn.Module):
+    """Final norm (shared or per modality) + vocab-parallel output layer + per-modality cross-entropy."""
+
+    def __init__(self, settings: ModelSettings, tp_group=None, device=None):
+        super().__init__()
+        s = self.settings = settings
+        self.tp_group = tp_group
+        self.norm_groups = s.num_modalities if s.untie_final_norm else 1
+        self.final_norm = ModalityRMSNorm(s.hidden_size, self.norm_groups, s.norm_eps,
+                                          sequence_parallel=s.sequence_parallel, params_dtype=s.params_dtype,
+                                          device=device)
+        self.output_layer = ColumnParallelLinear(
+            s.hidden_size, s.padded_vocab_size, bias=False, config=s, tp_group=tp_group,
+            init_method=normal_init(s.init_std), init_seed=param_seed(s.seed, "output_layer"), device=device)
+
+    def forward(self, hidden: torch.Tensor, plan: RoutingPlan, labels: Optional[torch.Tensor] = None,
+                label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None):
+        x = hidden.reshape(-1, self.settings.hidden_size)
+        counts = plan.norm_counts(self.settings.sequence_parallel) if self.norm_groups > 1 else None
+        logits, _ = self.output_layer(self.final_norm(x, counts))  # [N, V/tp], grouped order
+        if labels is None:
+            return logits
+        target = plan.group_ids(labels)
+        losses = vocab_parallel_cross_entropy(logits, target, self.tp_group, self.settings.vocab_size, IGNORE_INDEX)
+        weight = (target != IGNORE_INDEX).to(torch.float32)
+        if loss_mask is not None:
+            weight = weight * plan.group_ids(loss_mask).to(torch.float32)
+        mods = plan.group_ids(label_modalities) if label_modalities is not None else torch.zeros_like(target)
+        m = self.settings.num_modalities
+        loss_sum = torch.zeros(m, device=losses.device).index_add(0, mods, losses * weight)
+        count = torch.zeros(m, device=losses.device).index_add(0, mods, weight)
+        return LossOutput(loss_sum, count)
+
+
+class MoTModel(nn.Module):
+    def __init__(self, settings: ModelSettings, tp_group=None, layer_numbers: Optional[Iterable[int]] = None,
+                 pre_process: bool = True, post_process: bool = True, rng_tracker=None, device=None):
+        super().__init__()
+        self.settings, self.tp_group = settings, tp_group
+        self.pre_process, self.post_process = pre_process, post_process
+        numbers = list(range(settings.num_layers)) if layer_numbers is None else list(layer_numbers)
+        self.embedding = MoTEmbedding(settings, tp_group, device) if pre_process else None
+        self.layers = nn.ModuleList(MoTLayer(settings, i, tp_group, rng_tracker, device) for i in numbers)
+        self.head = MoTHead(settings, tp_group, device) if post_process else None
+        if settings.tie_embeddings and pre_process and post_process:
+            self.head.output_layer.weight = self.embedding.word_embeddings.weight
+
+    def build_plan(self, modality_ids: torch.Tensor, segment_ids: Optional[torch.Tensor] = None,
+                   device: Optional[torch.device] = None) -> RoutingPlan:
+        """The routing plan for one micro-batch, from host-side modality (and document) ids [s, b]."""
+        s = self.settings
+        return build_routing_plan(
+            modality_ids, s.num_modalities, routed=s.routed, tp_size=group_size(self.tp_group),
+            tp_rank=group_rank(self.tp_group), sequence_parallel=s.sequence_parallel,
+            segment_ids=segment_ids if s.document_masking else None,
+            device=device or next(self.parameters()).device)
+
+    def rope(self, plan: RoutingPlan, device: torch.device):
+        s = self.settings
+        return rope_cos_sin(plan.position_ids, plan.seq_len, plan.batch, s.head_dim, s.rope_theta, device)
+
+    def forward(self, tokens_or_hidden: torch.Tensor, plan: RoutingPlan, labels: Optional[torch.Tensor] = None,
+                label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None):
+        x = self.embedding(tokens_or_hidden, plan) if self.pre_process else tokens_or_hidden
+        rope = self.rope(plan, x.device)
+        for layer in self.layers:
+            x = layer(x, plan, rope)
+        if not self.post_process:
+            return x
+        return self.head(x, plan, labels, label_modalities, loss_mask)

@@ -1,0 +1,77 @@
+"""`ModelSettings`: the resolved, frozen view of `Config.model` + the parallel flags the layers need.
+
+It doubles as the Megatron-style `config` object our submodules read (`sequence_parallel`,
+`params_dtype`, `perform_initialization`), so the same constructors work under Megatron's keywords.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import FrozenSet, Optional, Tuple
+
+import torch
+
+from ..config import Config, ffn_hidden_size, num_kv_heads, padded_vocab_size
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    ffn_hidden_size: int
+    vocab_size: int
+    padded_vocab_size: int
+    modalities: Tuple[str, ...]
+    untie: FrozenSet[str] = frozenset({"attention", "ffn", "norms"})
+    norm_placement: str = "pre"
+    qk_norm: bool = False
+    untie_final_norm: bool = False
+    tie_embeddings: bool = False
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    init_std: float = 0.02
+    scale_output_by_depth: bool = True
+    modality_copies: str = "independent"
+    seed: int = 1234
+    sequence_parallel: bool = False
+    document_masking: bool = True
+    params_dtype: torch.dtype = torch.float32
+    perform_initialization: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.modalities)
+
+    def groups(self, part: str) -> int:
+        """Copies of `part` ('attention' | 'ffn' | 'norms'): one per modality if untied, else one."""
+        return self.num_modalities if part in self.untie else 1
+
+    @property
+    def routed(self) -> bool:
+        """Whether tokens must be grouped by modality at all (False = the dense path, zero routing cost)."""
+        return self.num_modalities > 1 and bool(self.untie or self.untie_final_norm)
+
+    def with_(self, **changes) -> "ModelSettings":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_config(cls, cfg: Config, params_dtype: Optional[torch.dtype] = None) -> "ModelSettings":
+        m = cfg.model
+        return cls(
+            hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+            num_kv_heads=num_kv_heads(cfg), ffn_hidden_size=ffn_hidden_size(cfg), vocab_size=m.vocab_size,
+            padded_vocab_size=padded_vocab_size(cfg), modalities=tuple(m.modalities), untie=frozenset(m.untie),
+            norm_placement=m.norm_placement, qk_norm=m.qk_norm, untie_final_norm=m.untie_final_norm,
+            tie_embeddings=m.tie_embeddings, norm_eps=m.norm_eps, rope_theta=m.rope_theta,
+            attention_dropout=m.attention_dropout, hidden_dropout=m.hidden_dropout, init_std=m.init.std,
+            scale_output_by_depth=m.init.scale_output_by_depth, modality_copies=m.init.modality_copies,
+            seed=cfg.train.seed,
+            sequence_parallel=cfg.parallel.sequence_parallel and cfg.parallel.tensor_parallel > 1,
+            document_masking=cfg.data.document_masking, params_dtype=params_dtype or torch.float32)
