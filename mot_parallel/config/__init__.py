@@ -1,10 +1,10 @@
 """Configuration: typed dataclasses (schema.py), YAML + overrides (loader.py), validation (validate.py)."""
 from .loader import ConfigError, all_keys, dump_config, from_dict, load_config, parse_override, to_dict
 from .schema import Config, ModelConfig, ParallelConfig, TrainConfig
-from .validate import Layout, ffn_hidden_size, num_kv_heads, padded_vocab_size, resolve_layout, validate
+from .validate import Layout, atomic_modalities, ffn_hidden_size, num_kv_heads, padded_vocab_size, resolve_layout, validate
 
 __all__ = [
-    "Config", "ConfigError", "Layout", "ModelConfig", "ParallelConfig", "TrainConfig", "all_keys", "dump_config",
+    "Config", "ConfigError", "Layout", "atomic_modalities", "ModelConfig", "ParallelConfig", "TrainConfig", "all_keys", "dump_config",
     "ffn_hidden_size", "from_dict", "load_config", "num_kv_heads", "padded_vocab_size", "parse_override",
     "resolve_layout", "to_dict", "validate",
 ]

@@ -109,12 +109,19 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    path: Optional[str] = opt(None, "Prefix of a Megatron indexed dataset (<path>.bin/.idx); null = demo corpus.")
+    path: Optional[str] = opt(
+        None, "Prefix of a Megatron indexed dataset (<path>.bin/.idx, tools/preprocess_data.py); null = the "
+        "offline demo corpus, built deterministically under <run.output_dir>/demo_corpus.")
     modality_token_ranges: Dict[str, List[int]] = opt(
-        {}, "Optional {modality: [first_id, last_id_exclusive]}: derive modality from token ids (Chameleon).")
-    num_workers: int = opt(1, "Background loader workers per rank.")
-    balance: bool = opt(True, "Per-modality load-balanced micro-batching (else sequential assignment).")
+        {}, "Optional {modality: [first_id, end_id]}: take modalities from token-id ranges (Chameleon-style "
+        "plain corpora); ids outside every range belong to modalities[0].")
+    atomic_modalities: Optional[List[str]] = opt(
+        None, "Modalities whose segments packing never cuts (null = [image] when 'image' is a modality).")
+    num_workers: int = opt(1, "Threads per rank reading micro-batches in the background.")
+    prefetch: int = opt(2, "Optimizer steps of batches prepared ahead.")
+    balance: bool = opt(True, "Per-modality load-balanced packing (else sequential, Megatron-style).")
     document_masking: bool = opt(True, "Mask attention across packed documents and reset positions per document.")
+    demo_documents: int = opt(4000, "Documents in the generated demo corpus (when data.path is null).")
 
 
 @dataclass

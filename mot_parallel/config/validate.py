@@ -155,6 +155,12 @@ def _train_errors(cfg: Config) -> List[str]:
     return err
 
 
+def atomic_modalities(cfg: Config) -> List[str]:
+    if cfg.data.atomic_modalities is not None:
+        return list(cfg.data.atomic_modalities)
+    return ["image"] if "image" in cfg.model.modalities else []
+
+
 def _io_errors(cfg: Config) -> List[str]:
     err = []
     ranges = sorted((lo_hi, name) for name, lo_hi in cfg.data.modality_token_ranges.items())
@@ -168,8 +174,11 @@ def _io_errors(cfg: Config) -> List[str]:
     for (a, na), (b, nb) in zip(ranges, ranges[1:]):
         if len(a) == 2 and len(b) == 2 and b[0] < a[1]:
             err.append(f"data.modality_token_ranges: {na} {a} and {nb} {b} overlap")
-    if cfg.data.num_workers < 0:
-        err.append(f"data.num_workers={cfg.data.num_workers} must be >= 0")
+    if cfg.data.num_workers < 1 or cfg.data.prefetch < 1:
+        err.append("data.num_workers and data.prefetch must be >= 1")
+    for name in cfg.data.atomic_modalities or []:
+        if name not in cfg.model.modalities:
+            err.append(f"data.atomic_modalities: unknown modality {name!r}; model.modalities is {cfg.model.modalities}")
     if cfg.checkpoint.interval < 0 or cfg.checkpoint.keep_last < 0:
         err.append("checkpoint.interval and checkpoint.keep_last must be >= 0")
     if cfg.logging.interval <= 0:

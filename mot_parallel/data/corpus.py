@@ -1,0 +1,144 @@
+"""A corpus for MoT training: an indexed dataset plus, for every document, its modality segments.
+
+Segments come from the dataset itself (multimodal datasets: one Megatron "sequence" per segment with
+its mode) or, for plain token corpora (Chameleon style: one vocabulary, image codes in an id range),
+from `data.modality_token_ranges`: tokens outside every declared range belong to modality 0. The
+derived segments are computed once (a vectorised pass) and cached next to the dataset, atomically, so
+planning never reads tokens: every rank can plan the whole global batch from metadata alone and then
+read only its own share.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .indexed import DataError, IndexedDataset
+
+
+class SegmentTable:
+    """Per-document modality segments (lengths, modality ids) and the queries packing needs.
+
+    Works from metadata only; `Corpus` adds the tokens. `from_profiles` builds one from length profiles
+    (tools/balance_report.py --docs), with no tokens at all."""
+
+    def __init__(self, seg_len: np.ndarray, seg_mode: np.ndarray, doc_seg: np.ndarray, modalities: Sequence[str],
+                 atomic: Sequence[str] = (), prefix: str = "<profiles>"):
+        self.seg_len, self.seg_mode, self.doc_seg = seg_len, seg_mode, doc_seg
+        self.modalities, self.prefix = list(modalities), prefix
+        self.atomic = np.array([m in atomic for m in modalities], dtype=bool)
+        self.doc_len = np.zeros(len(doc_seg) - 1, dtype=np.int64)
+        if len(seg_len):
+            nonempty = doc_seg[1:] > doc_seg[:-1]
+            self.doc_len[nonempty] = np.add.reduceat(seg_len.astype(np.int64), doc_seg[:-1][nonempty])
+
+    @classmethod
+    def from_profiles(cls, docs: Sequence[Sequence[Tuple[str, int]]], modalities: Sequence[str],
+                      atomic: Sequence[str] = ()) -> "SegmentTable":
+        """docs: per document a list of (modality name, length) segments."""
+        seg_len, seg_mode, doc_seg = [], [], [0]
+        for doc in docs:
+            for name, n in doc:
+                seg_len.append(int(n))
+                seg_mode.append(list(modalities).index(name))
+            doc_seg.append(len(seg_len))
+        return cls(np.asarray(seg_len, np.int32), np.asarray(seg_mode, np.int8), np.asarray(doc_seg, np.int64),
+                   modalities, atomic)
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.doc_seg) - 1
+
+    def segments(self, doc: int) -> Tuple[np.ndarray, np.ndarray]:
+        a, b = int(self.doc_seg[doc]), int(self.doc_seg[doc + 1])
+        return self.seg_len[a:b], self.seg_mode[a:b]
+
+    def vector(self, doc: int, start: int, end: int) -> np.ndarray:
+        """Tokens per modality in [start, end) of a document."""
+        out = np.zeros(len(self.modalities), dtype=np.int64)
+        pos = 0
+        for n, m in zip(*self.segments(doc)):
+            lo, hi = max(start, pos), min(end, pos + int(n))
+            if hi > lo:
+                out[m] += hi - lo
+            pos += int(n)
+            if pos >= end:
+                break
+        return out
+
+    def atomic_spans(self, doc: int, start: int, end: int) -> List[Tuple[int, int]]:
+        """[a, b) spans of atomic segments (never cut by packing) overlapping [start, end)."""
+        spans, pos = [], 0
+        for n, m in zip(*self.segments(doc)):
+            if self.atomic[m] and pos < end and pos + n > start:
+                spans.append((pos, pos + int(n)))
+            pos += int(n)
+        return spans
+
+
+class Corpus(SegmentTable):
+    """A SegmentTable over an indexed dataset, plus token reads."""
+
+    def __init__(self, prefix: str, modalities: Sequence[str], vocab_size: int,
+                 token_ranges: Optional[Dict[str, List[int]]] = None, atomic: Sequence[str] = ()):
+        self.ds = IndexedDataset(prefix)
+        self.prefix, self.modalities, self.vocab_size = prefix, list(modalities), vocab_size
+        names = self.ds.meta.get("modalities")
+        if self.ds.multimodal and not token_ranges:
+            if names is not None and list(names) != self.modalities:
+                raise DataError(f"{prefix}.mot.json: the corpus was written for modalities {names} but "
+                                f"model.modalities is {self.modalities}; they must match in order")
+            self.seg_len, self.seg_mode, self.doc_seg = (self.ds.lengths, self.ds.modes, self.ds.doc_index)
+            if len(self.seg_mode) and int(self.seg_mode.max()) >= len(self.modalities):
+                raise DataError(f"{prefix}.idx: segment mode {int(self.seg_mode.max())} but model.modalities has "
+                                f"only {len(self.modalities)} entries")
+        else:
+            self.seg_len, self.seg_mode, self.doc_seg = self._segments_from_ranges(token_ranges or {})
+        if vocab_size and self.ds.meta.get("vocab_size", 0) > vocab_size:
+            raise DataError(f"{prefix}.mot.json: corpus vocabulary {self.ds.meta['vocab_size']} exceeds "
+                            f"model.vocab_size={vocab_size}")
+        super().__init__(self.seg_len, self.seg_mode, self.doc_seg, modalities, atomic, prefix)
+
+    # ------------------------------------------------------------------------------------- segments
+    def _segments_from_ranges(self, ranges: Dict[str, List[int]]):
+        key = hashlib.sha1(json.dumps([self.modalities, sorted(ranges.items())]).encode()).hexdigest()[:12]
+        cache = f"{self.prefix}.mot_runs.{key}.npz"
+        if os.path.isfile(cache) and os.path.getmtime(cache) >= os.path.getmtime(self.prefix + ".bin"):
+            z = np.load(cache)
+            return z["seg_len"], z["seg_mode"], z["doc_seg"]
+        lut_hi = max([hi for _, hi in ranges.values()] + [self.vocab_size, 1])
+        lut = np.zeros(lut_hi, dtype=np.int8)
+        for name, (lo, hi) in ranges.items():
+            lut[lo:hi] = self.modalities.index(name)
+        seg_len, seg_mode, doc_seg = [], [], [0]
+        for d in range(self.ds.num_docs):
+            toks = np.asarray(self.ds.doc_tokens(d))
+            if len(toks) and int(toks.max()) >= lut_hi:
+                raise DataError(f"{self.prefix}.bin: document {d} has token id {int(toks.max())} outside the "
+                                f"vocabulary [0, {lut_hi}); check model.vocab_size")
+            modes = lut[toks]
+            starts = np.flatnonzero(np.r_[True, modes[1:] != modes[:-1]]) if len(modes) else np.zeros(0, int)
+            lens = np.diff(np.r_[starts, len(modes)])
+            seg_len.extend(lens.tolist())
+            seg_mode.extend(modes[starts].tolist())
+            doc_seg.append(len(seg_len))
+        out = (np.asarray(seg_len, np.int32), np.asarray(seg_mode, np.int8), np.asarray(doc_seg, np.int64))
+        tmp = f"{cache}.tmp.{os.getpid()}.npz"
+        np.savez(tmp, seg_len=out[0], seg_mode=out[1], doc_seg=out[2])
+        os.replace(tmp, cache)
+        return out
+
+    def read(self, doc: int, start: int, end: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(tokens int64, modality ids int64) of [start, end) of a document."""
+        toks = np.asarray(self.ds.doc_tokens(doc, start, end), dtype=np.int64)
+        mods = np.empty(end - start, dtype=np.int64)
+        pos = 0
+        for n, m in zip(*self.segments(doc)):
+            lo, hi = max(start, pos), min(end, pos + int(n))
+            if hi > lo:
+                mods[lo - start: hi - start] = m
+            pos += int(n)
+        return toks, mods

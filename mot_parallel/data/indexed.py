@@ -1,0 +1,172 @@
+"""Megatron-compatible indexed datasets (<prefix>.bin / <prefix>.idx), memory-mapped.
+
+Layout of the .idx (Megatron-Core's `IndexedDataset`, little-endian):
+    b"MMIDIDX\\x00\\x00" | version u64 = 1 | dtype code u8 | sequence count u64 | document count u64
+    | sequence lengths i32[S] | sequence byte offsets i64[S] | document indices i64[D]  (D = docs + 1)
+    | [sequence modes i8[S]   only in `multimodal` datasets]
+The .bin holds the tokens of all sequences back to back.
+
+MoT corpora written by mot_parallel are `multimodal`: every *segment* of a document is one Megatron
+"sequence" and its mode is the modality id, so megatron-core reads them with
+`IndexedDataset(prefix, multimodal=True)`. A sidecar <prefix>.mot.json records the modality names.
+Plain (non-multimodal) Megatron corpora work too; modalities then come from token-id ranges.
+
+Writes are atomic: temp files are renamed into place, the .idx last, so a crash never leaves a
+dataset that looks valid. Reads check the .bin size against the index (a truncated .bin fails with
+the file, the expected and actual sizes and the first document affected).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+HEADER = b"MMIDIDX\x00\x00"
+_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6, np.float32: 7,
+          np.uint16: 8}
+_DTYPES = {v: k for k, v in _CODES.items()}
+SIDECAR = ".mot.json"
+
+
+class DataError(ValueError):
+    """Malformed data; the message names the file and the position."""
+
+
+def token_dtype(vocab_size: int):
+    """Megatron's rule: uint16 below 65500 ids, else int32."""
+    return np.uint16 if vocab_size < 65500 else np.int32
+
+
+class IndexedWriter:
+    """Stream documents into <prefix>.bin/.idx; `close()` publishes atomically, errors leave nothing."""
+
+    def __init__(self, prefix: str, dtype=np.uint16, multimodal: bool = True):
+        self.prefix, self.dtype, self.multimodal = prefix, np.dtype(dtype).type, multimodal
+        os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
+        self._tmp = f".tmp.{os.getpid()}"
+        self._bin = open(prefix + ".bin" + self._tmp, "wb")
+        self.lengths: List[int] = []
+        self.modes: List[int] = []
+        self.doc_index: List[int] = [0]
+
+    def add_document(self, segments: Sequence[Tuple[np.ndarray, int]]) -> None:
+        """segments: (tokens, mode) pairs of one document, in order."""
+        for tokens, mode in segments:
+            arr = np.asarray(tokens, dtype=self.dtype)
+            self._bin.write(arr.tobytes(order="C"))
+            self.lengths.append(int(arr.size))
+            self.modes.append(int(mode))
+        self.doc_index.append(len(self.lengths))
+
+    def close(self, meta: Optional[Dict] = None) -> None:
+        self._bin.flush()
+        os.fsync(self._bin.fileno())
+        self._bin.close()
+        itemsize = np.dtype(self.dtype).itemsize
+        lengths = np.asarray(self.lengths, dtype=np.int32)
+        pointers = np.zeros(len(lengths), dtype=np.int64)
+        if len(lengths) > 1:
+            pointers[1:] = np.cumsum(lengths[:-1], dtype=np.int64) * itemsize
+        with open(self.prefix + ".idx" + self._tmp, "wb") as f:
+            f.write(HEADER)
+            f.write(struct.pack("<Q", 1))
+            f.write(struct.pack("<B", _CODES[self.dtype]))
+            f.write(struct.pack("<Q", len(lengths)))
+            f.write(struct.pack("<Q", len(self.doc_index)))
+            f.write(lengths.tobytes())
+            f.write(pointers.tobytes())
+            f.write(np.asarray(self.doc_index, dtype=np.int64).tobytes())
+            if self.multimodal:
+                f.write(np.asarray(self.modes, dtype=np.int8).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        if meta is not None:
+            with open(self.prefix + SIDECAR + self._tmp, "w") as f:
+                json.dump(meta, f, indent=1)
+            os.replace(self.prefix + SIDECAR + self._tmp, self.prefix + SIDECAR)
+        os.replace(self.prefix + ".bin" + self._tmp, self.prefix + ".bin")
+        os.replace(self.prefix + ".idx" + self._tmp, self.prefix + ".idx")  # last: the dataset now exists
+
+    def abort(self) -> None:
+        self._bin.close()
+        for ext in (".bin", ".idx", SIDECAR):
+            try:
+                os.remove(self.prefix + ext + self._tmp)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        return False
+
+
+class IndexedDataset:
+    """Read-only, memory-mapped view; nothing is loaded into RAM beyond the index arrays' pages."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        idx_path, bin_path = prefix + ".idx", prefix + ".bin"
+        for path in (idx_path, bin_path):
+            if not os.path.isfile(path):
+                raise DataError(f"{path}: not found (a dataset is <prefix>.bin + <prefix>.idx; "
+                                "build one with tools/preprocess_data.py)")
+        with open(idx_path, "rb") as f:
+            head = f.read(34)
+        if len(head) < 34 or head[:9] != HEADER or struct.unpack("<Q", head[9:17])[0] != 1:
+            raise DataError(f"{idx_path}: not a Megatron indexed dataset index (bad header)")
+        code = head[17]
+        if code not in _DTYPES:
+            raise DataError(f"{idx_path}: unknown token dtype code {code}")
+        self.dtype = _DTYPES[code]
+        n_seq, n_doc = struct.unpack("<QQ", head[18:34])
+        base = 34 + n_seq * 4 + n_seq * 8 + n_doc * 8
+        size = os.path.getsize(idx_path)
+        if size not in (base, base + n_seq):
+            raise DataError(f"{idx_path}: {size} bytes, but its header describes {base} (or {base + n_seq} "
+                            "with modes): the index is truncated or corrupt")
+        self.multimodal = size == base + n_seq and n_seq > 0
+        idx = np.memmap(idx_path, mode="r", dtype=np.uint8)
+        self.lengths = np.frombuffer(idx, dtype=np.int32, count=n_seq, offset=34)
+        self.pointers = np.frombuffer(idx, dtype=np.int64, count=n_seq, offset=34 + n_seq * 4)
+        self.doc_index = np.frombuffer(idx, dtype=np.int64, count=n_doc, offset=34 + n_seq * 12)
+        self.modes = (np.frombuffer(idx, dtype=np.int8, count=n_seq, offset=base) if self.multimodal else None)
+        itemsize = np.dtype(self.dtype).itemsize
+        expected = int(self.lengths.sum(dtype=np.int64)) * itemsize
+        actual = os.path.getsize(bin_path)
+        if actual != expected:
+            seq = int(np.searchsorted(self.pointers + self.lengths.astype(np.int64) * itemsize, actual, "right"))
+            doc = int(np.searchsorted(self.doc_index, seq, "right")) - 1
+            raise DataError(f"{bin_path}: {actual} bytes but {idx_path} describes {expected} "
+                            f"({'truncated' if actual < expected else 'trailing bytes'}; first document "
+                            f"affected: {max(doc, 0)} of {self.num_docs}); rebuild it with tools/preprocess_data.py")
+        self._bin = np.memmap(bin_path, mode="r", dtype=self.dtype) if expected else np.zeros(0, self.dtype)
+        self.meta = {}
+        if os.path.isfile(prefix + SIDECAR):
+            with open(prefix + SIDECAR) as f:
+                self.meta = json.load(f)
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.doc_index) - 1
+
+    def doc_segments(self, doc: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(segment lengths, segment modes or None) of one document."""
+        a, b = int(self.doc_index[doc]), int(self.doc_index[doc + 1])
+        return self.lengths[a:b], (self.modes[a:b] if self.modes is not None else None)
+
+    def doc_tokens(self, doc: int, start: int = 0, end: Optional[int] = None) -> np.ndarray:
+        """Tokens [start, end) of a document (a view into the memory map, no copy)."""
+        first, last = int(self.doc_index[doc]), int(self.doc_index[doc + 1])
+        if first == last:
+            return self._bin[:0]
+        offset = int(self.pointers[first]) // np.dtype(self.dtype).itemsize
+        n = int(self.lengths[first:last].sum())
+        end = n if end is None else end
+        return self._bin[offset + start: offset + end]

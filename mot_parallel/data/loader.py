@@ -1,0 +1,121 @@
+"""Per-rank data loader: one balanced global batch per optimizer step, this rank's micro-batches only.
+
+Every rank runs the same deterministic packer on metadata (so all agree on the global batch without
+communicating), then reads tokens only for its own cells: cells are indexed [dp_rank][micro], so DP
+rank r gets cells r * accum ... r * accum + accum - 1; TP peers of a DP rank read the same cells.
+A background thread plans and reads `prefetch` steps ahead and, when given a `plan_builder`, builds each
+micro-batch's routing plan on the host (the model never synchronises to find it).
+
+`state_dict()` is the stream state after the last step handed out, so resuming after step N yields
+exactly the batches an uninterrupted run would have seen from step N + 1.
+"""
+from __future__ import annotations
+
+import copy
+import time
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+
+from .batch import MicroBatch, build_micro_batch
+from .corpus import Corpus
+from .packing import pack_balanced, pack_sequential
+from .stream import DocumentStream
+
+
+@dataclass
+class StepBatch:
+    step: int
+    micro_batches: List[MicroBatch]
+    global_label_counts: torch.Tensor  # [M], the normaliser of this step's loss
+    plan_s: float = 0.0                # time spent planning + reading (for the data-time metric)
+
+
+class MoTDataLoader:
+    def __init__(self, corpus: Corpus, *, seq_len: int, micro_batch_size: int, dp_size: int, dp_rank: int,
+                 grad_accum: int, seed: int, balance: bool = True,
+                 plan_builder: Optional[Callable[[MicroBatch], object]] = None,
+                 device: Optional[torch.device] = None, prefetch: int = 2, num_workers: int = 1):
+        self.corpus, self.seq_len, self.mbs = corpus, seq_len, micro_batch_size
+        self.dp_size, self.dp_rank, self.accum = dp_size, dp_rank, grad_accum
+        self.balance, self.plan_builder, self.device = balance, plan_builder, device
+        self.stream = DocumentStream(corpus, seq_len, seed)
+        self.step = 0
+        self.prefetch, self.num_workers = prefetch, num_workers
+        self._queue: Optional[queue.Queue] = None
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._state = self.state_dict()
+
+    # ------------------------------------------------------------------------------------- producing
+    def _make(self, pool: ThreadPoolExecutor) -> tuple:
+        t = time.perf_counter()
+        n_cells = self.dp_size * self.accum
+        pack = pack_balanced if self.balance else pack_sequential
+        batch = pack(self.stream, n_cells, self.mbs, self.seq_len)
+        counts = batch.label_vector(self.corpus)
+        step = self.step
+        self.step += 1
+        mine = range(self.dp_rank * self.accum, (self.dp_rank + 1) * self.accum)
+
+        def one(k):
+            mb = build_micro_batch(self.corpus, batch.cells[mine[k]], self.seq_len, counts, step, k)
+            if self.plan_builder is not None:
+                mb.plan = self.plan_builder(mb)
+            return mb.to(self.device) if self.device is not None else mb
+        micro = list(pool.map(one, range(self.accum)))
+        state = {"stream": copy.deepcopy(self.stream.state_dict()), "step": self.step}
+        return StepBatch(step, micro, torch.as_tensor(counts, dtype=torch.float32), time.perf_counter() - t), state
+
+    def _run(self) -> None:
+        with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
+            while not self._stop.is_set():
+                try:
+                    item = self._make(pool)
+                except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                    self._queue.put(e)
+                    return
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> StepBatch:
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=self.prefetch)
+            self._thread = threading.Thread(target=self._run, name="mot-data", daemon=True)
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        batch, self._state = item
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    # ------------------------------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict:
+        """Where the *consumer* is: the state after the last step returned by `next()`."""
+        if self._thread is None:
+            return {"stream": copy.deepcopy(self.stream.state_dict()), "step": self.step}
+        return copy.deepcopy(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._thread is not None:
+            raise RuntimeError("load_state_dict must be called before iterating the loader")
+        self.stream.load_state_dict(state["stream"])
+        self.step = int(state["step"])
+        self._state = self.state_dict()

@@ -1,0 +1,88 @@
+"""The document stream feeding the packer: a seeded order per epoch, documents longer than a
+sequence cut into pieces, and a FIFO carry-over of pieces the packer deferred (served first).
+
+Every document of epoch e is served exactly once, as one or more pieces, before it could be served for
+epoch e + 1; deferral only delays a piece, never drops or repeats it. The whole state is a few ints
+and the carry-over list, so it goes into checkpoints as JSON.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Tuple
+
+import numpy as np
+
+from .corpus import SegmentTable
+
+
+class Piece(NamedTuple):
+    doc: int
+    start: int
+    end: int
+    epoch: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def cut_points(corpus: SegmentTable, doc: int, length: int, seq_len: int) -> List[int]:
+    """Piece boundaries for a document longer than `seq_len`: at most seq_len tokens per piece, and a
+    cut never falls inside an atomic segment (an image) unless that segment alone exceeds seq_len."""
+    spans = corpus.atomic_spans(doc, 0, length)
+    cuts, pos = [0], 0
+    while length - pos > seq_len:
+        cut = pos + seq_len
+        for a, b in spans:
+            if a < cut < b and a > pos:
+                cut = a  # move the cut to the start of the image
+                break
+        cuts.append(cut)
+        pos = cut
+    return cuts + [length]
+
+
+class DocumentStream:
+    def __init__(self, corpus: SegmentTable, seq_len: int, seed: int):
+        self.corpus, self.seq_len, self.seed = corpus, seq_len, seed
+        self.epoch, self.pos = 0, 0
+        self.pending: List[Piece] = []                 # later pieces of the current long document
+        self.carry: List[Tuple[Piece, int]] = []       # (piece, times deferred), FIFO
+        self._order_cache: Dict[int, np.ndarray] = {}
+        if corpus.num_docs == 0 or int(corpus.doc_len.sum()) == 0:
+            raise ValueError(f"{corpus.prefix}: the corpus has no tokens")
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._order_cache:
+            self._order_cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.corpus.num_docs)}
+        return self._order_cache[epoch]
+
+    def take(self) -> Tuple[Piece, int]:
+        """The next piece and how often it was deferred before."""
+        if self.carry:
+            return self.carry.pop(0)
+        while not self.pending:
+            order = self.order(self.epoch)
+            if self.pos >= len(order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                continue
+            doc = int(order[self.pos])
+            self.pos += 1
+            n = int(self.corpus.doc_len[doc])
+            if n == 0:
+                continue  # an empty document in an external corpus: nothing to train on
+            cuts = cut_points(self.corpus, doc, n, self.seq_len) if n > self.seq_len else [0, n]
+            self.pending = [Piece(doc, a, b, self.epoch) for a, b in zip(cuts, cuts[1:])]
+        return self.pending.pop(0), 0
+
+    def defer(self, items: List[Tuple[Piece, int]]) -> None:
+        """Put pieces back at the front, in the given order, counting the deferral."""
+        self.carry[:0] = [(p, d + 1) for p, d in items]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "pending": [list(p) for p in self.pending],
+                "carry": [[list(p), d] for p, d in self.carry]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self.pending = [Piece(*p) for p in state["pending"]]
+        self.carry = [(Piece(*p), int(d)) for p, d in state["carry"]]

@@ -1,0 +1,40 @@
+"""Build the offline demo corpus (text decides image and speech content; see
+mot_parallel/data/demo_corpus.py). Deterministic in --documents and --seed; ~1 s for 4000 documents.
+
+    python tools/make_demo_corpus.py --output-prefix runs/demo_corpus/demo [--documents 4000] [--seed 0]
+    python tools/make_demo_corpus.py --jsonl demo.jsonl      # the same documents as JSONL (for preprocess_data)
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from mot_parallel.data.demo_corpus import MODALITIES, documents, write_demo_corpus  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output-prefix")
+    ap.add_argument("--jsonl")
+    ap.add_argument("--documents", type=int, default=4000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if not args.output_prefix and not args.jsonl:
+        sys.exit("error: give --output-prefix and/or --jsonl")
+    if args.output_prefix:
+        write_demo_corpus(args.output_prefix, args.documents, args.seed)
+        print(f"wrote {args.output_prefix}.bin/.idx/.mot.json")
+    if args.jsonl:
+        tmp = args.jsonl + ".tmp"
+        with open(tmp, "w") as f:
+            for doc in documents(args.documents, args.seed):
+                f.write(json.dumps({"segments": [{"modality": MODALITIES[m], "tokens": t.tolist()} for t, m in doc]})
+                        + "\n")
+        os.replace(tmp, args.jsonl)
+        print(f"wrote {args.jsonl}")
+
+
+if __name__ == "__main__":
+    main()
