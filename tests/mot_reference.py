@@ -31,21 +31,22 @@ def reference_layer(W, prefix, s, x, mods, positions=None, segments=None):
     """x [S, B, h] sequence order, mods [S, B] -> [S, B, h]; W: name -> leaf tensor (TP=1 layout)."""
     S, B, h = x.shape
     H, KV, d = s.num_heads, s.num_kv_heads, s.head_dim
-    g = {part: (lambda m, part=part: m if part in s.untie else 0) for part in ("attention", "ffn", "norms")}
-    w = lambda name: W[prefix + name]  # noqa: E731
+    def w(name, part, m):
+        """This token's copy: `<name>.<modality>` when `part` is untied, else the shared `<name>`."""
+        return W[f"{prefix}{name}.{s.modalities[m]}"] if part in s.untie else W[prefix + name]
     out = torch.empty(S, B, h)
     for j in range(B):
         q, k, v = [], [], []
         for i in range(S):
             m = int(mods[i, j])
             xi = x[i, j]
-            xin = _rms(xi, w("attn_norm.weight")[g["norms"](m)], s.norm_eps) if s.norm_placement == "pre" else xi
-            qkv = w("self_attention.linear_qkv.weight")[g["attention"](m)] @ xin
+            xin = _rms(xi, w("attn_norm.weight", "norms", m), s.norm_eps) if s.norm_placement == "pre" else xi
+            qkv = w("self_attention.linear_qkv.weight", "attention", m) @ xin
             qi, ki, vi = qkv.split([H * d, KV * d, KV * d])
             qi, ki, vi = qi.view(H, d), ki.view(KV, d), vi.view(KV, d)
             if s.qk_norm:
-                qi = _rms(qi, w("self_attention.q_layernorm.weight")[g["attention"](m)], s.norm_eps)
-                ki = _rms(ki, w("self_attention.k_layernorm.weight")[g["attention"](m)], s.norm_eps)
+                qi = _rms(qi, w("self_attention.q_layernorm.weight", "attention", m), s.norm_eps)
+                ki = _rms(ki, w("self_attention.k_layernorm.weight", "attention", m), s.norm_eps)
             pos = i if positions is None else int(positions[i, j])
             q.append(_rope(qi, pos, s.rope_theta))
             k.append(_rope(ki, pos, s.rope_theta))
@@ -61,18 +62,18 @@ def reference_layer(W, prefix, s, x, mods, positions=None, segments=None):
                 scores = torch.stack([q[i, hh] @ k[t, kvh] for t in allowed]) / math.sqrt(d)
                 p = torch.softmax(scores, 0)
                 heads.append(sum(p[n] * v[t, kvh] for n, t in enumerate(allowed)))
-            o = w("self_attention.linear_proj.weight")[g["attention"](m)] @ torch.cat(heads)
+            o = w("self_attention.linear_proj.weight", "attention", m) @ torch.cat(heads)
             xi = x[i, j]
             if s.norm_placement == "pre":
                 hi = xi + o
-                f_in = _rms(hi, w("ffn_norm.weight")[g["norms"](m)], s.norm_eps)
+                f_in = _rms(hi, w("ffn_norm.weight", "norms", m), s.norm_eps)
             else:
-                hi = xi + _rms(o, w("attn_norm.weight")[g["norms"](m)], s.norm_eps)
+                hi = xi + _rms(o, w("attn_norm.weight", "norms", m), s.norm_eps)
                 f_in = hi
-            gate, up = (w("mlp.linear_fc1.weight")[g["ffn"](m)] @ f_in).chunk(2)
-            f = w("mlp.linear_fc2.weight")[g["ffn"](m)] @ (F.silu(gate) * up)
+            gate, up = (w("mlp.linear_fc1.weight", "ffn", m) @ f_in).chunk(2)
+            f = w("mlp.linear_fc2.weight", "ffn", m) @ (F.silu(gate) * up)
             if s.norm_placement == "post":
-                f = _rms(f, w("ffn_norm.weight")[g["norms"](m)], s.norm_eps)
+                f = _rms(f, w("ffn_norm.weight", "norms", m), s.norm_eps)
             rows.append(hi + f)
         out[:, j] = torch.stack(rows)
     return out
@@ -83,8 +84,9 @@ def reference_model(W, s, tokens, mods, labels, label_mods, positions=None, segm
     x = W["embedding.word_embeddings.weight"][tokens]
     for n in range(s.num_layers):
         x = reference_layer(W, f"layers.{n}.", s, x, mods, positions, segments)
-    fn = W["head.final_norm.weight"]
-    xn = torch.stack([torch.stack([_rms(x[i, j], fn[int(mods[i, j]) if s.untie_final_norm else 0], s.norm_eps)
+    def fn(m):
+        return W[f"head.final_norm.weight.{s.modalities[m]}"] if s.untie_final_norm else W["head.final_norm.weight"]
+    xn = torch.stack([torch.stack([_rms(x[i, j], fn(int(mods[i, j])), s.norm_eps)
                                    for j in range(x.shape[1])]) for i in range(x.shape[0])])
     logits = xn @ W.get("head.output_layer.weight", W["embedding.word_embeddings.weight"]).t()
     losses = F.cross_entropy(logits[..., :s.vocab_size].reshape(-1, s.vocab_size), labels.reshape(-1),

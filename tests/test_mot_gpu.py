@@ -1,13 +1,11 @@
-"""GPU-only checks (skipped without CUDA):
-- one MoT layer's forward+backward issues no device->host synchronisation (torch's sync debug mode
-  turns any sync into an error), i.e. routing never reads counts back from the device;
-- the torch._grouped_mm kernel path (bf16, Hopper+) equals the loop-of-GEMMs path, zero-token group included."""
+"""GPU-only check (skipped without CUDA): one MoT layer's forward+backward issues no device->host
+synchronisation (torch's sync debug mode turns any sync into an error), i.e. routing never reads counts
+back from the device, in fp32 and bf16, with a zero-token modality."""
 import pytest
 import torch
 
 from mot_parallel.distributed import device as dev
 from mot_parallel.model import ModelSettings, MoTLayer, build_routing_plan
-from mot_parallel.model.grouped_ops import _GroupedMM, grouped_mm
 from mot_parallel.model.rope import rope_cos_sin
 
 pytestmark = pytest.mark.gpu
@@ -35,22 +33,4 @@ def test_layer_has_no_host_sync(dtype):
         layer(x, plan, rope).float().sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert layer.mlp.linear_fc1.weight.grad[1].abs().sum().item() == 0
-
-
-def test_grouped_mm_kernel_matches_loop():
-    device = dev.pick_device(0)
-    if not dev.has_grouped_mm(device, torch.bfloat16):
-        pytest.skip("torch._grouped_mm needs a Hopper-class GPU and a recent torch")
-    counts = (300, 0, 212)
-    x = torch.randn(512, 256, device=device, dtype=torch.bfloat16, requires_grad=True)
-    w = torch.randn(3, 384, 256, device=device, dtype=torch.bfloat16, requires_grad=True)
-    offsets = torch.tensor(counts, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
-    y_kernel = grouped_mm(x, w, counts, offsets)
-    gy = torch.randn_like(y_kernel)
-    gx_k, gw_k = torch.autograd.grad(y_kernel, (x, w), gy)
-    (y_loop,) = _GroupedMM.apply(x, w, counts, (384,))
-    gx_l, gw_l = torch.autograd.grad(y_loop, (x, w), gy)
-    for a, b in ((y_kernel, y_loop), (gx_k, gx_l), (gw_k, gw_l)):
-        assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
-    assert gw_k[1].abs().sum().item() == 0
+    assert layer.mlp.linear_fc1.weight["image"].grad.abs().sum().item() == 0

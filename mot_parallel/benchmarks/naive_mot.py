@@ -48,14 +48,13 @@ class NaiveMoTLayer(nn.Module):
     def load_from(self, layer) -> "NaiveMoTLayer":
         """Copy the weights of a TP=1, fully untied `MoTLayer`."""
         s, d = self.s, self.s.head_dim
-        qkv = layer.self_attention.linear_qkv.weight
-        fc1 = layer.mlp.linear_fc1.weight
+        att, mlp = layer.self_attention, layer.mlp
         for m, e in enumerate(self.experts):
-            q, k, v = qkv[m].split([s.num_heads * d, s.num_kv_heads * d, s.num_kv_heads * d])
-            gate, up = fc1[m].chunk(2)
-            pairs = [(e.q.weight, q), (e.k.weight, k), (e.v.weight, v), (e.o.weight, layer.self_attention.linear_proj.weight[m]),
-                     (e.gate.weight, gate), (e.up.weight, up), (e.down.weight, layer.mlp.linear_fc2.weight[m]),
-                     (e.attn_norm.weight, layer.attn_norm.weight[m]), (e.ffn_norm.weight, layer.ffn_norm.weight[m])]
+            q, k, v = att.linear_qkv.weights()[m].split([s.num_heads * d, s.num_kv_heads * d, s.num_kv_heads * d])
+            gate, up = mlp.linear_fc1.weights()[m].chunk(2)
+            pairs = [(e.q.weight, q), (e.k.weight, k), (e.v.weight, v), (e.o.weight, att.linear_proj.weights()[m]),
+                     (e.gate.weight, gate), (e.up.weight, up), (e.down.weight, mlp.linear_fc2.weights()[m]),
+                     (e.attn_norm.weight, layer.attn_norm.weights()[m]), (e.ffn_norm.weight, layer.ffn_norm.weights()[m])]
             for dst, src in pairs:
                 dst.copy_(src)
         return self

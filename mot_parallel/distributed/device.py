@@ -75,13 +75,6 @@ def device_name(device: Optional[torch.device] = None) -> str:
     return "cpu"
 
 
-def has_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
-    """torch._grouped_mm exists on recent CUDA builds (bf16, Hopper+); on CPU we loop over GEMMs."""
-    if not is_accelerator(device) or not hasattr(torch, "_grouped_mm") or dtype != torch.bfloat16:
-        return False
-    return torch.cuda.get_device_capability(device)[0] >= 9
-
-
 def keep_freed_host_memory() -> bool:
     """CPU runs: make glibc keep freed memory instead of returning it to the OS.
 

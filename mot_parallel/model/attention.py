@@ -32,30 +32,30 @@ class MoTSelfAttention(nn.Module):
         super().__init__()
         s, tp = settings, group_size(tp_group)
         self.settings, self.rng_tracker = s, rng_tracker
-        self.groups = s.groups("attention")
+        self.copies = s.copies("attention")
         d = s.head_dim
         self.heads, self.kv_heads = s.num_heads // tp, s.num_kv_heads // tp
         seed = param_seed(s.seed, f"layers.{layer_number}.self_attention")
         self.linear_qkv = GroupedColumnParallelLinear(
-            s.hidden_size, (s.num_heads + 2 * s.num_kv_heads) * d, self.groups, config=s, tp_group=tp_group,
+            s.hidden_size, (s.num_heads + 2 * s.num_kv_heads) * d, self.copies, config=s, tp_group=tp_group,
             output_blocks=[s.num_heads * d, s.num_kv_heads * d, s.num_kv_heads * d],
             init_method=normal_init(s.init_std), init_seed=param_seed(seed, "linear_qkv"), device=device)
         out_init = scaled_normal_init(s.init_std, s.num_layers) if s.scale_output_by_depth else normal_init(s.init_std)
         self.linear_proj = GroupedRowParallelLinear(
-            s.num_heads * d, s.hidden_size, self.groups, config=s, tp_group=tp_group, init_method=out_init,
+            s.num_heads * d, s.hidden_size, self.copies, config=s, tp_group=tp_group, init_method=out_init,
             init_seed=param_seed(seed, "linear_proj"), device=device)
         self.q_layernorm = self.k_layernorm = None
         if s.qk_norm:  # names match Megatron's, whose finalize_model_grads sums these over TP by name
             kw = dict(tp_partial_grad=tp > 1, params_dtype=s.params_dtype, device=device)
-            self.q_layernorm = ModalityRMSNorm(d, self.groups, s.norm_eps, **kw)
-            self.k_layernorm = ModalityRMSNorm(d, self.groups, s.norm_eps, **kw)
+            self.q_layernorm = ModalityRMSNorm(d, self.copies, s.norm_eps, **kw)
+            self.k_layernorm = ModalityRMSNorm(d, self.copies, s.norm_eps, **kw)
 
     def forward(self, x: torch.Tensor, plan: RoutingPlan, rope: Tuple[torch.Tensor, torch.Tensor]):
         (q, k, v), _ = self.linear_qkv.forward_blocks(x, plan)  # all tokens (after the SP all-gather)
         n, d = q.shape[0], self.settings.head_dim
         q, k, v = q.view(n, self.heads, d), k.view(n, self.kv_heads, d), v.view(n, self.kv_heads, d)
         if self.q_layernorm is not None:
-            counts = plan.norm_counts(False) if self.groups > 1 else None
+            counts = plan.norm_counts(False) if self.copies else None
             q, k = self.q_layernorm(q, counts), self.k_layernorm(k, counts)
         shape = (plan.seq_len, plan.batch)
         q, k, v = (plan.to_sequence(t).view(shape + t.shape[1:]) for t in (q, k, v))  # permutation 1

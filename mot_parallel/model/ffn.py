@@ -15,15 +15,15 @@ class MoTSwiGLU(nn.Module):
     def __init__(self, settings: ModelSettings, layer_number: int, tp_group=None, device=None):
         super().__init__()
         s = settings
-        groups = s.groups("ffn")
+        copies = s.copies("ffn")
         seed = param_seed(s.seed, f"layers.{layer_number}.mlp")
         self.linear_fc1 = GroupedColumnParallelLinear(  # [gate_r; up_r] on each TP rank
-            s.hidden_size, 2 * s.ffn_hidden_size, groups, config=s, tp_group=tp_group,
+            s.hidden_size, 2 * s.ffn_hidden_size, copies, config=s, tp_group=tp_group,
             output_blocks=[s.ffn_hidden_size, s.ffn_hidden_size], init_method=normal_init(s.init_std),
             init_seed=param_seed(seed, "linear_fc1"), device=device)
         out_init = scaled_normal_init(s.init_std, s.num_layers) if s.scale_output_by_depth else normal_init(s.init_std)
         self.linear_fc2 = GroupedRowParallelLinear(
-            s.ffn_hidden_size, s.hidden_size, groups, config=s, tp_group=tp_group, init_method=out_init,
+            s.ffn_hidden_size, s.hidden_size, copies, config=s, tp_group=tp_group, init_method=out_init,
             init_seed=param_seed(seed, "linear_fc2"), device=device)
 
     def forward(self, x: torch.Tensor, plan: RoutingPlan):

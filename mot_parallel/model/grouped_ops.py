@@ -1,16 +1,20 @@
-"""Per-modality ops on contiguous token slices: grouped GEMM and grouped RMSNorm.
+"""Per-modality ops on contiguous token slices: grouped GEMM, grouped RMSNorm, SwiGLU.
 
-`counts` are host ints (from the routing plan), so slicing never synchronises with the device.
-A modality with zero tokens still takes part: its weight gets an all-zero gradient (not None), so
-ZeRO / DDP gradient hooks fire identically on every rank whatever the batch holds.
+Weights come as one tensor per modality (each modality's copy is its own parameter, so optimizers,
+ZeRO and checkpoints see per-modality tensors). `counts` are host ints (from the routing plan), so
+slicing never synchronises with the device. A modality with zero tokens still takes part: its weight
+gets an all-zero gradient (not None), so ZeRO / DDP gradient hooks fire identically on every rank
+whatever the batch holds.
+
+The GEMMs are a loop over modalities on contiguous slices, on CPU and GPU alike. With 2-4 modalities
+of hundreds to thousands of tokens each, every GEMM is large; a grouped kernel (torch._grouped_mm)
+would need the per-modality weights stacked, i.e. a copy of all MoT weights per micro-batch.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
-
-from ..distributed import device as dev
 
 
 def _slices(counts: Sequence[int]):
@@ -21,108 +25,101 @@ def _slices(counts: Sequence[int]):
 
 
 class _GroupedMM(torch.autograd.Function):
-    """For each group g and output block b: y_b[s:e] = x[s:e] @ w[g, rows_b]^T.
+    """For each group g and output block b: y_b[s:e] = x[s:e] @ ws[g][rows_b]^T.
 
     One contiguous output per block (fused [q; k; v] or [gate; up] weights), so consumers never run
     on strided half-views, and backward accumulates dx over blocks instead of concatenating them.
     """
 
     @staticmethod
-    def forward(ctx, x, w, counts, blocks):
+    def forward(ctx, x, counts, blocks, *ws):
         ctx.counts, ctx.blocks = counts, blocks
-        ctx.save_for_backward(x, w)
+        ctx.save_for_backward(x, *ws)
         ys = [x.new_empty(x.shape[0], b) for b in blocks]
         for g, s, e in _slices(counts):
             if e == s:
                 continue
             r = 0
             for y, b in zip(ys, blocks):
-                torch.mm(x[s:e], w[g, r:r + b].t(), out=y[s:e])
+                torch.mm(x[s:e], ws[g][r:r + b].t(), out=y[s:e])
                 r += b
         return tuple(ys)
 
     @staticmethod
     def backward(ctx, *gys):
-        x, w = ctx.saved_tensors
+        x, *ws = ctx.saved_tensors
         gys = [None if gy is None else gy.contiguous() for gy in gys]
         # empty, not zeros: every slice is written below (zero-filling 100s of MB costs page faults)
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        gw = torch.empty_like(w) if ctx.needs_input_grad[1] else None
+        gws = [torch.empty_like(w) if ctx.needs_input_grad[3 + g] else None for g, w in enumerate(ws)]
         for g, s, e in _slices(ctx.counts):
-            r, first = 0, True
+            r, first, gw = 0, True, gws[g]
             for gy, b in zip(gys, ctx.blocks):
                 if gw is not None:
                     if gy is None or e == s:
-                        gw[g, r:r + b].zero_()  # no tokens (or an unused block): zero gradient, not None
+                        gw[r:r + b].zero_()  # no tokens (or an unused block): zero gradient, not None
                     else:
-                        torch.mm(gy[s:e].t(), x[s:e], out=gw[g, r:r + b])
+                        torch.mm(gy[s:e].t(), x[s:e], out=gw[r:r + b])
                 if gx is not None and gy is not None and e > s:
                     if first:
-                        torch.mm(gy[s:e], w[g, r:r + b], out=gx[s:e])
+                        torch.mm(gy[s:e], ws[g][r:r + b], out=gx[s:e])
                     else:
-                        gx[s:e].addmm_(gy[s:e], w[g, r:r + b])
+                        gx[s:e].addmm_(gy[s:e], ws[g][r:r + b])
                     first = False
                 r += b
             if gx is not None and first:
                 gx[s:e].zero_()
-        return gx, gw, None, None
+        return (gx, None, None, *gws)
 
 
-def grouped_mm(x: torch.Tensor, w: torch.Tensor, counts: Sequence[int], offsets: Optional[torch.Tensor] = None,
+def grouped_mm(x: torch.Tensor, ws: Sequence[torch.Tensor], counts: Sequence[int],
                blocks: Optional[Sequence[int]] = None):
-    """x [N, in] (tokens grouped by `counts`), w [G, out, in] -> [N, out], or one [N, b] tensor per
-    output block when `blocks` (sizes along `out`) is given.
-
-    Uses torch._grouped_mm (one kernel for all groups) on GPUs that have it when `offsets` (int32
-    cumulative ends, on the device) are given; otherwise a loop of GEMMs on contiguous slices.
-    """
-    if len(counts) != w.shape[0]:
-        raise ValueError(f"{len(counts)} token groups for {w.shape[0]} weight copies")
+    """x [N, in] (tokens grouped by `counts`), ws: one [out, in] weight per group -> [N, out], or one
+    [N, b] tensor per output block when `blocks` (sizes along `out`) is given."""
+    if len(counts) != len(ws):
+        raise ValueError(f"{len(counts)} token groups for {len(ws)} weight copies")
     if sum(counts) != x.shape[0]:
         raise ValueError(f"routing counts sum to {sum(counts)} but the input has {x.shape[0]} tokens")
-    if offsets is not None and dev.has_grouped_mm(x.device, x.dtype):  # same zero-grad rule for empty groups
-        y = torch._grouped_mm(x, w.transpose(-2, -1), offs=offsets)
-        return y if blocks is None else list(y.split(list(blocks), dim=-1))
-    ys = _GroupedMM.apply(x.contiguous(), w, tuple(counts), tuple(blocks) if blocks else (w.shape[1],))
+    ys = _GroupedMM.apply(x.contiguous(), tuple(counts), tuple(blocks) if blocks else (ws[0].shape[0],), *ws)
     return ys[0] if blocks is None else list(ys)
 
 
 class _GroupedRMSNorm(torch.autograd.Function):
-    """RMSNorm over the last dim with weight[g] on slice g of dim 0 (x [n, ..., d], weight [G, d])."""
+    """RMSNorm over the last dim with ws[g] on slice g of dim 0 (x [n, ..., d], each w [d])."""
 
     @staticmethod
-    def forward(ctx, x, weight, counts, eps):
+    def forward(ctx, x, counts, eps, *ws):
         xf = x.float()
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         xhat = xf * rstd
         y = torch.empty_like(xhat)
         for g, s, e in _slices(counts):
             if e > s:
-                torch.mul(xhat[s:e], weight[g].float(), out=y[s:e])
-        ctx.save_for_backward(x, weight, rstd)
+                torch.mul(xhat[s:e], ws[g].float(), out=y[s:e])
+        ctx.save_for_backward(x, rstd, *ws)
         ctx.counts = counts
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, rstd = ctx.saved_tensors
+        x, rstd, *ws = ctx.saved_tensors
         xhat = x.float() * rstd
         gyf = gy.float()
         gxhat = torch.empty_like(xhat)
-        gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        gws = [torch.zeros(w.shape, dtype=torch.float32, device=w.device) for w in ws]
         reduce_dims = tuple(range(x.dim() - 1))
         for g, s, e in _slices(ctx.counts):
             if e > s:
-                torch.mul(gyf[s:e], weight[g].float(), out=gxhat[s:e])
-                gw[g] = (gyf[s:e] * xhat[s:e]).sum(dim=reduce_dims)
+                torch.mul(gyf[s:e], ws[g].float(), out=gxhat[s:e])
+                gws[g] = (gyf[s:e] * xhat[s:e]).sum(dim=reduce_dims)
         gx = rstd * (gxhat - xhat * (gxhat * xhat).mean(-1, keepdim=True))
-        return gx.to(x.dtype), gw.to(weight.dtype), None, None
+        return (gx.to(x.dtype), None, None, *(gw.to(w.dtype) for gw, w in zip(gws, ws)))
 
 
-def grouped_rms_norm(x: torch.Tensor, weight: torch.Tensor, counts: Sequence[int], eps: float) -> torch.Tensor:
+def grouped_rms_norm(x: torch.Tensor, ws: Sequence[torch.Tensor], counts: Sequence[int], eps: float) -> torch.Tensor:
     if sum(counts) != x.shape[0]:
         raise ValueError(f"routing counts sum to {sum(counts)} but the input has {x.shape[0]} tokens")
-    return _GroupedRMSNorm.apply(x.contiguous(), weight, tuple(counts), eps)
+    return _GroupedRMSNorm.apply(x.contiguous(), tuple(counts), eps, *ws)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

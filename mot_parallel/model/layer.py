@@ -31,11 +31,11 @@ class MoTLayer(nn.Module):
         super().__init__()
         s = self.settings = settings
         self.layer_number, self.rng_tracker = layer_number, rng_tracker
-        self.norm_groups = s.groups("norms")
+        self.norm_copies = s.copies("norms")
         kw = dict(sequence_parallel=s.sequence_parallel, params_dtype=s.params_dtype, device=device)
-        self.attn_norm = ModalityRMSNorm(s.hidden_size, self.norm_groups, s.norm_eps, **kw)
+        self.attn_norm = ModalityRMSNorm(s.hidden_size, self.norm_copies, s.norm_eps, **kw)
         self.self_attention = MoTSelfAttention(s, layer_number, tp_group, rng_tracker, device)
-        self.ffn_norm = ModalityRMSNorm(s.hidden_size, self.norm_groups, s.norm_eps, **kw)
+        self.ffn_norm = ModalityRMSNorm(s.hidden_size, self.norm_copies, s.norm_eps, **kw)
         self.mlp = MoTSwiGLU(s, layer_number, tp_group, device)
 
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,7 @@ class MoTLayer(nn.Module):
                 rope: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
-        counts = plan.norm_counts(self.settings.sequence_parallel) if self.norm_groups > 1 else None
+        counts = plan.norm_counts(self.settings.sequence_parallel) if self.norm_copies else None
         if self.settings.norm_placement == "pre":
             a, _ = self.self_attention(self.attn_norm(x, counts), plan, rope)
             x = x + self._dropout(a)

@@ -62,8 +62,8 @@ class MoTHead(nn.Module):
         super().__init__()
         s = self.settings = settings
         self.tp_group = tp_group
-        self.norm_groups = s.num_modalities if s.untie_final_norm else 1
-        self.final_norm = ModalityRMSNorm(s.hidden_size, self.norm_groups, s.norm_eps,
+        self.norm_copies = s.modalities if s.untie_final_norm else None
+        self.final_norm = ModalityRMSNorm(s.hidden_size, self.norm_copies, s.norm_eps,
                                           sequence_parallel=s.sequence_parallel, params_dtype=s.params_dtype,
                                           device=device)
         self.output_layer = ColumnParallelLinear(
@@ -73,7 +73,7 @@ class MoTHead(nn.Module):
     def forward(self, hidden: torch.Tensor, plan: RoutingPlan, labels: Optional[torch.Tensor] = None,
                 label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None):
         x = hidden.reshape(-1, self.settings.hidden_size)
-        counts = plan.norm_counts(self.settings.sequence_parallel) if self.norm_groups > 1 else None
+        counts = plan.norm_counts(self.settings.sequence_parallel) if self.norm_copies else None
         logits, _ = self.output_layer(self.final_norm(x, counts))  # [N, V/tp], grouped order
         if labels is None:
             return logits

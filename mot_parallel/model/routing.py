@@ -46,7 +46,6 @@ class RoutingPlan:
     inv_perm: Optional[torch.Tensor] = None       # [N] flat -> grouped index
     sp_sizes: Optional[Tuple[int, ...]] = None    # tokens per TP rank under sequence parallelism
     local_counts: Optional[Tuple[int, ...]] = None  # per-modality counts of this rank's SP shard
-    offsets: Optional[torch.Tensor] = None        # int32 cumulative counts on the device (grouped GEMM kernel)
     position_ids: Optional[torch.Tensor] = None   # [s, b] RoPE positions (reset per document)
     segment_ids: Optional[torch.Tensor] = None    # [s, b] document ids for document masking
 
@@ -130,11 +129,8 @@ def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, route
             ends = torch.tensor(counts).cumsum(0).tolist()
             starts = [0] + ends[:-1]
             local = tuple(max(0, min(e, hi) - max(st, lo)) for st, e in zip(starts, ends))
-    offsets = None
-    if routed and device.type != "cpu":
-        offsets = torch.tensor(counts, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device, non_blocking=True)
     positions = segments = None
     if segment_ids is not None:
         positions = positions_from_segments(segment_ids).to(device, non_blocking=True)
         segments = segment_ids.to(device, non_blocking=True)
-    return RoutingPlan(s, b, counts, routed, perm, inv, sp_sizes, local, offsets, positions, segments)
+    return RoutingPlan(s, b, counts, routed, perm, inv, sp_sizes, local, positions, segments)

@@ -53,10 +53,15 @@ class ModelSettings:
         """Copies of `part` ('attention' | 'ffn' | 'norms'): one per modality if untied, else one."""
         return self.num_modalities if part in self.untie else 1
 
+    def copies(self, part: str) -> Optional[Tuple[str, ...]]:
+        """Modality names owning a copy of `part`, or None when it is shared."""
+        return self.modalities if part in self.untie else None
+
     @property
     def routed(self) -> bool:
-        """Whether tokens must be grouped by modality at all (False = the dense path, zero routing cost)."""
-        return self.num_modalities > 1 and bool(self.untie or self.untie_final_norm)
+        """Whether any part is per modality (False = the dense path, zero routing cost). With one
+        modality the grouping is the identity and costs nothing either."""
+        return bool(self.untie or self.untie_final_norm)
 
     def with_(self, **changes) -> "ModelSettings":
         return replace(self, **changes)
