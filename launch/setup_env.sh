@@ -49,5 +49,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   echo "[setup_env] pip install -e .[${extras}]"
   "$MOT_PY" -m pip install -q -e "$root${extras:+[$extras]}"
+  # DeepSpeed JIT-compiles a CPU shared-memory comm op at its first init; build it now, not mid-run
+  "$MOT_PY" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 || true
   echo "$want" > "$stamp"
 fi

@@ -1,7 +1,14 @@
 """Markers: `slow` (skipped unless --slow or -m slow), `gpu` (skipped without CUDA)."""
+import os
+import sys
+
 import pytest
 
 from mot_parallel.distributed import device
+
+# test processes fork from a server that has imported these once (see mot_parallel/testing/multiprocess.py)
+os.environ.setdefault("MOT_TEST_PRELOAD", "deepspeed,megatron.core.parallel_state")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # helper modules (train_utils, mot_reference)
 
 
 def pytest_addoption(parser):

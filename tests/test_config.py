@@ -28,6 +28,16 @@ def test_precedence_defaults_yaml_cli(tmp_path):
     assert cfg.train.optimizer.betas == [0.9, 0.95]
 
 
+def test_empty_mapping_clears_an_inherited_one(tmp_path):
+    _write(tmp_path / "base.yaml", {"data": {"modality_token_ranges": {"image": [4, 100]}},
+                                    "deepspeed": {"a": 1, "b": {"c": 2}}})
+    child = _write(tmp_path / "child.yaml", {"base": "base.yaml", "data": {"modality_token_ranges": {}},
+                                             "deepspeed": {"b": {"d": 3}}})
+    cfg = load_config(child)
+    assert cfg.data.modality_token_ranges == {}
+    assert cfg.deepspeed == {"a": 1, "b": {"c": 2, "d": 3}}  # non-empty mappings still merge
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["model.untie=[ffn]", "parallel.tensor_parallel=2"])
     dump_config(cfg, str(tmp_path / "run" / "config.yaml"))

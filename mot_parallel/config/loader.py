@@ -47,10 +47,11 @@ def _read_yaml(path: str, chain: tuple = ()) -> Dict[str, Any]:
 
 
 def _merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
-    """Recursive dict merge; `top` wins; lists are replaced, not concatenated."""
+    """Recursive dict merge; `top` wins; lists are replaced, not concatenated; an explicitly empty
+    mapping (`key: {}`) replaces the inherited one, so a child config can clear a free-form dict."""
     out = dict(base)
     for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -81,7 +81,8 @@ class OptimizerConfig:
     eps: float = opt(1e-8, "Adam epsilon.")
     weight_decay: float = opt(0.1, "Decoupled weight decay; never applied to norms, biases or embeddings.")
     modality_lr_scale: Dict[str, float] = opt(
-        {}, "Optional per-modality LR multiplier for that modality's untied weights, e.g. {image: 0.5}.")
+        {}, "Optional per-modality LR multiplier for that modality's untied weights, e.g. {image: 0.5}; "
+        "0 freezes the modality's copies (LMFusion-style: keep the text weights, train the new ones).")
 
 
 @dataclass
@@ -139,6 +140,8 @@ class LoggingConfig:
     tensorboard: bool = opt(True, "Also write TensorBoard events under <run.output_dir>/tensorboard.")
     peak_tflops: Optional[float] = opt(
         None, "Per-device peak TFLOP/s for MFU (null = from the device table: A100 312, H100 989 bf16).")
+    time_breakdown: bool = opt(
+        True, "Split step time into data/forward/backward/optimizer (synchronises the device between them).")
 
 
 @dataclass

@@ -146,8 +146,8 @@ def _train_errors(cfg: Config) -> List[str]:
         if name not in cfg.model.modalities:
             err.append(f"train.optimizer.modality_lr_scale: unknown modality {name!r}; "
                        f"model.modalities is {cfg.model.modalities}")
-        elif scale <= 0:
-            err.append(f"train.optimizer.modality_lr_scale.{name}={scale} must be positive")
+        elif scale < 0:
+            err.append(f"train.optimizer.modality_lr_scale.{name}={scale} must be >= 0 (0 freezes the modality)")
     if s.warmup_steps < 0:
         err.append(f"train.lr_schedule.warmup_steps={s.warmup_steps} must be >= 0")
     if not 0.0 <= s.min_lr_ratio <= 1.0:

@@ -45,6 +45,12 @@ def init_distributed(env: Optional[LaunchEnv] = None, *, force_cpu: bool = False
         return DistContext(dist.get_rank(), dist.get_world_size(), env.local_rank, device,
                            dist.get_backend(), env.launcher)
     if env.world_size > 1 or require_process_group:
+        if env.launcher == "none":  # a lone process (plain `python`): any free local port will do
+            import dataclasses
+            import socket
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                env = dataclasses.replace(env, master_addr="127.0.0.1", master_port=sock.getsockname()[1])
         env.export()
         dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))

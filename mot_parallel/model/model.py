@@ -10,7 +10,7 @@ weights as a single process would.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 from typing import Iterable, Optional
 
 import torch
@@ -28,8 +28,8 @@ from .settings import ModelSettings
 IGNORE_INDEX = -100
 
 
-@dataclass
-class LossOutput:
+class LossOutput(NamedTuple):
+    """A tuple (engines and ZeRO-3's output hooks handle tuples) with named fields."""
     loss_sum: torch.Tensor     # [M] fp32, sum of token losses per *target* modality (differentiable)
     token_count: torch.Tensor  # [M] fp32, loss tokens per target modality
 
@@ -77,6 +77,11 @@ class MoTHead(nn.Module):
         logits, _ = self.output_layer(self.final_norm(x, counts))  # [N, V/tp], grouped order
         if labels is None:
             return logits
+        return self.loss(logits, plan, labels, label_modalities, loss_mask)
+
+    def loss(self, logits: torch.Tensor, plan: RoutingPlan, labels: torch.Tensor,
+             label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None) -> LossOutput:
+        """Per-modality loss sums and token counts from grouped-order logits and sequence-order labels."""
         target = plan.group_ids(labels)
         losses = vocab_parallel_cross_entropy(logits, target, self.tp_group, self.settings.vocab_size, IGNORE_INDEX)
         weight = (target != IGNORE_INDEX).to(torch.float32)
@@ -99,6 +104,9 @@ class MoTModel(nn.Module):
         self.embedding = MoTEmbedding(settings, tp_group, device) if pre_process else None
         self.layers = nn.ModuleList(MoTLayer(settings, i, tp_group, rng_tracker, device) for i in numbers)
         self.head = MoTHead(settings, tp_group, device) if post_process else None
+        # activation recompute: a checkpoint function (e.g. deepspeed.checkpointing.checkpoint), set by the
+        # trainer; it must restore the RNG tracker's states for TP-region dropout (DeepSpeed's does)
+        self.activation_checkpoint = None
         if settings.tie_embeddings and pre_process and post_process:
             self.head.output_layer.weight = self.embedding.word_embeddings.weight
 
@@ -121,7 +129,8 @@ class MoTModel(nn.Module):
         x = self.embedding(tokens_or_hidden, plan) if self.pre_process else tokens_or_hidden
         rope = self.rope(plan, x.device)
         for layer in self.layers:
-            x = layer(x, plan, rope)
+            x = layer(x, plan, rope) if self.activation_checkpoint is None else \
+                self.activation_checkpoint(layer, x, plan, rope)
         if not self.post_process:
             return x
         return self.head(x, plan, labels, label_modalities, loss_mask)

@@ -2,9 +2,9 @@
 
     results = run_distributed(body, world_size=4, args=(tp,), timeout=60)
 
-- Fresh processes per call, forked from a *forkserver* that has already imported torch, DeepSpeed and
-  Megatron-Core (when installed; MOT_TEST_PRELOAD), so a start costs ~0.1 s instead of seconds of
-  imports, and no OpenMP/thread state of the pytest process leaks into the children.
+- Fresh processes per call, forked from a *forkserver* that has already imported torch and DeepSpeed
+  (more with MOT_TEST_PRELOAD, e.g. megatron.core for the Megatron tests), so a start costs ~0.1 s
+  instead of seconds of imports, and no OpenMP/thread state of the pytest process leaks into the children.
 - A free TCP port per call; every rank calls `mot_parallel.distributed.init_distributed()` (the real
   start-up code) from RANK/WORLD_SIZE/MASTER_* variables, as torchrun would set them.
 - If a rank raises, the others get a short grace period to report, then all are killed and
@@ -33,7 +33,7 @@ def _ctx():
     global _context  # the forkserver is a per-process resource, not model state
     if _context is None:
         _context = mp.get_context("forkserver")
-        _context.set_forkserver_preload(_PRELOAD + os.environ.get("MOT_TEST_PRELOAD", "deepspeed,megatron.core.parallel_state").split(","))
+        _context.set_forkserver_preload(_PRELOAD + os.environ.get("MOT_TEST_PRELOAD", "deepspeed").split(","))
     return _context
 
 
@@ -93,8 +93,9 @@ def run_distributed(fn: Callable, world_size: int, args: Sequence[Any] = (), kwa
             if conns[r] in ready or (procs[r].sentinel in ready and conns[r].poll()):
                 try:
                     status, payload = conns[r].recv()
-                except EOFError:
-                    status, payload = "error", f"rank {r} exited (code {procs[r].exitcode}) without a report"
+                except EOFError:  # the pipe closed first; reap the process to report its exit code
+                    procs[r].join(timeout=10)
+                    status, payload = "error", f"rank {r} died with exit code {procs[r].exitcode} before reporting"
                 (results if status == "ok" else errors)[r] = payload
                 pending.discard(r)
             elif procs[r].sentinel in ready:

@@ -1,0 +1,63 @@
+"""The DeepSpeed JSON, generated in exactly one place from our config (and dumped to the run directory).
+
+`deepspeed:` in the config holds extra DeepSpeed keys, merged over the generated ones; a key that would
+contradict the layout (batch sizes, accumulation, ZeRO stage) is an error naming it, since DeepSpeed
+would otherwise train a different batch than the data loader produces.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict
+
+import torch
+
+from ..config import Config, ConfigError, Layout
+
+_OWNED = {  # generated key -> the config key that sets it
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.global_batch_size",
+    "train_batch_size": "train.global_batch_size",
+}
+
+
+def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def deepspeed_config(cfg: Config, layout: Layout, dtype: torch.dtype, fused_adam: bool = False) -> Dict[str, Any]:
+    t, o = cfg.train, cfg.train.optimizer
+    zero: Dict[str, Any] = {"stage": cfg.parallel.zero_stage}
+    if cfg.parallel.zero_stage == 3:
+        # gather whole MoT layers (leaf modules), prefetch one layer ahead
+        zero.update({"stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5})
+    ds = {
+        "train_micro_batch_size_per_gpu": layout.micro_batch_size,
+        "gradient_accumulation_steps": layout.grad_accum,
+        "train_batch_size": layout.global_batch_size,
+        "zero_optimization": zero,
+        # torch's AdamW: no 90 s CPU-Adam compile on CPU; fused kernels on GPU
+        "optimizer": {"type": "AdamW", "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps,
+                                                  "weight_decay": o.weight_decay, "torch_adam": True,
+                                                  **({"fused": True} if fused_adam else {})}},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
+        # several tensors travel between stages (hidden + routing indices): DeepSpeed's TP partitioning
+        # of "the first activation" assumes replicated activations, which SP shards are not
+        "pipeline": {"pipe_partitioned": False, "grad_partitioned": False},
+        "steps_per_print": 10 ** 9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    if t.grad_clip > 0:
+        ds["gradient_clipping"] = t.grad_clip
+    extra = cfg.deepspeed or {}
+    for key, owner in _OWNED.items():
+        if key in extra and extra[key] != ds[key]:
+            raise ConfigError(f"deepspeed.{key}={extra[key]} contradicts {owner} (which gives {ds[key]}); "
+                              f"set {owner} instead")
+    if "zero_optimization" in extra and "stage" in extra["zero_optimization"] and \
+            extra["zero_optimization"]["stage"] != cfg.parallel.zero_stage:
+        raise ConfigError("deepspeed.zero_optimization.stage contradicts parallel.zero_stage; set parallel.zero_stage")
+    return _merge(ds, extra)

@@ -1,0 +1,83 @@
+"""Run metrics: <run>/metrics.jsonl (one object per logged step), TensorBoard events under
+<run>/tensorboard, and a one-line console log with ETA on rank 0.
+
+FLOPs count MoT as its dense equivalent (causal attention halved, SwiGLU x3, GQA; see flops.py), so
+tokens/s, TFLOP/s per device and MFU are comparable with a dense model of the same width.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Dict, Optional
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, total_steps: int, resume_step: int = 0):
+        self.enabled, self.total_steps = enabled, total_steps
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.writer = None
+        self.t0, self.step0 = time.time(), resume_step
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        self._truncate_after(resume_step)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=resume_step + 1)
+
+    def _truncate_after(self, step: int) -> None:
+        """A resumed run replays the steps after its checkpoint: drop their old lines (atomic rewrite)."""
+        if not os.path.isfile(self.path):
+            return
+        with open(self.path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(self.path + ".tmp", self.path)
+
+    def log(self, record: Dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+                    self.writer.add_scalar(k, v, record["step"])
+            self.writer.flush()
+        step = record["step"]
+        done = step - self.step0
+        eta = (time.time() - self.t0) / max(done, 1) * (self.total_steps - step)
+        mods = " ".join(f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("loss/") and v is not None)
+        mfu = f" | MFU {record['mfu']:.1%}" if record.get("mfu") is not None else ""
+        print(f"step {step}/{self.total_steps} | loss {record['loss']:.4f} ({mods}) | lr {record['lr']:.2e} | "
+              f"grad {record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | "
+              f"{record['tflops_per_device']:.3f} TFLOP/s/dev{mfu} | {record['step_time_s']:.2f} s/step | "
+              f"mem {record['peak_mem_gb']:.2f} GB | ETA {_fmt_time(eta)}", flush=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def step_record(step: int, loss_sum, counts, modalities, lr: float, grad_norm: Optional[float], tokens: int,
+                step_time: float, flops_per_token: float, world: int, peak: Optional[float], mem_gb: float,
+                times: Dict[str, Optional[float]]) -> Dict:
+    total = float(sum(counts))
+    rec = {"step": step, "loss": float(sum(loss_sum)) / max(total, 1.0)}
+    for m, s, c in zip(modalities, loss_sum, counts):
+        rec[f"loss/{m}"] = float(s) / c if c > 0 else None
+        rec[f"tokens/{m}"] = int(c)
+    tflops = flops_per_token * tokens / step_time / world / 1e12
+    rec.update({"lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "tokens_per_s": tokens / step_time, "tflops_per_device": tflops,
+                "mfu": tflops / peak if peak else None, "step_time_s": step_time, "peak_mem_gb": mem_gb})
+    rec.update({f"time/{k}_s": v for k, v in times.items()})
+    return rec

@@ -1,0 +1,78 @@
+"""Optimizer parameter groups and the learning-rate schedule.
+
+Groups: weight decay only on matrices of linear layers (never on norms, biases or embeddings), and an
+LR multiplier per modality (`train.optimizer.modality_lr_scale`) for that modality's own copies
+(`mot_modality` tag); a scale of 0 freezes a modality. The schedule multiplies each group's base LR,
+so ratios between groups survive warm-up and decay.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+from torch import nn
+
+from ..config import Config
+
+
+def no_decay(name: str, p: nn.Parameter) -> bool:
+    # under ZeRO-3 a parameter is already partitioned (data of shape [0]); its real shape is ds_shape
+    dims = len(getattr(p, "ds_shape", p.shape))
+    return dims < 2 or "norm" in name or "embedding" in name or name.endswith("bias") or ".bias." in name
+
+
+def param_groups(model: nn.Module, cfg: Config) -> List[Dict]:
+    o = cfg.train.optimizer
+    groups: Dict[tuple, Dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        modality = getattr(p, "mot_modality", None)
+        scale = o.modality_lr_scale.get(modality, 1.0) if modality else 1.0
+        decay = 0.0 if no_decay(name, p) else o.weight_decay
+        key = (decay, scale)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": decay, "lr": o.lr * scale}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def lr_factor(step: int, cfg: Config) -> float:
+    """Multiplier of the peak LR at optimizer step `step` (0-based): linear warm-up, then decay."""
+    s, total = cfg.train.lr_schedule, cfg.train.steps
+    if step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.decay == "constant":
+        return 1.0
+    progress = min(1.0, (step - s.warmup_steps) / max(1, total - s.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if s.decay == "cosine" else 1.0 - progress
+    return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * shape
+
+
+class WarmupDecayLR:
+    """DeepSpeed-compatible LR scheduler (step / get_last_lr / state_dict / load_state_dict)."""
+
+    def __init__(self, optimizer, cfg: Config):
+        self.optimizer, self.cfg = optimizer, cfg
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.last_step = 0
+        self._apply()
+
+    def _apply(self) -> None:
+        f = lr_factor(self.last_step, self.cfg)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * f
+
+    def step(self, *_args, **_kwargs) -> None:
+        self.last_step += 1
+        self._apply()
+
+    def get_last_lr(self) -> List[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> Dict:
+        return {"last_step": self.last_step, "base_lrs": self.base_lrs}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.last_step, self.base_lrs = int(state["last_step"]), list(state["base_lrs"])
+        self._apply()

@@ -1,0 +1,82 @@
+"""Training throughput of MoT vs its dense baseline (model.untie=[]) on the same config, in one run.
+
+    python tools/bench_train.py --config configs/demo_cpu.yaml [--nproc 2] [--steps 40] [--json] [key=value ...]
+
+Each variant trains --steps steps on --nproc local gloo processes (or GPUs when present) from scratch
+into a temporary run directory; the first --skip steps (start-up, warm caches) are excluded. Reports
+tokens/s, step time and its split (data wait, forward, backward, optimizer), and MoT / dense ratios.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from mot_parallel.testing import run_distributed  # noqa: E402
+
+PARTS = ("data", "forward", "backward", "optimizer")
+
+
+def _train(config, overrides):
+    import torch.distributed as dist
+    from mot_parallel.config import load_config
+    from mot_parallel.training import Trainer
+    cfg = load_config(config, overrides)
+    Trainer(cfg).train()
+    dist.barrier()
+    if dist.get_rank() != 0:
+        return None
+    with open(os.path.join(cfg.run.output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def summarise(records, skip):
+    rows = [r for r in records if r["step"] > skip]
+    med = lambda k: statistics.median(r[k] for r in rows if r.get(k) is not None)  # noqa: E731
+    out = {"tokens_per_s": med("tokens_per_s"), "step_time_s": med("step_time_s"),
+           "final_loss": records[-1]["loss"]}
+    for p in PARTS:
+        key = f"time/{p}_s"
+        out[f"{p}_s"] = med(key) if any(r.get(key) is not None for r in rows) else None
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--skip", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in (("mot", []), ("dense", ["model.untie=[]", "model.untie_final_norm=false"])):
+            ov = list(args.overrides) + extra + [f"train.steps={args.steps}", "logging.interval=1",
+                                                  "logging.tensorboard=false", "checkpoint.interval=0",
+                                                  f"run.output_dir={os.path.join(tmp, name)}",
+                                                  f"data.demo_documents={4000}"]
+            records = run_distributed(_train, args.nproc, args=(args.config, ov), timeout=3600)[0]
+            results[name] = summarise(records, args.skip)
+    results["mot_over_dense"] = {"tokens_per_s": results["mot"]["tokens_per_s"] / results["dense"]["tokens_per_s"],
+                                 "step_time_s": results["mot"]["step_time_s"] / results["dense"]["step_time_s"]}
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    print(f"{args.config}, {args.nproc} processes, median over steps {args.skip + 1}-{args.steps}")
+    print(f"{'variant':8} {'tokens/s':>10} {'step s':>8} " + " ".join(f"{p + ' s':>11}" for p in PARTS)
+          + f" {'final loss':>11}")
+    for name in ("mot", "dense"):
+        r = results[name]
+        parts = " ".join(f"{r[p + '_s']:>11.4f}" if r[p + "_s"] is not None else f"{'-':>11}" for p in PARTS)
+        print(f"{name:8} {r['tokens_per_s']:>10,.0f} {r['step_time_s']:>8.3f} {parts} {r['final_loss']:>11.4f}")
+    print(f"MoT / dense: tokens/s x{results['mot_over_dense']['tokens_per_s']:.3f}, "
+          f"step time x{results['mot_over_dense']['step_time_s']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
