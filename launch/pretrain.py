@@ -7,6 +7,10 @@
 
 Writes <run.output_dir>/: config.yaml, deepspeed_config.json, metrics.jsonl, tensorboard/, checkpoints/.
 Resumes from the latest checkpoint there (checkpoint.resume=auto); SIGTERM checkpoints and exits.
+
+    python launch/pretrain.py --config configs/mot_7b_chameleon.yaml --dry-run --world-size 256 --rank 17
+builds rank 17's model on the meta device, checks shapes and sharding, and prints parameters and the
+planner's memory estimate (no GPU, no process group; seconds).
 """
 import argparse
 import os
@@ -22,14 +26,24 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="YAML config (may inherit with base:)")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by deepspeed
+    ap.add_argument("--dry-run", action="store_true",
+                    help="build rank --rank of a --world-size layout on the meta device, check shapes, report")
+    ap.add_argument("--world-size", type=int, default=None, help="dry run: the world to plan for")
+    ap.add_argument("--rank", type=int, default=0, help="dry run: the rank to build")
+    ap.add_argument("--all-ranks", action="store_true", help="dry run: check one rank per (stage, TP rank)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=10")
     args = ap.parse_args(argv)
     env = detect_launch_env(argv=sys.argv)
     try:  # everything checkable is checked before a process group exists
         cfg = load_config(args.config, args.overrides)
-        validate(cfg, world_size=env.world_size)
+        world = args.world_size or (env.world_size if not args.dry_run else
+                                    cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel)
+        validate(cfg, world_size=world)
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    if args.dry_run:
+        from mot_parallel.training.dry_run import dry_run
+        sys.exit(1 if dry_run(cfg, world, args.rank, args.all_ranks) else 0)
     from mot_parallel.training import Trainer
     Trainer(cfg, env).train()
 

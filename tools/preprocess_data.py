@@ -67,11 +67,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     mods, vocab = args.modalities, args.vocab_size
     if args.config:
-        from mot_parallel.config import ConfigError, load_config
-        try:
-            cfg = load_config(args.config)
-        except ConfigError as e:
-            sys.exit(f"error: {e}")
+        from mot_parallel.config import load_config_or_exit
+        cfg = load_config_or_exit(args.config)
         mods, vocab = mods or cfg.model.modalities, vocab or cfg.model.vocab_size
     if not mods or not vocab:
         sys.exit("error: give --modalities and --vocab-size (or --config)")

@@ -206,3 +206,12 @@ def dump_config(cfg: Config, path: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def load_config_or_exit(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
+    """For scripts: load_config, or exit with 'error: <message>' (the message names the key and the fix)."""
+    import sys
+    try:
+        return load_config(path, overrides)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")

@@ -2,6 +2,8 @@
 
 Uneven dim-0 splits (`sizes`) are supported on every backend by padding to the largest piece:
 gloo's all-gather needs equal sizes, and the padding costs at most one row per rank.
+Every call runs inside a "mot/tp_comm" profiler scope (all of ours are tensor-parallel collectives;
+data-parallel traffic is DeepSpeed's), so tools/profile_step.py can tell the two apart.
 """
 from __future__ import annotations
 
@@ -9,23 +11,45 @@ from typing import List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
+
+TP_SCOPE = "mot/tp_comm"
 
 
 # torch 2.13 renamed the tensor collectives; keep working on older torch (GPU clusters pin their own).
 # Looked up per call (not bound at import) so tests can count calls by patching torch.distributed.
 def _all_gather_flat(out, x, group):
-    return (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, x, group=group)
+    with record_function(TP_SCOPE):
+        return (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, x, group=group)
 
 
 def _reduce_scatter_flat(out, x, group):
-    return (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(out, x, group=group)
+    with record_function(TP_SCOPE):
+        return (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(out, x, group=group)
+
+
+class VirtualGroup:
+    """A process group that exists only as (size, rank): modules built with it get this rank's shard
+    shapes without any process group (dry runs on the meta device, planning). Collectives refuse it."""
+
+    def __init__(self, size: int, rank: int):
+        if not 0 <= rank < size:
+            raise ValueError(f"rank {rank} outside a group of {size}")
+        self.size, self.rank = size, rank
+
+    def __repr__(self) -> str:
+        return f"VirtualGroup(size={self.size}, rank={self.rank})"
 
 
 def group_size(group) -> int:
+    if isinstance(group, VirtualGroup):
+        return group.size
     return 1 if group is None else dist.get_world_size(group)
 
 
 def group_rank(group) -> int:
+    if isinstance(group, VirtualGroup):
+        return group.rank
     return 0 if group is None else dist.get_rank(group)
 
 
@@ -38,7 +62,8 @@ def even_sizes(total: int, parts: int) -> List[int]:
 def all_reduce(x: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
     """In place on `x`; returns it."""
     if group_size(group) > 1:
-        dist.all_reduce(x, op=op, group=group)
+        with record_function(TP_SCOPE):
+            dist.all_reduce(x, op=op, group=group)
     return x
 
 

@@ -62,11 +62,11 @@ class MoTSelfAttention(nn.Module):
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         p = self.settings.attention_dropout if self.training else 0.0
-        segments = plan.segment_ids if self.settings.document_masking else None
+        mask = plan.attention_mask if self.settings.document_masking else None
         if p > 0 and self.rng_tracker is not None:
             with self.rng_tracker.fork():  # heads differ per TP rank: per-rank dropout stream
-                ctx = attention_core(q, k, v, segment_ids=segments, dropout_p=p)
+                ctx = attention_core(q, k, v, mask=mask, dropout_p=p)
         else:
-            ctx = attention_core(q, k, v, segment_ids=segments, dropout_p=p)
+            ctx = attention_core(q, k, v, mask=mask, dropout_p=p)
         ctx = plan.to_grouped(ctx.reshape(n, self.heads * d))  # permutation 2
         return self.linear_proj(ctx, plan)

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 _SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
 
 
-def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, segment_ids: Optional[torch.Tensor] = None,
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: Optional[torch.Tensor] = None,
                    dropout_p: float = 0.0) -> torch.Tensor:
     """q [s, b, hq, d], k/v [s, b, hkv, d] (hq a multiple of hkv) -> [s, b, hq, d].
 
-    segment_ids [s, b]: tokens attend only within their own document (and causally)."""
+    mask [b, 1, s, s] bool (routing.document_mask): causal within documents; None = plain causal."""
     q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [b, heads, s, d]
     kwargs = {}
     if k.shape[1] != q.shape[1]:
@@ -24,12 +24,8 @@ def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, segment
         else:
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    if segment_ids is None:
+    if mask is None:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, **kwargs)
     else:
-        s = q.shape[2]
-        seg = segment_ids.t()  # [b, s]
-        causal = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
-        mask = (seg.unsqueeze(2) == seg.unsqueeze(1)) & causal
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1), dropout_p=dropout_p, **kwargs)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, **kwargs)
     return out.permute(2, 0, 1, 3)

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
+from torch.profiler import record_function
 
 from ..distributed.collectives import even_sizes
+
+ROUTING_SCOPE = "mot/routing"
 
 
 class _Permute(torch.autograd.Function):
@@ -29,11 +32,13 @@ class _Permute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, index, inverse):
         ctx.inverse = inverse
-        return x.index_select(0, index)
+        with record_function(ROUTING_SCOPE):
+            return x.index_select(0, index)
 
     @staticmethod
     def backward(ctx, g):
-        return g.index_select(0, ctx.inverse), None, None
+        with record_function(ROUTING_SCOPE):
+            return g.index_select(0, ctx.inverse), None, None
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class RoutingPlan:
     local_counts: Optional[Tuple[int, ...]] = None  # per-modality counts of this rank's SP shard
     position_ids: Optional[torch.Tensor] = None   # [s, b] RoPE positions (reset per document)
     segment_ids: Optional[torch.Tensor] = None    # [s, b] document ids for document masking
+    attention_mask: Optional[torch.Tensor] = None  # [b, 1, s, s] bool, causal & same document; one per
+    #                                               micro-batch, shared by every layer (saved once)
 
     @property
     def num_tokens(self) -> int:
@@ -129,8 +136,17 @@ def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, route
             ends = torch.tensor(counts).cumsum(0).tolist()
             starts = [0] + ends[:-1]
             local = tuple(max(0, min(e, hi) - max(st, lo)) for st, e in zip(starts, ends))
-    positions = segments = None
+    positions = segments = mask = None
     if segment_ids is not None:
         positions = positions_from_segments(segment_ids).to(device, non_blocking=True)
         segments = segment_ids.to(device, non_blocking=True)
-    return RoutingPlan(s, b, counts, routed, perm, inv, sp_sizes, local, positions, segments)
+        mask = document_mask(segments)
+    return RoutingPlan(s, b, counts, routed, perm, inv, sp_sizes, local, positions, segments, mask)
+
+
+def document_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[b, 1, s, s] bool: token i attends to token j iff j <= i and both are in the same document."""
+    s = segment_ids.shape[0]
+    seg = segment_ids.t()
+    causal = torch.ones(s, s, dtype=torch.bool, device=seg.device).tril()
+    return ((seg.unsqueeze(2) == seg.unsqueeze(1)) & causal).unsqueeze(1)

@@ -68,16 +68,19 @@ class MetricsLogger:
 
 
 def step_record(step: int, loss_sum, counts, modalities, lr: float, grad_norm: Optional[float], tokens: int,
-                step_time: float, flops_per_token: float, world: int, peak: Optional[float], mem_gb: float,
-                times: Dict[str, Optional[float]]) -> Dict:
+                step_time: float, flops_per_token: float, model_flops_per_token: float, world: int,
+                peak: Optional[float], mem_gb: float, times: Dict[str, Optional[float]]) -> Dict:
+    """tflops_per_device counts what the hardware executes (recompute included, as Megatron reports);
+    mfu counts model FLOPs only (3 x forward, dense-equivalent), against the device's peak."""
     total = float(sum(counts))
     rec = {"step": step, "loss": float(sum(loss_sum)) / max(total, 1.0)}
     for m, s, c in zip(modalities, loss_sum, counts):
         rec[f"loss/{m}"] = float(s) / c if c > 0 else None
         rec[f"tokens/{m}"] = int(c)
     tflops = flops_per_token * tokens / step_time / world / 1e12
+    model_tflops = model_flops_per_token * tokens / step_time / world / 1e12
     rec.update({"lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "tokens_per_s": tokens / step_time, "tflops_per_device": tflops,
-                "mfu": tflops / peak if peak else None, "step_time_s": step_time, "peak_mem_gb": mem_gb})
+                "mfu": model_tflops / peak if peak else None, "step_time_s": step_time, "peak_mem_gb": mem_gb})
     rec.update({f"time/{k}_s": v for k, v in times.items()})
     return rec

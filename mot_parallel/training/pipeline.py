@@ -23,7 +23,7 @@ from ..distributed.collectives import even_sizes, group_rank, group_size
 from ..model.layer import MoTLayer
 from ..model.model import MoTEmbedding, MoTHead
 from ..model.rope import rope_cos_sin
-from ..model.routing import RoutingPlan
+from ..model.routing import RoutingPlan, document_mask
 from ..model.settings import ModelSettings
 
 
@@ -64,8 +64,10 @@ class PlanReader:
                 ends.append((start, start + c))
                 start += c
             local = tuple(max(0, min(e, hi) - max(a, lo)) for a, e in ends)
+        segments = t[6] if flags[1] else None
         plan = RoutingPlan(s, b, tuple(counts), self.settings.routed, None if flags[0] else perm,
-                           None if flags[0] else t[2], sizes, local, t[5], t[6] if flags[1] else None)
+                           None if flags[0] else t[2], sizes, local, t[5], segments,
+                           document_mask(segments) if segments is not None else None)
         perm.mot_plan = plan
         perm.mot_rope = rope_cos_sin(plan.position_ids, s, b, self.settings.head_dim, self.settings.rope_theta,
                                      perm.device)

@@ -30,6 +30,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 from ..config import Config, dump_config, validate
 from ..data import MoTDataLoader
@@ -100,8 +101,12 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, cfg.logging.tensorboard, cfg.train.steps, self.step)
         self.flops_per_token = training_flops_per_token(self.settings, cfg.model.max_seq_len,
                                                         recompute=cfg.train.activation_checkpointing)
+        self.model_flops_per_token = training_flops_per_token(self.settings, cfg.model.max_seq_len)
         self.peak = cfg.logging.peak_tflops or peak_tflops(dev.device_name(self.device))
         self._stop_requested = False
+        # optional callbacks around every optimizer step (profiling, measurement): fn(step about to run /
+        # just finished); on_step_end runs after the step's compute, before logging and checkpointing
+        self.on_step_begin = self.on_step_end = None
         if cfg.checkpoint.save_on_sigterm:
             signal.signal(signal.SIGTERM, self._on_sigterm)
 
@@ -166,18 +171,22 @@ class Trainer:
                      (mb.labels, mb.label_modalities, batch.global_label_counts.to(self.device)))
                     for mb in batch.micro_batches]
             t = self._sync()
-            self.engine.train_batch(data_iter=iter(data))
+            with record_function("mot/pipeline"):
+                self.engine.train_batch(data_iter=iter(data))
             times = {"pipeline": self._sync() - t}
             return self._pipeline_sums(), times
         m = self.settings.num_modalities
         loss_sum, count = torch.zeros(m, device=self.device), torch.zeros(m, device=self.device)
         for mb in batch.micro_batches:
             t0 = self._sync()
-            out = self.engine(mb.tokens, mb.plan, mb.labels, mb.label_modalities)
+            with record_function("mot/forward"):
+                out = self.engine(mb.tokens, mb.plan, mb.labels, mb.label_modalities)
             t1 = self._sync()
-            self.engine.backward(out.loss_sum.sum() * (self.topo.dp_size / norm), scale_wrt_gas=False)
+            with record_function("mot/backward"):
+                self.engine.backward(out.loss_sum.sum() * (self.topo.dp_size / norm), scale_wrt_gas=False)
             t2 = self._sync()
-            self.engine.step()
+            with record_function("mot/optimizer"):
+                self.engine.step()
             t3 = self._sync()
             times["forward"] += t1 - t0
             times["backward"] += t2 - t1
@@ -217,13 +226,19 @@ class Trainer:
         last_saved = self.step
         try:
             while self.step < cfg.train.steps:
+                if self.on_step_begin is not None:
+                    self.on_step_begin(self.step + 1)
                 t0 = time.perf_counter()
-                batch = next(self.loader)
+                with record_function("mot/data"):
+                    batch = next(self.loader)
                 t_data = time.perf_counter() - t0
                 lr = cfg.train.optimizer.lr * lr_factor(self.step, cfg)
-                (loss_sum, count), times = self._train_step(batch)
+                with record_function("mot/step"):
+                    (loss_sum, count), times = self._train_step(batch)
                 self.step += 1
                 step_time = time.perf_counter() - t0
+                if self.on_step_end is not None:
+                    self.on_step_end(self.step)
                 if not torch.equal(count.cpu(), batch.global_label_counts):
                     raise RuntimeError(f"step {self.step}: ranks' loss tokens {count.tolist()} differ from the "
                                        f"planned global count {batch.global_label_counts.tolist()}")
@@ -232,7 +247,8 @@ class Trainer:
                     self.metrics.log(step_record(
                         self.step, loss_sum.tolist(), count.tolist(), cfg.model.modalities, lr,
                         self.engine.get_global_grad_norm(), tokens_per_step, step_time, self.flops_per_token,
-                        self.ctx.world_size, self.peak, dev.peak_memory_gb(self.device), times))
+                        self.model_flops_per_token, self.ctx.world_size, self.peak, dev.peak_memory_gb(self.device),
+                        times))
                 faults.maybe_kill_after_step(self.step)
                 if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                     self.save()
@@ -245,6 +261,9 @@ class Trainer:
                     return
             if last_saved != self.step:
                 self.save()
+            if self.rank == 0:  # the Slurm script does not requeue a finished run
+                with open(os.path.join(self.run_dir, "COMPLETED"), "w") as f:
+                    f.write(f"{self.step}\n")
         finally:
             self.loader.close()
             self.metrics.close()

@@ -1,0 +1,109 @@
+"""Communication volume, step time, throughput and MFU of one layout (assumptions in hardware.py).
+
+Bytes are per GPU and per optimizer step, as ring algorithms move them: all-reduce 2(n-1)/n x size,
+all-gather / reduce-scatter (n-1)/n x size. A group's link is NVLink when all its ranks share a node,
+else the inter-node fabric (its per-GPU bandwidth bounds the ring).
+  TP (per layer and micro-batch, like a dense Megatron layer whatever the number of modalities):
+     SP off: 2 all-reduces forward + 2 backward of [N, h]; SP on: 2 all-gathers + 2 reduce-scatters
+     forward and the same backward; activation recompute repeats the forward ones.
+  DP: ZeRO-0/1 one gradient all-reduce per step; ZeRO-2 a reduce-scatter per micro-batch + the
+     parameter all-gather after the step; ZeRO-3 two parameter all-gathers (forward, backward) and a
+     gradient reduce-scatter per micro-batch.
+  PP: activations forward and their gradients backward across each stage boundary, per micro-batch.
+Step time = (compute + TP comm) x (1 + bubble) + exposed DP comm + optimizer, where compute uses the
+GEMM / attention efficiencies, the 1F1B bubble is (PP - 1) / micro-batches, (1 - dp_overlap) of DP
+traffic is exposed (the post-step all-gather of ZeRO-1/2 fully), and the optimizer streams ~36 bytes
+per parameter of its partition through HBM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+from ..flops import forward_flops_per_token
+from ..model.settings import ModelSettings
+from .hardware import Hardware
+from .memory import Layout
+from .params import rank_params, stage_layers
+
+
+@dataclass
+class Estimate:
+    comm_bytes: Dict[str, Dict[str, float]]   # collective -> {"bytes": per GPU per step, "link": ...}
+    compute_s: float
+    tp_comm_s: float
+    bubble: float
+    dp_exposed_s: float
+    optimizer_s: float
+    step_s: float
+    tokens_per_s_per_gpu: float
+    model_tflops_per_gpu: float
+    mfu: float
+
+
+def _spans_nodes(group_size: int, stride: int, hw: Hardware) -> bool:
+    return group_size * stride > hw.gpus_per_node
+
+
+def estimate(s: ModelSettings, L: Layout, seq: int, hw: Hardware, act_bytes: int = 2) -> Estimate:
+    N = seq * L.micro_batch                       # tokens per micro-batch
+    m = L.grad_accum                              # micro-batches per step
+    tokens_step = N * m * L.dp
+    layers = max(len(stage_layers(s.num_layers, L.pp, st)) for st in range(L.pp))
+    P = max(rank_params(s, L.tp, L.pp, st).total for st in range(L.pp))
+    t, d = L.tp, L.dp
+    nv, ib = hw.nvlink_gbps * 1e9, hw.inter_gbps * 1e9
+    comm: Dict[str, Dict[str, float]] = {}
+    # TP
+    tp_time = 0.0
+    if t > 1:
+        link_bw = ib if t > hw.gpus_per_node else nv
+        link = "inter-node" if t > hw.gpus_per_node else "nvlink"
+        size = N * s.hidden_size * act_bytes
+        reps = 2 + (1 if L.recompute else 0)      # forward, backward, recomputed forward
+        # two collectives per pass (attention, FFN); an SP all-gather + reduce-scatter pair moves what an
+        # all-reduce moves, 2 (t-1)/t x size; embedding and head add about two more per micro-batch
+        per_layer = reps * 2 * 2 * (t - 1) / t * size
+        total = per_layer * layers * m + 2 * 2 * (t - 1) / t * size * m
+        name = "tp_all_gather+reduce_scatter" if L.sp else "tp_all_reduce"
+        comm[name] = {"bytes": total, "link": link}
+        tp_time = total / link_bw
+    # DP
+    dp_time = 0.0
+    if d > 1:
+        spans = _spans_nodes(d, t, hw)
+        bw, link = (ib, "inter-node") if spans else (nv, "nvlink")
+        grad = P * act_bytes
+        frac = (d - 1) / d
+        if L.zero <= 1:
+            comm["dp_grad_all_reduce"] = {"bytes": 2 * frac * grad, "link": link}
+            exposed = (1 - hw.dp_overlap) * 2 * frac * grad / bw
+        elif L.zero == 2:
+            comm["dp_grad_reduce_scatter"] = {"bytes": m * frac * grad, "link": link}
+            comm["dp_param_all_gather"] = {"bytes": frac * grad, "link": link}
+            exposed = (1 - hw.dp_overlap) * m * frac * grad / bw + frac * grad / bw
+        else:
+            comm["zero3_param_all_gather"] = {"bytes": 2 * m * frac * grad, "link": link}
+            comm["zero3_grad_reduce_scatter"] = {"bytes": m * frac * grad, "link": link}
+            exposed = (1 - hw.dp_overlap) * 3 * m * frac * grad / bw
+        dp_time = exposed
+    # PP
+    if L.pp > 1:
+        spans = L.dp * t >= hw.gpus_per_node
+        act = N * s.hidden_size * act_bytes / (t if L.sp else 1)
+        comm["pp_p2p"] = {"bytes": 2 * act * m, "link": "inter-node" if spans else "nvlink"}
+        tp_time += 2 * act * m / (ib if spans else nv)
+    # compute (dense-equivalent FLOPs: MoT has the dense model's FLOPs per token)
+    f = forward_flops_per_token(s, seq)
+    mult = 4.0 if L.recompute else 3.0
+    gemm = (f["layer_gemm"] * s.num_layers + f["head"]) * mult * tokens_step / L.world
+    attn = f["layer_attention"] * s.num_layers * mult * tokens_step / L.world
+    compute = gemm / (hw.peak_tflops * 1e12 * hw.gemm_efficiency) + attn / (hw.peak_tflops * 1e12 * hw.attention_efficiency)
+    bubble = (L.pp - 1) / m if L.pp > 1 else 0.0
+    shard = d if L.zero >= 1 else 1
+    optimizer = 36 * P / shard / (hw.hbm_gbps * 1e9)
+    step = (compute + tp_time) * (1 + bubble) + dp_time + optimizer
+    model_flops = f["total"] * 3.0 * tokens_step
+    tflops = model_flops / step / L.world / 1e12
+    return Estimate(comm, compute, tp_time, bubble, dp_time, optimizer, step, tokens_step / step / L.world, tflops,
+                    tflops / hw.peak_tflops)

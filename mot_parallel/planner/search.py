@@ -1,0 +1,58 @@
+"""Search TP x PP x DP x ZeRO x micro-batch x recompute layouts for a GPU count; rank the ones that fit
+in memory by estimated tokens/s per GPU."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from ..model.settings import ModelSettings
+from .estimate import Estimate, estimate
+from .hardware import Hardware
+from .memory import GB, Layout, Memory, memory
+
+
+@dataclass
+class Plan:
+    layout: Layout
+    memory: Memory
+    estimate: Estimate
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.total <= self.hardware_memory
+
+    hardware_memory: float = 0.0
+
+
+def evaluate(s: ModelSettings, L: Layout, seq: int, hw: Hardware, param_bytes: int = 2) -> Plan:
+    mem = memory(s, L, seq, param_bytes, hw.reserve_gb)
+    return Plan(L, mem, estimate(s, L, seq, hw, param_bytes), hw.memory_gb * GB)
+
+
+def candidate_layouts(s: ModelSettings, gpus: int, global_batch: int, hw: Hardware,
+                      micro_batches=(1, 2, 4)) -> List[Layout]:
+    out = []
+    for tp in (1, 2, 4, 8):
+        if tp > hw.gpus_per_node or s.num_heads % tp or s.num_kv_heads % tp or s.ffn_hidden_size % tp:
+            continue
+        for pp in (1, 2, 4, 8, 16):
+            if s.num_layers % pp or gpus % (tp * pp):
+                continue
+            dp = gpus // (tp * pp)
+            for mb in micro_batches:
+                if global_batch % (mb * dp):
+                    continue
+                accum = global_batch // (mb * dp)
+                if pp > 1 and accum < pp:
+                    continue  # too few micro-batches to fill the pipeline
+                for zero in ((0, 1) if pp > 1 else (0, 1, 2, 3)):
+                    for recompute in (False, True):
+                        out.append(Layout(tp, pp, dp, zero, mb, accum, recompute, tp > 1))
+    return out
+
+
+def search(s: ModelSettings, gpus: int, global_batch: int, seq: int, hw: Hardware, top: Optional[int] = 10,
+           param_bytes: int = 2) -> List[Plan]:
+    plans = [evaluate(s, L, seq, hw, param_bytes) for L in candidate_layouts(s, gpus, global_batch, hw)]
+    fitting = sorted((p for p in plans if p.fits), key=lambda p: -p.estimate.tokens_per_s_per_gpu)
+    return fitting[:top] if top else fitting
