@@ -17,11 +17,14 @@ setup(
         "pyyaml>=6",
         "tensorboard>=2.14",
         "numpy",
+        # checkpoint conversion and export: HF checkpoints come as safetensors, and it loads without
+        # pickle (safe for downloaded files) and memory-mapped
+        "safetensors>=0.4",
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1"],
         "megatron": ["megatron-core>=0.12,<0.17"],
-        # transformers + safetensors: the hf-to-mot conversion tests build a tiny Llama.
-        "dev": ["pytest>=7", "matplotlib", "transformers>=4.40", "safetensors"],
+        # transformers: the hf-to-mot conversion tests build a tiny Llama (test-only).
+        "dev": ["pytest>=7", "matplotlib", "transformers>=4.40"],
     },
 )

@@ -2,6 +2,15 @@
 and ZeRO data parallelism, on DeepSpeed and inside Megatron-Core.
 
 Layout: config/ (typed config), distributed/ (start-up, topology, collectives), tensor_parallel/
-(TP/SP primitives), testing/ (multi-process harness). See README.md for a tour.
+(TP/SP primitives), model/ (the MoT model), data/, training/, planner/, convert/ (checkpoints),
+megatron/ (the Megatron-Core plug-in), testing/ (multi-process harness). See README.md for a tour.
 """
 __version__ = "0.1.0"
+
+
+def load_pretrained(path, device="cpu", dtype=None):
+    """`model = mot_parallel.load_pretrained(dir); logits = model(tokens, modality_ids)` (see inference.py)."""
+    import torch
+
+    from .inference import load_pretrained as _load
+    return _load(path, device, dtype or torch.float32)

@@ -130,7 +130,10 @@ class CheckpointConfig:
     dir: Optional[str] = opt(None, "Checkpoint directory (null = <run.output_dir>/checkpoints).")
     interval: int = opt(1000, "Save every N steps (0 = only at the end and on SIGTERM).")
     keep_last: int = opt(3, "Keep the newest K checkpoints (0 = keep all).")
-    resume: str = opt("auto", "'auto' (latest if any), 'none', or a checkpoint directory.")
+    resume: str = opt(
+        "auto", "'auto' (the run's latest checkpoint if any), 'none', a DeepSpeed checkpoint directory, or a "
+        "universal checkpoint (tools/convert_checkpoint.py: another layout, or an upcycled HF model), which "
+        "starts the run unless it already has checkpoints of its own.")
     save_on_sigterm: bool = opt(True, "On SIGTERM (Slurm preemption) save a checkpoint and exit.")
 
 

@@ -27,6 +27,11 @@ def pick_device(local_rank: int = 0, force_cpu: bool = False) -> torch.device:
     return torch.device("cpu")
 
 
+def current_device() -> torch.device:
+    """The accelerator this process has made current (pick_device / Megatron's set-up), else cpu."""
+    return torch.device(_ACCEL, torch.cuda.current_device()) if accelerator_available() else torch.device("cpu")
+
+
 def backend_for(device: torch.device) -> str:
     """nccl for GPUs, gloo for CPU."""
     return _ACCEL_BACKEND if device.type == _ACCEL else _CPU_BACKEND

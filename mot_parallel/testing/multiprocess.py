@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import socket
 import time
 import traceback
@@ -53,9 +54,11 @@ def _worker(fn, rank, world, port, args, kwargs, conn, threads, env):
         from mot_parallel.distributed import init_distributed
         init_distributed(force_cpu=True, require_process_group=True, timeout_s=300)
         result = fn(*args, **kwargs)
-        conn.send(("ok", result))
+        # plain pickle: tensors travel by value (torch's reducers would share file descriptors that die
+        # with this process while the parent may still be reading them)
+        conn.send_bytes(pickle.dumps(("ok", result)))
     except BaseException:  # noqa: BLE001 - report everything, including SystemExit/KeyboardInterrupt
-        conn.send(("error", traceback.format_exc()))
+        conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
         conn.close()
         os._exit(1)  # skip process-group teardown: peers may be stuck in a collective
     conn.close()
@@ -73,8 +76,10 @@ def run_distributed(fn: Callable, world_size: int, args: Sequence[Any] = (), kwa
     procs, conns = [], []
     for rank in range(world_size):
         parent, child = ctx.Pipe(duplex=False)
+        # not daemonic: bodies may start processes of their own (Megatron's async checkpoint writer does);
+        # every worker is joined or killed below
         p = ctx.Process(target=_worker, args=(fn, rank, world_size, port, tuple(args), kwargs or {}, child,
-                                              threads, env or {}), daemon=True)
+                                              threads, env or {}), daemon=False)
         p.start()
         child.close()
         procs.append(p)
@@ -92,7 +97,7 @@ def run_distributed(fn: Callable, world_size: int, args: Sequence[Any] = (), kwa
         for r in list(pending):
             if conns[r] in ready or (procs[r].sentinel in ready and conns[r].poll()):
                 try:
-                    status, payload = conns[r].recv()
+                    status, payload = pickle.loads(conns[r].recv_bytes())
                 except EOFError:  # the pipe closed first; reap the process to report its exit code
                     procs[r].join(timeout=10)
                     status, payload = "error", f"rank {r} died with exit code {procs[r].exitcode} before reporting"

@@ -142,7 +142,21 @@ class Trainer:
                                   segment_ids=mb.segment_ids if s.document_masking else None, device=self.device)
 
     def _resume(self) -> None:
-        found = self.ckpt.resolve(self.cfg.checkpoint.resume)
+        from ..convert import import_engine, is_universal
+        resume = self.cfg.checkpoint.resume
+        if resume not in ("auto", "none") and is_universal(resume) and self.ckpt.latest() is None:
+            # a universal checkpoint (another layout, or an upcycled dense model) starts this run; once the
+            # run has checkpoints of its own, those win (a requeued job must not start over)
+            state = import_engine(self, resume)
+            self.step = int(state.get("step", 0))
+            if "scheduler" in state:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if "loader" in state:
+                self.loader.load_state_dict(state["loader"])
+            if self.rank == 0:
+                print(f"[mot_parallel] started from universal checkpoint {resume} at step {self.step}", flush=True)
+            return
+        found = self.ckpt.resolve("auto" if resume not in ("auto", "none") and is_universal(resume) else resume)
         if found is None:
             return
         client, rng = self.ckpt.load(self.engine, *found)
@@ -213,6 +227,11 @@ class Trainer:
         flag = torch.tensor([1.0 if self._stop_requested else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+    def export_universal(self, path: str) -> None:
+        """Write the current state as a layout-independent universal checkpoint (collective)."""
+        from ..convert import export_engine
+        export_engine(self, path)
 
     def save(self) -> None:
         state = {"step": self.step, "loader": self.loader.state_dict()}

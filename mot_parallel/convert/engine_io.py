@@ -1,0 +1,173 @@
+"""Between a training engine of any layout and the universal checkpoint.
+
+Export: every rank walks its parameters in the same order; DeepSpeed's `safe_get_full_*` assembles a
+parameter's fp32 master and Adam states over the ZeRO/DP group, `gather_full` joins the TP shards (from
+the parameters' own tags), and one writer per pipeline stage (DP rank 0, TP rank 0) streams them into
+shards. Import reverses it: split each full tensor for this TP rank, write the model weight and, through
+`safe_set_full_*`, the fp32 master and Adam states. Together they reshard a run losslessly between any
+TP / PP / DP layouts (ZeRO 0-2; ZeRO-3 can export, and imports go through a ZeRO <= 2 layout).
+Vocabulary rows (embedding, output layer) are padded or truncated to the target layout's padding;
+rows beyond the true vocabulary are never used. Per-rank RNG states are not carried (dropout streams
+depend on the layout).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from ..tensor_parallel.layout import gather_full, partition, split_full
+from .names import canonical_names
+from .universal import ShardWriter, Universal, publish, temp_dir
+
+VOCAB_PARAMS = ("embedding.word_embeddings.weight", "head.output_layer.weight")
+ADAM_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def fit_vocab(t: torch.Tensor, rows: int) -> torch.Tensor:
+    if t.shape[0] == rows:
+        return t
+    if t.shape[0] > rows:
+        return t[:rows]
+    return torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
+
+
+def _link_optimizer_states(engine) -> None:
+    """DeepSpeed (0.19) links each parameter to its optimizer-state fragments lazily, after the first
+    step(); after a checkpoint load or in a fresh engine the safe_*_optimizer_state accessors need the
+    link, so force it (a private method of the ZeRO-1/2 and BF16 optimizers; absent elsewhere)."""
+    link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
+
+
+def _ensure_adam_states(engine) -> None:
+    """torch's AdamW creates its state at the first step; a fresh engine receiving a checkpoint's states
+    needs them to exist (zeros, step 0; overwritten right after)."""
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for group in inner.param_groups:
+        for p in group["params"]:
+            if not inner.state.get(p):
+                inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                  "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _local_optimizer_state(engine, p, key) -> Optional[torch.Tensor]:
+    from deepspeed.utils import safe_get_full_optimizer_state
+    st = safe_get_full_optimizer_state(p, key)
+    if st is None:  # ZeRO-0: DeepSpeed drives the torch optimizer directly
+        st = getattr(engine.optimizer, "state", {}).get(p, {}).get(key)
+    return st
+
+
+def export_engine(trainer, path: str) -> None:
+    """Write the trainer's model + optimizer + training state as a universal checkpoint (collective)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+    engine, topo, s = trainer.engine, trainer.topo, trainer.settings
+    module = engine.module
+    names = canonical_names(module, topo.pp_size > 1, s.num_layers)
+    writer = topo.dp_rank == 0 and topo.tp_rank == 0
+    tmp = temp_dir(path)
+    if trainer.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    _barrier()
+    model = ShardWriter(tmp, f"model-stage{topo.pp_rank}")
+    optim = ShardWriter(tmp, f"optim-stage{topo.pp_rank}")
+    _link_optimizer_states(engine)
+    has_optimizer = True
+    for local, p in module.named_parameters():
+        hp = safe_get_full_fp32_param(p)
+        full = gather_full(hp if hp is not None else p.detach().float(), p, topo.tp_group)
+        if writer:
+            model.add(names[local], full)
+        for key in ADAM_KEYS:
+            st = _local_optimizer_state(engine, p, key)
+            if st is None:
+                has_optimizer = False  # before the first step there is nothing to carry
+                continue
+            full = gather_full(st.float(), p, topo.tp_group)
+            if writer:
+                optim.add(f"{names[local]}/{key}", full)
+    model.flush()
+    optim.flush()
+    _barrier()
+    if trainer.rank == 0:
+        state = {"step": trainer.step, "scheduler": trainer.scheduler.state_dict(),
+                 "loader": trainer.loader.state_dict()}
+        publish(path, trainer.cfg, {"step": trainer.step, "has_optimizer": has_optimizer,
+                                    "vocab_rows": s.padded_vocab_size, "vocab_size": s.vocab_size}, state)
+    _barrier()
+
+
+def import_engine(trainer, path: str) -> dict:
+    """Load a universal checkpoint into the trainer's engine (any layout); returns its training state."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+    if trainer.cfg.parallel.zero_stage == 3:
+        raise ValueError("importing a universal checkpoint into ZeRO-3 is not supported: resume with "
+                         "parallel.zero_stage<=2, save, then continue with ZeRO-3 from that checkpoint")
+    engine, topo, s = trainer.engine, trainer.topo, trainer.settings
+    uni = Universal(path)
+    module = engine.module
+    names = canonical_names(module, topo.pp_size > 1, s.num_layers)
+    with_optimizer = uni.meta.get("has_optimizer", False)
+    torch_opt_state = getattr(engine.optimizer, "state", None)
+    if with_optimizer:
+        _ensure_adam_states(engine)
+        _link_optimizer_states(engine)
+    with torch.no_grad():
+        for local, p in module.named_parameters():
+            canon = names[local]
+            dim, blocks = partition(p)
+
+            def shard(t):
+                t = fit_vocab(t, s.padded_vocab_size) if canon in VOCAB_PARAMS else t
+                return split_full(t, dim, topo.tp_rank, topo.tp_size, blocks).to(p.device)
+            w = shard(uni.get(canon))
+            p.data.copy_(w.to(p.dtype))
+            safe_set_full_fp32_param(p, w)
+            if not with_optimizer:
+                continue
+            for key in ADAM_KEYS:
+                st = shard(uni.optimizer_state(canon, key))
+                if hasattr(p, "_hp_mapping") or hasattr(p, "ds_id"):
+                    safe_set_full_optimizer_state(p, st, key)
+                elif torch_opt_state is not None:
+                    torch_opt_state.setdefault(p, {})[key] = st.clone()
+    if with_optimizer:
+        inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+        step = torch.tensor(float(uni.state["step"]))
+        for st in inner.state.values():
+            st["step"] = step.clone()
+    engine.global_steps = uni.state.get("step", 0)
+    return uni.state
+
+
+def load_weights(model, get, tp_group=None) -> None:
+    """Fill a bare MoTModel from `get(canonical name) -> full tensor` (this TP rank's shards; a tied
+    embedding is one parameter, listed once)."""
+    from ..distributed.collectives import group_rank, group_size
+    names = canonical_names(model, False, model.settings.num_layers)
+    tp, rank = group_size(tp_group), group_rank(tp_group)
+    with torch.no_grad():
+        for local, p in model.named_parameters():
+            t = get(names[local])
+            if names[local] in VOCAB_PARAMS:
+                t = fit_vocab(t, model.settings.padded_vocab_size)
+            dim, blocks = partition(p)
+            p.copy_(split_full(t, dim, rank, tp, blocks).to(p.dtype))
+
+
+def load_universal_into_model(model, path: str, tp_group=None) -> Universal:
+    """Weights only, into a bare MoTModel (inference, conversion checks); TP via `tp_group`."""
+    uni = Universal(path)
+    load_weights(model, uni.get, tp_group)
+    return uni

@@ -1,0 +1,36 @@
+"""A universal checkpoint -> one safetensors file + config, for inference and evaluation elsewhere.
+
+    <out>/model.safetensors   every parameter under its canonical name, in the chosen dtype
+    <out>/config.yaml         the model's config (mot_parallel.load_pretrained reads it)
+    <out>/config.json         the model section as JSON, for tools outside this stack
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+
+from ..config import dump_config
+from .universal import Universal
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def export_universal(path: str, out: str, dtype: str = "fp32") -> str:
+    uni = Universal(path)
+    tmp = os.path.abspath(out) + ".writing"
+    os.makedirs(tmp, exist_ok=True)
+    tensors = {n: uni.get(n).to(DTYPES[dtype]).contiguous() for n in uni.names()}
+    save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "mot_parallel.export/1"})
+    dump_config(uni.config, os.path.join(tmp, "config.yaml"))
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump({"model": dataclasses.asdict(uni.config.model), "dtype": dtype, "step": uni.meta.get("step")},
+                  f, indent=1)
+    if os.path.isdir(out):
+        import shutil
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,113 @@
+"""Convert checkpoints: Hugging Face upcycling, resharding across TP/PP layouts, single-file export.
+
+    # a HF Llama-architecture model -> MoT (every modality starts as a copy of the dense weights)
+    python tools/convert_checkpoint.py hf-to-mot --hf llama_dir --out mot_start --modalities text image
+    # then train from it:  launch/pretrain.py --config ... checkpoint.resume=mot_start
+
+    # a training checkpoint (DeepSpeed, any layout) -> universal (layout-independent)
+    python tools/convert_checkpoint.py to-universal --config cfg.yaml --checkpoint runs/x/checkpoints --out u
+    # universal -> a DeepSpeed checkpoint of another layout (in <run.output_dir>/checkpoints)
+    python tools/convert_checkpoint.py from-universal --config cfg.yaml --universal u parallel.tensor_parallel=1
+    # both at once
+    python tools/convert_checkpoint.py reshard --config cfg.yaml --checkpoint runs/x/checkpoints \
+        --src parallel.tensor_parallel=2 parallel.pipeline_parallel=2 --dst parallel.tensor_parallel=1 \
+        --run-dir runs/x_tp1
+    # universal -> one safetensors file + config, for inference/evaluation elsewhere
+    python tools/convert_checkpoint.py export --universal u --out exported [--dtype bf16]
+
+to-universal / from-universal run on the layout's world: under a launcher (deepspeed / torchrun /
+srun) they use its processes; otherwise they start --nproc local CPU processes (default TP x PP).
+Then load in Python:  model = mot_parallel.load_pretrained("exported"); logits = model(tokens, modality_ids)
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from mot_parallel.config import load_config_or_exit  # noqa: E402
+
+
+def _with_trainer(config, overrides, action, arg):
+    """Build the trainer on this world (it loads the checkpoint named by checkpoint.resume) and act."""
+    from mot_parallel.config import load_config
+    from mot_parallel.training import Trainer
+    cfg = load_config(config, list(overrides))
+    trainer = Trainer(cfg)
+    try:
+        if action == "export":
+            trainer.export_universal(arg)
+        else:
+            trainer.save()
+    finally:
+        trainer.loader.close()
+    return trainer.step
+
+
+def _run(config, overrides, action, arg, nproc):
+    if "WORLD_SIZE" in os.environ or "SLURM_PROCID" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
+        return _with_trainer(config, overrides, action, arg)
+    from mot_parallel.testing import run_distributed
+    cfg = load_config_or_exit(config, overrides)
+    n = nproc or cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel
+    return run_distributed(_with_trainer, n, args=(config, overrides, action, arg), timeout=24 * 3600)[0]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    h = sub.add_parser("hf-to-mot")
+    h.add_argument("--hf", required=True)
+    h.add_argument("--out", required=True)
+    h.add_argument("--modalities", nargs="+", required=True)
+    h.add_argument("--config", default=None, help="base config for everything the HF config does not set")
+    h.add_argument("overrides", nargs="*")
+    t = sub.add_parser("to-universal")
+    t.add_argument("--config", required=True)
+    t.add_argument("--checkpoint", required=True, help="a run's checkpoint directory (or one step_* inside it)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--nproc", type=int, default=None)
+    t.add_argument("overrides", nargs="*")
+    f = sub.add_parser("from-universal")
+    f.add_argument("--config", required=True)
+    f.add_argument("--universal", required=True)
+    f.add_argument("--nproc", type=int, default=None)
+    f.add_argument("overrides", nargs="*")
+    r = sub.add_parser("reshard")
+    r.add_argument("--config", required=True)
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--src", nargs="*", default=[], help="overrides giving the checkpoint's layout")
+    r.add_argument("--dst", nargs="*", default=[], help="overrides giving the target layout")
+    r.add_argument("--run-dir", required=True, help="where the target layout's run and checkpoint go")
+    e = sub.add_parser("export")
+    e.add_argument("--universal", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "hf-to-mot":
+        from mot_parallel.convert import hf_to_universal
+        s = hf_to_universal(args.hf, args.out, args.modalities, args.config, args.overrides)
+        print(f"wrote {args.out}: {s.num_layers} layers, modalities {list(s.modalities)} (shared start)")
+    elif args.cmd == "to-universal":
+        step = _run(args.config, args.overrides + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"],
+                    "export", os.path.abspath(args.out), args.nproc)
+        print(f"wrote {args.out} (step {step})")
+    elif args.cmd == "from-universal":
+        step = _run(args.config, args.overrides + [f"checkpoint.resume={os.path.abspath(args.universal)}"],
+                    "save", None, args.nproc)
+        print(f"saved step {step} in the target layout's checkpoint directory")
+    elif args.cmd == "reshard":
+        universal = os.path.join(os.path.abspath(args.run_dir), "universal")
+        _run(args.config, args.src + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"], "export",
+             universal, None)
+        step = _run(args.config, args.dst + [f"checkpoint.resume={universal}",
+                                             f"run.output_dir={os.path.abspath(args.run_dir)}"], "save", None, None)
+        print(f"resharded step {step} into {args.run_dir}/checkpoints (via {universal})")
+    else:
+        from mot_parallel.convert import export_universal
+        print(f"wrote {export_universal(args.universal, args.out, args.dtype)}")
+
+
+if __name__ == "__main__":
+    main()
