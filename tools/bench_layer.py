@@ -25,7 +25,7 @@ from mot_parallel.benchmarks.naive_mot import NaiveMoTLayer  # noqa: E402
 from mot_parallel.benchmarks.timing import time_interleaved  # noqa: E402
 from mot_parallel.distributed import device as dev  # noqa: E402
 from mot_parallel.flops import forward_flops_per_token, param_counts  # noqa: E402
-from mot_parallel.model import ModelSettings, MoTLayer, build_routing_plan  # noqa: E402
+from mot_parallel.model import ModelSettings, MoTLayer, build_routing_plan, plan_for  # noqa: E402
 from mot_parallel.model.rope import rope_cos_sin  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -57,7 +57,7 @@ def make_step(kind, layer, x, mods, s, device):
             layer.zero_grad(set_to_none=True)
             layer(x, mods).backward(grad)
         return step
-    plan = build_routing_plan(mods, s.num_modalities, routed=s.routed, device=device)
+    plan = plan_for(s, mods, device=device)
     rope = rope_cos_sin(None, seq, batch, s.head_dim, s.rope_theta, device)
     xg = plan.to_grouped(x.view(seq * batch, -1)).view_as(x).detach().requires_grad_()
 

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mot_parallel.config import ConfigError, load_config, resolve_layout  # noqa: E402
 from mot_parallel.data import MoTDataLoader  # noqa: E402
 from mot_parallel.data.from_config import open_corpus  # noqa: E402
-from mot_parallel.model import ModelSettings, build_routing_plan  # noqa: E402
+from mot_parallel.model import ModelSettings, plan_for  # noqa: E402
 
 
 def main(argv=None):
@@ -38,8 +38,7 @@ def main(argv=None):
     corpus = open_corpus(cfg)
 
     def plan(mb):
-        return build_routing_plan(mb.modality_ids, s.num_modalities, routed=s.routed, tp_size=tp,
-                                  sequence_parallel=s.sequence_parallel, segment_ids=mb.segment_ids)
+        return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp)  # as the trainer plans
 
     loader = MoTDataLoader(corpus, seq_len=cfg.model.max_seq_len, micro_batch_size=layout.micro_batch_size,
                            dp_size=layout.dp, dp_rank=0, grad_accum=layout.grad_accum, seed=cfg.train.seed,

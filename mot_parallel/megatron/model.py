@@ -23,7 +23,8 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from ..model.rope import rope_cos_sin
-from ..model.routing import RoutingPlan, build_routing_plan
+from ..model.model import plan_for
+from ..model.routing import RoutingPlan
 from .layer import MoTOptions, settings_from_megatron
 
 
@@ -48,13 +49,11 @@ class MoTGPTModel(GPTModel):
                    device: Optional[torch.device] = None) -> RoutingPlan:
         """modality_ids [b, s] (host); Megatron's batch-first layout."""
         from megatron.core import parallel_state
-        s = self.settings
-        return build_routing_plan(
-            modality_ids.t().cpu(), s.num_modalities, routed=s.routed,
-            tp_size=parallel_state.get_tensor_model_parallel_world_size(),
-            tp_rank=parallel_state.get_tensor_model_parallel_rank(), sequence_parallel=s.sequence_parallel,
-            segment_ids=segment_ids.t().cpu() if (segment_ids is not None and s.document_masking) else None,
-            device=device or next(self.parameters()).device)
+        return plan_for(self.settings, modality_ids.t().cpu(),
+                        segment_ids.t().cpu() if segment_ids is not None else None,
+                        tp_size=parallel_state.get_tensor_model_parallel_world_size(),
+                        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+                        device=device or next(self.parameters()).device)
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,

@@ -94,6 +94,17 @@ class MoTHead(nn.Module):
         return LossOutput(loss_sum, count)
 
 
+def plan_for(settings: ModelSettings, modality_ids: torch.Tensor, segment_ids: Optional[torch.Tensor] = None, *,
+             tp_size: int = 1, tp_rank: int = 0, device: torch.device = torch.device("cpu")) -> RoutingPlan:
+    """The routing plan a model with `settings` needs for one micro-batch, from host-side modality (and
+    document) ids [s, b]: the one place that maps model settings onto build_routing_plan (our model,
+    the trainer's loader thread and the Megatron model all plan through it)."""
+    return build_routing_plan(
+        modality_ids, settings.num_modalities, routed=settings.routed, tp_size=tp_size, tp_rank=tp_rank,
+        sequence_parallel=settings.sequence_parallel,
+        segment_ids=segment_ids if settings.document_masking else None, device=device)
+
+
 class MoTModel(nn.Module):
     def __init__(self, settings: ModelSettings, tp_group=None, layer_numbers: Optional[Iterable[int]] = None,
                  pre_process: bool = True, post_process: bool = True, rng_tracker=None, device=None):
@@ -113,12 +124,8 @@ class MoTModel(nn.Module):
     def build_plan(self, modality_ids: torch.Tensor, segment_ids: Optional[torch.Tensor] = None,
                    device: Optional[torch.device] = None) -> RoutingPlan:
         """The routing plan for one micro-batch, from host-side modality (and document) ids [s, b]."""
-        s = self.settings
-        return build_routing_plan(
-            modality_ids, s.num_modalities, routed=s.routed, tp_size=group_size(self.tp_group),
-            tp_rank=group_rank(self.tp_group), sequence_parallel=s.sequence_parallel,
-            segment_ids=segment_ids if s.document_masking else None,
-            device=device or next(self.parameters()).device)
+        return plan_for(self.settings, modality_ids, segment_ids, tp_size=group_size(self.tp_group),
+                        tp_rank=group_rank(self.tp_group), device=device or next(self.parameters()).device)
 
     def rope(self, plan: RoutingPlan, device: torch.device):
         s = self.settings

@@ -16,7 +16,7 @@ inside a layer) or a device index tensor moved once per step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch.profiler import record_function
@@ -108,6 +108,19 @@ def positions_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
     return idx - first
 
 
+def sp_shard(num_tokens: int, counts: Sequence[int], tp_size: int, tp_rank: int
+             ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Sequence-parallel split of the flat (grouped) token list: (tokens per TP rank, per-modality
+    counts of this rank's contiguous shard), all host ints."""
+    sizes = tuple(even_sizes(num_tokens, tp_size))
+    lo = sum(sizes[:tp_rank])
+    hi, start, local = lo + sizes[tp_rank], 0, []
+    for c in counts:
+        local.append(max(0, min(start + c, hi) - max(start, lo)))
+        start += c
+    return sizes, tuple(local)
+
+
 def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, routed: bool = True,
                        tp_size: int = 1, tp_rank: int = 0, sequence_parallel: bool = False,
                        segment_ids: Optional[torch.Tensor] = None, device: torch.device = torch.device("cpu"),
@@ -129,13 +142,8 @@ def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, route
             perm, inv = order.to(device, non_blocking=True), inv.to(device, non_blocking=True)
     sp_sizes = local = None
     if sequence_parallel and tp_size > 1:
-        sp_sizes = tuple(even_sizes(s * b, tp_size))
-        lo = sum(sp_sizes[:tp_rank])
-        hi = lo + sp_sizes[tp_rank]
-        if routed:
-            ends = torch.tensor(counts).cumsum(0).tolist()
-            starts = [0] + ends[:-1]
-            local = tuple(max(0, min(e, hi) - max(st, lo)) for st, e in zip(starts, ends))
+        sp_sizes, local = sp_shard(s * b, counts, tp_size, tp_rank)
+        local = local if routed else None
     positions = segments = mask = None
     if segment_ids is not None:
         positions = positions_from_segments(segment_ids).to(device, non_blocking=True)

@@ -19,11 +19,11 @@ from typing import Callable, Tuple
 import torch
 from torch import nn
 
-from ..distributed.collectives import even_sizes, group_rank, group_size
+from ..distributed.collectives import group_rank, group_size
 from ..model.layer import MoTLayer
 from ..model.model import MoTEmbedding, MoTHead
 from ..model.rope import rope_cos_sin
-from ..model.routing import RoutingPlan, document_mask
+from ..model.routing import RoutingPlan, document_mask, sp_shard
 from ..model.settings import ModelSettings
 
 
@@ -54,16 +54,9 @@ class PlanReader:
             return plan
         counts, flags = t[3].tolist(), t[4].tolist()  # the stage's one device->host read
         s, b = t[5].shape
-        sp = self.settings.sequence_parallel and self.tp_size > 1
         sizes = local = None
-        if sp:
-            sizes = tuple(even_sizes(s * b, self.tp_size))
-            lo = sum(sizes[:self.tp_rank])
-            hi, ends, start = lo + sizes[self.tp_rank], [], 0
-            for c in counts:
-                ends.append((start, start + c))
-                start += c
-            local = tuple(max(0, min(e, hi) - max(a, lo)) for a, e in ends)
+        if self.settings.sequence_parallel and self.tp_size > 1:
+            sizes, local = sp_shard(s * b, counts, self.tp_size, self.tp_rank)
         segments = t[6] if flags[1] else None
         plan = RoutingPlan(s, b, tuple(counts), self.settings.routed, None if flags[0] else perm,
                            None if flags[0] else t[2], sizes, local, t[5], segments,

@@ -39,7 +39,7 @@ from ..distributed import Dims, ParallelTopology, detect_launch_env, init_distri
 from ..distributed import device as dev
 from ..distributed.launch_env import LaunchEnv
 from ..flops import peak_tflops, training_flops_per_token
-from ..model import MoTLayer, MoTModel, ModelSettings
+from ..model import MoTLayer, MoTModel, ModelSettings, plan_for
 from ..tensor_parallel import register_tp_grad_hooks, tp_partial_grad_params
 from . import faults
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -135,11 +135,8 @@ class Trainer:
             lr_scheduler=lambda opt: WarmupDecayLR(opt, cfg))
 
     def _plan(self, mb):
-        from ..model.routing import build_routing_plan
-        s = self.settings
-        return build_routing_plan(mb.modality_ids, s.num_modalities, routed=s.routed, tp_size=self.topo.tp_size,
-                                  tp_rank=self.topo.tp_rank, sequence_parallel=s.sequence_parallel,
-                                  segment_ids=mb.segment_ids if s.document_masking else None, device=self.device)
+        return plan_for(self.settings, mb.modality_ids, mb.segment_ids, tp_size=self.topo.tp_size,
+                        tp_rank=self.topo.tp_rank, device=self.device)
 
     def _resume(self) -> None:
         from ..convert import import_engine, is_universal
