@@ -26,15 +26,10 @@ class MoTForInference(nn.Module):
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, modality_ids: torch.Tensor, segment_ids=None) -> torch.Tensor:
         """tokens, modality_ids (and optional document ids): [b, s] -> logits [b, s, vocab_size]."""
-        m, s = self.model, self.model.settings
+        m = self.model
         plan = m.build_plan(modality_ids.t().cpu(), segment_ids.t().cpu() if segment_ids is not None else None)
-        device = next(m.parameters()).device
-        x = m.embedding(tokens.t().to(device), plan)
-        rope = m.rope(plan, device)
-        for layer in m.layers:
-            x = layer(x, plan, rope)
-        logits = m.head(x, plan)                                   # [N, V_padded], grouped order
-        logits = plan.to_sequence(logits)[:, :s.vocab_size]
+        logits = m(tokens.t().to(next(m.parameters()).device), plan)  # [N, V_padded], grouped order
+        logits = plan.to_sequence(logits)[:, :m.settings.vocab_size]
         return logits.view(plan.seq_len, plan.batch, -1).transpose(0, 1)
 
 

@@ -58,10 +58,7 @@ def _tp2_logits(universal):
     tokens, mods = _inputs()
     plan = model.build_plan(mods.t())
     with torch.no_grad():
-        x = model.embedding(tokens.t(), plan)
-        for layer in model.layers:
-            x = layer(x, plan, model.rope(plan, x.device))
-        local = model.head(x, plan)
+        local = model(tokens.t(), plan)  # this rank's vocab shard of the logits, grouped order
     parts = [torch.empty_like(local) for _ in range(2)]
     dist.all_gather(parts, local, group=topo.tp_group)
     full = plan.to_sequence(torch.cat(parts, dim=-1))[:, :100]

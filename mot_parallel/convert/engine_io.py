@@ -12,32 +12,25 @@ depend on the layout).
 """
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
+from ..distributed.init import barrier_if_distributed
 from ..tensor_parallel.layout import gather_full, partition, split_full
-from .names import canonical_names
-from .universal import ShardWriter, Universal, publish, temp_dir
+from .names import VOCAB_PARAMS, canonical_names, fit_vocab
+from .universal import ShardWriter, Universal, fresh_temp_dir, publish, temp_dir
 
-VOCAB_PARAMS = ("embedding.word_embeddings.weight", "head.output_layer.weight")
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 
 
-def _barrier():
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def fit_vocab(t: torch.Tensor, rows: int) -> torch.Tensor:
-    if t.shape[0] == rows:
-        return t
-    if t.shape[0] > rows:
-        return t[:rows]
-    return torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
+def _local_shard(full: torch.Tensor, canon: str, p: torch.Tensor, tp_rank: int, tp_size: int,
+                 vocab_rows: int) -> torch.Tensor:
+    """This TP rank's piece of a full tensor (a weight or one of its optimizer states) for parameter p."""
+    if canon in VOCAB_PARAMS:
+        full = fit_vocab(full, vocab_rows)
+    dim, blocks = partition(p)
+    return split_full(full, dim, tp_rank, tp_size, blocks)
 
 
 def _link_optimizer_states(engine) -> None:
@@ -75,11 +68,8 @@ def export_engine(trainer, path: str) -> None:
     module = engine.module
     names = canonical_names(module, topo.pp_size > 1, s.num_layers)
     writer = topo.dp_rank == 0 and topo.tp_rank == 0
-    tmp = temp_dir(path)
-    if trainer.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    _barrier()
+    tmp = fresh_temp_dir(path) if trainer.rank == 0 else temp_dir(path)
+    barrier_if_distributed()
     model = ShardWriter(tmp, f"model-stage{topo.pp_rank}")
     optim = ShardWriter(tmp, f"optim-stage{topo.pp_rank}")
     _link_optimizer_states(engine)
@@ -99,13 +89,13 @@ def export_engine(trainer, path: str) -> None:
                 optim.add(f"{names[local]}/{key}", full)
     model.flush()
     optim.flush()
-    _barrier()
+    barrier_if_distributed()
     if trainer.rank == 0:
         state = {"step": trainer.step, "scheduler": trainer.scheduler.state_dict(),
                  "loader": trainer.loader.state_dict()}
         publish(path, trainer.cfg, {"step": trainer.step, "has_optimizer": has_optimizer,
                                     "vocab_rows": s.padded_vocab_size, "vocab_size": s.vocab_size}, state)
-    _barrier()
+    barrier_if_distributed()
 
 
 def import_engine(trainer, path: str) -> dict:
@@ -126,11 +116,9 @@ def import_engine(trainer, path: str) -> dict:
     with torch.no_grad():
         for local, p in module.named_parameters():
             canon = names[local]
-            dim, blocks = partition(p)
 
             def shard(t):
-                t = fit_vocab(t, s.padded_vocab_size) if canon in VOCAB_PARAMS else t
-                return split_full(t, dim, topo.tp_rank, topo.tp_size, blocks).to(p.device)
+                return _local_shard(t, canon, p, topo.tp_rank, topo.tp_size, s.padded_vocab_size).to(p.device)
             w = shard(uni.get(canon))
             p.data.copy_(w.to(p.dtype))
             safe_set_full_fp32_param(p, w)
@@ -159,11 +147,8 @@ def load_weights(model, get, tp_group=None) -> None:
     tp, rank = group_size(tp_group), group_rank(tp_group)
     with torch.no_grad():
         for local, p in model.named_parameters():
-            t = get(names[local])
-            if names[local] in VOCAB_PARAMS:
-                t = fit_vocab(t, model.settings.padded_vocab_size)
-            dim, blocks = partition(p)
-            p.copy_(split_full(t, dim, rank, tp, blocks).to(p.dtype))
+            full = get(names[local])
+            p.copy_(_local_shard(full, names[local], p, rank, tp, model.settings.padded_vocab_size).to(p.dtype))
 
 
 def load_universal_into_model(model, path: str, tp_group=None) -> Universal:

@@ -14,23 +14,19 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import dump_config
-from .universal import Universal
+from .universal import Universal, fresh_temp_dir, move_into_place
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def export_universal(path: str, out: str, dtype: str = "fp32") -> str:
     uni = Universal(path)
-    tmp = os.path.abspath(out) + ".writing"
-    os.makedirs(tmp, exist_ok=True)
+    tmp = fresh_temp_dir(out)
     tensors = {n: uni.get(n).to(DTYPES[dtype]).contiguous() for n in uni.names()}
     save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "mot_parallel.export/1"})
     dump_config(uni.config, os.path.join(tmp, "config.yaml"))
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump({"model": dataclasses.asdict(uni.config.model), "dtype": dtype, "step": uni.meta.get("step")},
                   f, indent=1)
-    if os.path.isdir(out):
-        import shutil
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    move_into_place(tmp, out)
     return out

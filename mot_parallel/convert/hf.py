@@ -26,6 +26,7 @@ from safetensors import safe_open
 
 from ..config import ConfigError, load_config
 from ..model.settings import ModelSettings
+from .names import fit_vocab
 from .universal import write_universal
 
 
@@ -91,12 +92,9 @@ def hf_to_universal(hf_dir: str, out: str, modalities: Sequence[str], base_confi
         else:
             yield name, t
 
-    def pad_rows(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([t, t.new_zeros(s.padded_vocab_size - t.shape[0], t.shape[1])])
-
     def tensors():
         embed = get("model.embed_tokens.weight")
-        yield "embedding.word_embeddings.weight", pad_rows(embed)
+        yield "embedding.word_embeddings.weight", fit_vocab(embed, s.padded_vocab_size)
         for i in range(s.num_layers):
             hp, lp = f"model.layers.{i}.", f"layers.{i}."
             qkv = torch.cat([get(hp + f"self_attn.{x}_proj.weight") for x in "qkv"])
@@ -114,7 +112,8 @@ def hf_to_universal(hf_dir: str, out: str, modalities: Sequence[str], base_confi
         else:
             yield "head.final_norm.weight", norm
         if not s.tie_embeddings:
-            yield "head.output_layer.weight", pad_rows(get("lm_head.weight") if "lm_head.weight" in files else embed)
+            lm_head = get("lm_head.weight") if "lm_head.weight" in files else embed
+            yield "head.output_layer.weight", fit_vocab(lm_head, s.padded_vocab_size)
 
     write_universal(out, cfg, tensors(), {"step": 0, "has_optimizer": False, "vocab_rows": s.padded_vocab_size,
                                           "vocab_size": s.vocab_size, "source": os.path.abspath(hf_dir)},

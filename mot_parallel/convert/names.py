@@ -7,7 +7,20 @@ from __future__ import annotations
 
 from typing import Dict
 
+import torch
 from torch import nn
+
+VOCAB_PARAMS = ("embedding.word_embeddings.weight", "head.output_layer.weight")
+
+
+def fit_vocab(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """A vocabulary matrix padded with zero rows (or truncated) to `rows`: each layout pads the
+    vocabulary to its own multiple; rows beyond the true vocabulary are never used."""
+    if t.shape[0] == rows:
+        return t
+    if t.shape[0] > rows:
+        return t[:rows]
+    return torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
 
 
 def canonical_names(module: nn.Module, pipeline: bool, num_layers: int) -> Dict[str, str]:

@@ -48,6 +48,20 @@ def temp_dir(path: str) -> str:
     return os.path.abspath(path) + ".writing"
 
 
+def fresh_temp_dir(path: str) -> str:
+    """An empty staging directory for `path` (leftovers of an interrupted write removed)."""
+    tmp = temp_dir(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def move_into_place(tmp: str, path: str) -> None:
+    """Replace `path` by the finished staging directory `tmp` (one rename)."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
 def publish(path: str, cfg: Config, meta: Dict, state: Dict) -> None:
     """Rank 0, after every shard is written: index, metadata, then the atomic rename."""
     tmp, index = temp_dir(path), {}
@@ -63,15 +77,12 @@ def publish(path: str, cfg: Config, meta: Dict, state: Dict) -> None:
     dump_config(cfg, os.path.join(tmp, "config.yaml"))
     with open(os.path.join(tmp, "universal.json"), "w") as f:
         json.dump({"format": FORMAT, **meta}, f, indent=1)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    move_into_place(tmp, path)
 
 
 def write_universal(path: str, cfg: Config, tensors: Iterable, meta: Dict, state: Dict) -> None:
     """Single-process writer: `tensors` yields (name, tensor) (names with '/' are optimizer states)."""
-    tmp = temp_dir(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tmp = fresh_temp_dir(path)
     model, optim = ShardWriter(tmp, "model"), ShardWriter(tmp, "optim")
     for name, t in tensors:
         (optim if "/" in name else model).add(name, t)

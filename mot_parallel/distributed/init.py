@@ -64,3 +64,9 @@ def shutdown_distributed() -> None:
     """Destroy the default process group if it is still alive (idempotent)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier_if_distributed() -> None:
+    """A world barrier when a process group exists; nothing in a single process without one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -16,17 +16,12 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ..distributed import device as dev
+from ..distributed.init import barrier_if_distributed
 from . import faults
 
 STAGING = ".staging"
-
-
-def _barrier():
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def rng_state(device: torch.device, tracker=None) -> dict:
@@ -74,13 +69,13 @@ class CheckpointManager:
         if self.rank == 0:
             shutil.rmtree(os.path.join(staging, tag), ignore_errors=True)
             os.makedirs(staging, exist_ok=True)
-        _barrier()
+        barrier_if_distributed()
         engine.save_checkpoint(staging, tag=tag, client_state=client_state, save_latest=False)
         rng_path = os.path.join(staging, tag, f"rng_rank_{self.rank}.pt")
         torch.save(rng, rng_path + ".tmp")
         os.replace(rng_path + ".tmp", rng_path)
         faults.maybe_crash("crash_in_save")
-        _barrier()
+        barrier_if_distributed()
         if self.rank == 0:
             final = os.path.join(self.dir, tag)
             shutil.rmtree(final, ignore_errors=True)
@@ -91,7 +86,7 @@ class CheckpointManager:
                 os.fsync(f.fileno())
             os.replace(os.path.join(self.dir, "latest.tmp"), os.path.join(self.dir, "latest"))  # moves last
             self._prune(tag)
-        _barrier()
+        barrier_if_distributed()
         return tag
 
     def _prune(self, newest: str) -> None:
