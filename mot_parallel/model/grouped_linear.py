@@ -22,13 +22,11 @@ from torch import nn
 
 from ..distributed.collectives import group_rank, group_size
 from ..tensor_parallel import mappings as M
-from ..tensor_parallel.init import InitMethod, draw_full, normal_init, param_seed, set_tp_attributes, shard
+from ..tensor_parallel.init import InitMethod, draw_full, normal_init, param_seed, set_tp_attributes
+from ..tensor_parallel.layers import config_value
+from ..tensor_parallel.layout import split_full
 from .grouped_ops import grouped_mm
 from .routing import RoutingPlan
-
-
-def _cfg(config, name, default):
-    return getattr(config, name, default) if config is not None else default
 
 
 class _GroupedParallelLinear(nn.Module):
@@ -41,8 +39,9 @@ class _GroupedParallelLinear(nn.Module):
         self.tp_group, self.tp_size, self.tp_rank = tp_group, group_size(tp_group), group_rank(tp_group)
         self.modalities = list(modalities) if modalities else None
         self.skip_bias_add = skip_bias_add
-        self.sequence_parallel = bool(_cfg(config, "sequence_parallel", False) if sequence_parallel is None
-                                      else sequence_parallel) and self.tp_size > 1
+        if sequence_parallel is None:
+            sequence_parallel = config_value(config, "sequence_parallel", False)
+        self.sequence_parallel = bool(sequence_parallel) and self.tp_size > 1
         self.blocks = list(output_blocks) if output_blocks else [output_size]
         if sum(self.blocks) != output_size:
             raise ValueError(f"output blocks {self.blocks} do not add up to {output_size}")
@@ -52,10 +51,10 @@ class _GroupedParallelLinear(nn.Module):
         self.partition_dim, self.input_size, self.output_size = partition_dim, input_size, output_size
         local = (output_size // self.tp_size, input_size) if partition_dim == 0 else \
             (output_size, input_size // self.tp_size)
-        dtype = _cfg(config, "params_dtype", torch.float32)
-        copies = modality_copies or _cfg(config, "modality_copies", "independent")
-        init = init_method or normal_init(_cfg(config, "init_std", 0.02))
-        do_init = _cfg(config, "perform_initialization", True)
+        dtype = config_value(config, "params_dtype", torch.float32)
+        copies = modality_copies or config_value(config, "modality_copies", "independent")
+        init = init_method or normal_init(config_value(config, "init_std", 0.02))
+        do_init = config_value(config, "perform_initialization", True)
 
         def make(index: int, name: Optional[str]) -> nn.Parameter:
             p = nn.Parameter(torch.empty(local, device=device, dtype=dtype))
@@ -88,13 +87,11 @@ class _GroupedParallelLinear(nn.Module):
 
     @torch.no_grad()
     def _init(self, p: torch.Tensor, init_method, seed: int, source: int) -> None:
-        if self.partition_dim == 0:
-            parts = [shard(draw_full((size, self.input_size), init_method, param_seed(seed, f"b{b}.m{source}")),
-                           0, self.tp_rank, self.tp_size) for b, size in enumerate(self.blocks)]
-            p.copy_(torch.cat(parts, 0))
-        else:
-            full = draw_full((self.output_size, self.input_size), init_method, param_seed(seed, f"b0.m{source}"))
-            p.copy_(shard(full, 1, self.tp_rank, self.tp_size))
+        """Each output block of modality copy `source` drawn in full from its own seed; keep this rank's shard."""
+        full = torch.cat([draw_full((size, self.input_size), init_method, param_seed(seed, f"b{b}.m{source}"))
+                          for b, size in enumerate(self.blocks)])
+        blocks = self.blocks if self.partition_dim == 0 else None  # blocks lie along the output dim
+        p.copy_(split_full(full, self.partition_dim, self.tp_rank, self.tp_size, blocks))
 
     def weights(self) -> List[torch.Tensor]:
         """One weight per token group, in modality order (a single one when shared)."""

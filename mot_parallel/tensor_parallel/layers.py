@@ -18,8 +18,10 @@ from . import mappings as M
 from .init import InitMethod, init_sharded_, normal_init, set_tp_attributes
 
 
-def _cfg(config, name: str, default):
+def config_value(config, name: str, default):
+    """`config.name` of a Megatron-style config object (ours or Megatron's), or `default` without one."""
     return getattr(config, name, default) if config is not None else default
+
 
 
 class _ParallelLinear(nn.Module):
@@ -30,9 +32,10 @@ class _ParallelLinear(nn.Module):
         super().__init__()
         self.tp_group, self.tp_size, self.tp_rank = tp_group, group_size(tp_group), group_rank(tp_group)
         self.input_size, self.output_size, self.skip_bias_add = input_size, output_size, skip_bias_add
-        self.sequence_parallel = bool(_cfg(config, "sequence_parallel", False) if sequence_parallel is None
-                                      else sequence_parallel) and self.tp_size > 1
-        dtype = params_dtype or _cfg(config, "params_dtype", torch.float32)
+        if sequence_parallel is None:
+            sequence_parallel = config_value(config, "sequence_parallel", False)
+        self.sequence_parallel = bool(sequence_parallel) and self.tp_size > 1
+        dtype = params_dtype or config_value(config, "params_dtype", torch.float32)
         full = (output_size, input_size)
         if full[partition_dim] % self.tp_size:
             raise ValueError(f"{type(self).__name__}: size {full[partition_dim]} is not divisible by "
@@ -41,7 +44,7 @@ class _ParallelLinear(nn.Module):
         local[partition_dim] //= self.tp_size
         self.weight = nn.Parameter(torch.empty(local, device=device, dtype=dtype))
         set_tp_attributes(self.weight, self.tp_size > 1, partition_dim, stride)
-        if _cfg(config, "perform_initialization", True):
+        if config_value(config, "perform_initialization", True):
             init_sharded_(self.weight, init_method or normal_init(0.02), full, partition_dim,
                           self.tp_rank, self.tp_size, stride, init_seed)
         self.bias = None

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..distributed import collectives as C
+from .init import shard
 
 
 def partition(param: torch.Tensor):
@@ -39,7 +40,7 @@ def split_full(full: torch.Tensor, dim: int, rank: int, world: int,
     if dim < 0 or world == 1:
         return full
     pieces = full.split(list(blocks), dim=dim) if blocks else [full]
-    return torch.cat([p.chunk(world, dim=dim)[rank] for p in pieces], dim=dim).contiguous()
+    return torch.cat([shard(p, dim, rank, world) for p in pieces], dim=dim).contiguous()
 
 
 def gather_full(tensor: torch.Tensor, param: torch.Tensor, tp_group) -> torch.Tensor:
