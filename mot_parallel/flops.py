@@ -17,13 +17,21 @@ from typing import Dict
 from .model.settings import ModelSettings
 
 
+def attention_matrix_params(s: ModelSettings) -> int:
+    """W_Q, W_K, W_V (GQA: fewer K/V heads) and W_O of one copy, without the QK-norms."""
+    d, h = s.head_dim, s.hidden_size
+    return h * (s.num_heads + 2 * s.num_kv_heads) * d + s.num_heads * d * h
+
+
+def qk_norm_params(s: ModelSettings) -> int:
+    return 2 * s.head_dim if s.qk_norm else 0
+
+
 def part_params(s: ModelSettings) -> Dict[str, int]:
     """Parameters of ONE copy of each untie-able part of one layer."""
-    d, h = s.head_dim, s.hidden_size
-    attention = h * (s.num_heads + 2 * s.num_kv_heads) * d + s.num_heads * d * h
-    if s.qk_norm:
-        attention += 2 * d
-    return {"attention": attention, "ffn": 3 * h * s.ffn_hidden_size, "norms": 2 * h}
+    h = s.hidden_size
+    return {"attention": attention_matrix_params(s) + qk_norm_params(s), "ffn": 3 * h * s.ffn_hidden_size,
+            "norms": 2 * h}
 
 
 def param_counts(s: ModelSettings, padded_vocab: bool = True) -> Dict[str, int]:
@@ -46,7 +54,7 @@ def param_counts(s: ModelSettings, padded_vocab: bool = True) -> Dict[str, int]:
 
 def forward_flops_per_token(s: ModelSettings, seq_len: int, causal: bool = True) -> Dict[str, float]:
     d, h = s.head_dim, s.hidden_size
-    proj = 2 * (h * (s.num_heads + 2 * s.num_kv_heads) * d + s.num_heads * d * h)
+    proj = 2 * attention_matrix_params(s)
     attn = 2 * 2 * seq_len * s.num_heads * d * (0.5 if causal else 1.0)
     ffn = 2 * 3 * h * s.ffn_hidden_size
     head = 2 * h * s.padded_vocab_size

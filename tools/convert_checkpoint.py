@@ -45,7 +45,8 @@ def _with_trainer(config, overrides, action, arg):
 
 
 def _run(config, overrides, action, arg, nproc):
-    if "WORLD_SIZE" in os.environ or "SLURM_PROCID" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
+    from mot_parallel.distributed import detect_launch_env
+    if detect_launch_env(resolve_mpi_master=False).launcher != "none":  # started by a launcher: its world
         return _with_trainer(config, overrides, action, arg)
     from mot_parallel.testing import run_distributed
     cfg = load_config_or_exit(config, overrides)

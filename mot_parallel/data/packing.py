@@ -121,13 +121,16 @@ def pack_balanced(stream: DocumentStream, n_cells: int, seqs_per_cell: int, seq_
     K, M = n_cells, len(corpus.modalities)
     capacity = K * seqs_per_cell * seq_len
     # 1. pool --------------------------------------------------------------------------------------------
-    pool: List[Tuple[Piece, int, np.ndarray, bool]] = []
+    pool: List[Tuple[Piece, int, np.ndarray, bool]] = []  # (piece, times deferred, modality vector, splittable)
+
+    def draw() -> Tuple[Piece, int, np.ndarray, bool]:
+        piece, d = stream.take()
+        pool.append((piece, d, corpus.vector(piece.doc, piece.start, piece.end),
+                     not corpus.atomic_spans(piece.doc, piece.start, piece.end)))
+        return pool[-1]
     total = 0
     while total < capacity * (1 + slack):
-        piece, d = stream.take()
-        vec = corpus.vector(piece.doc, piece.start, piece.end)
-        pool.append((piece, d, vec, not corpus.atomic_spans(piece.doc, piece.start, piece.end)))
-        total += piece.length
+        total += draw()[0].length
     deferred: List[Tuple[int, Tuple[Piece, int]]] = []  # (pool position, item): restored in stream order
     # 2. round identical atomic pieces to a multiple of K ---------------------------------------------------
     groups: Dict[Tuple[int, int], List[int]] = {}
@@ -151,9 +154,7 @@ def pack_balanced(stream: DocumentStream, n_cells: int, seqs_per_cell: int, seq_
     room = capacity - sum(pool[i][0].length for i in unsplit)
     have = sum(it[0].length for it in pool if it[3])
     while have < room * (1 + slack):
-        piece, d = stream.take()
-        splittable = not corpus.atomic_spans(piece.doc, piece.start, piece.end)
-        pool.append((piece, d, corpus.vector(piece.doc, piece.start, piece.end), splittable))
+        piece, _, _, splittable = draw()
         if splittable:
             have += piece.length
         else:

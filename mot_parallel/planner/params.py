@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Tuple
 
+from ..flops import part_params, qk_norm_params
 from ..model.settings import ModelSettings
 
 
@@ -33,13 +34,11 @@ class RankParams:
 
 
 def layer_params(s: ModelSettings, tp: int) -> Tuple[int, int]:
-    """(local params of one layer at TP size tp, of which replicated)."""
-    h, d = s.hidden_size, s.head_dim
-    attn = (h * (s.num_heads + 2 * s.num_kv_heads) * d + s.num_heads * d * h) // tp
-    qk = 2 * d if s.qk_norm else 0
-    ffn = 3 * h * s.ffn_hidden_size // tp
-    norms = 2 * h
-    replicated = norms * s.groups("norms") + qk * s.groups("attention")
+    """(local params of one layer at TP size tp, of which replicated): the matrices are split over TP,
+    norms (and QK-norms) are replicated."""
+    parts, qk = part_params(s), qk_norm_params(s)
+    attn, ffn = (parts["attention"] - qk) // tp, parts["ffn"] // tp
+    replicated = parts["norms"] * s.groups("norms") + qk * s.groups("attention")
     return attn * s.groups("attention") + ffn * s.groups("ffn") + replicated, replicated
 
 

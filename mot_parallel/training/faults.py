@@ -16,20 +16,23 @@ def _spec():
 _hits = {}  # per-process count of fault points reached (test-only state)
 
 
+def _die() -> None:
+    """Exit at once (no cleanup, no atexit), as a crash or SIGKILL would, keeping what was printed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(17)
+
+
 def maybe_crash(point: str) -> None:
     name, _, nth = _spec().partition(":")
     if name != point:
         return
     _hits[point] = _hits.get(point, 0) + 1
     if _hits[point] == int(nth or 1):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(17)
+        _die()
 
 
 def maybe_kill_after_step(step: int) -> None:
     spec = _spec()
     if spec.startswith("kill_after_step:") and int(spec.split(":")[1]) == step:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(17)
+        _die()

@@ -141,7 +141,8 @@ class Trainer:
     def _resume(self) -> None:
         from ..convert import import_engine, is_universal
         resume = self.cfg.checkpoint.resume
-        if resume not in ("auto", "none") and is_universal(resume) and self.ckpt.latest() is None:
+        universal = resume not in ("auto", "none") and is_universal(resume)
+        if universal and self.ckpt.latest() is None:
             # a universal checkpoint (another layout, or an upcycled dense model) starts this run; once the
             # run has checkpoints of its own, those win (a requeued job must not start over)
             state = import_engine(self, resume)
@@ -153,7 +154,7 @@ class Trainer:
             if self.rank == 0:
                 print(f"[mot_parallel] started from universal checkpoint {resume} at step {self.step}", flush=True)
             return
-        found = self.ckpt.resolve("auto" if resume not in ("auto", "none") and is_universal(resume) else resume)
+        found = self.ckpt.resolve("auto" if universal else resume)
         if found is None:
             return
         client, rng = self.ckpt.load(self.engine, *found)
