@@ -153,7 +153,7 @@ def _block_body():
     from megatron.core.transformer import TransformerConfig
     from megatron.core.transformer.transformer_block import TransformerBlock
 
-    from mot_parallel.megatron import MoTOptions, MoTTransformerLayer, get_mot_layer_spec
+    from mot_parallel.megatron import MoTOptions, get_mot_layer_spec
     ps.initialize_model_parallel(tensor_model_parallel_size=1)
     cfg = TransformerConfig(num_layers=3, hidden_size=64, num_attention_heads=4, use_cpu_initialization=True,
                             normalization="RMSNorm", gated_linear_unit=True, add_bias_linear=False)

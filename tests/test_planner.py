@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from mot_parallel.config import load_config, validate
 from mot_parallel.distributed.collectives import VirtualGroup

@@ -4,7 +4,6 @@ LR, freezing), the LR schedule, the DeepSpeed JSON and the metrics files."""
 import json
 import os
 import signal
-import threading
 
 import numpy as np
 import pytest

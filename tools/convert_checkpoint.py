@@ -26,6 +26,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mot_parallel.config import load_config_or_exit  # noqa: E402
+from mot_parallel.model.settings import DTYPES  # noqa: E402
 
 
 def _with_trainer(config, overrides, action, arg):
@@ -83,7 +84,7 @@ def main(argv=None):
     e = sub.add_parser("export")
     e.add_argument("--universal", required=True)
     e.add_argument("--out", required=True)
-    e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    e.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     args = ap.parse_args(argv)
 
     if args.cmd == "hf-to-mot":

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.config import ConfigError, load_config, resolve_layout, validate  # noqa: E402
+from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.flops import forward_flops_per_token, param_counts  # noqa: E402
 from mot_parallel.model import ModelSettings  # noqa: E402
 from mot_parallel.planner import GB, GPUS, Layout, evaluate, rank_params, search  # noqa: E402

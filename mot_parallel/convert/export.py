@@ -10,13 +10,11 @@ import dataclasses
 import json
 import os
 
-import torch
 from safetensors.torch import save_file
 
 from ..config import dump_config
+from ..model.settings import DTYPES
 from .universal import Universal, fresh_temp_dir, move_into_place
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def export_universal(path: str, out: str, dtype: str = "fp32") -> str:

@@ -131,7 +131,6 @@ def pack_balanced(stream: DocumentStream, n_cells: int, seqs_per_cell: int, seq_
     total = 0
     while total < capacity * (1 + slack):
         total += draw()[0].length
-    deferred: List[Tuple[int, Tuple[Piece, int]]] = []  # (pool position, item): restored in stream order
     # 2. round identical atomic pieces to a multiple of K ---------------------------------------------------
     groups: Dict[Tuple[int, int], List[int]] = {}
     for i, (piece, d, vec, splittable) in enumerate(pool):

@@ -12,7 +12,7 @@ the layer (norms, FFN, residual adds, SP collectives) works in grouped order.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import nn

@@ -13,6 +13,10 @@ import torch
 from ..config import Config, ffn_hidden_size, num_kv_heads, padded_vocab_size
 
 
+# config precision names -> parameter dtypes (training precision, export dtype)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     hidden_size: int

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Iterable, List
 
-import torch
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 

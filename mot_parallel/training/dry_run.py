@@ -15,7 +15,7 @@ from ..config import Config, validate
 from ..distributed.collectives import VirtualGroup
 from ..distributed.topology import Dims
 from ..model import ModelSettings, MoTModel
-from ..planner import GB, GPUS, Layout, evaluate, rank_params, stage_layers
+from ..planner import GPUS, Layout, evaluate, rank_params, stage_layers
 
 
 def expected_full_shapes(s: ModelSettings) -> List[Tuple[str, Tuple[int, ...], int]]:

@@ -40,6 +40,7 @@ from ..distributed import device as dev
 from ..distributed.launch_env import LaunchEnv
 from ..flops import peak_tflops, training_flops_per_token
 from ..model import MoTLayer, MoTModel, ModelSettings, plan_for
+from ..model.settings import DTYPES
 from ..tensor_parallel import register_tp_grad_hooks, tp_partial_grad_params
 from . import faults
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -55,7 +56,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distri
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if dev.is_accelerator(device) else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return DTYPES[precision]
 
 
 class Trainer:
