@@ -16,7 +16,7 @@ def _write(path, data):
 
 
 def test_precedence_defaults_yaml_cli(tmp_path):
-    base = _write(tmp_path / "base.yaml", {"model": {"hidden_size": 128, "num_layers": 6}, "train": {"steps": 7}})
+    _write(tmp_path / "base.yaml", {"model": {"hidden_size": 128, "num_layers": 6}, "train": {"steps": 7}})
     child = _write(tmp_path / "child.yaml", {"base": "base.yaml", "model": {"num_layers": 2}})
     cfg = load_config(child, ["train.steps=3", "train.optimizer.lr=1e-3", "model.modalities=[text,image,speech]"])
     assert cfg.model.hidden_size == 128          # from base

@@ -5,7 +5,8 @@ parameter's fp32 master and Adam states over the ZeRO/DP group, `gather_full` jo
 the parameters' own tags), and one writer per pipeline stage (DP rank 0, TP rank 0) streams them into
 shards. Import reverses it: split each full tensor for this TP rank, write the model weight and, through
 `safe_set_full_*`, the fp32 master and Adam states. Together they reshard a run losslessly between any
-TP / PP / DP layouts (ZeRO 0-2; ZeRO-3 can export, and imports go through a ZeRO <= 2 layout).
+TP / PP / DP layouts and ZeRO stages 0-3 (under ZeRO-3 each weight is written through a gather of its
+partitions, one parameter at a time: an import is a one-off, memory matters more than collectives).
 Vocabulary rows (embedding, output layer) are padded or truncated to the target layout's padding;
 rows beyond the true vocabulary are never used. Per-rank RNG states are not carried (dropout streams
 depend on the layout).
@@ -34,23 +35,42 @@ def _local_shard(full: torch.Tensor, canon: str, p: torch.Tensor, tp_rank: int, 
 
 
 def _link_optimizer_states(engine) -> None:
-    """DeepSpeed (0.19) links each parameter to its optimizer-state fragments lazily, after the first
-    step(); after a checkpoint load or in a fresh engine the safe_*_optimizer_state accessors need the
-    link, so force it (a private method of the ZeRO-1/2 and BF16 optimizers; absent elsewhere)."""
-    link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    """(Re)link each parameter to its optimizer-state fragments, which safe_*_optimizer_state read.
+
+    DeepSpeed (0.19) links lazily, once, after the first optimizer step. ZeRO-1/2 steps one parameter
+    group at a time and links after the *first group's* step, so every later group (here: the
+    weight-decay group, i.e. all matrices) is linked to still-empty states and never again: a live
+    engine's export would find no Adam states. A fresh or just-loaded engine has no link at all.
+    Relinking is idempotent (views on the current state tensors), so clear the flag and link every
+    time (private methods of the ZeRO-1/2 and BF16 optimizers; absent elsewhere)."""
+    opt = engine.optimizer
+    link = getattr(opt, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:
+        opt._hp_optimizer_states_linked = False
         link()
 
 
 def _ensure_adam_states(engine) -> None:
     """torch's AdamW creates its state at the first step; a fresh engine receiving a checkpoint's states
-    needs them to exist (zeros, step 0; overwritten right after)."""
+    needs them to exist (zeros, step 0; overwritten right after). ZeRO-3 keeps its fp32 partitions out
+    of the torch optimizer's param_groups between steps, so take them from the ZeRO-3 optimizer."""
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    for group in inner.param_groups:
-        for p in group["params"]:
-            if not inner.state.get(p):
-                inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
-                                  "exp_avg_sq": torch.zeros_like(p)}
+    params = [p for group in inner.param_groups for p in group["params"]]
+    for p in params + list(getattr(engine.optimizer, "fp32_partitioned_groups_flat", [])):
+        if not inner.state.get(p):
+            inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                              "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _set_weight(p: torch.Tensor, w: torch.Tensor) -> None:
+    """Write the model weight (this TP rank's full shard). Under ZeRO-3 p holds only its DP partition:
+    gather it, write, and let DP rank 0's value be re-partitioned (every rank writes the same value)."""
+    if hasattr(p, "ds_id"):
+        from deepspeed.runtime.zero import GatheredParameters
+        with GatheredParameters([p], modifier_rank=0):
+            p.data.copy_(w.to(p.dtype))
+    else:
+        p.data.copy_(w.to(p.dtype))
 
 
 def _local_optimizer_state(engine, p, key) -> Optional[torch.Tensor]:
@@ -101,9 +121,6 @@ def export_engine(trainer, path: str) -> None:
 def import_engine(trainer, path: str) -> dict:
     """Load a universal checkpoint into the trainer's engine (any layout); returns its training state."""
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-    if trainer.cfg.parallel.zero_stage == 3:
-        raise ValueError("importing a universal checkpoint into ZeRO-3 is not supported: resume with "
-                         "parallel.zero_stage<=2, save, then continue with ZeRO-3 from that checkpoint")
     engine, topo, s = trainer.engine, trainer.topo, trainer.settings
     uni = Universal(path)
     module = engine.module
@@ -120,7 +137,7 @@ def import_engine(trainer, path: str) -> dict:
             def shard(t):
                 return _local_shard(t, canon, p, topo.tp_rank, topo.tp_size, s.padded_vocab_size).to(p.device)
             w = shard(uni.get(canon))
-            p.data.copy_(w.to(p.dtype))
+            _set_weight(p, w)
             safe_set_full_fp32_param(p, w)
             if not with_optimizer:
                 continue
