@@ -5,8 +5,9 @@ A shared part (`modalities=None`) holds one `weight` like a Megatron linear ([ou
 in a ParameterDict, `weight.<modality>` (tagged `mot_modality`), so optimizer groups (LR multipliers,
 freezing, weight decay), ZeRO and checkpoints all see each modality's copy as its own tensor. The TP
 collectives are exactly a dense Megatron linear's, issued once on the whole token tensor, never per
-modality: column = SP all-gather (or copy-to-TP), row = reduce-scatter (or all-reduce). Input is flat
-[tokens, features] in the plan's grouped order.
+modality: column = SP all-gather (or copy-to-TP), row = reduce-scatter (or all-reduce); under SP the
+column's all-gather is fused with its GEMM so backward keeps only the local slice (sp_grouped_mm.py).
+Input is flat [tokens, features] in the plan's grouped order.
 
 `output_blocks` splits the output dim of a fused column weight into blocks that are each sharded over
 TP (fused QKV with GQA: [H*d, KV*d, KV*d]; SwiGLU: [ffn, ffn]), so rank r holds [q_r; k_r; v_r] (tag
@@ -27,6 +28,7 @@ from ..tensor_parallel.layers import config_value
 from ..tensor_parallel.layout import split_full
 from .grouped_ops import grouped_mm
 from .routing import RoutingPlan
+from .sp_grouped_mm import sp_gather_grouped_mm
 
 
 class _GroupedParallelLinear(nn.Module):
@@ -135,14 +137,17 @@ class GroupedColumnParallelLinear(_GroupedParallelLinear):
 
     def forward_blocks(self, x: torch.Tensor, plan: Optional[RoutingPlan] = None, whole: bool = False):
         """One contiguous output per output block ([q, k, v] or [gate, up]); this rank's shards."""
-        if self.sequence_parallel:
-            x = M.gather_from_sp_region(x, self.tp_group, plan.sp_sizes if plan is not None else None)
+        blocks = [self.output_size // self.tp_size] if whole else [b // self.tp_size for b in self.blocks]
+        x = x.reshape(-1, x.shape[-1])
+        if self.sequence_parallel:  # all-gather fused with the GEMM: backward keeps only the local slice
+            sizes = plan.sp_sizes if plan is not None else None
+            n = sum(sizes) if sizes is not None else x.shape[0] * self.tp_size  # all tokens, once gathered
+            counts = self._counts(plan, n)
+            ys = sp_gather_grouped_mm(x, self.weights(), counts, blocks, self.tp_group, sizes)
         else:
             x = M.copy_to_tp_region(x, self.tp_group)
-        x = x.reshape(-1, x.shape[-1])
-        counts = self._counts(plan, x.shape[0])  # all tokens: after the SP all-gather
-        blocks = [self.output_size // self.tp_size] if whole else [b // self.tp_size for b in self.blocks]
-        ys = grouped_mm(x, self.weights(), counts, blocks)
+            counts = self._counts(plan, x.shape[0])
+            ys = grouped_mm(x, self.weights(), counts, blocks)
         if self.bias is not None and not self.skip_bias_add:
             ys = self._add_bias(ys, counts, blocks)
         return ys, self._bias_out()

@@ -12,7 +12,7 @@ would need the per-modality weights stacked, i.e. a copy of all MoT weights per 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -24,51 +24,73 @@ def _slices(counts: Sequence[int]):
         start += c
 
 
-class _GroupedMM(torch.autograd.Function):
-    """For each group g and output block b: y_b[s:e] = x[s:e] @ ws[g][rows_b]^T.
+def grouped_mm_forward(x: torch.Tensor, ws: Sequence[torch.Tensor], counts: Sequence[int],
+                       blocks: Sequence[int]) -> List[torch.Tensor]:
+    """For each group g and output block b: y_b[s:e] = x[s:e] @ ws[g][rows_b]^T (no autograd).
 
     One contiguous output per block (fused [q; k; v] or [gate; up] weights), so consumers never run
-    on strided half-views, and backward accumulates dx over blocks instead of concatenating them.
-    """
+    on strided half-views."""
+    ys = [x.new_empty(x.shape[0], b) for b in blocks]
+    for g, s, e in _slices(counts):
+        if e == s:
+            continue
+        r = 0
+        for y, b in zip(ys, blocks):
+            torch.mm(x[s:e], ws[g][r:r + b].t(), out=y[s:e])
+            r += b
+    return ys
 
+
+def grouped_mm_input_grad(gys: Sequence[Optional[torch.Tensor]], ws: Sequence[torch.Tensor],
+                          counts: Sequence[int], blocks: Sequence[int], gx: torch.Tensor) -> torch.Tensor:
+    """dx of grouped_mm_forward into `gx` (uninitialised [N, in]: every row is written here, as
+    zero-filling 100s of MB costs page faults), accumulated over blocks instead of concatenating them."""
+    for g, s, e in _slices(counts):
+        r, first = 0, True
+        for gy, b in zip(gys, blocks):
+            if gy is not None and e > s:
+                if first:
+                    torch.mm(gy[s:e], ws[g][r:r + b], out=gx[s:e])
+                else:
+                    gx[s:e].addmm_(gy[s:e], ws[g][r:r + b])
+                first = False
+            r += b
+        if first:
+            gx[s:e].zero_()
+    return gx
+
+
+def grouped_mm_weight_grads(gys: Sequence[Optional[torch.Tensor]], x: torch.Tensor, ws: Sequence[torch.Tensor],
+                            counts: Sequence[int], blocks: Sequence[int], needed: Sequence[bool]):
+    """dW of grouped_mm_forward per group: all-zero (not None) for a group with no tokens."""
+    gws = [torch.empty_like(w) if need else None for w, need in zip(ws, needed)]
+    for g, s, e in _slices(counts):
+        gw, r = gws[g], 0
+        if gw is None:
+            continue
+        for gy, b in zip(gys, blocks):
+            if gy is None or e == s:
+                gw[r:r + b].zero_()  # no tokens (or an unused block): zero gradient, not None
+            else:
+                torch.mm(gy[s:e].t(), x[s:e], out=gw[r:r + b])
+            r += b
+    return gws
+
+
+class _GroupedMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, counts, blocks, *ws):
         ctx.counts, ctx.blocks = counts, blocks
         ctx.save_for_backward(x, *ws)
-        ys = [x.new_empty(x.shape[0], b) for b in blocks]
-        for g, s, e in _slices(counts):
-            if e == s:
-                continue
-            r = 0
-            for y, b in zip(ys, blocks):
-                torch.mm(x[s:e], ws[g][r:r + b].t(), out=y[s:e])
-                r += b
-        return tuple(ys)
+        return tuple(grouped_mm_forward(x, ws, counts, blocks))
 
     @staticmethod
     def backward(ctx, *gys):
         x, *ws = ctx.saved_tensors
         gys = [None if gy is None else gy.contiguous() for gy in gys]
-        # empty, not zeros: every slice is written below (zero-filling 100s of MB costs page faults)
-        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        gws = [torch.empty_like(w) if ctx.needs_input_grad[3 + g] else None for g, w in enumerate(ws)]
-        for g, s, e in _slices(ctx.counts):
-            r, first, gw = 0, True, gws[g]
-            for gy, b in zip(gys, ctx.blocks):
-                if gw is not None:
-                    if gy is None or e == s:
-                        gw[r:r + b].zero_()  # no tokens (or an unused block): zero gradient, not None
-                    else:
-                        torch.mm(gy[s:e].t(), x[s:e], out=gw[r:r + b])
-                if gx is not None and gy is not None and e > s:
-                    if first:
-                        torch.mm(gy[s:e], ws[g][r:r + b], out=gx[s:e])
-                    else:
-                        gx[s:e].addmm_(gy[s:e], ws[g][r:r + b])
-                    first = False
-                r += b
-            if gx is not None and first:
-                gx[s:e].zero_()
+        gx = grouped_mm_input_grad(gys, ws, ctx.counts, ctx.blocks, torch.empty_like(x)) \
+            if ctx.needs_input_grad[0] else None
+        gws = grouped_mm_weight_grads(gys, x, ws, ctx.counts, ctx.blocks, ctx.needs_input_grad[3:])
         return (gx, None, None, *gws)
 
 

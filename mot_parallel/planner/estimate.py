@@ -5,7 +5,8 @@ all-gather / reduce-scatter (n-1)/n x size. A group's link is NVLink when all it
 else the inter-node fabric (its per-GPU bandwidth bounds the ring).
   TP (per layer and micro-batch, like a dense Megatron layer whatever the number of modalities):
      SP off: 2 all-reduces forward + 2 backward of [N, h]; SP on: 2 all-gathers + 2 reduce-scatters
-     forward and the same backward; activation recompute repeats the forward ones.
+     forward and the same backward plus 2 all-gathers (the column linears' inputs, saved as local
+     slices); activation recompute repeats the forward ones.
   DP: ZeRO-0/1 one gradient all-reduce per step; ZeRO-2 a reduce-scatter per micro-batch + the
      parameter all-gather after the step; ZeRO-3 two parameter all-gathers (forward, backward) and a
      gradient reduce-scatter per micro-batch.
@@ -63,7 +64,7 @@ def estimate(s: ModelSettings, L: Layout, seq: int, hw: Hardware, act_bytes: int
         reps = 2 + (1 if L.recompute else 0)      # forward, backward, recomputed forward
         # two collectives per pass (attention, FFN); an SP all-gather + reduce-scatter pair moves what an
         # all-reduce moves, 2 (t-1)/t x size; embedding and head add about two more per micro-batch
-        per_layer = reps * 2 * 2 * (t - 1) / t * size
+        per_layer = (reps * 2 * 2 + (2 if L.sp else 0)) * (t - 1) / t * size
         total = per_layer * layers * m + 2 * 2 * (t - 1) / t * size * m
         name = "tp_all_gather+reduce_scatter" if L.sp else "tp_all_reduce"
         comm[name] = {"bytes": total, "link": link}

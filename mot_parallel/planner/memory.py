@@ -23,7 +23,8 @@ backward start = activations + head + working (+ gradients alive with them, see 
 backward end = gradients (+ the all-gather bucket of ZeRO-1/2's update, min(allgather_bucket_size, P) b).
 Activation elements saved per token of a layer (t = TP, n = tokens a rank holds in the residual
 stream: N/t with sequence parallelism else N; full-sequence tensors after the SP all-gather are N):
-  norm inputs 2 h (n) | QKV and FFN-up inputs 2 h (N) | SDPA q, k, v, out (2 hq + 2 hkv) d / t (N)
+  norm inputs 2 h (n) | QKV and FFN-up inputs 2 h (n: under SP only the local slice is kept and
+  all-gathered again in backward) | SDPA q, k, v, out (2 hq + 2 hkv) d / t (N)
   | W_O input hq d / t (N) | SwiGLU gate, up 2 f / t (N) | FFN-down input f / t (N)
   | QK-norm inputs (hq + hkv) d / t (N) when on; fp32 RMS and log-sum-exp statistics
   and one boolean document mask [b, s, s] per micro-batch, shared by all layers.
@@ -92,7 +93,7 @@ def layer_activation_bytes(s: ModelSettings, L: Layout, seq: int, act_bytes: int
     N = seq * L.micro_batch
     n = N / t if (L.sp and t > 1) else N
     hq, hkv = s.num_heads * d, s.num_kv_heads * d
-    elems = 2 * h * n + 2 * h * N
+    elems = 2 * h * n + 2 * h * n
     elems += N * ((2 * hq + 2 * hkv) / t + hq / t + 3 * f / t)
     if s.qk_norm:
         elems += N * (hq + hkv) / t
