@@ -1,11 +1,14 @@
 """launch/pretrain.py end to end under every launcher (the README main command is the deepspeed one):
 each trains 4 steps of a tiny model on the demo corpus and writes metrics with falling-or-finite loss;
-bad configs fail before any process group exists, naming the key."""
+SIGKILL of the deepspeed launcher and its workers mid-run, then a relaunch, reproduces the uninterrupted
+run exactly; bad configs fail before any process group exists, naming the key."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,11 +20,17 @@ SCRIPT = os.path.join(ROOT, "launch", "pretrain.py")
 BIN = os.path.dirname(sys.executable)
 
 
-def _launch(cmd, run_dir, extra=()):
+def _command(cmd, run_dir, extra=(), **env_extra):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                            "MASTER_PORT")}
+    env.update(env_extra)
     args = cmd + [SCRIPT, "--config", os.path.join(ROOT, "configs", "demo_cpu.yaml")] + TINY + \
         ["train.steps=4", f"run.output_dir={run_dir}", *extra]
+    return args, env
+
+
+def _launch(cmd, run_dir, extra=()):
+    args, env = _command(cmd, run_dir, extra)
     return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
 
@@ -51,3 +60,42 @@ def test_bad_config_fails_before_distributed_start(tmp_path):
     out = _launch([sys.executable], tmp_path, ["parallel.tensor_parallel=3"])
     assert out.returncode != 0 and "model.num_heads=4 is not divisible by parallel.tensor_parallel=3" in out.stderr
     assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+def _metrics(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {r["step"]: r for r in (json.loads(line) for line in f if line.strip())}
+
+
+def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path):
+    """`deepspeed --num_gpus 2` with checkpoints every 2 steps is SIGKILLed (launcher and workers, as a
+    node failure or `scancel -s KILL` would) once step 5 is logged; the same command again resumes from
+    step 4 and every step's losses, grad norm and LR equal the uninterrupted run's exactly (CPU fp32)."""
+    extra = ["train.steps=8", "checkpoint.interval=2"]
+    ref = _launch(LAUNCHERS["deepspeed"](), tmp_path / "ref", extra)
+    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-4000:]
+    run_dir = tmp_path / "killed"
+    args, env = _command(LAUNCHERS["deepspeed"](), run_dir, extra, MOT_FAULT="stall_after_step:5")
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # the launcher leads a process group with its workers
+        try:
+            deadline = time.monotonic() + 300
+            while 5 not in _metrics(run_dir) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert 5 in _metrics(run_dir), open(tmp_path / "killed.log").read()[-4000:]
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert open(run_dir / "checkpoints" / "latest").read() == "step_00000004"
+    again = _launch(LAUNCHERS["deepspeed"](), run_dir, extra)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
+    assert "resumed from" in again.stdout and "at step 4" in again.stdout
+    want, got = _metrics(tmp_path / "ref"), _metrics(run_dir)
+    assert sorted(got) == list(range(1, 9)) == sorted(want)
+    for step in range(1, 9):
+        for key in ("loss", "loss/text", "loss/image", "loss/speech", "grad_norm", "lr"):
+            assert got[step][key] == want[step][key], (step, key)

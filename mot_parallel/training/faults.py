@@ -2,11 +2,14 @@
   MOT_FAULT=crash_in_save[:N] die (exit 17) in the N-th save (default 1) of this process, after writing
                               the checkpoint's files and before publishing it
   MOT_FAULT=kill_after_step:N die (exit 17) right after optimizer step N was logged
+  MOT_FAULT=stall_after_step:N block right after step N was logged, so a test can kill the launcher
+                              from outside at a known step
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 
 def _spec():
@@ -33,6 +36,9 @@ def maybe_crash(point: str) -> None:
 
 
 def maybe_kill_after_step(step: int) -> None:
-    spec = _spec()
-    if spec.startswith("kill_after_step:") and int(spec.split(":")[1]) == step:
-        _die()
+    name, _, at = _spec().partition(":")
+    if name in ("kill_after_step", "stall_after_step") and int(at) == step:
+        if name == "kill_after_step":
+            _die()
+        sys.stdout.flush()
+        time.sleep(3600)
