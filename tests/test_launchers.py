@@ -13,7 +13,7 @@ import time
 import pytest
 
 from mot_parallel.testing import free_port
-from train_utils import TINY
+from train_utils import TINY, losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "pretrain.py")
@@ -62,14 +62,6 @@ def test_bad_config_fails_before_distributed_start(tmp_path):
     assert not os.path.exists(tmp_path / "metrics.jsonl")
 
 
-def _metrics(run_dir):
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return {r["step"]: r for r in (json.loads(line) for line in f if line.strip())}
-
-
 def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path):
     """`deepspeed --num_gpus 2` with checkpoints every 2 steps is SIGKILLed (launcher and workers, as a
     node failure or `scancel -s KILL` would) once step 5 is logged; the same command again resumes from
@@ -79,14 +71,15 @@ def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path):
     assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-4000:]
     run_dir = tmp_path / "killed"
     args, env = _command(LAUNCHERS["deepspeed"](), run_dir, extra, MOT_FAULT="stall_after_step:5")
-    with open(tmp_path / "killed.log", "w") as log:
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log:
         proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # the launcher leads a process group with its workers
-        try:
+        try:  # rank 0 prints the step's console line after appending its metrics record
             deadline = time.monotonic() + 300
-            while 5 not in _metrics(run_dir) and proc.poll() is None and time.monotonic() < deadline:
+            while "step 5/8" not in log_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert 5 in _metrics(run_dir), open(tmp_path / "killed.log").read()[-4000:]
+            assert "step 5/8" in log_path.read_text(), log_path.read_text()[-4000:]
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
@@ -94,7 +87,7 @@ def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path):
     again = _launch(LAUNCHERS["deepspeed"](), run_dir, extra)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
     assert "resumed from" in again.stdout and "at step 4" in again.stdout
-    want, got = _metrics(tmp_path / "ref"), _metrics(run_dir)
+    want, got = losses(tmp_path / "ref"), losses(run_dir)
     assert sorted(got) == list(range(1, 9)) == sorted(want)
     for step in range(1, 9):
         for key in ("loss", "loss/text", "loss/image", "loss/speech", "grad_norm", "lr"):

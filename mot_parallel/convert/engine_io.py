@@ -62,17 +62,6 @@ def _ensure_adam_states(engine) -> None:
                               "exp_avg_sq": torch.zeros_like(p)}
 
 
-def _set_weight(p: torch.Tensor, w: torch.Tensor) -> None:
-    """Write the model weight (this TP rank's full shard). Under ZeRO-3 p holds only its DP partition:
-    gather it, write, and let DP rank 0's value be re-partitioned (every rank writes the same value)."""
-    if hasattr(p, "ds_id"):
-        from deepspeed.runtime.zero import GatheredParameters
-        with GatheredParameters([p], modifier_rank=0):
-            p.data.copy_(w.to(p.dtype))
-    else:
-        p.data.copy_(w.to(p.dtype))
-
-
 def _local_optimizer_state(engine, p, key) -> Optional[torch.Tensor]:
     from deepspeed.utils import safe_get_full_optimizer_state
     st = safe_get_full_optimizer_state(p, key)
@@ -120,6 +109,7 @@ def export_engine(trainer, path: str) -> None:
 
 def import_engine(trainer, path: str) -> dict:
     """Load a universal checkpoint into the trainer's engine (any layout); returns its training state."""
+    from deepspeed.runtime.zero import GatheredParameters
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
     engine, topo, s = trainer.engine, trainer.topo, trainer.settings
     uni = Universal(path)
@@ -137,7 +127,10 @@ def import_engine(trainer, path: str) -> dict:
             def shard(t):
                 return _local_shard(t, canon, p, topo.tp_rank, topo.tp_size, s.padded_vocab_size).to(p.device)
             w = shard(uni.get(canon))
-            _set_weight(p, w)
+            # ZeRO-3: gather p's partitions, write, re-partition DP rank 0's value (every rank writes the
+            # same); a no-op context for any other parameter
+            with GatheredParameters([p], modifier_rank=0):
+                p.data.copy_(w.to(p.dtype))
             safe_set_full_fp32_param(p, w)
             if not with_optimizer:
                 continue

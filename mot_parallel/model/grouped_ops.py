@@ -24,6 +24,14 @@ def _slices(counts: Sequence[int]):
         start += c
 
 
+def check_groups(counts: Sequence[int], ws: Sequence[torch.Tensor], n_tokens: int) -> None:
+    """One weight copy per token group, and the groups cover the input exactly."""
+    if len(counts) != len(ws):
+        raise ValueError(f"{len(counts)} token groups for {len(ws)} weight copies")
+    if sum(counts) != n_tokens:
+        raise ValueError(f"routing counts sum to {sum(counts)} but the input has {n_tokens} tokens")
+
+
 def grouped_mm_forward(x: torch.Tensor, ws: Sequence[torch.Tensor], counts: Sequence[int],
                        blocks: Sequence[int]) -> List[torch.Tensor]:
     """For each group g and output block b: y_b[s:e] = x[s:e] @ ws[g][rows_b]^T (no autograd).
@@ -98,10 +106,7 @@ def grouped_mm(x: torch.Tensor, ws: Sequence[torch.Tensor], counts: Sequence[int
                blocks: Optional[Sequence[int]] = None):
     """x [N, in] (tokens grouped by `counts`), ws: one [out, in] weight per group -> [N, out], or one
     [N, b] tensor per output block when `blocks` (sizes along `out`) is given."""
-    if len(counts) != len(ws):
-        raise ValueError(f"{len(counts)} token groups for {len(ws)} weight copies")
-    if sum(counts) != x.shape[0]:
-        raise ValueError(f"routing counts sum to {sum(counts)} but the input has {x.shape[0]} tokens")
+    check_groups(counts, ws, x.shape[0])
     ys = _GroupedMM.apply(x.contiguous(), tuple(counts), tuple(blocks) if blocks else (ws[0].shape[0],), *ws)
     return ys[0] if blocks is None else list(ys)
 
@@ -139,8 +144,7 @@ class _GroupedRMSNorm(torch.autograd.Function):
 
 
 def grouped_rms_norm(x: torch.Tensor, ws: Sequence[torch.Tensor], counts: Sequence[int], eps: float) -> torch.Tensor:
-    if sum(counts) != x.shape[0]:
-        raise ValueError(f"routing counts sum to {sum(counts)} but the input has {x.shape[0]} tokens")
+    check_groups(counts, ws, x.shape[0])
     return _GroupedRMSNorm.apply(x.contiguous(), tuple(counts), eps, *ws)
 
 

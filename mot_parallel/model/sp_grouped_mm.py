@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ..distributed import collectives as C
-from .grouped_ops import grouped_mm_forward, grouped_mm_input_grad, grouped_mm_weight_grads
+from .grouped_ops import check_groups, grouped_mm_forward, grouped_mm_input_grad, grouped_mm_weight_grads
 
 
 class _SPGatherGroupedMM(torch.autograd.Function):
@@ -30,12 +30,15 @@ class _SPGatherGroupedMM(torch.autograd.Function):
     def backward(ctx, *gys):
         x, *ws = ctx.saved_tensors
         gys = [None if gy is None else gy.contiguous() for gy in gys]
-        full = C.all_gather_dim0(x, ctx.group, ctx.sizes)  # rebuilt for the weight gradients
+        need_w = ctx.needs_input_grad[5:]
+        # rebuilt for the weight gradients (all TP ranks agree on which weights need them)
+        full = C.all_gather_dim0(x, ctx.group, ctx.sizes) if any(need_w) else None
         gx = None
         if ctx.needs_input_grad[0]:
-            gx_full = grouped_mm_input_grad(gys, ws, ctx.counts, ctx.blocks, torch.empty_like(full))
+            n = sum(ctx.counts)
+            gx_full = grouped_mm_input_grad(gys, ws, ctx.counts, ctx.blocks, x.new_empty(n, x.shape[-1]))
             gx = C.reduce_scatter_dim0(gx_full, ctx.group, ctx.sizes)  # each rank held a partial dx
-        gws = grouped_mm_weight_grads(gys, full, ws, ctx.counts, ctx.blocks, ctx.needs_input_grad[5:])
+        gws = grouped_mm_weight_grads(gys, full, ws, ctx.counts, ctx.blocks, need_w)
         return (gx, None, None, None, None, *gws)
 
 
@@ -43,7 +46,6 @@ def sp_gather_grouped_mm(x: torch.Tensor, ws: Sequence[torch.Tensor], counts: Se
                          group, sizes: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
     """x: this rank's [n_r, in] slice (per-rank sizes `sizes`, None = even); counts: per-group token counts
     of the gathered [n, in]; returns one [n, b] output per block of `blocks`."""
-    if len(counts) != len(ws):
-        raise ValueError(f"{len(counts)} token groups for {len(ws)} weight copies")
     sizes = None if sizes is None else tuple(int(n) for n in sizes)
+    check_groups(counts, ws, sum(sizes) if sizes is not None else x.shape[0] * C.group_size(group))
     return list(_SPGatherGroupedMM.apply(x.contiguous(), group, sizes, tuple(counts), tuple(blocks), *ws))

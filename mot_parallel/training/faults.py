@@ -35,7 +35,7 @@ def maybe_crash(point: str) -> None:
         _die()
 
 
-def maybe_kill_after_step(step: int) -> None:
+def maybe_fault_after_step(step: int) -> None:
     name, _, at = _spec().partition(":")
     if name in ("kill_after_step", "stall_after_step") and int(at) == step:
         if name == "kill_after_step":

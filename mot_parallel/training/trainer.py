@@ -267,7 +267,7 @@ class Trainer:
                         self.engine.get_global_grad_norm(), tokens_per_step, step_time, self.flops_per_token,
                         self.model_flops_per_token, self.ctx.world_size, self.peak, dev.peak_memory_gb(self.device),
                         times))
-                faults.maybe_kill_after_step(self.step)
+                faults.maybe_fault_after_step(self.step)
                 if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                     self.save()
                     last_saved = self.step
