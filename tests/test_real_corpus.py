@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from mot_parallel.data import Corpus, IndexedDataset
-from mot_parallel.data.real import MODALITIES, RealCorpusError, RealCorpusOptions, build_real_corpus
+from mot_parallel.data.real import (DEFAULT_PREFIX, MODALITIES, RealCorpusError, RealCorpusOptions,
+                                    build_real_corpus)
 from mot_parallel.data.real import build, digits, plan, prose, speech, tokenizer, units
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -287,3 +288,12 @@ def test_tokenizer_round_trips_every_prose_paragraph():
     ids = tokenizer.encode(tok, paras)
     assert all(tok.decode(i) == p for i, p in zip(ids, paras))
     assert max(max(i) for i in ids) < 2048 and not any(0 in i for i in ids)  # never <unk>
+
+
+def test_real_cpu_config_matches_the_default_corpus():
+    """configs/real_cpu.yaml trains on what `tools/build_real_corpus.py` writes by default."""
+    from mot_parallel.config import load_config, validate
+    cfg = load_config(os.path.join(ROOT, "configs", "real_cpu.yaml"))
+    validate(cfg)
+    assert cfg.data.path == DEFAULT_PREFIX  # the tool's --output-prefix default
+    assert cfg.model.vocab_size == RealCorpusOptions().vocab_size() and list(cfg.model.modalities) == list(MODALITIES)

@@ -17,14 +17,15 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.data.real import RealCorpusError, RealCorpusOptions, build_real_corpus  # noqa: E402
+from mot_parallel.data.real import (DEFAULT_PREFIX, RealCorpusError, RealCorpusOptions,  # noqa: E402
+                                    build_real_corpus)
 
 _DEFAULTS = RealCorpusOptions()
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output-prefix", default="runs/real_corpus/real")
+    ap.add_argument("--output-prefix", default=DEFAULT_PREFIX)
     ap.add_argument("--documents", type=int, default=_DEFAULTS.documents)
     ap.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     ap.add_argument("--text-vocab", type=int, default=_DEFAULTS.text_vocab, help="BPE text ids")

@@ -7,7 +7,7 @@ mixed into caption->image, image->caption, sentence->speech, interleaved and pro
 Modules: prose (docstrings -> paragraphs, chunks, sentences), tokenizer (BPE), digits (scans, captions),
 speech (espeak-ng, log-mel), units (k-means, run collapsing), plan (documents), build (all of it, cached).
 """
-from .build import MODALITIES, RealCorpusOptions, build_real_corpus
+from .build import DEFAULT_PREFIX, MODALITIES, RealCorpusOptions, build_real_corpus
 from .errors import RealCorpusError
 
-__all__ = ["MODALITIES", "RealCorpusError", "RealCorpusOptions", "build_real_corpus"]
+__all__ = ["DEFAULT_PREFIX", "MODALITIES", "RealCorpusError", "RealCorpusOptions", "build_real_corpus"]

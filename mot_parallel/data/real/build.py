@@ -25,6 +25,7 @@ from .errors import RealCorpusError
 
 FORMAT = "mot_parallel.real_corpus/1"  # bump when the builder's output changes for the same inputs
 MODALITIES = ("text", "image", "speech")
+DEFAULT_PREFIX = "runs/real_corpus/real"  # tools/build_real_corpus.py's default; configs/real_cpu.yaml's data.path
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,15 +13,16 @@ from __future__ import annotations
 import string
 from typing import List, Sequence
 
+from .errors import RealCorpusError
+
 UNK = "<unk>"
 ALPHABET = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
 
 
 def _require():
     try:
-        import tokenizers  # noqa: F401
+        import tokenizers
     except ImportError as e:
-        from .errors import RealCorpusError
         raise RealCorpusError("the real-data corpus trains its text tokenizer with HF `tokenizers`, which is not "
                               "installed: pip install -e '.[study]'") from e
     return tokenizers
