@@ -25,6 +25,11 @@ setup(
         "mpi": ["mpi4py>=3.1"],
         "megatron": ["megatron-core>=0.12,<0.17"],
         # transformers: the hf-to-mot conversion tests build a tiny Llama (test-only).
-        "dev": ["pytest>=7", "matplotlib", "transformers>=4.40"],
+        # scikit-learn, tokenizers: tests/test_real_corpus.py builds a tiny real-data corpus (see "study").
+        "dev": ["pytest>=7", "matplotlib", "transformers>=4.40", "scikit-learn>=1.0", "tokenizers>=0.15"],
+        # the real-data corpus (tools/build_real_corpus.py): scikit-learn ships the 1,797 handwritten-digit
+        # scans (load_digits, no download); tokenizers is HF's Rust BPE trainer, fast, deterministic as used,
+        # and its tokenizer.json decodes text ids anywhere. Speech also needs the espeak-ng program (apt).
+        "study": ["scikit-learn>=1.0", "tokenizers>=0.15"],
     },
 )

@@ -47,6 +47,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     fi
     command -v mpicc >/dev/null || extras="$(echo ",$extras," | sed 's/,mpi,/,/; s/^,//; s/,$//')"
   fi
+  if [[ ",$extras," == *,dev,* || ",$extras," == *,study,* ]] && ! command -v espeak-ng >/dev/null; then
+    # the real-data corpus (tools/build_real_corpus.py) and its tests synthesise speech with espeak-ng
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "[setup_env] installing espeak-ng (apt)"
+      { apt-get install -y -q espeak-ng >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q espeak-ng >/dev/null 2>&1; }; } ||
+        echo "[setup_env] apt could not install espeak-ng; the real-data corpus and its tests need it"
+    fi
+  fi
   echo "[setup_env] pip install -e .[${extras}]"
   "$MOT_PY" -m pip install -q -e "$root${extras:+[$extras]}"
   # DeepSpeed JIT-compiles a CPU shared-memory comm op at its first init; build it now, not mid-run
