@@ -37,7 +37,7 @@ def part_params(s: ModelSettings) -> Dict[str, int]:
 def param_counts(s: ModelSettings, padded_vocab: bool = True) -> Dict[str, int]:
     """total: every parameter as the model holds them; active: those one token uses (dense-equivalent)."""
     parts = part_params(s)
-    vocab = s.padded_vocab_size if padded_vocab else s.vocab_size
+    vocab = s.padded_vocab(1) if padded_vocab else s.vocab_size
     layer_total = sum(n * s.groups(p) for p, n in parts.items())
     layer_active = sum(parts.values())
     embed = vocab * s.hidden_size
@@ -57,7 +57,7 @@ def forward_flops_per_token(s: ModelSettings, seq_len: int, causal: bool = True)
     proj = 2 * attention_matrix_params(s)
     attn = 2 * 2 * seq_len * s.num_heads * d * (0.5 if causal else 1.0)
     ffn = 2 * 3 * h * s.ffn_hidden_size
-    head = 2 * h * s.padded_vocab_size
+    head = 2 * h * s.padded_vocab(1)
     layer = proj + attn + ffn
     return {"layer": layer, "layer_gemm": proj + ffn, "layer_attention": attn, "head": head,
             "total": s.num_layers * layer + head}

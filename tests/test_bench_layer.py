@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_naive_equals_mot_layer():
     s = ModelSettings(hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2, ffn_hidden_size=48, vocab_size=1,
-                      padded_vocab_size=1, modalities=("a", "b", "c"), document_masking=False)
+                      vocab_multiple=1, modalities=("a", "b", "c"), document_masking=False)
     layer = MoTLayer(s, 0)
     naive = NaiveMoTLayer(s).load_from(layer)
     S, B = 10, 2

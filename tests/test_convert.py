@@ -48,9 +48,10 @@ def _tp2_logits(universal):
 
     from mot_parallel.config import load_config, validate
     from mot_parallel.convert import load_universal_into_model
-    from mot_parallel.distributed import Dims, ParallelTopology
+    from mot_parallel.config import ParallelLayout
+    from mot_parallel.distributed import ParallelTopology
     from mot_parallel.model import ModelSettings, MoTModel
-    topo = ParallelTopology.build(Dims(tp=2))
+    topo = ParallelTopology.build(ParallelLayout(tp=2))
     cfg = load_config(os.path.join(universal, "config.yaml"), ["parallel.tensor_parallel=2"])
     validate(cfg, 2)
     model = MoTModel(ModelSettings.from_config(cfg), tp_group=topo.tp_group).eval()
@@ -177,8 +178,7 @@ def _z1_reference(out, universal):
     from mot_parallel.config import load_config
     from mot_parallel.training import Trainer
     cfg = load_config(None, TINY + ["train.steps=4", f"run.output_dir={out}"])
-    trainer = Trainer(cfg)
-    trainer.on_step_end = lambda step: trainer.export_universal(universal) if step == 2 else None
+    trainer = Trainer(cfg, on_step_end=lambda step: trainer.export_universal(universal) if step == 2 else None)
     trainer.train()
     return losses(cfg.run.output_dir)
 

@@ -231,7 +231,7 @@ def test_ranks_share_one_global_batch_and_its_counts(demo):
 def test_loader_builds_routing_plans_on_the_host(demo):
     from mot_parallel.model import ModelSettings, MoTModel
     s = ModelSettings(hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=4, ffn_hidden_size=32,
-                      vocab_size=VOCAB_SIZE, padded_vocab_size=VOCAB_SIZE, modalities=MODALITIES)
+                      vocab_size=VOCAB_SIZE, vocab_multiple=1, modalities=MODALITIES)
     model = MoTModel(s)
     L = _loader(demo, plan_builder=lambda mb: model.build_plan(mb.modality_ids, mb.segment_ids))
     mb = next(L).micro_batches[0]

@@ -39,7 +39,7 @@ def _megatron(tp, recompute=False, device=None, sp=False, dtype=torch.float32):
 def _ours(tp_group, megatron_model):
     """mot_parallel's MoTModel with the Megatron model's weights (same TP shards)."""
     from mot_parallel.model import MoTModel
-    s = megatron_model.settings.with_(vocab_size=V, padded_vocab_size=V)
+    s = megatron_model.settings.with_(vocab_size=V, vocab_multiple=1)
     ours = MoTModel(s, tp_group=tp_group)
     src = dict(megatron_model.named_parameters())
     rename = {"decoder.final_layernorm.weight": "head.final_norm.weight",

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 
 def _settings(**kw):
     return ModelSettings(hidden_size=256, num_layers=2, num_heads=8, num_kv_heads=4, ffn_hidden_size=512,
-                         vocab_size=1, padded_vocab_size=1, modalities=("text", "image", "speech"), qk_norm=True, **kw)
+                         vocab_size=1, vocab_multiple=1, modalities=("text", "image", "speech"), qk_norm=True, **kw)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -17,7 +17,7 @@ S, B = 6, 2
 
 def settings(**kw):
     base = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=4, ffn_hidden_size=48, vocab_size=40,
-                padded_vocab_size=64, modalities=("text", "image", "speech"), seed=3)
+                vocab_multiple=32, modalities=("text", "image", "speech"), seed=3)
     base.update(kw)
     return ModelSettings(**base)
 
@@ -243,5 +243,5 @@ def test_settings_from_config():
                              "parallel.sequence_parallel=true", "model.num_kv_heads=2"])
     s = MS.from_config(cfg)
     assert s.groups("ffn") == 3 and s.groups("attention") == 1 and s.routed and s.sequence_parallel
-    assert s.num_kv_heads == 2 and s.ffn_hidden_size == 768 and s.padded_vocab_size % 256 == 0
+    assert s.num_kv_heads == 2 and s.ffn_hidden_size == 768 and s.padded_vocab(2) % 256 == 0
     assert not MS.from_config(load_config(None, ["model.untie=[]"])).routed

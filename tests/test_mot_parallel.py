@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from mot_parallel.distributed import Dims, ParallelTopology
+from mot_parallel.config import ParallelLayout
+from mot_parallel.distributed import ParallelTopology
 from mot_parallel.distributed import collectives as C
 from mot_parallel.model import ModelSettings, MoTLayer, MoTModel
 from mot_parallel.tensor_parallel import allreduce_tp_partial_grads, register_tp_grad_hooks, tp_partial_grad_params
@@ -21,7 +22,7 @@ TOL = 1e-5
 
 def settings(**kw):
     base = dict(hidden_size=64, num_layers=2, num_heads=8, num_kv_heads=4, ffn_hidden_size=64, vocab_size=40,
-                padded_vocab_size=64, modalities=("text", "image", "speech"), seed=5, qk_norm=True)
+                vocab_multiple=32, modalities=("text", "image", "speech"), seed=5, qk_norm=True)
     base.update(kw)
     return ModelSettings(**base)
 
@@ -50,7 +51,7 @@ def _run(model, batch):
 
 
 def _tp_body(tp, sp, case, sync="allreduce"):
-    topo = ParallelTopology.build(Dims(tp=tp))
+    topo = ParallelTopology.build(ParallelLayout(tp=tp))
     s = settings(sequence_parallel=sp and tp > 1, **case)
     model = MoTModel(s, tp_group=topo.tp_group)
     if sync == "hooks":  # the route for engines that consume grads during backward (DeepSpeed ZeRO)
@@ -58,7 +59,7 @@ def _tp_body(tp, sp, case, sync="allreduce"):
     out, hidden, plan = _run(model, _batch())
     if sync == "allreduce":
         allreduce_tp_partial_grads(tp_partial_grad_params(model), topo.tp_group)
-    ref = MoTModel(settings(**case))  # TP = 1, same seeds
+    ref = MoTModel(settings(vocab_multiple=32 * tp, **case))  # TP = 1, same seeds and the same vocabulary padding
     ref_out, ref_hidden, _ = _run(ref, _batch())
     if s.sequence_parallel:  # this rank holds a contiguous piece of the (grouped) tokens
         hidden = C.all_gather_dim0(hidden.detach().reshape(-1, s.hidden_size), topo.tp_group, plan.sp_sizes)
@@ -93,7 +94,7 @@ def test_tp_grad_hooks_equal_post_backward_allreduce():
 
 def _count_body(sp):
     """Record every torch.distributed collective of one layer's forward + backward, per variant."""
-    topo = ParallelTopology.build(Dims(tp=2))
+    topo = ParallelTopology.build(ParallelLayout(tp=2))
     log = []
     originals = {}
     names = [n for n in ("all_reduce", "all_gather_single", "all_gather_into_tensor", "reduce_scatter_single",

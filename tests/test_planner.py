@@ -14,8 +14,9 @@ from mot_parallel.config import load_config, validate
 from mot_parallel.distributed.collectives import VirtualGroup
 from mot_parallel.flops import param_counts
 from mot_parallel.model import ModelSettings, MoTModel
-from mot_parallel.planner import Layout, memory, model_params, rank_params, stage_layers
-from mot_parallel.planner.measure import measured_training_memory
+from mot_parallel.config import ParallelLayout
+from mot_parallel.planner import memory, model_params, rank_params, stage_layers
+from mot_parallel.testing.memory import measured_training_memory
 from mot_parallel.testing import run_distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,9 +87,7 @@ def test_memory_model_within_15_percent_of_measured(name, tmp_path):
     cfg = load_config(None, ov)
     lay = validate(cfg, world)
     s = ModelSettings.from_config(cfg)
-    predicted = memory(s, Layout(lay.tp, lay.pp, lay.dp, cfg.parallel.zero_stage, lay.micro_batch_size,
-                                 lay.grad_accum, cfg.train.activation_checkpointing, s.sequence_parallel),
-                       cfg.model.max_seq_len, param_bytes=4).total
+    predicted = memory(s, lay, cfg.model.max_seq_len, param_bytes=4).total
     assert measured > 300 * 2**20, "the model must be big enough for the comparison to mean something"
     assert abs(predicted / measured - 1) <= 0.15, (name, predicted / 2**20, measured / 2**20)
 
@@ -131,8 +130,8 @@ def test_dry_run_catches_a_sharding_mismatch(monkeypatch):
     cfg = load_config(None, ["parallel.tensor_parallel=2"])
     real = dr.expected_full_shapes
 
-    def wrong(s):
-        rules = real(s)
+    def wrong(s, tp):
+        rules = real(s, tp)
         return [(rx, (full[0] * 2,) + full[1:], dim) if "linear_fc2" in rx else (rx, full, dim)
                 for rx, full, dim in rules]
     monkeypatch.setattr(dr, "expected_full_shapes", wrong)
@@ -145,13 +144,13 @@ def _layer_saved_bytes(sp):
     memory model's prediction for it."""
     import torch
 
-    from mot_parallel.distributed import Dims, ParallelTopology
+    from mot_parallel.distributed import ParallelTopology
     from mot_parallel.model import MoTLayer
     from mot_parallel.planner.memory import layer_activation_bytes
-    topo = ParallelTopology.build(Dims(tp=2))
+    topo = ParallelTopology.build(ParallelLayout(tp=2))
     seq, batch = 64, 2
     s = ModelSettings(hidden_size=128, num_layers=2, num_heads=8, num_kv_heads=4, ffn_hidden_size=256,
-                      vocab_size=64, padded_vocab_size=64, modalities=("text", "image", "speech"),
+                      vocab_size=64, vocab_multiple=32, modalities=("text", "image", "speech"),
                       sequence_parallel=sp)
     layer = MoTLayer(s, 0, tp_group=topo.tp_group)
     model = MoTModel(s, tp_group=topo.tp_group, layer_numbers=[])  # for the plan and rope
@@ -167,7 +166,8 @@ def _layer_saved_bytes(sp):
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         layer(x, plan, model.rope(plan, torch.device("cpu")))
-    return sum(saved.values()), layer_activation_bytes(s, Layout(2, 1, 1, 0, batch, 1, False, sp), seq, 4)
+    layout = ParallelLayout(2, micro_batch_size=batch, zero_stage=0, sequence_parallel=sp)
+    return sum(saved.values()), layer_activation_bytes(s, layout, seq, 4)
 
 
 def test_layer_saved_activations_match_the_memory_model():

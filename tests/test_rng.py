@@ -1,16 +1,21 @@
-"""RNG tracker: TP-region dropout differs per TP rank, default-stream dropout is identical across TP ranks,
-forking never disturbs the default stream, and saved states replay exactly (checkpoint/recompute)."""
+"""The run's random streams (training/rng.py): TP-region dropout differs per TP rank while default-stream
+dropout is identical across TP ranks; forking the TP stream never disturbs the default stream; saved
+states replay exactly (checkpoint/recompute) and are stored as data only (a crafted file is refused)."""
+import os
+
+import pytest
 import torch
 import torch.nn.functional as F
 
-from mot_parallel.distributed import Dims, ParallelTopology
-from mot_parallel.tensor_parallel import make_tracker
+from mot_parallel.config import ParallelLayout
+from mot_parallel.distributed import ParallelTopology
 from mot_parallel.testing import run_distributed
+from mot_parallel.training import rng
 
 
 def _body():
-    topo = ParallelTopology.build(Dims(tp=2))
-    tracker = make_tracker(42, topo.tp_rank, topo.pp_rank, torch.device("cpu"))
+    topo = ParallelTopology.build(ParallelLayout(tp=2))
+    tracker = rng.seed_model_parallel(42, topo.pp_rank, topo.mpu())
     x = torch.ones(64)
     outside = F.dropout(x, 0.5)
     with tracker.fork():
@@ -21,26 +26,48 @@ def _body():
     inside_differs = not torch.equal(gather[0], gather[1])
     torch.distributed.all_gather(gather, outside, group=topo.tp_group)
     outside_equal = torch.equal(gather[0], gather[1])
-    return inside_differs, outside_equal, outside, after
+    torch.manual_seed(42)  # the default stream's seed at pp rank 0: a run without the fork
+    plain = (F.dropout(x, 0.5), F.dropout(x, 0.5))
+    return inside_differs, outside_equal, torch.equal(plain[0], outside) and torch.equal(plain[1], after)
 
 
 def test_tp_stream_per_rank_default_stream_shared():
-    (d0, e0, out0, after0), (d1, e1, _, _) = run_distributed(_body, 2)
-    assert d0 and d1 and e0 and e1
-    # the fork did not consume the default stream: a run without the fork gives the same `after`
-    tracker = make_tracker(42, 0, 0, torch.device("cpu"))
-    x = torch.ones(64)
-    assert torch.equal(F.dropout(x, 0.5), out0)
-    assert torch.equal(F.dropout(x, 0.5), after0)
-    del tracker
+    for inside_differs, outside_equal, fork_left_default_alone in run_distributed(_body, 2):
+        assert inside_differs and outside_equal and fork_left_default_alone
 
 
-def test_states_replay():
-    tracker = make_tracker(7, 0, 0, torch.device("cpu"))
-    saved = tracker.get_states()
-    with tracker.fork():
-        a = torch.rand(5)
-    tracker.set_states(saved)
-    with tracker.fork():
-        b = torch.rand(5)
-    assert torch.equal(a, b)
+def _replay_body(path):
+    topo = ParallelTopology.build(ParallelLayout())
+    tracker = rng.seed_model_parallel(7, 0, topo.mpu())
+    streams = rng.RNGStreams(torch.device("cpu"), tracker)
+    rng.save(path, streams.state_dict())
+    import numpy as np
+    import random
+
+    def draw():
+        with tracker.fork():
+            tp = torch.rand(3)
+        return tp, torch.rand(3), np.random.rand(3).tolist(), random.random()
+    first = draw()
+    streams.load_state_dict(rng.load(path))
+    second = draw()
+    return all(torch.equal(a, b) if torch.is_tensor(a) else a == b for a, b in zip(first, second))
+
+
+def test_states_replay_from_a_saved_file(tmp_path):
+    assert run_distributed(_replay_body, 1, args=(str(tmp_path / "rng.pt"),)) == [True]
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/mot_rng_exploit",))
+
+
+def test_a_crafted_rng_file_is_refused_not_executed(tmp_path):
+    path, marker = tmp_path / "rng_rank_0.pt", "/tmp/mot_rng_exploit"
+    if os.path.exists(marker):
+        os.remove(marker)
+    torch.save({"torch": _Exploit()}, path)
+    with pytest.raises(RuntimeError, match="not a mot_parallel RNG state"):
+        rng.load(str(path))
+    assert not os.path.exists(marker)

@@ -5,10 +5,11 @@ import torch
 import torch.distributed as dist
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
-from mot_parallel.distributed import Dims, ParallelTopology
+from mot_parallel.config import ParallelLayout
+from mot_parallel.distributed import ParallelTopology
 from mot_parallel.testing import layout_id, layouts, run_distributed
 
-ALL_8 = [Dims(t, p, d) for t in (1, 2, 4, 8) for p in (1, 2, 4, 8) for d in (1, 2, 4, 8) if t * p * d <= 8]
+ALL_8 = [ParallelLayout(t, p, d) for t in (1, 2, 4, 8) for p in (1, 2, 4, 8) for d in (1, 2, 4, 8) if t * p * d <= 8]
 
 
 @pytest.mark.parametrize("dims", ALL_8, ids=layout_id)
@@ -61,10 +62,10 @@ def test_groups_on_processes(dims):
 
 
 def test_single_process_needs_no_process_group():
-    topo = ParallelTopology.build(Dims())
+    topo = ParallelTopology.build(ParallelLayout())
     assert topo.tp_group is None and topo.is_first_stage and topo.is_last_stage
     with pytest.raises(RuntimeError, match="needs 2 processes"):
-        ParallelTopology.build(Dims(tp=2))
+        ParallelTopology.build(ParallelLayout(tp=2))
 
 
 def _from_megatron(dims):
@@ -75,11 +76,12 @@ def _from_megatron(dims):
     dist.all_reduce(x, group=topo.tp_group)
     y = torch.tensor([float(2 ** dist.get_rank())])
     dist.all_reduce(y, group=topo.dp_group)
-    return topo.dims, tuple(topo.coord), int(x.item()) == sum(2 ** r for r in topo.tp_ranks), \
+    return topo.layout, tuple(topo.coord), int(x.item()) == sum(2 ** r for r in topo.tp_ranks), \
         int(y.item()) == sum(2 ** r for r in topo.dp_ranks)
 
 
-@pytest.mark.parametrize("dims", [Dims(2, 2, 1), Dims(2, 1, 2), Dims(1, 2, 2)], ids=layout_id)
+@pytest.mark.parametrize("dims", [ParallelLayout(2, 2, 1), ParallelLayout(2, 1, 2), ParallelLayout(1, 2, 2)],
+                         ids=layout_id)
 def test_topology_from_megatron_parallel_state(dims):
     pytest.importorskip("megatron.core")
     for rank, (got, coord, tp_ok, dp_ok) in enumerate(run_distributed(_from_megatron, 4, args=(dims,))):

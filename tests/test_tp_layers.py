@@ -1,15 +1,18 @@
-"""ColumnParallelLinear, RowParallelLinear, a Column->Row MLP, VocabParallelEmbedding and the vocab-parallel
-cross-entropy on TP 1/2/4 with SP off/on: outputs and all gradients equal a single-process reference
+"""ColumnParallelLinear (feeding a row-parallel projection built from the region mappings, as the MoT
+layers' row linears are), VocabParallelEmbedding and the vocab-parallel cross-entropy on TP 1/2/4 with SP
+off/on: outputs and all gradients equal a single-process reference
 built from the same (TP-size-independent) weights, max abs error <= 1e-5 (fp32)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mot_parallel.distributed import Dims, ParallelTopology
-from mot_parallel.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
-                                          copy_to_tp_region, gather_from_sp_region, param_seed,
-                                          scatter_to_sp_region, vocab_parallel_cross_entropy)
-from mot_parallel.tensor_parallel.init import draw_full, normal_init
+from mot_parallel.config import ParallelLayout
+from mot_parallel.distributed import ParallelTopology
+from mot_parallel.tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, copy_to_tp_region,
+                                          draw_full, gather_from_sp_region, normal_init, param_seed,
+                                          reduce_from_tp_region, reduce_scatter_to_sp_region, scatter_to_sp_region,
+                                          vocab_parallel_cross_entropy)
+from mot_parallel.tensor_parallel.param_meta import tp_partition
 from mot_parallel.testing import run_distributed
 
 TOL = 1e-5
@@ -25,17 +28,19 @@ def _full(name, shape):
 
 
 def _mlp_body(tp, sp):
-    topo = ParallelTopology.build(Dims(tp=tp))
+    topo = ParallelTopology.build(ParallelLayout(tp=tp))
     g, r = topo.tp_group, topo.tp_rank
     fc1 = ColumnParallelLinear(H, FFN, bias=True, sequence_parallel=sp, tp_group=g, init_seed=param_seed(7, "fc1"))
-    fc2 = RowParallelLinear(FFN, H, bias=True, sequence_parallel=sp, tp_group=g, init_seed=param_seed(7, "fc2"))
+    fsl = slice(r * FFN // tp, (r + 1) * FFN // tp)
+    fc2_w = _full("fc2", (H, FFN))[:, fsl].clone().requires_grad_()  # a row-parallel shard
+    fc2_b = _rand(H, seed=4).requires_grad_()
     with torch.no_grad():  # non-zero biases so their grads/paths are exercised
         fc1.bias.copy_(_rand(FFN, seed=3).chunk(tp)[r])
-        fc2.bias.copy_(_rand(H, seed=4))
     x_full, w_out = _rand(S, B, H, seed=1), _rand(S, B, H, seed=2)
     x = (x_full.chunk(tp)[r] if sp else x_full).clone().requires_grad_()
     h, _ = fc1(x)
-    y, _ = fc2(F.gelu(h))
+    partial = F.linear(F.gelu(h), fc2_w)
+    y = (reduce_scatter_to_sp_region(partial, g) if sp else reduce_from_tp_region(partial, g)) + fc2_b
     y_full = gather_from_sp_region(y, g, grad_is_partial=False) if sp else y
     (y_full * w_out).sum().backward()
     # reference: plain linears with the unsharded weights (drawn the same way)
@@ -44,48 +49,42 @@ def _mlp_body(tp, sp):
     xr = x_full.clone().requires_grad_()
     yr = F.linear(F.gelu(F.linear(xr, W1, b1)), W2, b2)
     (yr * w_out).sum().backward()
-    fsl, rows = slice(r * FFN // tp, (r + 1) * FFN // tp), slice(r * S // tp, (r + 1) * S // tp)
-    b2_grad = fc2.bias.grad.clone()
+    rows = slice(r * S // tp, (r + 1) * S // tp)
+    b2_grad = fc2_b.grad.clone()
     if sp:  # replicated bias under SP: each rank holds the grad of its own tokens -> sum over TP
         torch.distributed.all_reduce(b2_grad, group=g)
     return {
         "init_fc1": (fc1.weight - W1.detach()[fsl]).abs().max().item(),
-        "init_fc2": (fc2.weight - W2.detach()[:, fsl]).abs().max().item(),
+
         "out": (y_full - yr).abs().max().item(),
         "dx": (x.grad - (xr.grad[rows] if sp else xr.grad)).abs().max().item(),
         "dW1": (fc1.weight.grad - W1.grad[fsl]).abs().max().item(),
         "db1": (fc1.bias.grad - b1.grad[fsl]).abs().max().item(),
-        "dW2": (fc2.weight.grad - W2.grad[:, fsl]).abs().max().item(),
+        "dW2": (fc2_w.grad - W2.grad[:, fsl]).abs().max().item(),
         "db2": (b2_grad - b2.grad).abs().max().item(),
-        "tags": (fc1.weight.tensor_model_parallel == (tp > 1), fc1.weight.partition_dim,
-                 fc2.weight.partition_dim, getattr(fc2.bias, "sequence_parallel", False) == (sp and tp > 1)),
+        "tags": (tp_partition(fc1.weight) == ((0, None) if tp > 1 else (-1, None)),
+                 tp_partition(fc1.bias) == ((0, None) if tp > 1 else (-1, None))),
     }
 
 
-def _gather_options_body(tp):
-    """gather_output=True on the column layer and input_is_parallel=False on the row layer."""
-    topo = ParallelTopology.build(Dims(tp=tp))
-    g = topo.tp_group
-    col = ColumnParallelLinear(H, FFN, bias=False, gather_output=True, tp_group=g, init_seed=11)
-    row = RowParallelLinear(FFN, H, bias=False, input_is_parallel=False, skip_bias_add=True, tp_group=g,
-                            init_seed=12)
-    x_full, w_out = _rand(S, B, H, seed=1), _rand(S, B, H, seed=2)
+def _gather_output_body(tp):
+    """gather_output=True on the column layer: every rank gets the whole output."""
+    topo = ParallelTopology.build(ParallelLayout(tp=tp))
+    col = ColumnParallelLinear(H, FFN, bias=False, gather_output=True, tp_group=topo.tp_group, init_seed=11)
+    x_full, w_out = _rand(S, B, H, seed=1), _rand(S, B, FFN, seed=2)
     x = x_full.clone().requires_grad_()
-    h, _ = col(x)
-    y, bias = row(torch.tanh(h))
-    (y * w_out).sum().backward()
+    h, bias = col(x)
+    (torch.tanh(h) * w_out).sum().backward()
     W1 = draw_full((FFN, H), normal_init(0.02), 11).requires_grad_()
-    W2 = draw_full((H, FFN), normal_init(0.02), 12).requires_grad_()
     xr = x_full.clone().requires_grad_()
     hr = F.linear(xr, W1)
-    yr = F.linear(torch.tanh(hr), W2)
-    (yr * w_out).sum().backward()
-    return {"h": (h - hr).abs().max().item(), "out": (y - yr).abs().max().item(),
-            "dx": (x.grad - xr.grad).abs().max().item(), "bias_is_none": bias is None}
+    (torch.tanh(hr) * w_out).sum().backward()
+    return {"h": (h - hr).abs().max().item(), "dx": (x.grad - xr.grad).abs().max().item(),
+            "bias_is_none": bias is None}
 
 
 def _embed_ce_body(tp, sp):
-    topo = ParallelTopology.build(Dims(tp=tp))
+    topo = ParallelTopology.build(ParallelLayout(tp=tp))
     g, r = topo.tp_group, topo.tp_rank
     emb = VocabParallelEmbedding(V_PAD, H, tp_group=g, sequence_parallel=sp, init_seed=param_seed(7, "emb"))
     head = ColumnParallelLinear(H, V_PAD, bias=False, sequence_parallel=sp, tp_group=g,
@@ -116,7 +115,7 @@ def _embed_ce_body(tp, sp):
 
 def _ce_grads_body(tp):
     """CE gradient w.r.t. sharded logits equals autograd through F.cross_entropy on the gathered logits."""
-    topo = ParallelTopology.build(Dims(tp=tp))
+    topo = ParallelTopology.build(ParallelLayout(tp=tp))
     g, r = topo.tp_group, topo.tp_rank
     full = (_rand(12, V_PAD, seed=9) * 4).requires_grad_()
     target = torch.randint(0, V, (12,), generator=torch.Generator().manual_seed(10))
@@ -139,16 +138,16 @@ def _check(results, tol=TOL):
 
 
 @pytest.mark.parametrize("tp,sp", CASES, ids=[f"tp{t}-sp{int(s)}" for t, s in CASES])
-def test_column_row_mlp(tp, sp):
+def test_column_then_row_parallel_mlp(tp, sp):
     results = run_distributed(_mlp_body, tp, args=(tp, sp))
     _check(results)
     for res in results:
-        assert res["tags"] == (True, 0, 1, True)
+        assert res["tags"] == (True, True)
 
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
-def test_gather_output_and_unsplit_input(tp):
-    results = run_distributed(_gather_options_body, tp, args=(tp,))
+def test_gather_output(tp):
+    results = run_distributed(_gather_output_body, tp, args=(tp,))
     _check(results)
     assert all(r["bias_is_none"] for r in results)
 
@@ -167,7 +166,7 @@ def test_cross_entropy_grads_match_torch(tp):
 
 def test_init_independent_of_tp_size_without_processes():
     """The shard a TP=2 / TP=4 rank draws is the slice of the TP=1 weight (column: rows, row: columns)."""
-    from mot_parallel.tensor_parallel.init import init_sharded_
+    from mot_parallel.tensor_parallel.weight_init import init_sharded_
     full = torch.empty(FFN, H)
     init_sharded_(full, normal_init(0.02), (FFN, H), 0, 0, 1, seed=99)
     for tp in (2, 4):
@@ -176,9 +175,9 @@ def test_init_independent_of_tp_size_without_processes():
             init_sharded_(col, normal_init(0.02), (FFN, H), 0, r, tp, seed=99)
             init_sharded_(row, normal_init(0.02), (FFN, H), 1, r, tp, seed=99)
             assert torch.equal(col, full.chunk(tp, 0)[r]) and torch.equal(row, full.chunk(tp, 1)[r])
-    # stride 2: a fused [gate; up] weight, each rank takes its slice of both halves
+    # blocks: a fused [gate; up] weight, each rank takes its slice of both halves
     fused = torch.empty(FFN // 2, H)
-    init_sharded_(fused, normal_init(0.02), (FFN, H), 0, 1, 2, stride=2, seed=99)
+    init_sharded_(fused, normal_init(0.02), (FFN, H), 0, 1, 2, seed=99, blocks=[FFN // 2, FFN // 2])
     gate, up = full.chunk(2, 0)
     assert torch.equal(fused, torch.cat([gate.chunk(2, 0)[1], up.chunk(2, 0)[1]]))
     # the global RNG is untouched by seeded init

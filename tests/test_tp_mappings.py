@@ -3,7 +3,8 @@ uneven sequence splits), max abs error <= 1e-5 in fp32."""
 import pytest
 import torch
 
-from mot_parallel.distributed import Dims, ParallelTopology
+from mot_parallel.config import ParallelLayout
+from mot_parallel.distributed import ParallelTopology
 from mot_parallel.distributed.collectives import even_sizes
 from mot_parallel.tensor_parallel import mappings as M
 from mot_parallel.testing import run_distributed
@@ -16,7 +17,7 @@ def _rand(*shape, seed):
 
 
 def _body(tp, uneven):
-    topo = ParallelTopology.build(Dims(tp=tp))
+    topo = ParallelTopology.build(ParallelLayout(tp=tp))
     g, r = topo.tp_group, topo.tp_rank
     s, b, h = (7 if uneven else 8), 2, 4 * tp
     sizes = even_sizes(s, tp) if uneven else None

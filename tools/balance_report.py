@@ -94,11 +94,11 @@ def main(argv=None):
     weight = attention_weight(4096, 11008)
     cfg = None
     if args.config:
-        from mot_parallel.config import ConfigError, ffn_hidden_size, load_config, resolve_layout
+        from mot_parallel.config import ConfigError, ffn_hidden_size, load_config, validate
         try:
             cfg = load_config(args.config)
             world = (args.dp or 1) * cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel
-            lay = resolve_layout(cfg, world)
+            lay = validate(cfg, world)
         except ConfigError as e:
             sys.exit(f"error: {e}")
         layout = {"dp": lay.dp, "micro_batches": lay.grad_accum, "micro_batch_size": lay.micro_batch_size,

@@ -85,7 +85,7 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
     device = dev.pick_device(0, force_cpu=args.device == "cpu")
-    host_alloc = dev.keep_freed_host_memory() if device.type == "cpu" else None
+    host_alloc = dev.set_host_allocator("keep") if device.type == "cpu" else None
     dtype = DTYPES[args.dtype]
     split = [float(f) for f in args.split.split(",")] if args.split else None
     if split and (abs(sum(split) - 1) > 1e-6 or any(f < 0 for f in split)):
@@ -95,7 +95,7 @@ def main(argv=None):
     def settings(m, untie):
         return ModelSettings(hidden_size=args.hidden, num_layers=1, num_heads=args.heads,
                              num_kv_heads=args.kv_heads or args.heads, ffn_hidden_size=args.ffn, vocab_size=1,
-                             padded_vocab_size=1, modalities=tuple(f"m{i}" for i in range(m)),
+                             vocab_multiple=1, modalities=tuple(f"m{i}" for i in range(m)),
                              untie=frozenset(untie), params_dtype=dtype, document_masking=False)
 
     variants = {("dense", 1): settings(1, ())}

@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.config import ConfigError, load_config, resolve_layout  # noqa: E402
+from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.data import MoTDataLoader  # noqa: E402
 from mot_parallel.data.from_config import open_corpus  # noqa: E402
 from mot_parallel.model import ModelSettings, plan_for  # noqa: E402
@@ -31,7 +31,7 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, args.overrides)
         tp, pp = cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel
-        layout = resolve_layout(cfg, (args.dp or 1) * tp * pp)
+        layout = validate(cfg, (args.dp or 1) * tp * pp)
     except ConfigError as e:
         sys.exit(f"error: {e}")
     s = ModelSettings.from_config(cfg)

@@ -30,10 +30,14 @@ from mot_parallel.model.settings import DTYPES  # noqa: E402
 
 
 def _with_trainer(config, overrides, action, arg):
-    """Build the trainer on this world (it loads the checkpoint named by checkpoint.resume) and act."""
+    """Build the trainer on this world (it loads the checkpoint named by checkpoint.resume) and act.
+    An export reads only: its run directory is a scratch one next to the output, removed afterwards."""
+    import shutil
+    import torch.distributed as dist
     from mot_parallel.config import load_config
     from mot_parallel.training import Trainer
-    cfg = load_config(config, list(overrides))
+    scratch = f"{arg}.export-run" if action == "export" else None
+    cfg = load_config(config, list(overrides) + ([f"run.output_dir={scratch}"] if scratch else []))
     trainer = Trainer(cfg)
     try:
         if action == "export":
@@ -42,7 +46,28 @@ def _with_trainer(config, overrides, action, arg):
             trainer.save()
     finally:
         trainer.loader.close()
+    dist.barrier()
+    if scratch and dist.get_rank() == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
     return trainer.step
+
+
+def _source_layout(checkpoint, src):
+    """--src overrides and process count for a checkpoint: given, or read from its manifest."""
+    from mot_parallel.training.checkpoint_files import layout_overrides, read_manifest, step_dirs
+    if src:
+        return src, None
+    step = os.path.abspath(checkpoint)
+    if not os.path.basename(step).startswith("step_"):
+        steps = step_dirs(step)
+        if not steps:
+            sys.exit(f"error: {checkpoint}: no step_* checkpoint inside; give --src with its layout")
+        step = os.path.join(step, steps[-1][1])
+    try:
+        rec = read_manifest(step)["layout"]
+    except (OSError, ValueError, KeyError):
+        sys.exit(f"error: {step}: no readable checkpoint.json; give --src with the layout that wrote it")
+    return layout_overrides(rec).split(), rec["tp"] * rec["pp"] * rec["dp"]
 
 
 def _run(config, overrides, action, arg, nproc):
@@ -78,7 +103,8 @@ def main(argv=None):
     r = sub.add_parser("reshard")
     r.add_argument("--config", required=True)
     r.add_argument("--checkpoint", required=True)
-    r.add_argument("--src", nargs="*", default=[], help="overrides giving the checkpoint's layout")
+    r.add_argument("--src", nargs="*", default=[],
+                   help="overrides giving the checkpoint's layout (default: read from its checkpoint.json)")
     r.add_argument("--dst", nargs="*", default=[], help="overrides giving the target layout")
     r.add_argument("--run-dir", required=True, help="where the target layout's run and checkpoint go")
     e = sub.add_parser("export")
@@ -101,8 +127,9 @@ def main(argv=None):
         print(f"saved step {step} in the target layout's checkpoint directory")
     elif args.cmd == "reshard":
         universal = os.path.join(os.path.abspath(args.run_dir), "universal")
-        _run(args.config, args.src + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"], "export",
-             universal, None)
+        src, nproc = _source_layout(args.checkpoint, args.src)
+        _run(args.config, src + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"], "export",
+             universal, nproc)
         step = _run(args.config, args.dst + [f"checkpoint.resume={universal}",
                                              f"run.output_dir={os.path.abspath(args.run_dir)}"], "save", None, None)
         print(f"resharded step {step} into {args.run_dir}/checkpoints (via {universal})")

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.flops import forward_flops_per_token, param_counts  # noqa: E402
 from mot_parallel.model import ModelSettings  # noqa: E402
-from mot_parallel.planner import GB, GPUS, Layout, evaluate, rank_params, search  # noqa: E402
+from mot_parallel.planner import GB, GPUS, evaluate, rank_params, search  # noqa: E402
 
 
 def plan_dict(p):
@@ -32,11 +32,6 @@ def plan_dict(p):
                        "pipeline_bubble_fraction": p.estimate.bubble, "dp_comm_exposed": p.estimate.dp_exposed_s,
                        "optimizer": p.estimate.optimizer_s},
             "comm_bytes_per_gpu_per_step": p.estimate.comm_bytes}
-
-
-def layout_str(L):
-    return (f"TP{L.tp}{'+SP' if L.sp else ''} PP{L.pp} DP{L.dp} ZeRO-{L.zero} mb{L.micro_batch}x{L.grad_accum}"
-            f"{' recompute' if L.recompute else ''}")
 
 
 def main(argv=None):
@@ -65,8 +60,7 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     s = ModelSettings.from_config(cfg)
     seq = cfg.model.max_seq_len
-    own = evaluate(s, Layout(lay.tp, lay.pp, lay.dp, cfg.parallel.zero_stage, lay.micro_batch_size, lay.grad_accum,
-                             cfg.train.activation_checkpointing, s.sequence_parallel), seq, hw)
+    own = evaluate(s, lay, seq, hw)
     ranked = search(s, gpus, lay.global_batch_size, seq, hw, top=args.top)
     counts = param_counts(s)
     flops = forward_flops_per_token(s, seq)
@@ -95,7 +89,7 @@ def main(argv=None):
     for a in report["assumptions"]:
         print(f"  - {a}")
     m = own.memory.as_gb()
-    print(f"\nconfig layout {layout_str(own.layout)}: {'FITS' if own.fits else 'DOES NOT FIT'} "
+    print(f"\nconfig layout {own.layout.describe()}: {'FITS' if own.fits else 'DOES NOT FIT'} "
           f"({m['total']:.1f} of {hw.memory_gb:.0f} GB, worst stage {m['stage']})")
     print("  memory GB: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if k not in ("total", "stage")))
     e = own.estimate
@@ -107,7 +101,7 @@ def main(argv=None):
     print(f"\ntop {len(ranked)} layouts that fit, by estimated tokens/s/GPU:")
     print(f"  {'layout':44} {'mem GB':>7} {'step s':>7} {'tok/s/GPU':>10} {'MFU':>6}")
     for p in ranked:
-        print(f"  {layout_str(p.layout):44} {p.memory.total / GB:>7.1f} {p.estimate.step_s:>7.2f} "
+        print(f"  {p.layout.describe():44} {p.memory.total / GB:>7.1f} {p.estimate.step_s:>7.2f} "
               f"{p.estimate.tokens_per_s_per_gpu:>10,.0f} {p.estimate.mfu:>6.1%}")
 
 

@@ -83,7 +83,6 @@ def _profiled_train(config, overrides, out_dir, warmup, steps):
     cfg = load_config(config, list(overrides) + [f"train.steps={warmup + steps}", "logging.interval=1",
                                                  "logging.tensorboard=false", "checkpoint.interval=0",
                                                  f"run.output_dir={out_dir}/run", "checkpoint.resume=none"])
-    trainer = Trainer(cfg)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.accelerator_available() else [])
     prof = profile(activities=activities)
     wall = []
@@ -98,7 +97,7 @@ def _profiled_train(config, overrides, out_dir, warmup, steps):
             dev.synchronize(trainer.device)
             wall.append(time.perf_counter())
             prof.stop()
-    trainer.on_step_begin, trainer.on_step_end = begin, end
+    trainer = Trainer(cfg, on_step_begin=begin, on_step_end=end)
     trainer.train()
     rank = dist.get_rank()
     prof.export_chrome_trace(os.path.join(out_dir, f"trace_rank{rank}.json"))

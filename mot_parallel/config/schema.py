@@ -131,9 +131,13 @@ class CheckpointConfig:
     interval: int = opt(1000, "Save every N steps (0 = only at the end and on SIGTERM).")
     keep_last: int = opt(3, "Keep the newest K checkpoints (0 = keep all).")
     resume: str = opt(
-        "auto", "'auto' (the run's latest checkpoint if any), 'none', a DeepSpeed checkpoint directory, or a "
-        "universal checkpoint (tools/convert_checkpoint.py: another layout, or an upcycled HF model), which "
-        "starts the run unless it already has checkpoints of its own.")
+        "auto", "'auto' (the run's newest complete checkpoint if any), 'none' (a fresh start; refused if "
+        "checkpoint.dir holds checkpoints), a DeepSpeed checkpoint directory, or a universal checkpoint "
+        "(tools/convert_checkpoint.py: another layout, or an upcycled HF model), which starts the run unless it "
+        "already has checkpoints of its own.")
+    on_corrupt: Literal["refuse", "previous"] = opt(
+        "refuse", "When the newest checkpoint is incomplete or corrupt: 'refuse' to start (say what is wrong), or "
+        "fall back to the 'previous' complete one.")
     save_on_sigterm: bool = opt(True, "On SIGTERM (Slurm preemption) save a checkpoint and exit.")
 
 

@@ -1,33 +1,16 @@
 """Config validation and the derived parallel layout; runs before any process group exists.
 
 `validate(cfg, world_size)` collects every problem and raises one `ConfigError` listing them all,
-each naming the dotted key, the offending value and the fix.
+each naming the dotted key, the offending value and the fix; with a world size it returns the run's
+`ParallelLayout` (layout.py), derived here once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional
 
+from .layout import ParallelLayout
 from .loader import ConfigError
 from .schema import UNTIE_PARTS, Config
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The resolved parallel layout: world = tp * pp * dp; global batch = micro * dp * grad_accum."""
-    tp: int
-    pp: int
-    dp: int
-    micro_batch_size: int
-    grad_accum: int
-
-    @property
-    def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.micro_batch_size * self.dp * self.grad_accum
 
 
 def _divisors(n: int) -> List[int]:
@@ -41,11 +24,6 @@ def ffn_hidden_size(cfg: Config) -> int:
 
 def num_kv_heads(cfg: Config) -> int:
     return cfg.model.num_kv_heads if cfg.model.num_kv_heads is not None else cfg.model.num_heads
-
-
-def padded_vocab_size(cfg: Config) -> int:
-    mult = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tensor_parallel
-    return -(-cfg.model.vocab_size // mult) * mult
 
 
 def _model_errors(cfg: Config) -> List[str]:
@@ -190,22 +168,24 @@ def _io_errors(cfg: Config) -> List[str]:
     return err
 
 
-def resolve_layout(cfg: Config, world_size: int) -> Layout:
-    """TP/PP from the config, DP from the world size, accumulation from the global batch (validated)."""
+def _batch_errors(cfg: Config, world_size: int) -> List[str]:
     p, t = cfg.parallel, cfg.train
     dp = world_size // (p.tensor_parallel * p.pipeline_parallel)
+    if dp < 1 or t.micro_batch_size <= 0:
+        return []
     gbs = t.global_batch_size if t.global_batch_size is not None else t.micro_batch_size * dp
     per_step = t.micro_batch_size * dp
     if gbs % per_step:
-        raise ConfigError(
-            f"train.global_batch_size={gbs} is not a multiple of train.micro_batch_size * DP = "
-            f"{t.micro_batch_size} * {dp} = {per_step}; use a multiple such as {per_step * max(1, gbs // per_step)}")
-    return Layout(p.tensor_parallel, p.pipeline_parallel, dp, t.micro_batch_size, gbs // per_step)
+        return [f"train.global_batch_size={gbs} is not a multiple of train.micro_batch_size * DP = "
+                f"{t.micro_batch_size} * {dp} = {per_step}; use a multiple such as {per_step * max(1, gbs // per_step)}"]
+    return []
 
 
-def validate(cfg: Config, world_size: Optional[int] = None) -> Optional[Layout]:
-    """Raise ConfigError listing every problem; return the Layout when `world_size` is given."""
+def validate(cfg: Config, world_size: Optional[int] = None) -> Optional[ParallelLayout]:
+    """Raise ConfigError listing every problem; return the ParallelLayout when `world_size` is given."""
     errors = _model_errors(cfg) + _parallel_errors(cfg, world_size) + _train_errors(cfg) + _io_errors(cfg)
+    if world_size is not None and not any(e.startswith("world size") for e in errors):
+        errors += _batch_errors(cfg, world_size)
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
-    return resolve_layout(cfg, world_size) if world_size is not None else None
+    return ParallelLayout.from_config(cfg, world_size) if world_size is not None else None

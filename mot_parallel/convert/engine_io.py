@@ -17,8 +17,9 @@ from typing import Optional
 
 import torch
 
-from ..distributed.init import barrier_if_distributed
-from ..tensor_parallel.layout import gather_full, partition, split_full
+from ..distributed.startup import barrier_if_distributed
+from ..tensor_parallel.layout import gather_full, split_full
+from ..tensor_parallel.param_meta import tp_partition
 from .names import VOCAB_PARAMS, canonical_names, fit_vocab
 from .universal import ShardWriter, Universal, fresh_temp_dir, publish, temp_dir
 
@@ -30,7 +31,7 @@ def _local_shard(full: torch.Tensor, canon: str, p: torch.Tensor, tp_rank: int, 
     """This TP rank's piece of a full tensor (a weight or one of its optimizer states) for parameter p."""
     if canon in VOCAB_PARAMS:
         full = fit_vocab(full, vocab_rows)
-    dim, blocks = partition(p)
+    dim, blocks = tp_partition(p)
     return split_full(full, dim, tp_rank, tp_size, blocks)
 
 
@@ -70,14 +71,17 @@ def _local_optimizer_state(engine, p, key) -> Optional[torch.Tensor]:
     return st
 
 
-def export_engine(trainer, path: str) -> None:
-    """Write the trainer's model + optimizer + training state as a universal checkpoint (collective)."""
+def export_engine(path: str, engine, topo, settings, cfg, training_state: dict) -> None:
+    """Write a DeepSpeed engine's model + optimizer, and `training_state` (step, LR schedule, loader position:
+    plain values, from rank 0), as a universal checkpoint of the model `settings` / `cfg` describe
+    (collective over the engine's `topo`)."""
     from deepspeed.utils import safe_get_full_fp32_param
-    engine, topo, s = trainer.engine, trainer.topo, trainer.settings
+    s = settings
     module = engine.module
     names = canonical_names(module, topo.pp_size > 1, s.num_layers)
     writer = topo.dp_rank == 0 and topo.tp_rank == 0
-    tmp = fresh_temp_dir(path) if trainer.rank == 0 else temp_dir(path)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    tmp = fresh_temp_dir(path) if rank == 0 else temp_dir(path)
     barrier_if_distributed()
     model = ShardWriter(tmp, f"model-stage{topo.pp_rank}")
     optim = ShardWriter(tmp, f"optim-stage{topo.pp_rank}")
@@ -99,19 +103,18 @@ def export_engine(trainer, path: str) -> None:
     model.flush()
     optim.flush()
     barrier_if_distributed()
-    if trainer.rank == 0:
-        state = {"step": trainer.step, "scheduler": trainer.scheduler.state_dict(),
-                 "loader": trainer.loader.state_dict()}
-        publish(path, trainer.cfg, {"step": trainer.step, "has_optimizer": has_optimizer,
-                                    "vocab_rows": s.padded_vocab_size, "vocab_size": s.vocab_size}, state)
+    if rank == 0:
+        publish(path, cfg, {"step": training_state["step"], "has_optimizer": has_optimizer,
+                            "vocab_rows": s.padded_vocab(topo.tp_size), "vocab_size": s.vocab_size}, training_state)
     barrier_if_distributed()
 
 
-def import_engine(trainer, path: str) -> dict:
-    """Load a universal checkpoint into the trainer's engine (any layout); returns its training state."""
+def import_engine(path: str, engine, topo, settings) -> dict:
+    """Load a universal checkpoint into a DeepSpeed engine of any layout (`topo`); returns its training
+    state (step, LR schedule, loader position) for the caller to hand to its own stateful parts."""
     from deepspeed.runtime.zero import GatheredParameters
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-    engine, topo, s = trainer.engine, trainer.topo, trainer.settings
+    s = settings
     uni = Universal(path)
     module = engine.module
     names = canonical_names(module, topo.pp_size > 1, s.num_layers)
@@ -125,7 +128,7 @@ def import_engine(trainer, path: str) -> dict:
             canon = names[local]
 
             def shard(t):
-                return _local_shard(t, canon, p, topo.tp_rank, topo.tp_size, s.padded_vocab_size).to(p.device)
+                return _local_shard(t, canon, p, topo.tp_rank, topo.tp_size, s.padded_vocab(topo.tp_size)).to(p.device)
             w = shard(uni.get(canon))
             # ZeRO-3: gather p's partitions, write, re-partition DP rank 0's value (every rank writes the
             # same); a no-op context for any other parameter
@@ -158,7 +161,7 @@ def load_weights(model, get, tp_group=None) -> None:
     with torch.no_grad():
         for local, p in model.named_parameters():
             full = get(names[local])
-            p.copy_(_local_shard(full, names[local], p, rank, tp, model.settings.padded_vocab_size).to(p.dtype))
+            p.copy_(_local_shard(full, names[local], p, rank, tp, model.settings.padded_vocab(tp)).to(p.dtype))
 
 
 def load_universal_into_model(model, path: str, tp_group=None) -> Universal:

@@ -94,7 +94,7 @@ def hf_to_universal(hf_dir: str, out: str, modalities: Sequence[str], base_confi
 
     def tensors():
         embed = get("model.embed_tokens.weight")
-        yield "embedding.word_embeddings.weight", fit_vocab(embed, s.padded_vocab_size)
+        yield "embedding.word_embeddings.weight", fit_vocab(embed, s.padded_vocab(1))
         for i in range(s.num_layers):
             hp, lp = f"model.layers.{i}.", f"layers.{i}."
             qkv = torch.cat([get(hp + f"self_attn.{x}_proj.weight") for x in "qkv"])
@@ -113,9 +113,9 @@ def hf_to_universal(hf_dir: str, out: str, modalities: Sequence[str], base_confi
             yield "head.final_norm.weight", norm
         if not s.tie_embeddings:
             lm_head = get("lm_head.weight") if "lm_head.weight" in files else embed
-            yield "head.output_layer.weight", fit_vocab(lm_head, s.padded_vocab_size)
+            yield "head.output_layer.weight", fit_vocab(lm_head, s.padded_vocab(1))
 
-    write_universal(out, cfg, tensors(), {"step": 0, "has_optimizer": False, "vocab_rows": s.padded_vocab_size,
+    write_universal(out, cfg, tensors(), {"step": 0, "has_optimizer": False, "vocab_rows": s.padded_vocab(1),
                                           "vocab_size": s.vocab_size, "source": os.path.abspath(hf_dir)},
                     {"step": 0})
     return s

@@ -1,8 +1,8 @@
 """Process start-up (launch_env, init), device choice (device), topology and its adapters, collectives."""
-from .init import DistContext, barrier_if_distributed, init_distributed, shutdown_distributed
+from .startup import DistContext, barrier_if_distributed, init_distributed, shutdown_distributed
 from .launch_env import LaunchEnv, detect_launch_env, expand_hostlist
 from .mpu import DeepSpeedMPU
-from .topology import Coord, Dims, ParallelTopology
+from .topology import ParallelTopology
 
-__all__ = ["Coord", "DeepSpeedMPU", "Dims", "DistContext", "LaunchEnv", "ParallelTopology", "barrier_if_distributed",
+__all__ = ["DeepSpeedMPU", "DistContext", "LaunchEnv", "ParallelTopology", "barrier_if_distributed",
            "detect_launch_env", "expand_hostlist", "init_distributed", "shutdown_distributed"]

@@ -80,17 +80,22 @@ def device_name(device: Optional[torch.device] = None) -> str:
     return "cpu"
 
 
-def keep_freed_host_memory() -> bool:
-    """CPU runs: make glibc keep freed memory instead of returning it to the OS.
+def set_host_allocator(policy: str) -> bool:
+    """CPU runs: how glibc treats large freed blocks (PyTorch has a caching allocator on GPUs, not on CPU).
 
-    PyTorch has a caching allocator on GPUs but not on CPU; glibc serves every large tensor with a
-    fresh mmap and unmaps it on free, so each step page-faults its activations back in (~0.25 ms per
-    MB, hundreds of ms per step at benchmark shapes, varying with allocation history). Returns
-    whether the setting took effect (glibc only)."""
+    "keep"    keep freed memory in the heap (benchmarks): glibc otherwise serves every large tensor with a
+              fresh mmap and unmaps it on free, so each step page-faults its activations back in (~0.25 ms
+              per MB, hundreds of ms per step at benchmark shapes, varying with allocation history);
+    "release" serve every block >= 64 KiB by mmap (a fixed threshold, so it does not adapt upwards) and
+              return it on free (memory measurement): resident memory then follows live tensors, close to
+              what a GPU's allocated-memory counter reports.
+    Returns whether the setting took effect (glibc only)."""
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
+    settings = {"keep": ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1)),
+                "release": ((m_mmap_threshold, 64 * 1024), (m_trim_threshold, 128 * 1024))}[policy]
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+        return all(bool(libc.mallopt(option, value)) for option, value in settings)
     except (OSError, AttributeError):
         return False

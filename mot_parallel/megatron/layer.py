@@ -32,6 +32,7 @@ from ..distributed import device as dev
 from ..distributed.collectives import group_rank, group_size
 from ..model.layer import MoTLayer
 from ..model.settings import ModelSettings
+from ..tensor_parallel.param_meta import declared_partition
 
 BLOCK_NAMES = {3: ("q", "k", "v"), 2: ("gate", "up")}
 
@@ -55,11 +56,11 @@ def settings_from_megatron(config, options: MoTOptions) -> ModelSettings:
     return ModelSettings(
         hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=heads,
         num_kv_heads=config.num_query_groups or heads, ffn_hidden_size=config.ffn_hidden_size,
-        vocab_size=1, padded_vocab_size=1, modalities=tuple(options.modalities), untie=frozenset(options.untie),
+        vocab_size=1, vocab_multiple=1, modalities=tuple(options.modalities), untie=frozenset(options.untie),
         norm_placement=options.norm_placement, qk_norm=options.qk_norm, norm_eps=config.layernorm_epsilon,
         rope_theta=options.rope_theta, attention_dropout=config.attention_dropout,
         hidden_dropout=config.hidden_dropout, init_std=config.init_method_std, modality_copies=options.modality_copies,
-        seed=options.seed, sequence_parallel=config.sequence_parallel and config.tensor_model_parallel_size > 1,
+        seed=options.seed, sequence_parallel=config.sequence_parallel,
         document_masking=options.document_masking, params_dtype=config.params_dtype,
         perform_initialization=config.perform_initialization)
 
@@ -106,7 +107,7 @@ class MoTTransformerLayer(MoTLayer, BaseTransformerLayer):
         for name, p in self.named_parameters():
             key = prefix + name
             # the TP tags as the layer defines them, also at TP = 1: keys must not depend on the TP size
-            dim, blocks = getattr(p, "partition_dim", -1), getattr(p, "mot_blocks", None)
+            dim, blocks = declared_partition(p)
             if dim < 0:
                 out[key] = ShardedTensor.from_rank_offsets(key, p, *sharded_offsets, replica_id=(0, tp_rank, dp_rank),
                                                            prepend_axis_num=len(sharded_offsets))

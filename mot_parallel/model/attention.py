@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..distributed.collectives import group_size
-from ..tensor_parallel.init import normal_init, param_seed, scaled_normal_init
+from ..tensor_parallel.weight_init import normal_init, param_seed, scaled_normal_init
 from .attention_core import attention_core
 from .grouped_linear import GroupedColumnParallelLinear, GroupedRowParallelLinear
 from .norms import ModalityRMSNorm
@@ -55,7 +55,7 @@ class MoTSelfAttention(nn.Module):
         n, d = q.shape[0], self.settings.head_dim
         q, k, v = q.view(n, self.heads, d), k.view(n, self.kv_heads, d), v.view(n, self.kv_heads, d)
         if self.q_layernorm is not None:
-            counts = plan.norm_counts(False) if self.copies else None
+            counts = plan.gathered_counts if self.copies else None
             q, k = self.q_layernorm(q, counts), self.k_layernorm(k, counts)
         shape = (plan.seq_len, plan.batch)
         q, k, v = (plan.to_sequence(t).view(shape + t.shape[1:]) for t in (q, k, v))  # permutation 1

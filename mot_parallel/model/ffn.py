@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..tensor_parallel.init import normal_init, param_seed, scaled_normal_init
+from ..tensor_parallel.weight_init import normal_init, param_seed, scaled_normal_init
 from .grouped_linear import GroupedColumnParallelLinear, GroupedRowParallelLinear
 from .grouped_ops import swiglu
 from .routing import RoutingPlan

@@ -2,7 +2,7 @@
 
 A shared part (`modalities=None`) holds one `weight` like a Megatron linear ([out/tp, in] column,
 [out, in/tp] row) and is one GEMM that ignores the plan. An untied part holds one parameter per modality
-in a ParameterDict, `weight.<modality>` (tagged `mot_modality`), so optimizer groups (LR multipliers,
+in a ParameterDict, `weight.<modality>` (its modality in its typed metadata, param_meta.py), so optimizer groups (LR multipliers,
 freezing, weight decay), ZeRO and checkpoints all see each modality's copy as its own tensor. The TP
 collectives are exactly a dense Megatron linear's, issued once on the whole token tensor, never per
 modality: column = SP all-gather (or copy-to-TP), row = reduce-scatter (or all-reduce); under SP the
@@ -10,8 +10,8 @@ column's all-gather is fused with its GEMM so backward keeps only the local slic
 Input is flat [tokens, features] in the plan's grouped order.
 
 `output_blocks` splits the output dim of a fused column weight into blocks that are each sharded over
-TP (fused QKV with GQA: [H*d, KV*d, KV*d]; SwiGLU: [ffn, ffn]), so rank r holds [q_r; k_r; v_r] (tag
-`mot_blocks`). Initialisation draws every (block, modality) full matrix from its own seeded generator and
+TP (fused QKV with GQA: [H*d, KV*d, KV*d]; SwiGLU: [ffn, ffn]), so rank r holds [q_r; k_r; v_r] (the
+blocks are recorded in the parameter's metadata). Initialisation draws every (block, modality) full matrix from its own seeded generator and
 keeps this rank's shard: identical across TP sizes; `modality_copies='shared_start'` makes copies equal.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ from torch import nn
 
 from ..distributed.collectives import group_rank, group_size
 from ..tensor_parallel import mappings as M
-from ..tensor_parallel.init import InitMethod, draw_full, normal_init, param_seed, set_tp_attributes
+from ..tensor_parallel.param_meta import mark_replicated, mark_sequence_parallel, mark_tp_sharded, set_modality
+from ..tensor_parallel.weight_init import InitMethod, draw_full, normal_init, param_seed
 from ..tensor_parallel.layers import config_value
 from ..tensor_parallel.layout import split_full
 from .grouped_ops import grouped_mm
@@ -60,10 +61,8 @@ class _GroupedParallelLinear(nn.Module):
 
         def make(index: int, name: Optional[str]) -> nn.Parameter:
             p = nn.Parameter(torch.empty(local, device=device, dtype=dtype))
-            set_tp_attributes(p, self.tp_size > 1, partition_dim, 1)
-            p.mot_blocks = tuple(self.blocks) if partition_dim == 0 and len(self.blocks) > 1 else None
-            if name is not None:
-                p.mot_modality = name
+            mark_tp_sharded(p, partition_dim, self.tp_size, self.blocks if partition_dim == 0 else None)
+            set_modality(p, name)
             if do_init and p.device.type != "meta":
                 self._init(p, init, init_seed, 0 if copies == "shared_start" else index)
             return p
@@ -78,11 +77,13 @@ class _GroupedParallelLinear(nn.Module):
 
             def make_bias(name):
                 b = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
-                set_tp_attributes(b, partition_dim == 0 and self.tp_size > 1, 0 if partition_dim == 0 else -1)
-                if partition_dim == 1 and self.sequence_parallel:
-                    b.sequence_parallel = True  # replicated, but each rank adds it to other tokens
-                if name is not None:
-                    b.mot_modality = name
+                if partition_dim == 0:  # sharded with the outputs, block-wise like the weight
+                    mark_tp_sharded(b, 0, self.tp_size, self.blocks)
+                else:
+                    mark_replicated(b)
+                    if self.sequence_parallel:
+                        mark_sequence_parallel(b)  # replicated, but each rank adds it to other tokens
+                set_modality(b, name)
                 return b
             self.bias = make_bias(None) if self.modalities is None else \
                 nn.ParameterDict({m: make_bias(m) for m in self.modalities})
@@ -102,8 +103,11 @@ class _GroupedParallelLinear(nn.Module):
     def _biases(self) -> List[torch.Tensor]:
         return [self.bias] if self.modalities is None else [self.bias[m] for m in self.modalities]
 
-    def _counts(self, plan: Optional[RoutingPlan], n_tokens: int, local: bool = False):
-        return (n_tokens,) if self.modalities is None else plan.norm_counts(local)
+    def _counts(self, plan: Optional[RoutingPlan], n_tokens: int, stream: bool = False):
+        """Token counts per weight copy: all tokens (after the SP all-gather) or this rank's stream shard."""
+        if self.modalities is None:
+            return (n_tokens,)
+        return plan.stream_counts if stream else plan.gathered_counts
 
     def _add_bias(self, ys, counts, blocks):
         """Add each group's bias (split per output block) to its rows."""
@@ -168,5 +172,5 @@ class GroupedRowParallelLinear(_GroupedParallelLinear):
         else:
             y = M.reduce_from_tp_region(y, self.tp_group)
         if self.bias is not None and not self.skip_bias_add:
-            (y,) = self._add_bias([y], self._counts(plan, y.shape[0], local=self.sequence_parallel), [self.output_size])
+            (y,) = self._add_bias([y], self._counts(plan, y.shape[0], stream=True), [self.output_size])
         return y, self._bias_out()

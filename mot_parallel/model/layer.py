@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed.collectives import group_size
 from .attention import MoTSelfAttention
 from .ffn import MoTSwiGLU
 from .norms import ModalityRMSNorm
@@ -32,7 +33,8 @@ class MoTLayer(nn.Module):
         s = self.settings = settings
         self.layer_number, self.rng_tracker = layer_number, rng_tracker
         self.norm_copies = s.copies("norms")
-        kw = dict(sequence_parallel=s.sequence_parallel, params_dtype=s.params_dtype, device=device)
+        self.sequence_parallel = s.sequence_parallel_with(group_size(tp_group))
+        kw = dict(sequence_parallel=self.sequence_parallel, params_dtype=s.params_dtype, device=device)
         self.attn_norm = ModalityRMSNorm(s.hidden_size, self.norm_copies, s.norm_eps, **kw)
         self.self_attention = MoTSelfAttention(s, layer_number, tp_group, rng_tracker, device)
         self.ffn_norm = ModalityRMSNorm(s.hidden_size, self.norm_copies, s.norm_eps, **kw)
@@ -42,7 +44,7 @@ class MoTLayer(nn.Module):
         p = self.settings.hidden_dropout if self.training else 0.0
         if p == 0.0:
             return x
-        if self.settings.sequence_parallel and self.rng_tracker is not None:
+        if self.sequence_parallel and self.rng_tracker is not None:
             with self.rng_tracker.fork():  # SP shards hold different tokens on each TP rank
                 return F.dropout(x, p)
         return F.dropout(x, p)
@@ -51,7 +53,7 @@ class MoTLayer(nn.Module):
                 rope: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
-        counts = plan.norm_counts(self.settings.sequence_parallel) if self.norm_copies else None
+        counts = plan.stream_counts if self.norm_copies else None
         if self.settings.norm_placement == "pre":
             a, _ = self.self_attention(self.attn_norm(x, counts), plan, rope)
             x = x + self._dropout(a)

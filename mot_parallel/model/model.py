@@ -10,15 +10,14 @@ weights as a single process would.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-from typing import Iterable, Optional
+from typing import Callable, Iterable, NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from ..distributed.collectives import group_rank, group_size
 from ..tensor_parallel import ColumnParallelLinear, VocabParallelEmbedding, vocab_parallel_cross_entropy
-from ..tensor_parallel.init import normal_init, param_seed
+from ..tensor_parallel.weight_init import normal_init, param_seed
 from .layer import MoTLayer
 from .norms import ModalityRMSNorm
 from .rope import rope_cos_sin
@@ -46,8 +45,8 @@ class MoTEmbedding(nn.Module):
         super().__init__()
         s = self.settings = settings
         self.word_embeddings = VocabParallelEmbedding(
-            s.padded_vocab_size, s.hidden_size, init_method=normal_init(s.init_std), tp_group=tp_group,
-            sequence_parallel=s.sequence_parallel, init_seed=param_seed(s.seed, "embedding"),
+            s.padded_vocab(group_size(tp_group)), s.hidden_size, init_method=normal_init(s.init_std),
+            tp_group=tp_group, sequence_parallel=s.sequence_parallel, init_seed=param_seed(s.seed, "embedding"),
             params_dtype=s.params_dtype, device=device)
 
     def forward(self, tokens: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
@@ -64,16 +63,16 @@ class MoTHead(nn.Module):
         self.tp_group = tp_group
         self.norm_copies = s.modalities if s.untie_final_norm else None
         self.final_norm = ModalityRMSNorm(s.hidden_size, self.norm_copies, s.norm_eps,
-                                          sequence_parallel=s.sequence_parallel, params_dtype=s.params_dtype,
-                                          device=device)
+                                          sequence_parallel=s.sequence_parallel_with(group_size(tp_group)),
+                                          params_dtype=s.params_dtype, device=device)
         self.output_layer = ColumnParallelLinear(
-            s.hidden_size, s.padded_vocab_size, bias=False, config=s, tp_group=tp_group,
+            s.hidden_size, s.padded_vocab(group_size(tp_group)), bias=False, config=s, tp_group=tp_group,
             init_method=normal_init(s.init_std), init_seed=param_seed(s.seed, "output_layer"), device=device)
 
     def forward(self, hidden: torch.Tensor, plan: RoutingPlan, labels: Optional[torch.Tensor] = None,
                 label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None):
         x = hidden.reshape(-1, self.settings.hidden_size)
-        counts = plan.norm_counts(self.settings.sequence_parallel) if self.norm_copies else None
+        counts = plan.stream_counts if self.norm_copies else None
         logits, _ = self.output_layer(self.final_norm(x, counts))  # [N, V/tp], grouped order
         if labels is None:
             return logits
@@ -81,17 +80,24 @@ class MoTHead(nn.Module):
 
     def loss(self, logits: torch.Tensor, plan: RoutingPlan, labels: torch.Tensor,
              label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None) -> LossOutput:
-        """Per-modality loss sums and token counts from grouped-order logits and sequence-order labels."""
-        target = plan.group_ids(labels)
-        losses = vocab_parallel_cross_entropy(logits, target, self.tp_group, self.settings.vocab_size, IGNORE_INDEX)
-        weight = (target != IGNORE_INDEX).to(torch.float32)
-        if loss_mask is not None:
-            weight = weight * plan.group_ids(loss_mask).to(torch.float32)
-        mods = plan.group_ids(label_modalities) if label_modalities is not None else torch.zeros_like(target)
-        m = self.settings.num_modalities
-        loss_sum = torch.zeros(m, device=losses.device).index_add(0, mods, losses * weight)
-        count = torch.zeros(m, device=losses.device).index_add(0, mods, weight)
-        return LossOutput(loss_sum, count)
+        return modality_loss(logits, plan, labels, label_modalities, loss_mask, self.tp_group, self.settings)
+
+
+def modality_loss(logits: torch.Tensor, plan: RoutingPlan, labels: torch.Tensor,
+                  label_modalities: Optional[torch.Tensor], loss_mask: Optional[torch.Tensor], tp_group,
+                  settings: ModelSettings) -> LossOutput:
+    """Per-modality loss sums and token counts from grouped-order, vocab-sharded logits and sequence-order
+    labels (the head's loss; also the pipeline's loss function on the last stage)."""
+    target = plan.group_ids(labels)
+    losses = vocab_parallel_cross_entropy(logits, target, tp_group, settings.vocab_size, IGNORE_INDEX)
+    weight = (target != IGNORE_INDEX).to(torch.float32)
+    if loss_mask is not None:
+        weight = weight * plan.group_ids(loss_mask).to(torch.float32)
+    mods = plan.group_ids(label_modalities) if label_modalities is not None else torch.zeros_like(target)
+    m = settings.num_modalities
+    loss_sum = torch.zeros(m, device=losses.device).index_add(0, mods, losses * weight)
+    count = torch.zeros(m, device=losses.device).index_add(0, mods, weight)
+    return LossOutput(loss_sum, count)
 
 
 def plan_for(settings: ModelSettings, modality_ids: torch.Tensor, segment_ids: Optional[torch.Tensor] = None, *,
@@ -106,8 +112,13 @@ def plan_for(settings: ModelSettings, modality_ids: torch.Tensor, segment_ids: O
 
 
 class MoTModel(nn.Module):
+    """`activation_checkpoint`: None, or a checkpoint function (e.g. deepspeed.checkpointing.checkpoint) that
+    recomputes each layer in backward; it must restore the RNG tracker's states for TP-region dropout
+    (DeepSpeed's does)."""
+
     def __init__(self, settings: ModelSettings, tp_group=None, layer_numbers: Optional[Iterable[int]] = None,
-                 pre_process: bool = True, post_process: bool = True, rng_tracker=None, device=None):
+                 pre_process: bool = True, post_process: bool = True, rng_tracker=None, device=None,
+                 activation_checkpoint: Optional[Callable] = None):
         super().__init__()
         self.settings, self.tp_group = settings, tp_group
         self.pre_process, self.post_process = pre_process, post_process
@@ -115,9 +126,7 @@ class MoTModel(nn.Module):
         self.embedding = MoTEmbedding(settings, tp_group, device) if pre_process else None
         self.layers = nn.ModuleList(MoTLayer(settings, i, tp_group, rng_tracker, device) for i in numbers)
         self.head = MoTHead(settings, tp_group, device) if post_process else None
-        # activation recompute: a checkpoint function (e.g. deepspeed.checkpointing.checkpoint), set by the
-        # trainer; it must restore the RNG tracker's states for TP-region dropout (DeepSpeed's does)
-        self.activation_checkpoint = None
+        self.activation_checkpoint = activation_checkpoint
         if settings.tie_embeddings and pre_process and post_process:
             self.head.output_layer.weight = self.embedding.word_embeddings.weight
 

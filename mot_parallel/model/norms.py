@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..tensor_parallel.param_meta import mark_sequence_parallel, mark_tp_partial_grad, set_modality
 from .grouped_ops import grouped_rms_norm, rms_norm
 
 
@@ -24,11 +25,10 @@ class ModalityRMSNorm(nn.Module):
         def make(name):
             p = nn.Parameter(torch.ones(dim, dtype=params_dtype, device=device))
             if sequence_parallel:
-                p.sequence_parallel = True
+                mark_sequence_parallel(p)
             if tp_partial_grad:  # e.g. QK-norm: shared over heads that are split across TP ranks
-                p.tp_partial_grad = True
-            if name is not None:
-                p.mot_modality = name
+                mark_tp_partial_grad(p)
+            set_modality(p, name)
             return p
         self.weight = make(None) if self.modalities is None else nn.ParameterDict({m: make(m) for m in self.modalities})
 

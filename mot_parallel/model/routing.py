@@ -11,7 +11,8 @@ dense) in contiguous pieces of `sp_sizes` tokens, so SP all-gather / reduce-scat
 route-after-gather and un-route-before-scatter hold trivially because nothing is un-routed there.
 
 Everything a layer needs from the plan is either a host int (counts, sizes: no device->host sync
-inside a layer) or a device index tensor moved once per step.
+inside a layer) or a device index tensor moved once per step. Between pipeline stages the plan travels
+as fixed-shape tensors (`to_tensors` / `from_tensors`); both construction paths end in `assemble`.
 """
 from __future__ import annotations
 
@@ -50,26 +51,54 @@ class RoutingPlan:
     perm: Optional[torch.Tensor] = None           # [N] grouped -> flat index; None = identity
     inv_perm: Optional[torch.Tensor] = None       # [N] flat -> grouped index
     sp_sizes: Optional[Tuple[int, ...]] = None    # tokens per TP rank under sequence parallelism
-    local_counts: Optional[Tuple[int, ...]] = None  # per-modality counts of this rank's SP shard
+    local_counts: Optional[Tuple[int, ...]] = None  # per-modality counts of this rank's SP shard (grouped only)
     position_ids: Optional[torch.Tensor] = None   # [s, b] RoPE positions (reset per document)
     segment_ids: Optional[torch.Tensor] = None    # [s, b] document ids for document masking
     attention_mask: Optional[torch.Tensor] = None  # [b, 1, s, s] bool, causal & same document; one per
     #                                               micro-batch, shared by every layer (saved once)
+
+    @classmethod
+    def assemble(cls, seq_len: int, batch: int, counts: Sequence[int], *, grouped: bool,
+                 perm: Optional[torch.Tensor], inv_perm: Optional[torch.Tensor], sequence_parallel: bool,
+                 tp_size: int, tp_rank: int, position_ids: Optional[torch.Tensor] = None,
+                 segment_ids: Optional[torch.Tensor] = None) -> "RoutingPlan":
+        """The one constructor behind build_routing_plan and from_tensors: everything derived from the
+        counts (SP shard sizes, the shard's per-modality counts) and from the document ids (the mask)."""
+        counts = tuple(int(c) for c in counts)
+        sp_sizes = local = None
+        if sequence_parallel and tp_size > 1:
+            sp_sizes, local = sp_shard(seq_len * batch, counts, tp_size, tp_rank)
+            # a dense (ungrouped) stream is in sequence order: a shard's modality counts describe no slices
+            local = local if grouped else None
+        mask = document_mask(segment_ids) if segment_ids is not None else None
+        return cls(seq_len, batch, counts, grouped, perm, inv_perm, sp_sizes, local, position_ids, segment_ids, mask)
 
     @property
     def num_tokens(self) -> int:
         return self.seq_len * self.batch
 
     @property
-    def is_identity(self) -> bool:
-        return self.perm is None
+    def sequence_parallel(self) -> bool:
+        return self.sp_sizes is not None
 
-    def norm_counts(self, sequence_parallel: bool) -> Tuple[int, ...]:
-        """Counts of the tokens a rank holds in the residual stream (its SP shard, or all)."""
+    @property
+    def stream_counts(self) -> Tuple[int, ...]:
+        """Per-modality counts of the tokens this rank holds in the residual stream: its SP shard under
+        sequence parallelism, else all of them. What norms and row-parallel outputs are sliced by."""
+        self._require_grouped()
+        return self.local_counts if self.sequence_parallel else self.counts
+
+    @property
+    def gathered_counts(self) -> Tuple[int, ...]:
+        """Per-modality counts of all the micro-batch's tokens (after the SP all-gather): what column-parallel
+        linears and QK-norms are sliced by."""
+        self._require_grouped()
+        return self.counts
+
+    def _require_grouped(self) -> None:
         if not self.grouped:
             raise RuntimeError("a per-modality module got a dense (ungrouped) routing plan; build the plan "
                                "with routed=True for a model with untied parts")
-        return self.local_counts if sequence_parallel and self.local_counts is not None else self.counts
 
     def to_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] grouped order -> [N, ...] flat sequence order."""
@@ -83,6 +112,36 @@ class RoutingPlan:
         """Route an integer tensor [s, b] (tokens, labels) to grouped order [N] (no autograd)."""
         flat = ids.reshape(-1)
         return flat if self.perm is None else flat.index_select(0, self.perm)
+
+    # transport between pipeline stages -------------------------------------------------------------------
+    def to_tensors(self, device: torch.device) -> Tuple[torch.Tensor, ...]:
+        """The plan as fixed-shape integer tensors on `device` (DeepSpeed's pipeline sends one tuple of
+        tensors between stages, same shapes every micro-batch, no None):
+            (perm [N], inv_perm [N], counts [M], flags [4], positions [s, b], segments [s, b])
+        flags = (identity permutation, document masking, grouped stream, sequence parallel)."""
+        s, b, n = self.seq_len, self.batch, self.num_tokens
+        ident = self.perm is None
+        perm = torch.arange(n, device=device) if ident else self.perm
+        inv = perm if ident else self.inv_perm
+        pos = self.position_ids if self.position_ids is not None else \
+            torch.arange(s, device=device).unsqueeze(1).expand(s, b).contiguous()
+        seg = self.segment_ids if self.segment_ids is not None else torch.zeros(s, b, dtype=torch.long, device=device)
+        flags = torch.tensor([int(ident), int(self.segment_ids is not None), int(self.grouped),
+                              int(self.sequence_parallel)], device=device)
+        return perm, inv, torch.tensor(self.counts, device=device), flags, pos, seg
+
+    @classmethod
+    def from_tensors(cls, tensors: Sequence[torch.Tensor], tp_size: int, tp_rank: int) -> "RoutingPlan":
+        """Inverse of to_tensors on any stage; reads counts and flags to the host (one small copy)."""
+        perm, inv, counts, flags, pos, seg = tensors
+        ident, documents, grouped, sp = (bool(f) for f in flags.tolist())
+        s, b = pos.shape
+        return cls.assemble(s, b, counts.tolist(), grouped=grouped, perm=None if ident else perm,
+                            inv_perm=None if ident else inv, sequence_parallel=sp, tp_size=tp_size,
+                            tp_rank=tp_rank, position_ids=pos, segment_ids=seg if documents else None)
+
+
+PLAN_TENSORS = 6  # len(RoutingPlan.to_tensors(...))
 
 
 def _check_modality_ids(modality_ids: torch.Tensor, num_modalities: int) -> None:
@@ -132,7 +191,7 @@ def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, route
     _check_modality_ids(modality_ids, num_modalities)
     s, b = modality_ids.shape
     flat = modality_ids.reshape(-1).long()
-    counts = tuple(int(c) for c in torch.bincount(flat, minlength=num_modalities))
+    counts = torch.bincount(flat, minlength=num_modalities).tolist()
     perm = inv = None
     if routed and num_modalities > 1:
         order = torch.argsort(flat, stable=True)
@@ -140,16 +199,13 @@ def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, route
             inv = torch.empty_like(order)
             inv[order] = torch.arange(order.numel())
             perm, inv = order.to(device, non_blocking=True), inv.to(device, non_blocking=True)
-    sp_sizes = local = None
-    if sequence_parallel and tp_size > 1:
-        sp_sizes, local = sp_shard(s * b, counts, tp_size, tp_rank)
-        local = local if routed else None
-    positions = segments = mask = None
+    positions = segments = None
     if segment_ids is not None:
         positions = positions_from_segments(segment_ids).to(device, non_blocking=True)
         segments = segment_ids.to(device, non_blocking=True)
-        mask = document_mask(segments)
-    return RoutingPlan(s, b, counts, routed, perm, inv, sp_sizes, local, positions, segments, mask)
+    return RoutingPlan.assemble(s, b, counts, grouped=routed, perm=perm, inv_perm=inv,
+                                sequence_parallel=sequence_parallel, tp_size=tp_size, tp_rank=tp_rank,
+                                position_ids=positions, segment_ids=segments)
 
 
 def document_mask(segment_ids: torch.Tensor) -> torch.Tensor:

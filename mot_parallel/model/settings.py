@@ -1,7 +1,10 @@
-"""`ModelSettings`: the resolved, frozen view of `Config.model` + the parallel flags the layers need.
+"""`ModelSettings`: the resolved, frozen view of `Config.model` (+ whether sequence parallelism is wanted).
 
 It doubles as the Megatron-style `config` object our submodules read (`sequence_parallel`,
 `params_dtype`, `perform_initialization`), so the same constructors work under Megatron's keywords.
+Nothing here depends on the layout: a module takes its TP size from the process group it is given
+(`sequence_parallel` is the request; a module applies it only when its TP group has more than one rank,
+and the vocabulary is padded for the group's size by `padded_vocab(tp)`).
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import FrozenSet, Optional, Tuple
 
 import torch
 
-from ..config import Config, ffn_hidden_size, num_kv_heads, padded_vocab_size
+from ..config import Config, ffn_hidden_size, num_kv_heads
 
 
 # config precision names -> parameter dtypes (training precision, export dtype)
@@ -25,7 +28,6 @@ class ModelSettings:
     num_kv_heads: int
     ffn_hidden_size: int
     vocab_size: int
-    padded_vocab_size: int
     modalities: Tuple[str, ...]
     untie: FrozenSet[str] = frozenset({"attention", "ffn", "norms"})
     norm_placement: str = "pre"
@@ -40,7 +42,8 @@ class ModelSettings:
     scale_output_by_depth: bool = True
     modality_copies: str = "independent"
     seed: int = 1234
-    sequence_parallel: bool = False
+    vocab_multiple: int = 128             # embedding/head rows are padded to a multiple of this x TP size
+    sequence_parallel: bool = False       # requested; active only inside a TP group of more than one rank
     document_masking: bool = True
     params_dtype: torch.dtype = torch.float32
     perform_initialization: bool = True
@@ -61,6 +64,16 @@ class ModelSettings:
         """Modality names owning a copy of `part`, or None when it is shared."""
         return self.modalities if part in self.untie else None
 
+    def padded_vocab(self, tp_size: int) -> int:
+        """Embedding/output rows at TP size `tp_size`: Megatron's padding to vocab_multiple x tp (padded
+        logits are masked out of the loss; checkpoints convert between paddings, convert/names.py)."""
+        mult = self.vocab_multiple * tp_size
+        return -(-self.vocab_size // mult) * mult
+
+    def sequence_parallel_with(self, tp_size: int) -> bool:
+        """Whether sequence parallelism is active inside a TP group of `tp_size` ranks."""
+        return self.sequence_parallel and tp_size > 1
+
     @property
     def routed(self) -> bool:
         """Whether any part is per modality (False = the dense path, zero routing cost). With one
@@ -76,11 +89,11 @@ class ModelSettings:
         return cls(
             hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
             num_kv_heads=num_kv_heads(cfg), ffn_hidden_size=ffn_hidden_size(cfg), vocab_size=m.vocab_size,
-            padded_vocab_size=padded_vocab_size(cfg), modalities=tuple(m.modalities), untie=frozenset(m.untie),
+            vocab_multiple=m.make_vocab_size_divisible_by, modalities=tuple(m.modalities), untie=frozenset(m.untie),
             norm_placement=m.norm_placement, qk_norm=m.qk_norm, untie_final_norm=m.untie_final_norm,
             tie_embeddings=m.tie_embeddings, norm_eps=m.norm_eps, rope_theta=m.rope_theta,
             attention_dropout=m.attention_dropout, hidden_dropout=m.hidden_dropout, init_std=m.init.std,
             scale_output_by_depth=m.init.scale_output_by_depth, modality_copies=m.init.modality_copies,
             seed=cfg.train.seed,
-            sequence_parallel=cfg.parallel.sequence_parallel and cfg.parallel.tensor_parallel > 1,
+            sequence_parallel=cfg.parallel.sequence_parallel,
             document_masking=cfg.data.document_masking, params_dtype=params_dtype or torch.float32)

@@ -2,9 +2,9 @@
 against measured memory), communication and step-time estimates, and the layout search."""
 from .estimate import Estimate, estimate
 from .hardware import GPUS, Hardware
-from .memory import GB, Layout, Memory, memory
+from .memory import GB, Memory, memory
 from .params import model_params, rank_params, stage_layers
 from .search import Plan, evaluate, search
 
-__all__ = ["GB", "GPUS", "Estimate", "Hardware", "Layout", "Memory", "Plan", "estimate", "evaluate", "memory",
+__all__ = ["GB", "GPUS", "Estimate", "Hardware", "Memory", "Plan", "estimate", "evaluate", "memory",
            "model_params", "rank_params", "search", "stage_layers"]

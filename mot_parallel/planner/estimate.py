@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Dict
 
 from ..flops import forward_flops_per_token
+from ..config.layout import ParallelLayout
 from ..model.settings import ModelSettings
 from .hardware import Hardware
-from .memory import Layout
 from .params import rank_params, stage_layers
 
 
@@ -46,8 +46,8 @@ def _spans_nodes(group_size: int, stride: int, hw: Hardware) -> bool:
     return group_size * stride > hw.gpus_per_node
 
 
-def estimate(s: ModelSettings, L: Layout, seq: int, hw: Hardware, act_bytes: int = 2) -> Estimate:
-    N = seq * L.micro_batch                       # tokens per micro-batch
+def estimate(s: ModelSettings, L: ParallelLayout, seq: int, hw: Hardware, act_bytes: int = 2) -> Estimate:
+    N = seq * L.micro_batch_size                       # tokens per micro-batch
     m = L.grad_accum                              # micro-batches per step
     tokens_step = N * m * L.dp
     layers = max(len(stage_layers(s.num_layers, L.pp, st)) for st in range(L.pp))
@@ -61,12 +61,12 @@ def estimate(s: ModelSettings, L: Layout, seq: int, hw: Hardware, act_bytes: int
         link_bw = ib if t > hw.gpus_per_node else nv
         link = "inter-node" if t > hw.gpus_per_node else "nvlink"
         size = N * s.hidden_size * act_bytes
-        reps = 2 + (1 if L.recompute else 0)      # forward, backward, recomputed forward
+        reps = 2 + (1 if L.activation_checkpointing else 0)      # forward, backward, recomputed forward
         # two collectives per pass (attention, FFN); an SP all-gather + reduce-scatter pair moves what an
         # all-reduce moves, 2 (t-1)/t x size; embedding and head add about two more per micro-batch
-        per_layer = (reps * 2 * 2 + (2 if L.sp else 0)) * (t - 1) / t * size
+        per_layer = (reps * 2 * 2 + (2 if L.sequence_parallel else 0)) * (t - 1) / t * size
         total = per_layer * layers * m + 2 * 2 * (t - 1) / t * size * m
-        name = "tp_all_gather+reduce_scatter" if L.sp else "tp_all_reduce"
+        name = "tp_all_gather+reduce_scatter" if L.sequence_parallel else "tp_all_reduce"
         comm[name] = {"bytes": total, "link": link}
         tp_time = total / link_bw
     # DP
@@ -76,10 +76,10 @@ def estimate(s: ModelSettings, L: Layout, seq: int, hw: Hardware, act_bytes: int
         bw, link = (ib, "inter-node") if spans else (nv, "nvlink")
         grad = P * act_bytes
         frac = (d - 1) / d
-        if L.zero <= 1:
+        if L.zero_stage <= 1:
             comm["dp_grad_all_reduce"] = {"bytes": 2 * frac * grad, "link": link}
             exposed = (1 - hw.dp_overlap) * 2 * frac * grad / bw
-        elif L.zero == 2:
+        elif L.zero_stage == 2:
             comm["dp_grad_reduce_scatter"] = {"bytes": m * frac * grad, "link": link}
             comm["dp_param_all_gather"] = {"bytes": frac * grad, "link": link}
             exposed = (1 - hw.dp_overlap) * m * frac * grad / bw + frac * grad / bw
@@ -91,20 +91,20 @@ def estimate(s: ModelSettings, L: Layout, seq: int, hw: Hardware, act_bytes: int
     # PP
     if L.pp > 1:
         spans = L.dp * t >= hw.gpus_per_node
-        act = N * s.hidden_size * act_bytes / (t if L.sp else 1)
+        act = N * s.hidden_size * act_bytes / (t if L.sequence_parallel else 1)
         comm["pp_p2p"] = {"bytes": 2 * act * m, "link": "inter-node" if spans else "nvlink"}
         tp_time += 2 * act * m / (ib if spans else nv)
     # compute (dense-equivalent FLOPs: MoT has the dense model's FLOPs per token)
     f = forward_flops_per_token(s, seq)
-    mult = 4.0 if L.recompute else 3.0
-    gemm = (f["layer_gemm"] * s.num_layers + f["head"]) * mult * tokens_step / L.world
-    attn = f["layer_attention"] * s.num_layers * mult * tokens_step / L.world
+    mult = 4.0 if L.activation_checkpointing else 3.0
+    gemm = (f["layer_gemm"] * s.num_layers + f["head"]) * mult * tokens_step / L.world_size
+    attn = f["layer_attention"] * s.num_layers * mult * tokens_step / L.world_size
     compute = gemm / (hw.peak_tflops * 1e12 * hw.gemm_efficiency) + attn / (hw.peak_tflops * 1e12 * hw.attention_efficiency)
     bubble = (L.pp - 1) / m if L.pp > 1 else 0.0
-    shard = d if L.zero >= 1 else 1
+    shard = d if L.zero_stage >= 1 else 1
     optimizer = 36 * P / shard / (hw.hbm_gbps * 1e9)
     step = (compute + tp_time) * (1 + bubble) + dp_time + optimizer
     model_flops = f["total"] * 3.0 * tokens_step
-    tflops = model_flops / step / L.world / 1e12
-    return Estimate(comm, compute, tp_time, bubble, dp_time, optimizer, step, tokens_step / step / L.world, tflops,
+    tflops = model_flops / step / L.world_size / 1e12
+    return Estimate(comm, compute, tp_time, bubble, dp_time, optimizer, step, tokens_step / step / L.world_size, tflops,
                     tflops / hw.peak_tflops)

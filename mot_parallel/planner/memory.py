@@ -36,26 +36,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Dict
 
+from ..config.layout import ParallelLayout
 from ..model.settings import ModelSettings
 from .params import rank_params, stage_layers
 
 GB = 2 ** 30
-
-
-@dataclass(frozen=True)
-class Layout:
-    tp: int
-    pp: int
-    dp: int
-    zero: int
-    micro_batch: int
-    grad_accum: int
-    recompute: bool
-    sp: bool
-
-    @property
-    def world(self) -> int:
-        return self.tp * self.pp * self.dp
 
 
 @dataclass(frozen=True)
@@ -87,11 +72,11 @@ class Memory:
         return d
 
 
-def layer_activation_bytes(s: ModelSettings, L: Layout, seq: int, act_bytes: int) -> float:
+def layer_activation_bytes(s: ModelSettings, L: ParallelLayout, seq: int, act_bytes: int) -> float:
     """Bytes one layer saves for backward for one micro-batch."""
     t, h, d, f = L.tp, s.hidden_size, s.head_dim, s.ffn_hidden_size
-    N = seq * L.micro_batch
-    n = N / t if (L.sp and t > 1) else N
+    N = seq * L.micro_batch_size
+    n = N / t if (L.sequence_parallel and t > 1) else N
     hq, hkv = s.num_heads * d, s.num_kv_heads * d
     elems = 2 * h * n + 2 * h * n
     elems += N * ((2 * hq + 2 * hkv) / t + hq / t + 3 * f / t)
@@ -101,7 +86,7 @@ def layer_activation_bytes(s: ModelSettings, L: Layout, seq: int, act_bytes: int
     return elems * act_bytes + fp32_stats
 
 
-def memory(s: ModelSettings, L: Layout, seq: int, param_bytes: int, reserve_gb: float = 0.0,
+def memory(s: ModelSettings, L: ParallelLayout, seq: int, param_bytes: int, reserve_gb: float = 0.0,
            reduce_bucket: float = 5e8, allgather_bucket: float = 5e8, max_live_params: float = 1e9) -> Memory:
     """The worst stage's breakdown (bytes). `param_bytes`: 2 for bf16 training, 4 for fp32."""
     worst = None
@@ -110,16 +95,16 @@ def memory(s: ModelSettings, L: Layout, seq: int, param_bytes: int, reserve_gb: 
         rp = rank_params(s, L.tp, L.pp, stage)
         P = rp.total
         grads_persistent = grads_in_backward = 0.0
-        if L.zero == 0:
+        if L.zero_stage == 0:
             weights = P * b
             optimizer = 8 * P + (8 * P if mixed else 0)
             grads_persistent = P * b
             backward_end = 0.0
-        elif L.zero in (1, 2):
+        elif L.zero_stage in (1, 2):
             weights = P * b
             optimizer = 16 * P / L.dp + P / L.dp * b
             backward_end = P * b + min(allgather_bucket, P) * b
-            if L.zero == 1 and (L.grad_accum > 1 or L.pp > 1):
+            if L.zero_stage == 1 and (L.grad_accum > 1 or L.pp > 1):
                 grads_in_backward = P * b  # ZeRO-1 keeps full gradients until the boundary's reduction
         else:
             weights = P / L.dp * b + min(max_live_params, P) * b
@@ -129,17 +114,17 @@ def memory(s: ModelSettings, L: Layout, seq: int, param_bytes: int, reserve_gb: 
         layers = len(stage_layers(s.num_layers, L.pp, stage))
         in_flight = min(L.pp - stage, L.grad_accum) if L.pp > 1 else 1
         per_layer = layer_activation_bytes(s, L, seq, b)
-        N = seq * L.micro_batch
-        n = N / L.tp if (L.sp and L.tp > 1) else N
-        if L.recompute:
+        N = seq * L.micro_batch_size
+        n = N / L.tp if (L.sequence_parallel and L.tp > 1) else N
+        if L.activation_checkpointing:
             acts = in_flight * layers * n * s.hidden_size * b + per_layer
         else:
             acts = in_flight * layers * per_layer
         if s.document_masking:
-            acts += in_flight * L.micro_batch * seq * seq  # bool mask, shared by the stage's layers
+            acts += in_flight * L.micro_batch_size * seq * seq  # bool mask, shared by the stage's layers
         head = 0.0
         if stage == L.pp - 1:
-            head = (n + N) * s.hidden_size * b + N * s.padded_vocab_size / L.tp * 4
+            head = (n + N) * s.hidden_size * b + N * s.padded_vocab(L.tp) / L.tp * 4
         m = Memory(weights, optimizer, grads_persistent, acts, head, per_layer if layers else 0.0,
                    grads_in_backward, backward_end, reserve_gb * GB, stage)
         if worst is None or m.total > worst.total:

@@ -46,7 +46,7 @@ def rank_params(s: ModelSettings, tp: int, pp: int, stage: int) -> RankParams:
     per_layer, replicated = layer_params(s, tp)
     layers = len(stage_layers(s.num_layers, pp, stage))
     first, last = stage == 0, stage == pp - 1
-    vocab_rows = s.padded_vocab_size // tp * s.hidden_size
+    vocab_rows = s.padded_vocab(tp) // tp * s.hidden_size
     embed = vocab_rows if first else 0
     head = 0
     if last:

@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
+from ..config.layout import ParallelLayout
 from ..model.settings import ModelSettings
 from .estimate import Estimate, estimate
 from .hardware import Hardware
-from .memory import GB, Layout, Memory, memory
+from .memory import GB, Memory, memory
 
 
 @dataclass
 class Plan:
-    layout: Layout
+    layout: ParallelLayout
     memory: Memory
     estimate: Estimate
 
@@ -24,13 +25,13 @@ class Plan:
     hardware_memory: float = 0.0
 
 
-def evaluate(s: ModelSettings, L: Layout, seq: int, hw: Hardware, param_bytes: int = 2) -> Plan:
+def evaluate(s: ModelSettings, L: ParallelLayout, seq: int, hw: Hardware, param_bytes: int = 2) -> Plan:
     mem = memory(s, L, seq, param_bytes, hw.reserve_gb)
     return Plan(L, mem, estimate(s, L, seq, hw, param_bytes), hw.memory_gb * GB)
 
 
 def candidate_layouts(s: ModelSettings, gpus: int, global_batch: int, hw: Hardware,
-                      micro_batches=(1, 2, 4)) -> List[Layout]:
+                      micro_batches=(1, 2, 4)) -> List[ParallelLayout]:
     out = []
     for tp in (1, 2, 4, 8):
         if tp > hw.gpus_per_node or s.num_heads % tp or s.num_kv_heads % tp or s.ffn_hidden_size % tp:
@@ -47,7 +48,8 @@ def candidate_layouts(s: ModelSettings, gpus: int, global_batch: int, hw: Hardwa
                     continue  # too few micro-batches to fill the pipeline
                 for zero in ((0, 1) if pp > 1 else (0, 1, 2, 3)):
                     for recompute in (False, True):
-                        out.append(Layout(tp, pp, dp, zero, mb, accum, recompute, tp > 1))
+                        out.append(ParallelLayout(tp, pp, dp, micro_batch_size=mb, grad_accum=accum, zero_stage=zero,
+                                                  sequence_parallel=True, activation_checkpointing=recompute))
     return out
 
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from ..distributed.collectives import group_rank, group_size
 from . import mappings as M
-from .init import InitMethod, init_sharded_, normal_init, set_tp_attributes
+from .param_meta import mark_tp_sharded
+from .weight_init import InitMethod, init_sharded_, normal_init
 
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int, where: str = "tokens") -> None:
@@ -42,10 +43,10 @@ class VocabParallelEmbedding(nn.Module):
         self.sequence_parallel = bool(sp) and tp > 1
         dtype = params_dtype or getattr(config, "params_dtype", torch.float32)
         self.weight = nn.Parameter(torch.empty(self.per_rank, embedding_dim, device=device, dtype=dtype))
-        set_tp_attributes(self.weight, tp > 1, 0, 1)
+        mark_tp_sharded(self.weight, 0, tp)
         if getattr(config, "perform_initialization", True):
             init_sharded_(self.weight, init_method or normal_init(0.02), (num_embeddings, embedding_dim), 0,
-                          rank, tp, 1, init_seed)
+                          rank, tp, init_seed)
 
     def forward(self, ids: torch.Tensor, sp_sizes: Optional[Sequence[int]] = None) -> torch.Tensor:
         """ids [...] -> [..., h]; under SP the result is this rank's dim-0 piece (`sp_sizes` if uneven)."""

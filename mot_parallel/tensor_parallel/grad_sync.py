@@ -2,7 +2,8 @@
 
 Two kinds of replicated parameters get *different* gradients on each TP rank:
   - tagged `sequence_parallel` (norm weights, row-parallel biases under SP): each rank saw other tokens;
-  - tagged `tp_partial_grad` (QK-norm weights): shared over heads that are split across TP ranks.
+  - marked `tp_partial_grad` (QK-norm weights): shared over heads that are split across TP ranks
+    (tags: tensor_parallel/param_meta.py).
 The tags are Megatron's (and our QK-norms are named q_layernorm/k_layernorm), so inside Megatron its
 own `finalize_model_grads` does this; under DeepSpeed or a plain loop call one of these:
   - `allreduce_tp_partial_grads(params, tp_group)` after backward when grads stay in `param.grad`;
@@ -18,11 +19,11 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from ..distributed import collectives as C
+from .param_meta import needs_tp_grad_sum
 
 
 def tp_partial_grad_params(module: nn.Module) -> List[nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad and
-            (getattr(p, "sequence_parallel", False) or getattr(p, "tp_partial_grad", False))]
+    return [p for p in module.parameters() if p.requires_grad and needs_tp_grad_sum(p)]
 
 
 def allreduce_tp_partial_grads(params: Iterable[nn.Parameter], tp_group) -> None:

@@ -1,9 +1,9 @@
-"""Between a TP shard and the full (layout-independent) tensor, from the parameter's own tags.
+"""Between a TP shard and the full (layout-independent) tensor: the one way tensors are sharded.
 
-Tags read: `tensor_model_parallel`, `partition_dim` (Megatron's) and `mot_blocks` (ours: the output
-dim of a fused weight is several blocks each sharded over TP, e.g. [q; k; v] or [gate; up], so a rank
-holds [q_r; k_r; v_r]). Used by the tests (compare sharded grads with a TP=1 reference) and by
-checkpoint conversion/resharding.
+A fused dimension holds several blocks each sharded over TP (e.g. [q; k; v] or [gate; up]), so a rank
+holds [q_r; k_r; v_r]. Used to initialise weights (weight_init.py), by checkpoint conversion/resharding,
+and by the tests (compare sharded grads with a TP=1 reference); a parameter's partition comes from its
+typed metadata (param_meta.py).
 """
 from __future__ import annotations
 
@@ -12,14 +12,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..distributed import collectives as C
-from .init import shard
-
-
-def partition(param: torch.Tensor):
-    """(dim, blocks) of a parameter; dim = -1 when it is replicated across TP."""
-    if not getattr(param, "tensor_model_parallel", False):
-        return -1, None
-    return param.partition_dim, getattr(param, "mot_blocks", None)
+from .param_meta import tp_partition
 
 
 def join_shards(shards: Sequence[torch.Tensor], dim: int, blocks: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -40,12 +33,15 @@ def split_full(full: torch.Tensor, dim: int, rank: int, world: int,
     if dim < 0 or world == 1:
         return full
     pieces = full.split(list(blocks), dim=dim) if blocks else [full]
-    return torch.cat([shard(p, dim, rank, world) for p in pieces], dim=dim).contiguous()
+    for p in pieces:
+        if p.shape[dim] % world:
+            raise ValueError(f"dim {dim} of size {p.shape[dim]} does not split into {world} shards")
+    return torch.cat([p.chunk(world, dim=dim)[rank] for p in pieces], dim=dim).contiguous()
 
 
 def gather_full(tensor: torch.Tensor, param: torch.Tensor, tp_group) -> torch.Tensor:
     """All-gather `tensor` (a shard shaped like `param`: the param itself or its grad) into the full one."""
-    dim, blocks = partition(param)
+    dim, blocks = tp_partition(param)
     world = C.group_size(tp_group)
     if dim < 0 or world == 1:
         return tensor

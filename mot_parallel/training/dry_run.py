@@ -13,14 +13,14 @@ import torch
 
 from ..config import Config, validate
 from ..distributed.collectives import VirtualGroup
-from ..distributed.topology import Dims
 from ..model import ModelSettings, MoTModel
-from ..planner import GPUS, Layout, evaluate, rank_params, stage_layers
+from ..planner import GPUS, evaluate, rank_params, stage_layers
+from ..tensor_parallel.param_meta import modality_of, tp_partition
 
 
-def expected_full_shapes(s: ModelSettings) -> List[Tuple[str, Tuple[int, ...], int]]:
-    """(name regex, full shape, partition dim or -1) for every parameter kind, from the settings alone."""
-    h, d, f, V = s.hidden_size, s.head_dim, s.ffn_hidden_size, s.padded_vocab_size
+def expected_full_shapes(s: ModelSettings, tp: int) -> List[Tuple[str, Tuple[int, ...], int]]:
+    """(name regex, full shape, partition dim or -1) for every parameter kind, from the settings and TP size."""
+    h, d, f, V = s.hidden_size, s.head_dim, s.ffn_hidden_size, s.padded_vocab(tp)
     mod = r"(\.(" + "|".join(map(re.escape, s.modalities)) + r"))?$"
     return [
         (r"^embedding\.word_embeddings\.weight$", (V, h), 0),
@@ -37,13 +37,12 @@ def expected_full_shapes(s: ModelSettings) -> List[Tuple[str, Tuple[int, ...], i
 
 def check_rank(cfg: Config, world_size: int, rank: int) -> Dict:
     layout = validate(cfg, world_size)
-    dims = Dims(layout.tp, layout.pp, layout.dp)
-    coord = dims.coords(rank)
+    coord = layout.coords(rank)
     s = ModelSettings.from_config(cfg, params_dtype=torch.bfloat16)
     layers = stage_layers(s.num_layers, layout.pp, coord.pp)
     model = MoTModel(s, tp_group=VirtualGroup(layout.tp, coord.tp), layer_numbers=layers,
                      pre_process=coord.pp == 0, post_process=coord.pp == layout.pp - 1, device="meta")
-    rules = expected_full_shapes(s)
+    rules = expected_full_shapes(s, layout.tp)
     problems, count = [], 0
     for name, p in model.named_parameters():
         count += p.numel()
@@ -55,22 +54,20 @@ def check_rank(cfg: Config, world_size: int, rank: int) -> Dict:
         local = list(full)
         if dim >= 0:
             local[dim] //= layout.tp
-        tagged = getattr(p, "partition_dim", -1) if getattr(p, "tensor_model_parallel", False) else -1
+        tagged = tp_partition(p)[0]
         if tuple(p.shape) != tuple(local):
             problems.append(f"{name}: shape {tuple(p.shape)}, expected {tuple(local)} (full {full} / TP {layout.tp})")
         if layout.tp > 1 and tagged != dim:
             problems.append(f"{name}: partition_dim tag {tagged}, expected {dim}")
-        if name.rsplit(".", 1)[-1] in s.modalities and getattr(p, "mot_modality", None) != name.rsplit(".", 1)[-1]:
-            problems.append(f"{name}: missing mot_modality tag")
+        if name.rsplit(".", 1)[-1] in s.modalities and modality_of(p) != name.rsplit(".", 1)[-1]:
+            problems.append(f"{name}: its metadata does not name modality {name.rsplit('.', 1)[-1]!r}")
     numbers = [layer.layer_number for layer in model.layers]  # global numbers (module names are local)
     if numbers != list(layers):
         problems.append(f"layers {numbers} built, stage {coord.pp} should hold {list(layers)}")
     planned = rank_params(s, layout.tp, layout.pp, coord.pp).total
     if planned != count:
         problems.append(f"the planner counts {planned} parameters on this rank, the model has {count}")
-    plan = evaluate(s, Layout(layout.tp, layout.pp, layout.dp, cfg.parallel.zero_stage, layout.micro_batch_size,
-                              layout.grad_accum, cfg.train.activation_checkpointing, s.sequence_parallel),
-                    cfg.model.max_seq_len, GPUS["a100-80gb"])
+    plan = evaluate(s, layout, cfg.model.max_seq_len, GPUS["a100-80gb"])
     return {"rank": rank, "coord": tuple(coord), "layout": layout, "layers": (layers.start, layers.stop),
             "params": count, "planned_params": planned, "problems": problems,
             "memory_gb": plan.memory.as_gb(), "fits_a100_80gb": plan.fits}
@@ -79,10 +76,9 @@ def check_rank(cfg: Config, world_size: int, rank: int) -> Dict:
 def dry_run(cfg: Config, world_size: int, rank: int, all_ranks: bool = False) -> int:
     """Print the report; returns the number of problems found (0 = the layout is consistent)."""
     layout = validate(cfg, world_size)
-    dims = Dims(layout.tp, layout.pp, layout.dp)
     ranks = [rank]
     if all_ranks:  # one rank per (pipeline stage, TP rank): the others are DP copies
-        ranks = [dims.rank_of(p, 0, t) for p in range(layout.pp) for t in range(layout.tp)]
+        ranks = [layout.rank_of(p, 0, t) for p in range(layout.pp) for t in range(layout.tp)]
     total_problems = 0
     for r in ranks:
         rep = check_rank(cfg, world_size, r)

@@ -11,7 +11,7 @@ from typing import Any, Dict
 
 import torch
 
-from ..config import Config, ConfigError, Layout
+from ..config import Config, ConfigError, ParallelLayout
 
 _OWNED = {  # generated key -> the config key that sets it
     "train_micro_batch_size_per_gpu": "train.micro_batch_size",
@@ -27,10 +27,10 @@ def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def deepspeed_config(cfg: Config, layout: Layout, dtype: torch.dtype, fused_adam: bool = False) -> Dict[str, Any]:
+def deepspeed_config(cfg: Config, layout: ParallelLayout, dtype: torch.dtype, fused_adam: bool = False) -> Dict[str, Any]:
     t, o = cfg.train, cfg.train.optimizer
-    zero: Dict[str, Any] = {"stage": cfg.parallel.zero_stage}
-    if cfg.parallel.zero_stage == 3:
+    zero: Dict[str, Any] = {"stage": layout.zero_stage}
+    if layout.zero_stage == 3:
         # gather whole MoT layers (leaf modules), prefetch one layer ahead
         zero.update({"stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5})
     ds = {
@@ -58,6 +58,6 @@ def deepspeed_config(cfg: Config, layout: Layout, dtype: torch.dtype, fused_adam
             raise ConfigError(f"deepspeed.{key}={extra[key]} contradicts {owner} (which gives {ds[key]}); "
                               f"set {owner} instead")
     if "zero_optimization" in extra and "stage" in extra["zero_optimization"] and \
-            extra["zero_optimization"]["stage"] != cfg.parallel.zero_stage:
+            extra["zero_optimization"]["stage"] != layout.zero_stage:
         raise ConfigError("deepspeed.zero_optimization.stage contradicts parallel.zero_stage; set parallel.zero_stage")
     return _merge(ds, extra)

@@ -1,22 +1,50 @@
-"""Fault injection for the crash/kill tests, driven by MOT_FAULT (one place, off unless set):
-  MOT_FAULT=crash_in_save[:N] die (exit 17) in the N-th save (default 1) of this process, after writing
-                              the checkpoint's files and before publishing it
-  MOT_FAULT=kill_after_step:N die (exit 17) right after optimizer step N was logged
-  MOT_FAULT=stall_after_step:N block right after step N was logged, so a test can kill the launcher
-                              from outside at a known step
+"""Fault injection: the test seam for the crash/kill tests, off unless MOT_FAULT is set.
+
+The environment is read once, here, when the trainer starts (`FaultInjector.from_env()`, None in
+production); the trainer and the checkpoint manager get the injector explicitly and call it at two
+points. Specs:
+  MOT_FAULT=crash_in_save[:N]    die (exit 17) in the N-th save (default 1) of this process, after writing
+                                 the checkpoint's files and before publishing it
+  MOT_FAULT=kill_after_step:N    die (exit 17) right after optimizer step N was logged
+  MOT_FAULT=stall_after_step:N   block right after step N was logged, so a test can kill the launcher from
+                                 outside at a known step
 """
 from __future__ import annotations
 
 import os
 import sys
 import time
+from typing import Optional
+
+POINTS = ("crash_in_save", "kill_after_step", "stall_after_step")
 
 
-def _spec():
-    return os.environ.get("MOT_FAULT", "")
+class FaultInjector:
+    def __init__(self, spec: str):
+        name, _, arg = spec.partition(":")
+        if name not in POINTS:
+            raise ValueError(f"MOT_FAULT={spec!r}: unknown fault {name!r}; one of {list(POINTS)}")
+        self.name, self.arg, self.hits = name, int(arg or 1), 0
 
+    @classmethod
+    def from_env(cls) -> Optional["FaultInjector"]:
+        spec = os.environ.get("MOT_FAULT", "")
+        return cls(spec) if spec else None
 
-_hits = {}  # per-process count of fault points reached (test-only state)
+    def at(self, point: str) -> None:
+        """A named point in the code (crash_in_save) was reached."""
+        if point == self.name:
+            self.hits += 1
+            if self.hits == self.arg:
+                _die()
+
+    def after_step(self, step: int) -> None:
+        if self.arg != step or self.name not in ("kill_after_step", "stall_after_step"):
+            return
+        if self.name == "kill_after_step":
+            _die()
+        sys.stdout.flush()
+        time.sleep(3600)
 
 
 def _die() -> None:
@@ -24,21 +52,3 @@ def _die() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(17)
-
-
-def maybe_crash(point: str) -> None:
-    name, _, nth = _spec().partition(":")
-    if name != point:
-        return
-    _hits[point] = _hits.get(point, 0) + 1
-    if _hits[point] == int(nth or 1):
-        _die()
-
-
-def maybe_fault_after_step(step: int) -> None:
-    name, _, at = _spec().partition(":")
-    if name in ("kill_after_step", "stall_after_step") and int(at) == step:
-        if name == "kill_after_step":
-            _die()
-        sys.stdout.flush()
-        time.sleep(3600)

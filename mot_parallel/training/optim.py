@@ -2,7 +2,7 @@
 
 Groups: weight decay only on matrices of linear layers (never on norms, biases or embeddings), and an
 LR multiplier per modality (`train.optimizer.modality_lr_scale`) for that modality's own copies
-(`mot_modality` tag); a scale of 0 freezes a modality. The schedule multiplies each group's base LR,
+(their modality in the parameter's metadata); a scale of 0 freezes a modality. The schedule multiplies each group's base LR,
 so ratios between groups survive warm-up and decay.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Dict, List
 from torch import nn
 
 from ..config import Config
+from ..tensor_parallel.param_meta import modality_of
 
 
 def no_decay(name: str, p: nn.Parameter) -> bool:
@@ -27,7 +28,7 @@ def param_groups(model: nn.Module, cfg: Config) -> List[Dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        modality = getattr(p, "mot_modality", None)
+        modality = modality_of(p)
         scale = o.modality_lr_scale.get(modality, 1.0) if modality else 1.0
         decay = 0.0 if no_decay(name, p) else o.weight_decay
         key = (decay, scale)

@@ -14,6 +14,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .layout import split_full
+
 InitMethod = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -31,17 +33,6 @@ def param_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
 
 
-def shard(full: torch.Tensor, dim: int, rank: int, world: int, stride: int = 1) -> torch.Tensor:
-    """This rank's shard of `full` along `dim`; with `stride` s the dim holds s interleaved blocks
-    (e.g. fused [gate; up]) and each rank takes its slice of every block."""
-    if world == 1:
-        return full
-    if full.shape[dim] % (world * stride):
-        raise ValueError(f"dim {dim} of size {full.shape[dim]} does not split into {world} x {stride} pieces")
-    pieces = torch.chunk(full, world * stride, dim=dim)
-    return torch.cat(pieces[rank::world], dim=dim)
-
-
 def draw_full(shape: Sequence[int], init_method: InitMethod, seed: Optional[int]) -> torch.Tensor:
     """The unsharded tensor in fp32 on CPU; a private RNG when `seed` is given, else the global CPU RNG."""
     full = torch.empty(tuple(shape), dtype=torch.float32)
@@ -56,17 +47,12 @@ def draw_full(shape: Sequence[int], init_method: InitMethod, seed: Optional[int]
 
 @torch.no_grad()
 def init_sharded_(param: torch.Tensor, init_method: InitMethod, full_shape: Sequence[int], partition_dim: int,
-                  tp_rank: int, tp_size: int, stride: int = 1, seed: Optional[int] = None) -> torch.Tensor:
-    """Fill `param` with its shard of a freshly drawn full tensor (no-op on the meta device)."""
+                  tp_rank: int, tp_size: int, seed: Optional[int] = None,
+                  blocks: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Fill `param` with its shard of a freshly drawn full tensor (no-op on the meta device); `blocks`
+    splits a fused dimension into blocks that are each sharded (tensor_parallel/layout.py)."""
     if param.device.type == "meta":
         return param
     full = draw_full(full_shape, init_method, seed)
-    param.copy_(shard(full, partition_dim, tp_rank, tp_size, stride) if partition_dim >= 0 else full)
+    param.copy_(split_full(full, partition_dim, tp_rank, tp_size, blocks))
     return param
-
-
-def set_tp_attributes(param: torch.Tensor, is_parallel: bool, partition_dim: int, stride: int = 1) -> None:
-    """Megatron's tags; DeepSpeed reads `tensor_model_parallel` to count the param once per TP shard."""
-    param.tensor_model_parallel = is_parallel
-    param.partition_dim = partition_dim
-    param.partition_stride = stride

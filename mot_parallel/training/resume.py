@@ -1,0 +1,115 @@
+"""Which checkpoint a run starts from (`checkpoint.resume`), decided before any process group exists.
+
+    auto        the newest complete checkpoint in the run's checkpoint.dir, or a fresh start when there is
+                none; `latest` is a hint only, so a missing or garbled pointer never restarts a run
+    none        a fresh start; refused when checkpoint.dir already holds checkpoints (they would be
+                overwritten): use a new run directory, or delete them
+    <dir>       a DeepSpeed checkpoint directory (or one step_* inside it) of this layout
+    <universal> a universal checkpoint (another layout, an upcycled model): starts the run unless the run
+                has checkpoints of its own, which then win (a requeued job must not start over)
+A newest checkpoint that is not complete stops the run with what is wrong, unless
+checkpoint.on_corrupt=previous asks to fall back to the previous complete one. Resuming is refused when
+the run would later overwrite a checkpoint it did not load (a newer one in the same directory).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from ..config import Config
+from ..config.layout import ParallelLayout
+from .checkpoint import note
+from .checkpoint_files import STEP_DIR, CheckpointError, layout_problem, problems, step_dirs
+
+
+@dataclass(frozen=True)
+class ResumeTarget:
+    universal: bool
+    directory: str             # the universal checkpoint, or the directory holding the step_* tag
+    tag: Optional[str] = None  # step_XXXXXXXX (DeepSpeed checkpoints)
+
+    @property
+    def step(self) -> int:
+        return int(STEP_DIR.match(self.tag).group(1)) if self.tag else 0
+
+
+def checkpoint_dir(cfg: Config) -> str:
+    return cfg.checkpoint.dir or os.path.join(cfg.run.output_dir, "checkpoints")
+
+
+def resolve_resume(cfg: Config, layout: ParallelLayout) -> Optional[ResumeTarget]:
+    from ..convert.universal import is_universal
+    own_dir, resume = checkpoint_dir(cfg), cfg.checkpoint.resume
+    own = step_dirs(own_dir)
+    if resume == "none":
+        if own:
+            raise CheckpointError(f"checkpoint.resume=none, but {own_dir} already holds {_tags(own)}: a fresh run "
+                                  "would overwrite them. Use a new run.output_dir (or checkpoint.dir), delete them, "
+                                  "or resume them with checkpoint.resume=auto")
+        return None
+    if resume == "auto" or (is_universal(resume) and own):
+        return _validated(own_dir, _newest_complete(own_dir, own, cfg.checkpoint.on_corrupt), layout) if own else None
+    if is_universal(resume):
+        return ResumeTarget(True, os.path.abspath(resume))
+    directory, tag = _explicit(os.path.abspath(resume), cfg.checkpoint.on_corrupt)
+    if own and os.path.abspath(directory) != os.path.abspath(own_dir):
+        raise CheckpointError(f"checkpoint.resume={resume} is another run's checkpoint, but {own_dir} already holds "
+                              f"{_tags(own)}: saving here would mix two runs. Use a new run.output_dir")
+    target = _validated(directory, tag, layout)
+    newer = [t for s, t in own if s > target.step]
+    if newer:
+        raise CheckpointError(f"resuming {tag} would later overwrite the newer checkpoints {newer} in {own_dir}, "
+                              "which this run did not load: resume in a new run.output_dir (checkpoint.resume="
+                              f"{os.path.join(directory, tag)}), or move the newer ones away")
+    return target
+
+
+def _explicit(path: str, on_corrupt: str) -> Tuple[str, str]:
+    if os.path.isdir(path) and STEP_DIR.match(os.path.basename(path)):
+        bad = problems(path)
+        if bad:
+            raise CheckpointError(f"checkpoint.resume={path} is not a complete checkpoint:\n  - " + "\n  - ".join(bad))
+        return os.path.dirname(path), os.path.basename(path)
+    steps = step_dirs(path)
+    if not steps:
+        raise CheckpointError(f"checkpoint.resume={path}: no checkpoint there (expected a directory with step_* "
+                              "checkpoints, one step_* directory, or a universal checkpoint)")
+    return path, _newest_complete(path, steps, on_corrupt)
+
+
+def _newest_complete(directory: str, steps: List[Tuple[int, str]], on_corrupt: str) -> str:
+    newest = steps[-1][1]
+    latest = _read_latest(directory)
+    if latest != newest:
+        note(f"{directory}/latest says {latest!r}; the newest checkpoint is {newest} (latest is only a hint)")
+    for _, tag in reversed(steps):
+        bad = problems(os.path.join(directory, tag))
+        if not bad:
+            return tag
+        if on_corrupt != "previous":
+            raise CheckpointError(f"the newest checkpoint {os.path.join(directory, tag)} is not complete:\n  - "
+                                  + "\n  - ".join(bad) + "\nResume an older one (checkpoint.resume=<its directory>) "
+                                  "or set checkpoint.on_corrupt=previous to fall back to the previous complete one")
+        note(f"skipping incomplete checkpoint {tag} (checkpoint.on_corrupt=previous): {bad[0]}")
+    raise CheckpointError(f"{directory}: no complete checkpoint among {_tags(steps)}")
+
+
+def _validated(directory: str, tag: str, layout: ParallelLayout) -> ResumeTarget:
+    problem = layout_problem(os.path.join(directory, tag), layout)
+    if problem:
+        raise CheckpointError(problem)
+    return ResumeTarget(False, directory, tag)
+
+
+def _read_latest(directory: str) -> Optional[str]:
+    try:
+        with open(os.path.join(directory, "latest")) as f:
+            return f.read(64).strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _tags(steps: List[Tuple[int, str]]) -> str:
+    tags = [t for _, t in steps]
+    return ", ".join(tags[-3:]) + (f" (and {len(tags) - 3} older)" if len(tags) > 3 else "")
