@@ -11,8 +11,9 @@ Input is flat [tokens, features] in the plan's grouped order.
 
 `output_blocks` splits the output dim of a fused column weight into blocks that are each sharded over
 TP (fused QKV with GQA: [H*d, KV*d, KV*d]; SwiGLU: [ffn, ffn]), so rank r holds [q_r; k_r; v_r] (tag
-`mot_blocks`). Initialisation draws every (block, modality) full matrix from its own seeded generator and
-keeps this rank's shard: identical across TP sizes; `modality_copies='shared_start'` makes copies equal.
+`mot_blocks`, on a bias too). Initialisation draws every (block, modality) full matrix from its own seeded
+generator and keeps this rank's shard: identical across TP sizes; `modality_copies='shared_start'` makes
+copies equal.
 """
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ class _GroupedParallelLinear(nn.Module):
             def make_bias(name):
                 b = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
                 set_tp_attributes(b, partition_dim == 0 and self.tp_size > 1, 0 if partition_dim == 0 else -1)
+                b.mot_blocks = tuple(self.blocks) if partition_dim == 0 and len(self.blocks) > 1 else None  # as W
                 if partition_dim == 1 and self.sequence_parallel:
                     b.sequence_parallel = True  # replicated, but each rank adds it to other tokens
                 if name is not None:

@@ -63,7 +63,7 @@ class PlanReader:
                            document_mask(segments) if segments is not None else None)
         perm.mot_plan = plan
         perm.mot_rope = rope_cos_sin(plan.position_ids, s, b, self.settings.head_dim, self.settings.rope_theta,
-                                     perm.device)
+                                     perm.device, self.settings.rope_scaling)
         return plan
 
 
