@@ -27,11 +27,15 @@ def qk_norm_params(s: ModelSettings) -> int:
     return 2 * s.head_dim if s.qk_norm else 0
 
 
+def qkv_bias_params(s: ModelSettings) -> int:
+    return (s.num_heads + 2 * s.num_kv_heads) * s.head_dim if s.qkv_bias else 0
+
+
 def part_params(s: ModelSettings) -> Dict[str, int]:
     """Parameters of ONE copy of each untie-able part of one layer."""
     h = s.hidden_size
-    return {"attention": attention_matrix_params(s) + qk_norm_params(s), "ffn": 3 * h * s.ffn_hidden_size,
-            "norms": 2 * h}
+    return {"attention": attention_matrix_params(s) + qkv_bias_params(s) + qk_norm_params(s),
+            "ffn": 3 * h * s.ffn_hidden_size, "norms": 2 * h}
 
 
 def param_counts(s: ModelSettings, padded_vocab: bool = True) -> Dict[str, int]:

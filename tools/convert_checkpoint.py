@@ -1,8 +1,10 @@
 """Convert checkpoints: Hugging Face upcycling, resharding across TP/PP layouts, single-file export.
 
-    # a HF Llama-architecture model -> MoT (every modality starts as a copy of the dense weights)
+    # a HF Llama or Qwen2 model -> MoT (every modality starts as a copy of the dense weights)
     python tools/convert_checkpoint.py hf-to-mot --hf llama_dir --out mot_start --modalities text image
     # then train from it:  launch/pretrain.py --config ... checkpoint.resume=mot_start
+    # the way back: one modality's copy (universal or export) -> a HF Llama/Qwen2 checkpoint
+    python tools/convert_checkpoint.py to-hf --universal u --modality text --out hf_text [--dtype bf16]
 
     # a training checkpoint (DeepSpeed, any layout) -> universal (layout-independent)
     python tools/convert_checkpoint.py to-universal --config cfg.yaml --checkpoint runs/x/checkpoints --out u
@@ -80,6 +82,17 @@ def _run(config, overrides, action, arg, nproc):
     return run_distributed(_with_trainer, n, args=(config, overrides, action, arg), timeout=24 * 3600)[0]
 
 
+def _hugging_face(args) -> str:
+    from mot_parallel.convert import export_to_hf, hf_to_universal
+    if args.cmd == "to-hf":
+        return f"wrote {export_to_hf(args.universal, args.modality, args.out, args.dtype)} ({args.modality}'s copy)"
+    # `--modalities a b key=value` hands argparse the overrides too: modality names never contain '='
+    modalities = [m for m in args.modalities if "=" not in m]
+    overrides = [m for m in args.modalities if "=" in m] + args.overrides
+    s = hf_to_universal(args.hf, args.out, modalities, args.config, overrides)
+    return f"wrote {args.out}: {s.num_layers} layers, modalities {list(s.modalities)} (shared start)"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -107,16 +120,23 @@ def main(argv=None):
                    help="overrides giving the checkpoint's layout (default: read from its checkpoint.json)")
     r.add_argument("--dst", nargs="*", default=[], help="overrides giving the target layout")
     r.add_argument("--run-dir", required=True, help="where the target layout's run and checkpoint go")
+    b = sub.add_parser("to-hf")
+    b.add_argument("--universal", required=True, help="a universal checkpoint or a single-file export")
+    b.add_argument("--modality", required=True, help="whose copy of the untied parts to export")
+    b.add_argument("--out", required=True)
+    b.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     e = sub.add_parser("export")
     e.add_argument("--universal", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     args = ap.parse_args(argv)
 
-    if args.cmd == "hf-to-mot":
-        from mot_parallel.convert import hf_to_universal
-        s = hf_to_universal(args.hf, args.out, args.modalities, args.config, args.overrides)
-        print(f"wrote {args.out}: {s.num_layers} layers, modalities {list(s.modalities)} (shared start)")
+    if args.cmd in ("hf-to-mot", "to-hf"):
+        from mot_parallel.config import ConfigError
+        try:
+            print(_hugging_face(args))
+        except ConfigError as e:  # a checkpoint or config we do not handle: one line, no traceback
+            sys.exit("error: " + " ".join(str(e).split()))
     elif args.cmd == "to-universal":
         step = _run(args.config, args.overrides + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"],
                     "export", os.path.abspath(args.out), args.nproc)

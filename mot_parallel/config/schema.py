@@ -34,6 +34,17 @@ class InitConfig:
 
 
 @dataclass
+class RopeScalingConfig:
+    rope_type: Literal["default", "llama3"] = opt(
+        "default", "'default': plain RoPE. 'llama3': Llama-3.1's frequency scaling (the keys below); other "
+        "scalings (linear, dynamic, yarn, longrope) are not supported.")
+    factor: float = opt(8.0, "llama3: how much the low frequencies are slowed.")
+    low_freq_factor: float = opt(1.0, "llama3: wavelengths above original_max_position_embeddings / this are slowed.")
+    high_freq_factor: float = opt(4.0, "llama3: wavelengths below original_max_position_embeddings / this are kept.")
+    original_max_position_embeddings: int = opt(8192, "llama3: the context length the model was pretrained at.")
+
+
+@dataclass
 class ModelConfig:
     hidden_size: int = opt(256, "Model width D.")
     num_layers: int = opt(4, "Number of transformer layers.")
@@ -48,6 +59,7 @@ class ModelConfig:
         128, "Pad the embedding/head rows to a multiple of this times tensor_parallel; padded logits are masked.")
     max_seq_len: int = opt(2048, "Training sequence length (tokens per packed sequence).")
     rope_theta: float = opt(10000.0, "RoPE base frequency.")
+    rope_scaling: RopeScalingConfig = opt(RopeScalingConfig, "RoPE frequency scaling (Llama-3.1 style).")
     norm_eps: float = opt(1e-5, "RMSNorm epsilon.")
     modalities: List[str] = opt(["text", "image"], "Modality names, in modality-id order (id i = modalities[i]).")
     untie: List[str] = opt(
@@ -57,6 +69,8 @@ class ModelConfig:
     norm_placement: Literal["pre", "post"] = opt(
         "pre", "'pre': x + Attn(Norm(x)) (Llama/BAGEL; upcycles dense checkpoints). 'post': x + Norm(Attn(x)), "
         "the paper's Eq. 1 (Chameleon norm reordering).")
+    qkv_bias: bool = opt(False, "Biases on the Q, K, V projections (Qwen2/BAGEL; per modality when attention is "
+                         "untied). No other linear has a bias.")
     qk_norm: bool = opt(False, "RMSNorm on queries and keys per head dim (per modality when attention is untied).")
     untie_final_norm: bool = opt(False, "One final norm per modality (BAGEL) instead of a shared one.")
     tie_embeddings: bool = opt(False, "Share the input embedding with the output head.")

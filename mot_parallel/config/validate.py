@@ -72,6 +72,11 @@ def _model_errors(cfg: Config) -> List[str]:
         err.append(f"model.init.std={m.init.std} must be positive")
     if m.rope_theta <= 0 or m.norm_eps <= 0:
         err.append("model.rope_theta and model.norm_eps must be positive")
+    r = m.rope_scaling
+    if r.rope_type == "llama3" and not (r.factor > 0 and 0 < r.low_freq_factor < r.high_freq_factor
+                                        and r.original_max_position_embeddings > 0):
+        err.append(f"model.rope_scaling (llama3) needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
+                   f"original_max_position_embeddings > 0; got {r}")
     return err
 
 

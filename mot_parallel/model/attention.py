@@ -38,7 +38,7 @@ class MoTSelfAttention(nn.Module):
         seed = param_seed(s.seed, f"layers.{layer_number}.self_attention")
         self.linear_qkv = GroupedColumnParallelLinear(
             s.hidden_size, (s.num_heads + 2 * s.num_kv_heads) * d, self.copies, config=s, tp_group=tp_group,
-            output_blocks=[s.num_heads * d, s.num_kv_heads * d, s.num_kv_heads * d],
+            output_blocks=[s.num_heads * d, s.num_kv_heads * d, s.num_kv_heads * d], bias=s.qkv_bias,
             init_method=normal_init(s.init_std), init_seed=param_seed(seed, "linear_qkv"), device=device)
         out_init = scaled_normal_init(s.init_std, s.num_layers) if s.scale_output_by_depth else normal_init(s.init_std)
         self.linear_proj = GroupedRowParallelLinear(

@@ -11,8 +11,9 @@ Input is flat [tokens, features] in the plan's grouped order.
 
 `output_blocks` splits the output dim of a fused column weight into blocks that are each sharded over
 TP (fused QKV with GQA: [H*d, KV*d, KV*d]; SwiGLU: [ffn, ffn]), so rank r holds [q_r; k_r; v_r] (the
-blocks are recorded in the parameter's metadata). Initialisation draws every (block, modality) full matrix from its own seeded generator and
-keeps this rank's shard: identical across TP sizes; `modality_copies='shared_start'` makes copies equal.
+blocks are recorded in the parameter's metadata, a bias's too). Initialisation draws every (block, modality)
+full matrix from its own seeded generator and keeps this rank's shard: identical across TP sizes;
+`modality_copies='shared_start'` makes copies equal.
 """
 from __future__ import annotations
 

@@ -138,7 +138,8 @@ class MoTModel(nn.Module):
 
     def rope(self, plan: RoutingPlan, device: torch.device):
         s = self.settings
-        return rope_cos_sin(plan.position_ids, plan.seq_len, plan.batch, s.head_dim, s.rope_theta, device)
+        return rope_cos_sin(plan.position_ids, plan.seq_len, plan.batch, s.head_dim, s.rope_theta, device,
+                            s.rope_scaling)
 
     def forward(self, tokens_or_hidden: torch.Tensor, plan: RoutingPlan, labels: Optional[torch.Tensor] = None,
                 label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None):

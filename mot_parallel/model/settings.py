@@ -14,6 +14,7 @@ from typing import FrozenSet, Optional, Tuple
 import torch
 
 from ..config import Config, ffn_hidden_size, num_kv_heads
+from .rope import RopeScaling
 
 
 # config precision names -> parameter dtypes (training precision, export dtype)
@@ -32,10 +33,12 @@ class ModelSettings:
     untie: FrozenSet[str] = frozenset({"attention", "ffn", "norms"})
     norm_placement: str = "pre"
     qk_norm: bool = False
+    qkv_bias: bool = False
     untie_final_norm: bool = False
     tie_embeddings: bool = False
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling: Optional[RopeScaling] = None
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     init_std: float = 0.02
@@ -92,6 +95,7 @@ class ModelSettings:
             vocab_multiple=m.make_vocab_size_divisible_by, modalities=tuple(m.modalities), untie=frozenset(m.untie),
             norm_placement=m.norm_placement, qk_norm=m.qk_norm, untie_final_norm=m.untie_final_norm,
             tie_embeddings=m.tie_embeddings, norm_eps=m.norm_eps, rope_theta=m.rope_theta,
+            rope_scaling=RopeScaling.from_config(m.rope_scaling), qkv_bias=m.qkv_bias,
             attention_dropout=m.attention_dropout, hidden_dropout=m.hidden_dropout, init_std=m.init.std,
             scale_output_by_depth=m.init.scale_output_by_depth, modality_copies=m.init.modality_copies,
             seed=cfg.train.seed,

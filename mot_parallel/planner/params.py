@@ -1,6 +1,6 @@
 """Parameters per rank, counted analytically from the model settings and the layout. Mirrors the model
-exactly (vocab padding, GQA, QK-norm, untie subsets, final norm, tied embeddings, DeepSpeed's pipeline
-partition by layer type); tests/test_planner.py checks it against the real model built on the meta device."""
+exactly (vocab padding, GQA, QK-norm, Q/K/V biases, untie subsets, final norm, tied embeddings, DeepSpeed's
+pipeline partition by layer type); tests/test_planner.py checks it against the real model built on the meta device."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +34,8 @@ class RankParams:
 
 
 def layer_params(s: ModelSettings, tp: int) -> Tuple[int, int]:
-    """(local params of one layer at TP size tp, of which replicated): the matrices are split over TP,
-    norms (and QK-norms) are replicated."""
+    """(local params of one layer at TP size tp, of which replicated): the matrices (and the Q/K/V
+    biases, split with their rows) are split over TP, norms (and QK-norms) are replicated."""
     parts, qk = part_params(s), qk_norm_params(s)
     attn, ffn = (parts["attention"] - qk) // tp, parts["ffn"] // tp
     replicated = parts["norms"] * s.groups("norms") + qk * s.groups("attention")

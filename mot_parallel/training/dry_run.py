@@ -22,7 +22,9 @@ def expected_full_shapes(s: ModelSettings, tp: int) -> List[Tuple[str, Tuple[int
     """(name regex, full shape, partition dim or -1) for every parameter kind, from the settings and TP size."""
     h, d, f, V = s.hidden_size, s.head_dim, s.ffn_hidden_size, s.padded_vocab(tp)
     mod = r"(\.(" + "|".join(map(re.escape, s.modalities)) + r"))?$"
-    return [
+    qkv_bias = (s.num_heads + 2 * s.num_kv_heads) * d
+    bias = [(r"^layers\.\d+\.self_attention\.linear_qkv\.bias" + mod, (qkv_bias,), 0)] if s.qkv_bias else []
+    return bias + [
         (r"^embedding\.word_embeddings\.weight$", (V, h), 0),
         (r"^layers\.\d+\.(attn|ffn)_norm\.weight" + mod, (h,), -1),
         (r"^layers\.\d+\.self_attention\.linear_qkv\.weight" + mod, ((s.num_heads + 2 * s.num_kv_heads) * d, h), 0),

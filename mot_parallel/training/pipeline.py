@@ -51,7 +51,8 @@ class StagePlans:
             return entry[1], entry[2]
         plan = RoutingPlan.from_tensors(inputs[1:], self.tp_size, self.tp_rank)
         s = self.settings
-        rope = rope_cos_sin(plan.position_ids, plan.seq_len, plan.batch, s.head_dim, s.rope_theta, perm.device)
+        rope = rope_cos_sin(plan.position_ids, plan.seq_len, plan.batch, s.head_dim, s.rope_theta, perm.device,
+                            s.rope_scaling)
         self._entries[key] = (weakref.ref(perm, lambda _, k=key: self._entries.pop(k, None)), plan, rope)
         return plan, rope
 
