@@ -5,9 +5,10 @@ from .batch import MicroBatch, build_micro_batch
 from .corpus import Corpus, SegmentTable
 from .indexed import DataError, IndexedDataset, IndexedWriter, token_dtype
 from .loader import MoTDataLoader, StepBatch
-from .packing import GlobalBatch, batch_stats, pack_balanced, pack_sequential
-from .stream import DocumentStream, Piece
+from .balance import balance_bound, batch_stats
+from .packing import GlobalBatch, PackingWarning, pack_balanced, pack_sequential
+from .stream import DocumentStream, Held, Piece
 
 __all__ = ["Corpus", "DataError", "DocumentStream", "GlobalBatch", "IndexedDataset", "IndexedWriter", "MicroBatch",
-           "MoTDataLoader", "Piece", "SegmentTable", "StepBatch", "batch_stats", "build_micro_batch",
+           "MoTDataLoader", "PackingWarning", "Piece", "Held", "SegmentTable", "StepBatch", "balance_bound", "batch_stats", "build_micro_batch",
            "pack_balanced", "pack_sequential", "token_dtype"]
