@@ -98,6 +98,21 @@ def test_carry_over_does_not_grow():
     assert np.mean(carry[60:]) <= np.mean(carry[:60]) + 0.1, (np.mean(carry[:60]), np.mean(carry[60:]))
 
 
+def test_plans_are_deterministic_and_resume_exactly():
+    """Two streams with the same seed plan identical batches (every rank plans alone); a stream restored
+    from a JSON round trip of its state mid-run (carry-over included) plans exactly what the
+    uninterrupted one does."""
+    table = SegmentTable.from_profiles(heavy_tailed_mix(6000, seed=4), MODS, atomic=["image"])
+    a, b = DocumentStream(table, 4096, seed=5), DocumentStream(table, 4096, seed=5)
+    for _ in range(3):
+        assert pack_balanced(a, 16, 2, 4096).cells == pack_balanced(b, 16, 2, 4096).cells
+    assert a.carry, "the check needs a non-empty carry-over"
+    resumed = DocumentStream(table, 4096, seed=5)
+    resumed.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    for _ in range(3):
+        assert pack_balanced(a, 16, 2, 4096).cells == pack_balanced(resumed, 16, 2, 4096).cells
+
+
 # ------------------------------------------------------------------------------------------ corpora that hung
 def _packs_within(table, steps, n_cells=16, seqs=1, seq_len=4096, seconds=20.0):
     stream = CountingStream(table, seq_len, seed=0)
@@ -125,7 +140,7 @@ def test_every_document_atomic_terminates_and_says_so_once(image_first):
     for b in batches:
         s = batch_stats(b, table)
         assert s["max_over_mean"]["image"] <= s["bound"]["image"] + 1e-9
-    padding = [w for w in said if "padding" in str(w.message)]
+    padding = [w for w in said if w.message.reason == "padding"]
     assert len(padding) == 1 and "no splittable pieces" in str(padding[0].message)
 
 
@@ -141,7 +156,7 @@ def test_rare_modality_terminates_and_is_reported(atomic):
     batches, said = _packs_within(table, steps=12)
     speech = [batch_stats(b, table) for b in batches if b.cell_vectors(table)[:, 2].sum()]
     assert speech and all(s["max_over_mean"]["speech"] <= s["bound"]["speech"] + 1e-9 for s in speech)
-    assert len([w for w in said if "'speech'" in str(w.message)]) == 1
+    assert len([w for w in said if w.message.reason == "speech"]) == 1
 
 
 # ------------------------------------------------------------------------------------------ the bound
@@ -248,11 +263,13 @@ def check_example(seed, steps=6):
                             assert b - a > seq_len or p.start <= a and b <= p.end, ("atomic cut", p, (a, b))
                     placed.extend(seq)
             s = batch_stats(batch, table)
-            text = " ".join(str(w.message) for w in said if issubclass(w.category, PackingWarning))
+            reported = {w.message.reason for w in said if issubclass(w.category, PackingWarning)}
             for m, ratio in s["max_over_mean"].items():
-                assert ratio <= TARGET_RATIO + 1e-9 or f"'{m}'" in text, (seed, step, m, s)
-            assert s["padding_fraction"] <= TARGET_PADDING or "padding" in text, (seed, step, s)
+                assert ratio <= TARGET_RATIO + 1e-9 or m in reported, (seed, step, m, s)
+            assert s["padding_fraction"] <= TARGET_PADDING or "padding" in reported, (seed, step, s)
     check_coverage(stream, placed)
+    reasons = [w.message.reason for w in said if issubclass(w.category, PackingWarning)]
+    assert len(reasons) == len(set(reasons)), f"said more than once: {reasons}"
     assert max((d for _, d in stream.carry), default=0) <= 12, "a piece waits for ever"
 
 

@@ -6,23 +6,26 @@ shapes of its grouped GEMMs; uneven mixes make ranks wait for each other and pip
 (paper §6.1). `pack_balanced` gives every cell the same per-modality counts:
 
   1. pool      draw pieces (the carry-over first) until they exceed the batch capacity by `slack`;
-  2. atomic    items holding an atomic segment (an image) are placed whole, each cell up to the same
-               per-cell quota of atomic tokens (whole lumps); the rest wait (atomic_units.py);
-  3. supply    draw more splittable pieces if those in the pool cannot fill the room left (bounded);
-  4. targets   per-cell target per modality: the captions already placed plus the splittable pieces
-               that fill the room, over K;
-  5. fill      splittable pieces, largest first, each into the cell it fits best under the targets,
-               cut at token boundaries where no cell takes it whole (water-filling);
-  6. top-up    the room left is filled in stream order, up to 2% over the targets;
-  7. hand back everything unplaced returns to the carry-over in stream order (counted as a deferral).
+  2. atomic    items holding an atomic segment (an image) go whole into one sequence; every cell gets
+               the same per-cell quota of atomic tokens, in whole lumps (1,024 per image), so atomic
+               modalities balance exactly; items beyond the quota wait; short cells make it draw a
+               few more atomic items (atomic_units.py);
+  3. supply    draw more pieces if the splittable ones cannot fill the room left;
+  4. targets   per cell and modality: (tokens already placed + the stream-order prefix of splittable
+               pieces that fills the room) / K (splittable_fill.py);
+  5. fill      those pieces, mixed-modality first, then largest first, each whole into the cell it fits
+               best under the targets, else its longest head that fits (cut at a token boundary);
+  6. top-up    the room left, from all splittable pieces in stream order, up to 2% over the targets;
+  7. hand back everything unplaced returns to the carry-over in stream order (one deferral more;
+               atomic items deferred `max_deferrals` times are placed first, above the quota).
 
-The pool never exceeds 3 x capacity (+1 piece), so the packer always terminates with bounded memory
-and bounded carry-over. A step that cannot be balanced (a modality whose pieces bound max/mean above
-`TARGET_RATIO`, or padding above `TARGET_PADDING` for want of splittable pieces) is reported once per
-stream as a `PackingWarning`, and packed as well as it can be. Deterministic (no randomness beyond the
+The pool never exceeds POOL_LIMIT x capacity (+1 piece): the packer always terminates, with bounded
+memory and a bounded carry-over, whatever the corpus. A step that misses a target (TARGET_RATIO per
+modality, TARGET_PADDING) is reported once per stream and reason as a `PackingWarning` that gives the
+best value those pieces allow (balance.py), and packed as well as it can be. Deterministic (no randomness beyond the
 stream's seeded order) and computed from metadata only, so every rank plans the same global batch and
 reads just its own cells. `pack_sequential` is the usual baseline: concatenate in stream order and cut
-every S tokens. Why this shape: mot_parallel/DESIGN.md, "Balanced packing".
+every S tokens. Why this shape: mot_parallel/DESIGN.md §8.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from .balance import balance_bound, batch_stats, max_load_lower_bound  # noqa: F
 from .cells import CellGrid
 from .corpus import SegmentTable
 from .pool import Pool
-from .splittable_fill import fill_splittable
+from .splittable_fill import TOP_UP_TOLERANCE, fill, fill_order, targets_from_supply
 from .stream import Held, Piece, PieceSource
 
 TARGET_RATIO = 1.05     # per-modality max/mean the balanced packer aims under (splittable modalities)
@@ -47,7 +50,12 @@ POOL_LIMIT = 3.0        # the pool holds at most this many batch capacities (plu
 
 
 class PackingWarning(UserWarning):
-    """A global batch could not be balanced as asked; said once per stream and reason."""
+    """A global batch could not be balanced as asked; said once per stream and `reason` (a modality
+    name, or "padding")."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -103,7 +111,9 @@ def pack_balanced(stream: PieceSource, n_cells: int, seqs_per_cell: int, seq_len
     atomic = np.asarray(corpus.atomic, dtype=bool)
     place_units(grid, pool, atomic, max_deferrals, _splittable_share(pool, grid))  # 2. atomic
     pool.draw_splittable(int(grid.room().sum() * (1 + slack)))                         # 3. supply
-    fill_splittable(grid, pool.splittable())                                           # 4.-6.
+    targets, chosen = targets_from_supply(grid, pool.splittable())                     # 4. targets
+    fill(grid, fill_order(chosen), targets)                                            # 5. fill
+    fill(grid, pool.splittable(), targets * (1 + TOP_UP_TOLERANCE))                    # 6. top-up
     pool.hand_back()                                                                   # 7. hand back
     _report_shortfalls(stream, grid, pool)
     return GlobalBatch(grid.seqs, seq_len)
@@ -122,28 +132,27 @@ _SAID: "weakref.WeakKeyDictionary[object, set]" = weakref.WeakKeyDictionary()
 def _report_shortfalls(stream: PieceSource, grid: CellGrid, pool: Pool) -> None:
     """Warn once per stream and reason when this step missed a target, with the best possible value."""
     said = _SAID.setdefault(stream, set())
-    corpus, K = stream.corpus, grid.n_cells
+    where = f"{stream.corpus.prefix}: a global batch of {grid.n_cells} cells x {grid.seqs_per_cell} x " \
+            f"{grid.seq_len} tokens"
     padding = float(grid.room().sum()) / grid.capacity
     if padding > TARGET_PADDING and "padding" not in said:
         said.add("padding")
         why = ("the atomic pieces (e.g. images) alone cannot fill the cells and no splittable pieces were "
                f"found within {POOL_LIMIT:g} batches of the stream" if not pool.splittable() else
                "the pieces left could not fill the cells without unbalancing them")
-        warnings.warn(f"{corpus.prefix}: {padding:.1%} of a global batch of {K} cells x {grid.seqs_per_cell} "
-                      f"x {grid.seq_len} tokens is padding: {why}; packing the best it can",
-                      PackingWarning, stacklevel=3)
+        warnings.warn(PackingWarning(f"{where} is {padding:.1%} padding: {why}; packing the best it can",
+                                     "padding"), stacklevel=3)
     placed = [it for it in pool.items if it.placed and it.atomic]
-    for m, name in enumerate(corpus.modalities):
+    for m, name in enumerate(stream.corpus.modalities):
         total = int(grid.load[:, m].sum())
-        ratio = float(grid.load[:, m].max()) * K / total if total else 1.0
+        ratio = float(grid.load[:, m].max()) * grid.n_cells / total if total else 1.0
         if ratio <= TARGET_RATIO or name in said:
             continue
         said.add(name)
         lumps = [int(it.vector[m]) for it in placed if it.vector[m]]
-        bound = max_load_lower_bound(lumps, total - sum(lumps), K) * K / total
-        why = (f"its {total} tokens, {sum(lumps)} of them in whole pieces of up to {max(lumps, default=0)}, "
-               f"allow no better than {bound:.3f}") if bound > TARGET_RATIO else \
-            f"the best split of these pieces is >= {bound:.3f}, but sequence capacity or piece order got in the way"
-        warnings.warn(f"{corpus.prefix}: modality '{name}' has max/mean {ratio:.3f} over {K} cells in a global "
-                      f"batch (target {TARGET_RATIO}): {why}; packing the best it can", PackingWarning,
-                      stacklevel=3)
+        bound = max_load_lower_bound(lumps, total - sum(lumps), grid.n_cells) * grid.n_cells / total
+        why = (f"its {total} tokens, {sum(lumps)} of them in whole pieces of up to {max(lumps, default=0)}, allow "
+               f"no better than {bound:.3f}" if bound > TARGET_RATIO else
+               f"the best split of its pieces is {bound:.3f}, but sequence room or piece order got in the way")
+        warnings.warn(PackingWarning(f"{where}: modality '{name}' has max/mean {ratio:.3f} (target {TARGET_RATIO}): "
+                                     f"{why}; packing the best it can", name), stacklevel=3)

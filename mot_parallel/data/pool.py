@@ -65,7 +65,8 @@ class PoolItem:
                 tail_runs.append((m, k - take))
             left -= take
         head_vec = runs_vector(head_runs, len(self.vector))
-        self.piece, self.runs, self.vector = Piece(p.doc, p.start + n, p.end, p.epoch), tail_runs, self.vector - head_vec
+        self.piece, self.runs = Piece(p.doc, p.start + n, p.end, p.epoch), tail_runs
+        self.vector = self.vector - head_vec
         if not self.length:
             self.placed = True
         return head, head_vec

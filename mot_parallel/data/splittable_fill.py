@@ -1,11 +1,11 @@
 """Steps 4-6 of balanced packing: splittable items (text, speech, ...) fill the room atomic items left.
 
 Per-cell targets come from the pieces that will fill the room: the stream-order prefix of the
-splittable items that covers it, plus the captions atomic items already brought. Each item then goes,
-mixed-modality ones first, then largest first, to the cell it fits best without pushing any modality of that cell over its target;
-where no cell takes it whole, the longest head that fits goes to the cell taking the most and the
+splittable items that covers it, plus the captions atomic items already brought. Each item then goes
+(mixed-modality ones first, then largest first) to the cell it fits best without pushing any modality
+of that cell over its target; where no cell takes it whole, the longest head that fits goes to the cell taking the most and the
 tail goes on (water-filling, cut at token boundaries; never a head or tail under `MIN_CUT` tokens).
-A last pass tops the remaining room up from all pieces left, in stream order, allowing
+A last pass (top-up) fills the remaining room from all pieces left, in stream order, allowing
 `TOP_UP_TOLERANCE` over the targets, so padding stays near zero.
 """
 from __future__ import annotations
@@ -76,11 +76,7 @@ def fill(grid: CellGrid, items: Sequence[PoolItem], caps: np.ndarray) -> None:
             grid.place_head(c, item, int(n[c]))
 
 
-def fill_splittable(grid: CellGrid, pool_items: Sequence[PoolItem]) -> np.ndarray:
-    """Fill to the targets (mixed-modality items first: a head must fit every modality it crosses, so
-    they need the room single-modality items can take anywhere; then largest first), then top up in
-    stream order; returns the targets [M]."""
-    targets, chosen = targets_from_supply(grid, pool_items)
-    fill(grid, sorted(chosen, key=lambda it: (-len(it.runs), -it.length, it.index)), targets)
-    fill(grid, [it for it in pool_items if not it.placed], targets * (1 + TOP_UP_TOLERANCE))
-    return targets
+def fill_order(items: Sequence[PoolItem]) -> List[PoolItem]:
+    """Mixed-modality items first (a head must fit every modality it crosses, so they need the room
+    that single-modality items could take anywhere), then largest first (fewer cuts), then stream order."""
+    return sorted(items, key=lambda it: (-len(it.runs), -it.length, it.index))
