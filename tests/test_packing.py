@@ -159,6 +159,25 @@ def test_rare_modality_terminates_and_is_reported(atomic):
     assert len([w for w in said if w.message.reason == "speech"]) == 1
 
 
+def test_tiny_corpus_wraps_epochs_within_a_batch():
+    """A 3-document corpus (41 tokens) fills 4 cells x 2 x 64 tokens by serving ~12 epochs in one step:
+    every (document, epoch) covered exactly once, cells even, padding <= 5% (with 64-token sequences of
+    7-24-token documents a few tokens per cell stay padding rather than cutting 1-3-token heads)."""
+    docs = [[("text", 10)], [("image", 20), ("text", 4)], [("speech", 7)]]
+    table = SegmentTable.from_profiles(docs, MODS, atomic=["image"])
+    stream = DocumentStream(table, 64, seed=0)
+    placed = []
+    for _ in range(3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PackingWarning)  # 2.3% padding: said, and allowed here
+            batch = pack_balanced(stream, 4, 2, 64)
+        s = batch_stats(batch, table)
+        assert s["padding_fraction"] <= 0.05 and max(s["max_over_mean"].values()) <= TARGET_RATIO, s
+        placed += [p for cell in batch.cells for seq in cell for p in seq]
+    assert stream.epoch >= 30
+    check_coverage(stream, placed)
+
+
 # ------------------------------------------------------------------------------------------ the bound
 def test_bound_is_a_lower_bound_and_tight_on_simple_cases():
     """max_load_lower_bound never exceeds the true optimum (brute force over all lump placements, loose
@@ -273,7 +292,7 @@ def check_example(seed, steps=6):
     assert max((d for _, d in stream.carry), default=0) <= 12, "a piece waits for ever"
 
 
-@pytest.mark.parametrize("seed", range(24))
+@pytest.mark.parametrize("seed", range(40))
 def test_random_mixes(seed):
     """On random corpora and layouts (see random_mix): terminates (10 s), the pool and carry-over stay
     within 2 batches, no sequence overflows, no atomic segment is cut (unless longer than a sequence),
@@ -283,7 +302,7 @@ def test_random_mixes(seed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(24, 424))
+@pytest.mark.parametrize("seed", range(40, 440))
 def test_random_mixes_slow(seed):
     check_example(seed, steps=10)
 
