@@ -34,7 +34,6 @@ class UnitPlan:
     shortfall: int      # atomic tokens the other cells lack to match the fullest one
 
 
-
 def supply_quota(units: Sequence[PoolItem], atomic: np.ndarray, grid: CellGrid) -> np.ndarray:
     """The largest per-cell atomic quota the pool's supply covers, in whole lumps, that fits a cell."""
     vecs = np.array([u.vector for u in units]).reshape(len(units), -1)
@@ -63,6 +62,7 @@ def _lump(contents: np.ndarray) -> int:
 
 def candidate_quotas(base: np.ndarray, units: Sequence[PoolItem], atomic: np.ndarray,
                      pinned: Sequence[bool]) -> List[np.ndarray]:
+    """The supply's quota, one lump lower (never down to zero), and raised to the largest pinned item."""
     vecs = np.array([u.vector for u in units]).reshape(len(units), -1)
     lower = base.copy()
     for m in np.flatnonzero(atomic):

@@ -3,8 +3,9 @@
 Per-cell targets come from the pieces that will fill the room: the stream-order prefix of the
 splittable items that covers it, plus the captions atomic items already brought. Each item then goes
 (mixed-modality ones first, then largest first) to the cell it fits best without pushing any modality
-of that cell over its target; where no cell takes it whole, the longest head that fits goes to the cell taking the most and the
-tail goes on (water-filling, cut at token boundaries; never a head or tail under `MIN_CUT` tokens).
+of that cell over its target; where no cell takes it whole, the longest head that fits goes to the
+cell taking the most and the tail goes on (water-filling, cut at token boundaries; never a head or
+tail under `MIN_CUT` tokens).
 A last pass (top-up) fills the remaining room from all pieces left, in stream order, allowing
 `TOP_UP_TOLERANCE` over the targets, so padding stays near zero.
 """
