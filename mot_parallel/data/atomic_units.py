@@ -62,7 +62,8 @@ def _lump(contents: np.ndarray) -> int:
 
 def candidate_quotas(base: np.ndarray, units: Sequence[PoolItem], atomic: np.ndarray,
                      pinned: Sequence[bool]) -> List[np.ndarray]:
-    """The supply's quota, one lump lower (never down to zero), and raised to the largest pinned item."""
+    """Raised to the largest pinned item, the supply's quota, one lump lower (never down to zero): the
+    largest first."""
     vecs = np.array([u.vector for u in units]).reshape(len(units), -1)
     lower = base.copy()
     for m in np.flatnonzero(atomic):
@@ -71,7 +72,7 @@ def candidate_quotas(base: np.ndarray, units: Sequence[PoolItem], atomic: np.nda
             lower[m] -= lump
     out = [base, lower]
     if any(pinned):
-        out.append(np.maximum(base, np.where(atomic, vecs[np.asarray(pinned)].max(axis=0), 0)))
+        out.insert(0, np.maximum(base, np.where(atomic, vecs[np.asarray(pinned)].max(axis=0), 0)))
     unique = []
     for q in out:
         if not any(np.array_equal(q, u) for u in unique):
@@ -118,13 +119,16 @@ def _imbalance(load: np.ndarray) -> float:
 
 def plan_best(grid: CellGrid, units: Sequence[PoolItem], atomic: np.ndarray, max_deferrals: int,
               split_share: np.ndarray) -> UnitPlan:
-    """The most even of the candidate quotas' plans, then the one placing the most tokens."""
+    """The most even of the candidate quotas' plans, then the one placing the most tokens (the first
+    perfectly even one, largest quota first, ends the search: planning runs every step)."""
     if not units:
         return UnitPlan(np.zeros(len(atomic), np.int64), [], 1.0, 0, 0)
     pinned = [u.deferrals >= max_deferrals for u in units]
-    base = supply_quota(units, atomic, grid)
-    plans = [plan_units(units, pinned, q, atomic, grid, split_share)
-             for q in candidate_quotas(base, units, atomic, pinned)]
+    plans = []
+    for quota in candidate_quotas(supply_quota(units, atomic, grid), units, atomic, pinned):
+        plans.append(plan_units(units, pinned, quota, atomic, grid, split_share))
+        if plans[-1].imbalance <= 1 + 1e-9:
+            break
     return min(plans, key=lambda p: (round(p.imbalance, 9), -p.placed_tokens))
 
 

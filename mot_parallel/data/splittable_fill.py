@@ -63,8 +63,10 @@ def fill(grid: CellGrid, items: Sequence[PoolItem], caps: np.ndarray) -> None:
     cap_tokens = np.ceil(caps - 1e-9).astype(np.int64)  # a modality under one token per cell still gets placed
     for item in items:
         while not item.placed:
-            cap_left = np.clip(cap_tokens - grid.load, 0, None)
             room = grid.room()
+            if not room.any():
+                return
+            cap_left = np.maximum(cap_tokens - grid.load, 0)
             n = _allowed(longest_prefix(item.runs, cap_left, room), item.length)
             if n.max() <= 0:
                 break
