@@ -1,6 +1,6 @@
 """Data pipeline: the on-disk format (and megatron-core reading it), preprocessing and its validation,
-per-modality balanced packing on the skewed mix, epoch coverage, resume, per-rank shares and the
-global loss-token counts."""
+epoch coverage, resume, per-rank shares and the global loss-token counts (balanced packing itself:
+test_packing.py)."""
 import glob
 import json
 import os
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mot_parallel.data import (Corpus, DataError, DocumentStream, IndexedDataset, IndexedWriter, MoTDataLoader,
-                               SegmentTable, batch_stats, pack_balanced, pack_sequential)
+                               SegmentTable, pack_balanced, pack_sequential)
 from mot_parallel.data.demo_corpus import MODALITIES, VOCAB_SIZE, documents, write_demo_corpus
 from mot_parallel.data.profiles import skewed_mix
 from mot_parallel.model import IGNORE_INDEX
@@ -122,35 +122,8 @@ def test_preprocess_builds_a_valid_corpus(tmp_path):
         Corpus(str(tmp_path / "c"), ["text", "speech", "image"], 512)
 
 
-# ------------------------------------------------------------------------------------------ balancing
-def test_balanced_packing_on_skewed_mix():
-    """8 DP ranks x 8 micro-batches, seq 4096: balanced max/mean <= 1.05 per modality where naive >= 1.3,
-    padding <= 2%, over several consecutive global batches."""
-    table = SegmentTable.from_profiles(skewed_mix(12000, seed=0), MODS, atomic=["image"])
-    naive, bal = DocumentStream(table, 4096, 1), DocumentStream(table, 4096, 1)
-    for _ in range(3):
-        sn = batch_stats(pack_sequential(naive, 64, 1, 4096), table)
-        sb = batch_stats(pack_balanced(bal, 64, 1, 4096), table)
-        assert all(v >= 1.3 for v in sn["max_over_mean"].values()), sn
-        assert all(v <= 1.05 for v in sb["max_over_mean"].values()), sb
-        assert sb["padding_fraction"] <= 0.02
-        assert sb["step_time_ratio"] <= sn["step_time_ratio"]
-
-
-def test_balance_report_tool(tmp_path):
-    profiles = tmp_path / "p.jsonl"
-    with open(profiles, "w") as f:
-        for doc in skewed_mix(6000, seed=3):
-            f.write(json.dumps({"segments": [[m, n] for m, n in doc]}) + "\n")
-    out = _tool("balance_report.py", "--docs", str(profiles), "--dp", "8", "--micro-batches", "8",
-                "--seq-len", "4096", "--steps", "2", "--json", "--plot", str(tmp_path / "b.png"))
-    assert out.returncode == 0, out.stderr
-    r = json.loads(out.stdout)
-    assert set(r["naive"]) == {"max_over_mean", "padding_fraction", "step_time_ratio"}
-    assert max(r["balanced"]["max_over_mean"].values()) <= 1.05 <= 1.3 <= min(r["naive"]["max_over_mean"].values())
-    assert r["balanced"]["padding_fraction"] <= 0.02 and os.path.getsize(tmp_path / "b.png") > 1000
-
-
+# ------------------------------------------------------------------------------------------ epoch coverage
+# (balance itself: tests/test_packing.py)
 @pytest.mark.parametrize("balance", [True, False], ids=["balanced", "sequential"])
 def test_epoch_coverage_is_exact(balance):
     """Every document of epoch 0 is served exactly once: its pieces tile [0, len) without gap or overlap."""

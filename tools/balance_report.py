@@ -1,32 +1,46 @@
-"""Naive (sequential) vs per-modality balanced packing for a DP x micro-batch layout.
+"""Naive (sequential) vs per-modality balanced packing for a DP x micro-batch layout, over many steps.
 
-    python tools/balance_report.py                                  # skewed text/image/speech mix, 8 x 8 x 4096
+    python tools/balance_report.py                                  # heavy-tailed mix, 8 x 8 x 4096, 16 steps
+    python tools/balance_report.py --mix skewed --steps 128         # the skewed mix; carry-over over 128 steps
     python tools/balance_report.py --docs my_profiles.jsonl --dp 16 --micro-batches 4 --seq-len 8192
     python tools/balance_report.py --config configs/demo_cpu.yaml   # the config's corpus and layout
     python tools/balance_report.py --json | --plot balance.png
 
 --docs takes length profiles, one document per line: {"segments": [["text", 37], ["image", 1024]]},
-so a corpus mix can be studied without tokens. Reported per packer, worst over --steps global batches:
-  max_over_mean   per modality: max over cells of its tokens / mean over cells (1.0 = perfectly even);
-  padding_fraction  padded positions / all positions;
-  step_time_ratio   slowest cell / mean cell under the cost model: per modality, a grouped-GEMM slice
-                    costs its tokens + 128 (small-GEMM overhead) when non-empty, plus document-masked
-                    attention sum(len^2) x 2h / (GEMM FLOPs per token) (h, FFN from the config, else
-                    the paper's 7B: 4096 / 11008). Each rank waits for the slowest cell of the step.
+so a corpus mix can be studied without tokens. Synthetic mixes (--mix, mot_parallel/data/profiles.py):
+`heavy` (log-normal text up to a sequence, a third of documents with one or two 1,024-token captioned
+images, speech with transcripts) and `skewed` (separate text / image / speech documents).
+Reported per packer, over --steps consecutive global batches:
+  max/mean          per modality, worst step: max over cells of its tokens / mean over cells (1.0 = even);
+  bound             per modality, worst step: the lower bound on max/mean for that step's pieces (atomic
+                    pieces land whole in one cell; mot_parallel/data/balance.py); max/mean can't beat it;
+  over bound        per modality, worst step: max/mean - bound (0 = the best split of that step's pieces);
+  padding           worst step: padded positions / all positions;
+  step time         worst step: slowest cell / mean cell under the cost model: per modality, a grouped-GEMM
+                    slice costs its tokens + 128 (small-GEMM overhead) when non-empty, plus document-masked
+                    attention sum(len^2) x 2h / (GEMM FLOPs per token) (h, FFN from the config, else the
+                    paper's 7B: 4096 / 11008). Each rank waits for the slowest cell of the step;
+  carry             tokens waiting in the stream's carry-over after a step: max over all steps and over the
+                    last half (no growth: the two stay alike), in tokens and in global batches;
+  plan ms           wall time to plan one global batch (mean, max), what the loader's thread spends per step.
 """
 import argparse
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import numpy as np  # noqa: E402
 
+from mot_parallel.data.balance import batch_stats  # noqa: E402
 from mot_parallel.data.corpus import SegmentTable  # noqa: E402
-from mot_parallel.data.packing import batch_stats, pack_balanced, pack_sequential  # noqa: E402
-from mot_parallel.data.profiles import modalities_of, read_profiles, skewed_mix  # noqa: E402
+from mot_parallel.data.packing import pack_balanced, pack_sequential  # noqa: E402
+from mot_parallel.data.profiles import heavy_tailed_mix, modalities_of, read_profiles, skewed_mix  # noqa: E402
 from mot_parallel.data.stream import DocumentStream  # noqa: E402
+
+MIXES = {"heavy": heavy_tailed_mix, "skewed": skewed_mix}
 
 
 def attention_weight(hidden: int, ffn: int, heads_dim_total: int = None) -> float:
@@ -35,61 +49,99 @@ def attention_weight(hidden: int, ffn: int, heads_dim_total: int = None) -> floa
     return 2.0 * (heads_dim_total or hidden) / gemm
 
 
+def run_packer(pack, table, layout, steps, seed, weight):
+    """Pack `steps` global batches; the worst of each metric, carry-over and planning time."""
+    stream = DocumentStream(table, layout["seq_len"], seed)
+    n_cells, capacity = layout["dp"] * layout["micro_batches"], None
+    worst, carry, plan_s, first_cells = None, [], [], None
+    for _ in range(steps):
+        t = time.perf_counter()
+        batch = pack(stream, n_cells, layout["micro_batch_size"], layout["seq_len"])
+        plan_s.append(time.perf_counter() - t)
+        carry.append(stream.carry_tokens)
+        s = batch_stats(batch, table, attention_weight=weight)
+        s["over_bound"] = {m: s["max_over_mean"][m] - s["bound"][m] for m in s["bound"]}
+        if worst is None:
+            worst, first_cells = s, batch.cell_vectors(table)
+            capacity = n_cells * layout["micro_batch_size"] * layout["seq_len"]
+            continue
+        for key in ("max_over_mean", "bound", "over_bound"):
+            worst[key] = {m: max(v, s[key][m]) for m, v in worst[key].items()}
+        for key in ("padding_fraction", "step_time_ratio"):
+            worst[key] = max(worst[key], s[key])
+    out = {k: (round(v, 4) if isinstance(v, float) else {m: round(x, 4) for m, x in v.items()})
+           for k, v in worst.items()}
+    late = carry[len(carry) // 2:]
+    out["carry_tokens"] = {"max": int(max(carry)), "max_last_half": int(max(late)), "last": int(carry[-1]),
+                           "max_in_batches": round(max(carry) / capacity, 3)}
+    out["plan_ms"] = {"mean": round(1000 * float(np.mean(plan_s)), 1), "max": round(1000 * max(plan_s), 1)}
+    return out, first_cells, carry
+
+
 def run(table, layout, steps, seed, weight):
-    out = {}
+    result, extras = {}, {}
     for name, pack in (("naive", pack_sequential), ("balanced", pack_balanced)):
-        stream = DocumentStream(table, layout["seq_len"], seed)
-        worst = None
-        cells = None
-        for _ in range(steps):
-            batch = pack(stream, layout["dp"] * layout["micro_batches"], layout["micro_batch_size"],
-                         layout["seq_len"])
-            s = batch_stats(batch, table, attention_weight=weight)
-            if worst is None:
-                worst, cells = s, batch.cell_vectors(table)
-            else:
-                worst["max_over_mean"] = {k: max(v, s["max_over_mean"][k]) for k, v in worst["max_over_mean"].items()}
-                worst["padding_fraction"] = max(worst["padding_fraction"], s["padding_fraction"])
-                worst["step_time_ratio"] = max(worst["step_time_ratio"], s["step_time_ratio"])
-        out[name] = {k: (round(v, 4) if isinstance(v, float) else {m: round(x, 4) for m, x in v.items()})
-                     for k, v in worst.items()}
-        out[name]["_cells"] = cells
-    return out
+        result[name], cells, carry = run_packer(pack, table, layout, steps, seed, weight)
+        extras[name] = (cells, carry)
+    return result, extras
 
 
-def plot(result, modalities, path):
+def plot(extras, modalities, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(12, 9))
     for ax, name in zip(axes, ("naive", "balanced")):
-        cells = result[name]["_cells"]
+        cells = extras[name][0]
         bottom = np.zeros(len(cells))
         for m, mod in enumerate(modalities):
             ax.bar(range(len(cells)), cells[:, m], bottom=bottom, label=mod)
             bottom += cells[:, m]
-        ax.set_title(f"{name}: tokens per modality per (rank, micro-batch) cell")
+        ax.set_title(f"{name}: tokens per modality per (rank, micro-batch) cell, first global batch")
         ax.set_ylabel("tokens")
+        ax.set_xlabel("cell")
     axes[0].legend(loc="upper right")
-    axes[1].set_xlabel("cell")
+    for name in ("naive", "balanced"):
+        axes[2].plot(extras[name][1], label=name)
+    axes[2].set_title("carry-over after each step")
+    axes[2].set_xlabel("step")
+    axes[2].set_ylabel("tokens")
+    axes[2].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def print_table(result, mods, layout, steps, source):
+    print(f"{source}: DP {layout['dp']} x {layout['micro_batches']} micro-batches x {layout['micro_batch_size']} "
+          f"seq x {layout['seq_len']} tokens, worst of {steps} global batches")
+    cols = [f"{kind} {m}" for kind in ("max/mean", "bound", "over bound") for m in mods]
+    print(f"{'packer':9} " + " ".join(f"{c:>17}" for c in cols) +
+          f" {'padding':>8} {'step time':>10} {'carry max':>10} {'last half':>10} {'plan ms':>8}")
+    for name in ("naive", "balanced"):
+        r = result[name]
+        vals = [r[key][m] for key in ("max_over_mean", "bound", "over_bound") for m in mods]
+        print(f"{name:9} " + " ".join(f"{v:>17.3f}" for v in vals) +
+              f" {r['padding_fraction']:>8.2%} {r['step_time_ratio']:>10.3f} {r['carry_tokens']['max']:>10}"
+              f" {r['carry_tokens']['max_last_half']:>10} {r['plan_ms']['mean']:>8.1f}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="take the corpus, modalities and layout defaults from a config")
-    ap.add_argument("--docs", help="length-profile JSONL (else the config's corpus, else a skewed synthetic mix)")
+    ap.add_argument("--docs", help="length-profile JSONL (else the config's corpus, else a synthetic mix)")
+    ap.add_argument("--mix", choices=sorted(MIXES), default="heavy", help="the synthetic mix (default heavy)")
     ap.add_argument("--dp", type=int)
     ap.add_argument("--micro-batches", type=int, help="micro-batches per step per rank (gradient accumulation)")
     ap.add_argument("--micro-batch-size", type=int, help="sequences per micro-batch")
     ap.add_argument("--seq-len", type=int)
-    ap.add_argument("--steps", type=int, default=4, help="global batches to pack (worst case reported)")
-    ap.add_argument("--documents", type=int, default=20000, help="size of the synthetic mix")
+    ap.add_argument("--steps", type=int, default=16, help="global batches to pack (worst case reported)")
+    ap.add_argument("--documents", type=int, default=40000, help="size of the synthetic mix")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--plot", help="write a per-cell stacked bar chart (PNG)")
+    ap.add_argument("--plot", help="write per-cell stacked bar charts and the carry-over curve (PNG)")
     args = ap.parse_args(argv)
+    if args.steps < 1:
+        sys.exit("error: --steps must be at least 1")
     layout = {"dp": 8, "micro_batches": 8, "micro_batch_size": 1, "seq_len": 4096}
     weight = attention_weight(4096, 11008)
     cfg = None
@@ -118,25 +170,17 @@ def main(argv=None):
         table = open_corpus(cfg)
         mods, source = cfg.model.modalities, table.prefix
     else:
-        docs = skewed_mix(args.documents, args.seed)
+        docs = MIXES[args.mix](args.documents, seed=args.seed)
         mods = ["text", "image", "speech"]
         table = SegmentTable.from_profiles(docs, mods, atomic=["image"])
-        source = f"skewed_mix({args.documents}, seed={args.seed})"
-    result = run(table, layout, args.steps, args.seed, weight)
+        source = f"{args.mix} mix ({args.documents} documents, seed={args.seed})"
+    result, extras = run(table, layout, args.steps, args.seed, weight)
     if args.plot:
-        plot(result, mods, args.plot)
-    for name in ("naive", "balanced"):
-        result[name].pop("_cells")
+        plot(extras, mods, args.plot)
     if args.json:
-        print(json.dumps(dict(result, layout=layout, source=source), indent=1))
+        print(json.dumps(dict(result, layout=layout, source=source, steps=args.steps), indent=1))
         return
-    print(f"{source}: DP {layout['dp']} x {layout['micro_batches']} micro-batches x {layout['micro_batch_size']} "
-          f"seq x {layout['seq_len']} tokens, worst of {args.steps} global batches")
-    print(f"{'packer':9} " + " ".join(f"{'max/mean ' + m:>17}" for m in mods) + f" {'padding':>8} {'step time':>10}")
-    for name in ("naive", "balanced"):
-        r = result[name]
-        print(f"{name:9} " + " ".join(f"{r['max_over_mean'][m]:>17.3f}" for m in mods) +
-              f" {r['padding_fraction']:>8.2%} {r['step_time_ratio']:>10.3f}")
+    print_table(result, mods, layout, args.steps, source)
     if args.plot:
         print(f"plot: {args.plot}")
 

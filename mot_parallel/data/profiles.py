@@ -1,4 +1,4 @@
-"""Document length profiles (no tokens) for planning studies: a skewed mix generator and a reader.
+"""Document length profiles (no tokens) for planning studies: mix generators and a reader.
 
 Profile JSONL: one document per line, {"segments": [["text", 37], ["image", 1024], ...]}."""
 from __future__ import annotations
@@ -26,6 +26,31 @@ def skewed_mix(n_docs: int, seed: int = 0, text_share: float = 0.6, image_share:
             docs.append([("image", 1024)])
         else:
             docs.append([("speech", int(rng.integers(200, 3001)))])
+    return docs
+
+
+def heavy_tailed_mix(n_docs: int, seed: int = 0, seq_len: int = 4096, image_share: float = 1 / 3,
+                     speech_share: float = 1 / 6) -> List[Profile]:
+    """A realistic mix that is hard to balance: text documents log-normal in length (median ~400, up to a
+    whole sequence); `image_share` of documents carry one or two 1,024-token images, each with a short
+    caption before or after it; `speech_share` are speech segments of 100-1,500 tokens with their
+    transcript (about 1/8 of the speech length) before or after. Images are the atomic modality."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n_docs):
+        r = rng.random()
+        if r < image_share:
+            doc: Profile = []
+            for _ in range(1 if rng.random() < 0.7 else 2):
+                caption = ("text", int(rng.integers(5, 41)))
+                doc += [caption, ("image", 1024)] if rng.random() < 0.7 else [("image", 1024), caption]
+            docs.append(doc)
+        elif r < image_share + speech_share:
+            speech = int(rng.integers(100, 1501))
+            pair = [("speech", speech), ("text", max(1, speech // 8 + int(rng.integers(-10, 11))))]
+            docs.append(pair if rng.random() < 0.7 else pair[::-1])
+        else:
+            docs.append([("text", int(np.clip(rng.lognormal(6.0, 1.2), 8, seq_len)))])
     return docs
 
 

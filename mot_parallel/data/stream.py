@@ -1,13 +1,17 @@
 """The document stream feeding the packer: a seeded order per epoch, documents longer than a
-sequence cut into pieces, and a FIFO carry-over of pieces the packer deferred (served first).
+sequence cut into pieces, and a FIFO carry-over of pieces the packer handed back (served first).
 
 Every document of epoch e is served exactly once, as one or more pieces, before it could be served for
 epoch e + 1; deferral only delays a piece, never drops or repeats it. The whole state is a few ints
 and the carry-over list, so it goes into checkpoints as JSON.
+
+The packer sees a stream only through `PieceSource` (take / defer / put_back / carry_tokens / corpus
+and the state methods), so a blend of several corpora can feed it as one stream.
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Tuple
+from collections import deque
+from typing import Deque, Dict, Iterable, List, NamedTuple, Protocol, Tuple
 
 import numpy as np
 
@@ -23,6 +27,23 @@ class Piece(NamedTuple):
     @property
     def length(self) -> int:
         return self.end - self.start
+
+
+class Held(NamedTuple):
+    """A piece as the stream hands it out, with how often the packer has deferred it so far."""
+    piece: Piece
+    deferrals: int
+
+
+class PieceSource(Protocol):
+    """What the packers use of a stream."""
+    corpus: SegmentTable
+
+    def take(self) -> Held: ...
+    def defer(self, items: Iterable[Held]) -> None: ...
+    def put_back(self, items: Iterable[Held]) -> None: ...
+    @property
+    def carry_tokens(self) -> int: ...
 
 
 def cut_points(corpus: SegmentTable, doc: int, length: int, seq_len: int) -> List[int]:
@@ -45,8 +66,8 @@ class DocumentStream:
     def __init__(self, corpus: SegmentTable, seq_len: int, seed: int):
         self.corpus, self.seq_len, self.seed = corpus, seq_len, seed
         self.epoch, self.pos = 0, 0
-        self.pending: List[Piece] = []                 # later pieces of the current long document
-        self.carry: List[Tuple[Piece, int]] = []       # (piece, times deferred), FIFO
+        self.pending: List[Piece] = []             # later pieces of the current long document
+        self._carry: Deque[Held] = deque()         # pieces handed back by the packer, FIFO
         self._order_cache: Dict[int, np.ndarray] = {}
         if corpus.num_docs == 0 or int(corpus.doc_len.sum()) == 0:
             raise ValueError(f"{corpus.prefix}: the corpus has no tokens")
@@ -56,10 +77,11 @@ class DocumentStream:
             self._order_cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.corpus.num_docs)}
         return self._order_cache[epoch]
 
-    def take(self) -> Tuple[Piece, int]:
-        """The next piece and how often it was deferred before."""
-        if self.carry:
-            return self.carry.pop(0)
+    # ------------------------------------------------------------------------------------- serving
+    def take(self) -> Held:
+        """The next piece (the carry-over first) and how often it was deferred before."""
+        if self._carry:
+            return self._carry.popleft()
         while not self.pending:
             order = self.order(self.epoch)
             if self.pos >= len(order):
@@ -72,17 +94,31 @@ class DocumentStream:
                 continue  # an empty document in an external corpus: nothing to train on
             cuts = cut_points(self.corpus, doc, n, self.seq_len) if n > self.seq_len else [0, n]
             self.pending = [Piece(doc, a, b, self.epoch) for a, b in zip(cuts, cuts[1:])]
-        return self.pending.pop(0), 0
+        return Held(self.pending.pop(0), 0)
 
-    def defer(self, items: List[Tuple[Piece, int]]) -> None:
-        """Put pieces back at the front, in the given order, counting the deferral."""
-        self.carry[:0] = [(p, d + 1) for p, d in items]
+    def defer(self, items: Iterable[Held]) -> None:
+        """Hand pieces back to the front of the carry-over, in the given order, counting a deferral."""
+        self.put_back(Held(p, d + 1) for p, d in items)
 
+    def put_back(self, items: Iterable[Held]) -> None:
+        """Hand pieces back to the front of the carry-over unchanged (a cut tail, not a deferral)."""
+        self._carry.extendleft(reversed([Held(*item) for item in items]))
+
+    @property
+    def carry(self) -> Tuple[Held, ...]:
+        """The carry-over, front first (read-only: hand pieces back with defer / put_back)."""
+        return tuple(self._carry)
+
+    @property
+    def carry_tokens(self) -> int:
+        return sum(h.piece.length for h in self._carry)
+
+    # ------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos, "pending": [list(p) for p in self.pending],
-                "carry": [[list(p), d] for p, d in self.carry]}
+                "carry": [[list(p), d] for p, d in self._carry]}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
         self.pending = [Piece(*p) for p in state["pending"]]
-        self.carry = [(Piece(*p), int(d)) for p, d in state["carry"]]
+        self._carry = deque(Held(Piece(*p), int(d)) for p, d in state["carry"])
