@@ -118,8 +118,10 @@ def test_preprocess_builds_a_valid_corpus(tmp_path):
     assert c.num_docs == 6 and c.vector(5, 0, 2).tolist() == [0, 0, 2]
     assert json.load(open(str(tmp_path / "c.mot.json")))["tokens_per_modality"] == {"text": 15, "image": 10,
                                                                                       "speech": 2}
-    with pytest.raises(DataError, match="modalities"):
-        Corpus(str(tmp_path / "c"), ["text", "speech", "image"], 512)
+    # the sidecar's names decide: a model listing the modalities in another order reads them remapped
+    assert Corpus(str(tmp_path / "c"), ["text", "speech", "image"], 512).vector(5, 0, 2).tolist() == [0, 2, 0]
+    with pytest.raises(DataError, match=r"\['image'\] that model.modalities"):
+        Corpus(str(tmp_path / "c"), ["text", "speech"], 512)
 
 
 # ------------------------------------------------------------------------------------------ epoch coverage

@@ -50,8 +50,10 @@ def test_pretrain_under_launcher(launcher, tmp_path):
         pytest.skip("no mpirun")
     out = _launch(LAUNCHERS[launcher](), tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    everything = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    records = [r for r in everything if r["kind"] == "train"]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["step"] for r in everything if r["kind"] == "valid"] == [4]  # the demo config evaluates at the end
     assert records[-1]["loss"] < records[0]["loss"]
     assert "step 4/4" in out.stdout and os.path.isfile(tmp_path / "checkpoints" / "latest")
 

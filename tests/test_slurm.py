@@ -24,7 +24,7 @@ SUBMIT = [sys.executable, os.path.join(ROOT, "launch", "submit.py"), "--config",
 
 def _metrics(run):
     with open(os.path.join(run, "metrics.jsonl")) as f:
-        return {r["step"]: r for r in map(json.loads, f)}
+        return {r["step"]: r for r in map(json.loads, f) if r.get("kind", "train") == "train"}
 
 
 def test_submit_snapshots_the_run(tmp_path):

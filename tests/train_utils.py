@@ -10,9 +10,10 @@ TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=4", "mode
         "logging.tensorboard=false", "checkpoint.interval=0", "data.demo_documents=300", "data.prefetch=1"]
 
 
-def losses(run_dir):
+def losses(run_dir, kind="train"):
+    """{step: record} of the training records (kind="valid": of the evaluations)."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return {r["step"]: r for r in map(json.loads, f)}
+        return {r["step"]: r for r in map(json.loads, f) if r.get("kind", "train") == kind}
 
 
 def train_body(overrides):

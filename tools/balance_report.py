@@ -166,8 +166,8 @@ def main(argv=None):
         table = SegmentTable.from_profiles(docs, mods, atomic=["image"] if "image" in mods else [])
         source = args.docs
     elif cfg is not None:
-        from mot_parallel.data.from_config import open_corpus
-        table = open_corpus(cfg)
+        from mot_parallel.data.datasets import open_datasets
+        table = open_datasets(cfg).train.table
         mods, source = cfg.model.modalities, table.prefix
     else:
         docs = MIXES[args.mix](args.documents, seed=args.seed)

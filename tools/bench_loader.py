@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.data import MoTDataLoader  # noqa: E402
-from mot_parallel.data.from_config import open_corpus  # noqa: E402
+from mot_parallel.data.datasets import open_datasets  # noqa: E402
 from mot_parallel.model import ModelSettings, plan_for  # noqa: E402
 
 
@@ -35,12 +35,12 @@ def main(argv=None):
     except ConfigError as e:
         sys.exit(f"error: {e}")
     s = ModelSettings.from_config(cfg)
-    corpus = open_corpus(cfg)
+    data = open_datasets(cfg).train
 
     def plan(mb):
         return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp)  # as the trainer plans
 
-    loader = MoTDataLoader(corpus, seq_len=cfg.model.max_seq_len, micro_batch_size=layout.micro_batch_size,
+    loader = MoTDataLoader(data.table, order=data.order, seq_len=cfg.model.max_seq_len, micro_batch_size=layout.micro_batch_size,
                            dp_size=layout.dp, dp_rank=0, grad_accum=layout.grad_accum, seed=cfg.train.seed,
                            balance=cfg.data.balance, plan_builder=plan, prefetch=1,
                            num_workers=cfg.data.num_workers)

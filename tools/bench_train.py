@@ -30,7 +30,7 @@ def _train(config, overrides):
     if dist.get_rank() != 0:
         return None
     with open(os.path.join(cfg.run.output_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+        return [r for r in map(json.loads, f) if r.get("kind", "train") == "train"]
 
 
 def summarise(records, skip):

@@ -118,15 +118,27 @@ class TrainConfig:
         "auto", "'auto' = bf16 on GPU, fp32 on CPU (bf16 matmuls are ~100x slower on CPU).")
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0 = off).")
     activation_checkpointing: bool = opt(False, "Recompute each layer in backward (DeepSpeed checkpointing).")
+    eval_interval: int = opt(
+        1000, "Evaluate on the validation data every N optimizer steps (and at the end); 0 = only at the end. "
+        "Needs data.valid_path or data.valid_fraction.")
+    eval_iters: int = opt(
+        10, "Global batches per evaluation (the same batches every time, so evaluations compare point to point).")
     optimizer: OptimizerConfig = opt(OptimizerConfig, "Optimizer settings.")
     lr_schedule: ScheduleConfig = opt(ScheduleConfig, "Learning-rate schedule.")
 
 
 @dataclass
 class DataConfig:
-    path: Optional[str] = opt(
-        None, "Prefix of a Megatron indexed dataset (<path>.bin/.idx, tools/preprocess_data.py); null = the "
-        "offline demo corpus, built deterministically under <run.output_dir>/demo_corpus.")
+    path: Any = opt(
+        None, "Prefix of a Megatron indexed dataset (<path>.bin/.idx, tools/preprocess_data.py), or a blend of "
+        "several with weights, Megatron's way: 'w1 prefix1 w2 prefix2 ...' (or a list [w1, prefix1, ...]); "
+        "null = the offline demo corpus, built deterministically under <run.output_dir>/demo_corpus.")
+    valid_path: Any = opt(
+        None, "Validation corpus or blend (same forms as data.path); null = hold out data.valid_fraction of the "
+        "training documents, or no validation when that is 0.")
+    valid_fraction: float = opt(
+        0.0, "Fraction of every training source's documents held out for validation when data.valid_path is "
+        "null (a fixed hash of the document index decides: the same documents for every run and seed).")
     modality_token_ranges: Dict[str, List[int]] = opt(
         {}, "Optional {modality: [first_id, end_id]}: take modalities from token-id ranges (Chameleon-style "
         "plain corpora); ids outside every range belong to modalities[0].")

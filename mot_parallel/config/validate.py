@@ -157,6 +157,18 @@ def _io_errors(cfg: Config) -> List[str]:
     for (a, na), (b, nb) in zip(ranges, ranges[1:]):
         if len(a) == 2 and len(b) == 2 and b[0] < a[1]:
             err.append(f"data.modality_token_ranges: {na} {a} and {nb} {b} overlap")
+    from ..data.blend import parse_blend  # imported here: the data package imports the config package
+    for key in ("path", "valid_path"):
+        value = getattr(cfg.data, key)
+        if value is not None:
+            try:
+                parse_blend(value, f"data.{key}")
+            except ValueError as e:
+                err.append(str(e))
+    if not 0.0 <= cfg.data.valid_fraction < 1.0:
+        err.append(f"data.valid_fraction={cfg.data.valid_fraction} must be in [0, 1)")
+    if cfg.train.eval_interval < 0 or cfg.train.eval_iters < 0:
+        err.append("train.eval_interval and train.eval_iters must be >= 0")
     if cfg.data.num_workers < 1 or cfg.data.prefetch < 1:
         err.append("data.num_workers and data.prefetch must be >= 1")
     for name in cfg.data.atomic_modalities or []:

@@ -1,7 +1,9 @@
 """Data pipeline: Megatron-compatible indexed corpora (indexed.py), modality segments (corpus.py),
 the document stream (stream.py), per-modality balanced packing (packing.py: pool.py, cells.py,
 atomic_units.py, splittable_fill.py; metrics and bounds in balance.py), micro-batches (batch.py),
-the per-rank loader (loader.py) and the offline demo corpus (demo_corpus.py)."""
+the per-rank loader (loader.py), several corpora or document subsets as one table (corpus_set.py), blends
+with weights (blend.py), the training/validation data of a config (datasets.py) and the offline demo
+corpus (demo_corpus.py)."""
 from .balance import balance_bound, batch_stats
 from .batch import MicroBatch, build_micro_batch
 from .corpus import Corpus, SegmentTable

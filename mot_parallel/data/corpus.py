@@ -88,13 +88,8 @@ class Corpus(SegmentTable):
         self.prefix, self.modalities, self.vocab_size = prefix, list(modalities), vocab_size
         names = self.ds.meta.get("modalities")
         if self.ds.multimodal and not token_ranges:
-            if names is not None and list(names) != self.modalities:
-                raise DataError(f"{prefix}.mot.json: the corpus was written for modalities {names} but "
-                                f"model.modalities is {self.modalities}; they must match in order")
-            self.seg_len, self.seg_mode, self.doc_seg = (self.ds.lengths, self.ds.modes, self.ds.doc_index)
-            if len(self.seg_mode) and int(self.seg_mode.max()) >= len(self.modalities):
-                raise DataError(f"{prefix}.idx: segment mode {int(self.seg_mode.max())} but model.modalities has "
-                                f"only {len(self.modalities)} entries")
+            self.seg_len, self.doc_seg = self.ds.lengths, self.ds.doc_index
+            self.seg_mode = self._model_modes(names)
         else:
             self.seg_len, self.seg_mode, self.doc_seg = self._segments_from_ranges(token_ranges or {})
         if vocab_size and self.ds.meta.get("vocab_size", 0) > vocab_size:
@@ -103,6 +98,23 @@ class Corpus(SegmentTable):
         super().__init__(self.seg_len, self.seg_mode, self.doc_seg, modalities, atomic, prefix)
 
     # ------------------------------------------------------------------------------------- segments
+    def _model_modes(self, names: Optional[Sequence[str]]) -> np.ndarray:
+        """The segments' modality ids in the model's numbering. A corpus may hold a subset of the model's
+        modalities (a text-only corpus in a blend); one naming a modality the model lacks is refused."""
+        modes = self.ds.modes
+        if len(modes) and int(modes.max()) >= len(names or self.modalities):
+            raise DataError(f"{self.prefix}.idx: segment mode {int(modes.max())} but "
+                            f"{'the sidecar names' if names else 'model.modalities has'} only "
+                            f"{len(names or self.modalities)} modalities")
+        if names is None or list(names) == self.modalities:
+            return modes
+        unknown = [n for n in names if n not in self.modalities]
+        if unknown:
+            raise DataError(f"{self.prefix}.mot.json: the corpus holds modalities {unknown} that model.modalities "
+                            f"{self.modalities} lacks; add them to the model or leave this corpus out")
+        lut = np.array([self.modalities.index(n) for n in names], dtype=np.int8)
+        return lut[modes]
+
     def _segments_from_ranges(self, ranges: Dict[str, List[int]]):
         key = hashlib.sha1(json.dumps([self.modalities, sorted(ranges.items())]).encode()).hexdigest()[:12]
         cache = f"{self.prefix}.mot_runs.{key}.npz"

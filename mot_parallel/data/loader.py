@@ -7,7 +7,8 @@ A background thread plans and reads `prefetch` steps ahead and, when given a `pl
 micro-batch's routing plan on the host (the model never synchronises to find it).
 
 `state_dict()` is the stream state after the last step handed out, so resuming after step N yields
-exactly the batches an uninterrupted run would have seen from step N + 1.
+exactly the batches an uninterrupted run would have seen from step N + 1. With a CorpusSet (several
+sources: a blend, or one corpus) it also counts the documents started and tokens packed per source.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
+import numpy as np
 import torch
 
 from .batch import MicroBatch, build_micro_batch
@@ -33,18 +35,24 @@ class StepBatch:
     micro_batches: List[MicroBatch]
     global_label_counts: torch.Tensor  # [M], the normaliser of this step's loss
     plan_s: float = 0.0                # time spent planning + reading (for the data-time metric)
+    source_docs: Optional[List[int]] = None    # per source: documents started so far (cumulative)
+    source_tokens: Optional[List[int]] = None  # per source: tokens packed so far (cumulative)
 
 
 class MoTDataLoader:
     def __init__(self, corpus: Corpus, *, seq_len: int, micro_batch_size: int, dp_size: int, dp_rank: int,
                  grad_accum: int, seed: int, balance: bool = True,
                  plan_builder: Optional[Callable[[MicroBatch], object]] = None,
-                 device: Optional[torch.device] = None, prefetch: int = 2, num_workers: int = 1):
+                 device: Optional[torch.device] = None, prefetch: int = 2, num_workers: int = 1,
+                 order: Optional[Callable[[int], np.ndarray]] = None):
         self.corpus, self.seq_len, self.mbs = corpus, seq_len, micro_batch_size
         self.dp_size, self.dp_rank, self.accum = dp_size, dp_rank, grad_accum
         self.balance, self.plan_builder, self.device = balance, plan_builder, device
-        self.stream = DocumentStream(corpus, seq_len, seed)
+        self.stream = DocumentStream(corpus, seq_len, seed, order)
         self.step = 0
+        self.sources = len(getattr(corpus, "parts", ())) or None
+        self.source_docs = [0] * (self.sources or 0)
+        self.source_tokens = [0] * (self.sources or 0)
         self.prefetch, self.num_workers = prefetch, num_workers
         self._queue: Optional[queue.Queue] = None
         self._thread: Optional[threading.Thread] = None
@@ -68,8 +76,23 @@ class MoTDataLoader:
                 mb.plan = self.plan_builder(mb)
             return mb.to(self.device) if self.device is not None else mb
         micro = list(pool.map(one, range(self.accum)))
-        state = {"stream": copy.deepcopy(self.stream.state_dict()), "step": self.step}
-        return StepBatch(step, micro, torch.as_tensor(counts, dtype=torch.float32), time.perf_counter() - t), state
+        self._count_sources(batch)
+        state = self.state_dict(live=True)
+        return StepBatch(step, micro, torch.as_tensor(counts, dtype=torch.float32), time.perf_counter() - t,
+                         list(self.source_docs) or None, list(self.source_tokens) or None), state
+
+    def _count_sources(self, batch) -> None:
+        if not self.sources:
+            return
+        pieces = [p for cell in batch.cells for seq in cell for p in seq]
+        docs = np.fromiter((p.doc for p in pieces), np.int64, len(pieces))
+        src = self.corpus.source_of(docs)
+        lengths = np.fromiter((p.length for p in pieces), np.int64, len(pieces))
+        starts = np.fromiter((p.start == 0 for p in pieces), bool, len(pieces))
+        tokens = np.bincount(src, lengths, minlength=self.sources).astype(np.int64)
+        started = np.bincount(src[starts], minlength=self.sources)
+        self.source_tokens = [a + int(b) for a, b in zip(self.source_tokens, tokens)]
+        self.source_docs = [a + int(b) for a, b in zip(self.source_docs, started)]
 
     def _run(self) -> None:
         with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
@@ -107,15 +130,19 @@ class MoTDataLoader:
         self._thread = None
 
     # ------------------------------------------------------------------------------------- checkpointing
-    def state_dict(self) -> dict:
-        """Where the *consumer* is: the state after the last step returned by `next()`."""
-        if self._thread is None:
-            return {"stream": copy.deepcopy(self.stream.state_dict()), "step": self.step}
-        return copy.deepcopy(self._state)
+    def state_dict(self, live: bool = False) -> dict:
+        """Where the *consumer* is: the state after the last step returned by `next()` (`live`: where the
+        producer is, for the producer's own bookkeeping)."""
+        if self._thread is not None and not live:
+            return copy.deepcopy(self._state)
+        return {"stream": copy.deepcopy(self.stream.state_dict()), "step": self.step,
+                "source_docs": list(self.source_docs), "source_tokens": list(self.source_tokens)}
 
     def load_state_dict(self, state: dict) -> None:
         if self._thread is not None:
             raise RuntimeError("load_state_dict must be called before iterating the loader")
         self.stream.load_state_dict(state["stream"])
         self.step = int(state["step"])
+        if self.sources and len(state.get("source_docs", ())) == self.sources:
+            self.source_docs, self.source_tokens = list(state["source_docs"]), list(state["source_tokens"])
         self._state = self.state_dict()

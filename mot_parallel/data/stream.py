@@ -11,7 +11,7 @@ and the state methods), so a blend of several corpora can feed it as one stream.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Dict, Iterable, List, NamedTuple, Protocol, Tuple
+from typing import Callable, Deque, Dict, Iterable, List, NamedTuple, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -63,8 +63,12 @@ def cut_points(corpus: SegmentTable, doc: int, length: int, seq_len: int) -> Lis
 
 
 class DocumentStream:
-    def __init__(self, corpus: SegmentTable, seq_len: int, seed: int):
-        self.corpus, self.seq_len, self.seed = corpus, seq_len, seed
+    """`order(epoch)`: the documents of one epoch, in order (default: a seeded permutation of all of them;
+    a blend passes its BlendOrder, whose "epochs" are chunks of the blended sequence)."""
+
+    def __init__(self, corpus: SegmentTable, seq_len: int, seed: int,
+                 order: Optional[Callable[[int], np.ndarray]] = None):
+        self.corpus, self.seq_len, self.seed, self._order = corpus, seq_len, seed, order
         self.epoch, self.pos = 0, 0
         self.pending: List[Piece] = []             # later pieces of the current long document
         self._carry: Deque[Held] = deque()         # pieces handed back by the packer, FIFO
@@ -73,6 +77,8 @@ class DocumentStream:
             raise ValueError(f"{corpus.prefix}: the corpus has no tokens")
 
     def order(self, epoch: int) -> np.ndarray:
+        if self._order is not None:
+            return self._order(epoch)
         if epoch not in self._order_cache:
             self._order_cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.corpus.num_docs)}
         return self._order_cache[epoch]

@@ -35,8 +35,8 @@ def measured_training_memory(overrides: List[str]) -> dict:
     from ..training import Trainer
     set_host_allocator("release")
     cfg = load_config(None, list(overrides))
-    from ..data.from_config import open_corpus
-    open_corpus(cfg)  # build/map the corpus before the baseline
+    from ..data.datasets import open_datasets
+    open_datasets(cfg)  # build/map the corpus before the baseline
     base = rss_bytes()
     after: List[int] = []
 

@@ -39,14 +39,30 @@ class Stateful(Protocol):
 
 @dataclass
 class TrainState:
-    """The optimizer-step counter, as a stateful part."""
+    """Where training is, as a stateful part: optimizer steps, and the tokens, model FLOPs and wall-clock
+    seconds of training steps behind it (summed across resumes; validation records carry them)."""
     step: int = 0
+    tokens_total: int = 0
+    flops_total: float = 0.0
+    train_time_s: float = 0.0
+
+    def advance(self, tokens: int, flops: float, seconds: float) -> None:
+        self.step += 1
+        self.tokens_total += tokens
+        self.flops_total += flops
+        self.train_time_s += seconds
+
+    def progress(self) -> dict:
+        return {"tokens_total": self.tokens_total, "flops_total": self.flops_total, "train_time_s": self.train_time_s}
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        return {"step": self.step, **self.progress()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+        self.tokens_total = int(state.get("tokens_total", 0))
+        self.flops_total = float(state.get("flops_total", 0.0))
+        self.train_time_s = float(state.get("train_time_s", 0.0))
 
 
 def agree(failure: Optional[BaseException], what: str) -> None:

@@ -1,5 +1,6 @@
-"""Run metrics: <run>/metrics.jsonl (one object per logged step), TensorBoard events under
-<run>/tensorboard, and a one-line console log with ETA on rank 0.
+"""Run metrics: <run>/metrics.jsonl (one object per logged step or evaluation, "kind": "train" | "valid"),
+TensorBoard events under <run>/tensorboard (valid/loss/<modality> for evaluations), and a one-line
+console log with ETA on rank 0.
 
 FLOPs count MoT as its dense equivalent (causal attention halved, SwiGLU x3, GQA; see flops.py), so
 tokens/s, TFLOP/s per device and MFU are comparable with a dense model of the same width.
@@ -45,13 +46,9 @@ class MetricsLogger:
     def log(self, record: Dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
-                    self.writer.add_scalar(k, v, record["step"])
-            self.writer.flush()
+        if record.get("kind") == "valid":
+            return self._log_valid(record)
+        self._write(record)
         step = record["step"]
         done = step - self.step0
         eta = (time.time() - self.t0) / max(done, 1) * (self.total_steps - step)
@@ -61,6 +58,21 @@ class MetricsLogger:
               f"grad {record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | "
               f"{record['tflops_per_device']:.3f} TFLOP/s/dev{mfu} | {record['step_time_s']:.2f} s/step | "
               f"mem {record['peak_mem_gb']:.2f} GB | ETA {_fmt_time(eta)}", flush=True)
+
+    def _write(self, record: Dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    self.writer.add_scalar(k, v, record["step"])
+            self.writer.flush()
+
+    def _log_valid(self, record: Dict) -> None:
+        self._write(record)
+        mods = " ".join(f"{k[11:]} {v:.3f}" for k, v in record.items() if k.startswith("valid/loss/") and v is not None)
+        print(f"validation at step {record['step']} | loss {record['valid/loss']:.4f} ({mods}) | "
+              f"{record['eval_time_s']:.2f} s", flush=True)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -73,7 +85,7 @@ def step_record(step: int, loss_sum, counts, modalities, lr: float, grad_norm: O
     """tflops_per_device counts what the hardware executes (recompute included, as Megatron reports);
     mfu counts model FLOPs only (3 x forward, dense-equivalent), against the device's peak."""
     total = float(sum(counts))
-    rec = {"step": step, "loss": float(sum(loss_sum)) / max(total, 1.0)}
+    rec = {"kind": "train", "step": step, "loss": float(sum(loss_sum)) / max(total, 1.0)}
     for m, s, c in zip(modalities, loss_sum, counts):
         rec[f"loss/{m}"] = float(s) / c if c > 0 else None
         rec[f"tokens/{m}"] = int(c)
@@ -83,4 +95,17 @@ def step_record(step: int, loss_sum, counts, modalities, lr: float, grad_norm: O
                 "tokens_per_s": tokens / step_time, "tflops_per_device": tflops,
                 "mfu": model_tflops / peak if peak else None, "step_time_s": step_time, "peak_mem_gb": mem_gb})
     rec.update({f"time/{k}_s": v for k, v in times.items()})
+    return rec
+
+
+def valid_record(step: int, loss_sum, counts, modalities, progress: Dict, eval_time: float) -> Dict:
+    """Validation losses (mean per loss token, per target modality and overall) at a training position
+    (`progress`: tokens_total, flops_total, train_time_s)."""
+    total = float(sum(counts))
+    rec = {"kind": "valid", "step": step, "valid/loss": float(sum(loss_sum)) / max(total, 1.0)}
+    for m, s, c in zip(modalities, loss_sum, counts):
+        rec[f"valid/loss/{m}"] = float(s) / c if c > 0 else None
+        rec[f"valid/tokens/{m}"] = int(c)
+    rec.update(progress)
+    rec["eval_time_s"] = eval_time
     return rec

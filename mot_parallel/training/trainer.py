@@ -5,8 +5,8 @@ Set-up, in order (each step needs the previous one):
      checkpoint to resume and check that checkpoints can be written (all before any process group);
   2. start torch.distributed (+ DeepSpeed's comm) and build the TP/PP/DP topology from the layout;
   3. seed every random stream (rng.py: DeepSpeed's RNG tracker for TP-region dropout, recompute-safe);
-  4. data: the corpus (rank 0 builds the demo corpus) and this rank's loader, which also builds the
-     routing plans on the host;
+  4. data: the training (and validation) data, a corpus or a blend (rank 0 builds the demo corpus), and
+     this rank's loader, which also builds the routing plans on the host;
   5. model and engine: without PP an MoTModel under deepspeed.initialize (our topology as `mpu`, ZeRO
      0-3, MoT layers as ZeRO-3 leaf modules); with PP a PipelineModule (ZeRO <= 1). Per-modality and
      weight-decay param groups, our warm-up/decay schedule, TP sums of replicated partial gradients as
@@ -35,7 +35,7 @@ from torch.profiler import record_function
 
 from ..config import Config, dump_config, validate
 from ..data import MoTDataLoader
-from ..data.from_config import open_corpus
+from ..data.datasets import open_datasets
 from ..distributed import ParallelTopology, detect_launch_env, init_distributed
 from ..distributed import device as dev
 from ..distributed.launch_env import LaunchEnv
@@ -46,8 +46,9 @@ from ..tensor_parallel import register_tp_grad_hooks, tp_partial_grad_params
 from . import rng
 from .checkpoint import CheckpointManager, TrainState, check_writable
 from .ds_config import deepspeed_config
+from .evaluate import Evaluator
 from .faults import FaultInjector
-from .metrics import MetricsLogger, step_record
+from .metrics import MetricsLogger, step_record, valid_record
 from .optim import WarmupDecayLR, lr_factor, param_groups
 from .pipeline import build_pipeline_module
 from .resume import checkpoint_dir, resolve_resume
@@ -89,16 +90,13 @@ class Trainer:
             dump_config(cfg, os.path.join(self.run_dir, "config.yaml"))
         self.tracker = rng.seed_model_parallel(cfg.train.seed, self.topo.pp_rank, self.topo.mpu())   # 3
         self.settings = ModelSettings.from_config(cfg)
-        self.corpus = self._open_corpus()                                             # 4
+        self.data = self._open_data()                                                 # 4
         self.ds_config = deepspeed_config(cfg, L, self.dtype, fused_adam=dev.is_accelerator(self.device))
         if self.rank == 0:
             with open(os.path.join(self.run_dir, "deepspeed_config.json"), "w") as f:
                 json.dump(self.ds_config, f, indent=1)
         self._build_engine(deepspeed)                                                 # 5
-        self.loader = MoTDataLoader(
-            self.corpus, seq_len=cfg.model.max_seq_len, micro_batch_size=L.micro_batch_size, dp_size=L.dp,
-            dp_rank=self.topo.dp_rank, grad_accum=L.grad_accum, seed=cfg.train.seed, balance=cfg.data.balance,
-            plan_builder=self._plan, device=self.device, prefetch=cfg.data.prefetch, num_workers=cfg.data.num_workers)
+        self.loader = self._loader(self.data.train)
         self.state = TrainState()                                                     # 6
         self.fault = FaultInjector.from_env()
         self.ckpt = CheckpointManager(checkpoint_dir(cfg), cfg.checkpoint.keep_last, self.rank, self.engine,
@@ -107,7 +105,12 @@ class Trainer:
         self._resume()
         self.steps = StepRunner(self.engine, self.topo, self.settings.num_modalities, self.device, self.pipe_loss,
                                 cfg.logging.time_breakdown)
+        self.evaluator = None
+        if self.data.valid is not None and cfg.train.eval_iters > 0:
+            self.evaluator = Evaluator(lambda: self._loader(self.data.valid), self.engine, self.topo,
+                                       self.settings.num_modalities, self.device, self.pipe_loss, cfg.train.eval_iters)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, cfg.logging.tensorboard, cfg.train.steps, self.step)
+        self.tokens_per_step = L.global_batch_size * cfg.model.max_seq_len
         self.flops_per_token = training_flops_per_token(self.settings, cfg.model.max_seq_len,
                                                         recompute=cfg.train.activation_checkpointing)
         self.model_flops_per_token = training_flops_per_token(self.settings, cfg.model.max_seq_len)
@@ -121,11 +124,19 @@ class Trainer:
         return self.state.step
 
     # ------------------------------------------------------------------------------------------ set-up
-    def _open_corpus(self):
+    def _open_data(self):
         if self.rank == 0:  # rank 0 builds the demo corpus (or the token-range cache) first
-            corpus = open_corpus(self.cfg)
+            data = open_datasets(self.cfg)
         dist.barrier()
-        return corpus if self.rank == 0 else open_corpus(self.cfg)
+        return data if self.rank == 0 else open_datasets(self.cfg)
+
+    def _loader(self, data) -> MoTDataLoader:
+        cfg, L = self.cfg, self.layout
+        return MoTDataLoader(
+            data.table, seq_len=cfg.model.max_seq_len, micro_batch_size=L.micro_batch_size, dp_size=L.dp,
+            dp_rank=self.topo.dp_rank, grad_accum=L.grad_accum, seed=cfg.train.seed, balance=cfg.data.balance,
+            plan_builder=self._plan, device=self.device, prefetch=cfg.data.prefetch,
+            num_workers=cfg.data.num_workers, order=data.order)
 
     def _build_engine(self, deepspeed) -> None:
         from deepspeed import checkpointing as ds_ckpt
@@ -164,7 +175,7 @@ class Trainer:
         if target.universal:  # another layout, or an upcycled dense model, starts this run
             from ..convert import import_engine
             state = import_engine(target.directory, self.engine, self.topo, self.settings)
-            self.state.step = int(state.get("step", 0))
+            self.state.load_state_dict(state.get("train", {"step": state.get("step", 0)}))
             if "scheduler" in state:
                 self.scheduler.load_state_dict(state["scheduler"])
             if "loader" in state:
@@ -188,7 +199,8 @@ class Trainer:
 
     def training_state(self) -> dict:
         """Step, LR schedule and loader position as plain values (the universal checkpoint's state)."""
-        return {"step": self.step, "scheduler": self.scheduler.state_dict(), "loader": self.loader.state_dict()}
+        return {"step": self.step, "train": self.state.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "loader": self.loader.state_dict()}
 
     def export_universal(self, path: str) -> None:
         """Write the current state as a layout-independent universal checkpoint (collective)."""
@@ -207,12 +219,26 @@ class Trainer:
                                f"planned global count {batch.global_label_counts.tolist()}")
         if self.step % cfg.logging.interval and self.step != cfg.train.steps:
             return
-        self.metrics.log(step_record(
+        record = step_record(
             self.step, loss_sum.tolist(), count.tolist(), cfg.model.modalities, cfg.train.optimizer.lr *
-            lr_factor(self.step - 1, cfg), self.engine.get_global_grad_norm(),
-            self.layout.global_batch_size * cfg.model.max_seq_len, step_time, self.flops_per_token,
-            self.model_flops_per_token, self.ctx.world_size, self.peak, dev.peak_memory_gb(self.device),
-            {"data": t_data, **times}))
+            lr_factor(self.step - 1, cfg), self.engine.get_global_grad_norm(), self.tokens_per_step, step_time,
+            self.flops_per_token, self.model_flops_per_token, self.ctx.world_size, self.peak,
+            dev.peak_memory_gb(self.device), {"data": t_data, **times})
+        record.update(self.state.progress())
+        for name, docs, tokens in zip(self.data.train.table.names, batch.source_docs or (), batch.source_tokens or ()):
+            record[f"data/{name}/documents"], record[f"data/{name}/tokens"] = docs, tokens
+        self.metrics.log(record)
+
+    def evaluate(self) -> None:
+        """Validation losses at the current step, into metrics.jsonl, TensorBoard and the console."""
+        loss_sum, count, seconds = self.evaluator.run()
+        self.metrics.log(valid_record(self.step, loss_sum.tolist(), count.tolist(), self.cfg.model.modalities,
+                                      self.state.progress(), seconds))
+
+    def _eval_due(self) -> bool:
+        every = self.cfg.train.eval_interval
+        return self.evaluator is not None and (self.step == self.cfg.train.steps or
+                                               (every > 0 and self.step % every == 0))
 
     def train(self) -> None:
         cfg = self.cfg
@@ -227,11 +253,13 @@ class Trainer:
                 t_data = time.perf_counter() - t0
                 with record_function("mot/step"):
                     sums, times = self.steps.run(batch)
-                self.state.step += 1
                 step_time = time.perf_counter() - t0
+                self.state.advance(self.tokens_per_step, self.model_flops_per_token * self.tokens_per_step, step_time)
                 if self.on_step_end is not None:
                     self.on_step_end(self.step)
                 self._log(batch, sums, times, t_data, step_time)
+                if self._eval_due():
+                    self.evaluate()
                 if self.fault is not None:
                     self.fault.after_step(self.step)
                 if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
