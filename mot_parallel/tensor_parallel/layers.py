@@ -7,7 +7,7 @@ TransformerConfig); an explicit `sequence_parallel=` wins. Extra keywords Megatr
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,8 @@ class _ParallelLinear(nn.Module):
 
 
 class ColumnParallelLinear(_ParallelLinear):
-    """Y = X A^T with A split by rows (output features). Input [.., in] (or [s/tp, b, in] under SP)."""
+    """Y = X A^T with A split by rows (output features). Input [.., in] (or this rank's dim-0 piece under
+    SP, `sp_sizes` giving every rank's piece when uneven)."""
 
     def __init__(self, input_size: int, output_size: int, *, gather_output: bool = False, **kwargs):
         for unused in ("is_expert", "tp_comm_buffer_name", "keep_master_weight_for_test",
@@ -73,9 +74,13 @@ class ColumnParallelLinear(_ParallelLinear):
             raise ValueError("ColumnParallelLinear: gather_output with sequence_parallel is not supported")
         self.gather_output = gather_output
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, *, sp_sizes: Optional[Sequence[int]] = None):
+        """`sp_sizes`: under SP, every TP rank's dim-0 size when they differ (the routing plan's
+        `sp_sizes`; a token count that TP does not divide), as the grouped linears and the embedding take
+        it. Without it every rank must hold the same count: the all-gather cannot know other ranks'
+        sizes, and unequal pieces fail on gloo and hang or return garbage on NCCL."""
         if self.sequence_parallel:
-            x = M.gather_from_sp_region(x, self.tp_group)
+            x = M.gather_from_sp_region(x, self.tp_group, sp_sizes)
         else:
             x = M.copy_to_tp_region(x, self.tp_group)
         y = F.linear(x, self.weight, None if self.skip_bias_add else self.bias)
