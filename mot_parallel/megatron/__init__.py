@@ -6,9 +6,12 @@ Tested versions: megatron-core 0.16.1 (CI), 0.15.3, 0.14.0 and 0.12.3 (tests/tes
 tests/test_convert.py passed on CPU with each before the hardening of issue 13; since then only 0.16.1
 has been run here; setup.py allows >=0.12,<0.17). The CUDA-only tests (recompute, bf16 + CUDA RNG
 tracker, dist_checkpointing I/O) have not run on a GPU yet."""
+from .checkpoint import load_into_megatron, megatron_setup, megatron_to_universal, write_megatron_checkpoint
 from .layer import MoTTransformerLayer, get_mot_layer_spec
 from .model import MoTGPTModel, MoTPackedSeqParams
+from .names import MegatronSetup
 from .settings import MoTOptions, check_megatron_config, settings_from_megatron
 
-__all__ = ["MoTGPTModel", "MoTOptions", "MoTPackedSeqParams", "MoTTransformerLayer", "check_megatron_config",
-           "get_mot_layer_spec", "settings_from_megatron"]
+__all__ = ["MegatronSetup", "MoTGPTModel", "MoTOptions", "MoTPackedSeqParams", "MoTTransformerLayer",
+           "check_megatron_config", "get_mot_layer_spec", "load_into_megatron", "megatron_setup",
+           "megatron_to_universal", "settings_from_megatron", "write_megatron_checkpoint"]
