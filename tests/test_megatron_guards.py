@@ -10,14 +10,16 @@
   missing modality_ids, inference_context, packed_seq_params: clear errors;
 - the TP size and rank come from the model's own pg_collection, not Megatron's global parallel_state:
   global TP=1 and a 2-rank TP group in pg_collection give TP=2 shards, the TP=2 SP plan and TP=1 losses;
-- ColumnParallelLinear under SP with a token count TP does not divide (sp_sizes) equals one process
-  (outputs and grads <= 1e-5), and so does our MoTModel's output head (losses and grads <= 1e-5).
-The universal-checkpoint conversion is in tests/test_megatron_convert.py."""
+- Megatron's per-layer hidden_dropout argument reaches the MoT layer.
+The universal-checkpoint conversion is in tests/test_megatron_convert.py, ColumnParallelLinear with uneven
+SP pieces in tests/test_megatron_sp_uneven.py."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mot_parallel.testing import run_distributed
+
+pytest.importorskip("megatron.core")
 
 MODS = ("text", "image", "speech")
 V, S, B, H = 128, 16, 2, 64
@@ -165,8 +167,10 @@ def test_unsupported_gpt_model_argument_is_refused(kwargs):
 
 def test_bad_mot_options_are_refused():
     from mot_parallel.megatron import MoTOptions, check_megatron_config
-    for bad, key in ((MoTOptions(modalities=("text", "text")), "modalities"), (MoTOptions(untie=frozenset({"mlp"})), "untie"),
-                     (MoTOptions(norm_placement="sandwich"), "norm_placement"), (MoTOptions(rope_theta=0.0), "rope_theta")):
+    for bad, key in ((MoTOptions(modalities=("text", "text")), "modalities"),
+                     (MoTOptions(untie=frozenset({"mlp"})), "untie"),
+                     (MoTOptions(norm_placement="sandwich"), "norm_placement"),
+                     (MoTOptions(rope_theta=0.0), "rope_theta")):
         with pytest.raises(ValueError, match=f"MoTOptions.{key}"):
             check_megatron_config(_config(), bad)
 
@@ -197,6 +201,9 @@ def _inputs_body():
         out["spread_positions"] = mg(ids, torch.arange(S).expand(B, S) * 2, labels=ids, modality_ids=mods)
         emb = mg.embedding(input_ids=ids, position_ids=None)          # [s, b, h], sequence order
         out["decoder_input"] = mg(None, decoder_input=emb, labels=ids, modality_ids=mods)
+    from mot_parallel.megatron import MoTTransformerLayer
+    layer = MoTTransformerLayer(_config(), layer_number=1, hidden_dropout=0.25)
+    out["layer_hidden_dropout"] = layer.settings.hidden_dropout
     errors = {}
     for name, call in (("modality_ids", lambda: mg(ids, labels=ids)),
                        ("shape", lambda: mg(ids, labels=ids, modality_ids=mods[:, :-1])),
@@ -219,6 +226,7 @@ def test_inputs_are_honoured_or_refused():
     assert _rel(out["arange_positions"], out["plain"]) <= TOL
     assert _rel(out["spread_positions"], out["plain"]) > 1e-4          # position_ids reach RoPE
     assert _rel(out["decoder_input"], out["plain"]) <= 1e-6           # precomputed embeddings, grouped
+    assert out["layer_hidden_dropout"] == 0.25                          # Megatron's per-layer override
     kind, msg = errors["modality_ids"]                                  # was: 'NoneType' object has no attribute 't'
     assert kind == "ValueError" and "modality_ids=[b, s]" in msg and "routing_plan" in msg
     for name in ("shape", "inference_context", "packed_seq_params", "attention_mask"):
@@ -258,7 +266,8 @@ def test_tp_group_comes_from_the_models_pg_collection():
     from mot_parallel.model.routing import sp_shard
     ids, mods = _batch()
     counts = [int((mods == m).sum()) for m in range(3)]
-    for rank, (sizes, local, sp, shapes, _) in enumerate(run_distributed(_own_group_body, 2, args=(2, True), timeout=300)):
+    sp_results = run_distributed(_own_group_body, 2, args=(2, True), timeout=300)
+    for rank, (sizes, local, sp, shapes, _) in enumerate(sp_results):
         assert sp and sizes == (S * B // 2, S * B // 2)
         assert local == sp_shard(S * B, counts, 2, rank)[1]
         assert shapes["embedding.word_embeddings.weight"] == (V // 2, H)
@@ -267,69 +276,3 @@ def test_tp_group_comes_from_the_models_pg_collection():
     ((*_, tp1),) = run_distributed(_own_group_body, 1, args=(1, False), timeout=300)
     for *_, (logits, losses) in tp2:
         assert _rel(logits, tp1[0]) <= TOL and _rel(losses, tp1[1]) <= TOL
-
-
-# --------------------------------------------------- 5. ColumnParallelLinear with uneven SP pieces
-
-
-def _uneven_column_body(n_tokens):
-    from mot_parallel.distributed import Dims, ParallelTopology
-    from mot_parallel.distributed.collectives import even_sizes
-    from mot_parallel.tensor_parallel import ColumnParallelLinear
-    from mot_parallel.tensor_parallel.init import draw_full, normal_init
-    topo = ParallelTopology.build(Dims(tp=2))
-    g, r = topo.tp_group, topo.tp_rank
-    sizes = even_sizes(n_tokens, 2)
-    head = ColumnParallelLinear(16, 32, bias=False, sequence_parallel=True, tp_group=g, init_seed=11)
-    x_full = torch.randn(n_tokens, 16, generator=torch.Generator().manual_seed(1))
-    w_out = torch.randn(n_tokens, 32, generator=torch.Generator().manual_seed(2))
-    lo = sum(sizes[:r])
-    x = x_full[lo: lo + sizes[r]].clone().requires_grad_()
-    y, _ = head(x, sp_sizes=sizes)
-    cols = slice(r * 16, (r + 1) * 16)
-    (y * w_out[:, cols]).sum().backward()
-    W = draw_full((32, 16), normal_init(0.02), 11).requires_grad_()
-    xr = x_full.clone().requires_grad_()
-    (F.linear(xr, W) * w_out).sum().backward()
-    return {"out": _rel(y, F.linear(x_full, W.detach())[:, cols]), "dx": _rel(x.grad, xr.grad[lo: lo + sizes[r]]),
-            "dW": _rel(head.weight.grad, W.grad[cols])}
-
-
-def _uneven_model_body(seq_len):
-    """Our MoTModel with SP at TP=2 on s*b tokens TP does not divide vs the same model in one process."""
-    from mot_parallel.distributed import Dims, ParallelTopology
-    from mot_parallel.model import MoTModel
-    from mot_parallel.model.settings import ModelSettings
-    from mot_parallel.tensor_parallel.layout import gather_full
-    topo = ParallelTopology.build(Dims(tp=2))
-    s = ModelSettings(hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2, ffn_hidden_size=64, vocab_size=60,
-                      padded_vocab_size=64, modalities=MODS, qk_norm=True)
-    g = torch.Generator().manual_seed(0)
-    ids, mods = torch.randint(0, 60, (seq_len, 1), generator=g), torch.randint(0, 3, (seq_len, 1), generator=g)
-    losses = {}
-    for name, group, settings in (("tp2_sp", topo.tp_group, s.with_(sequence_parallel=True)), ("one", None, s)):
-        model = MoTModel(settings, tp_group=group)
-        plan = model.build_plan(mods)
-        out = model(ids, plan, labels=ids, label_modalities=mods)
-        out.loss_sum.sum().backward()
-        losses[name] = (out.loss_sum.detach(), {n: gather_full(p.grad, p, group) for n, p in model.named_parameters()})
-    (l2, g2), (l1, g1) = losses["tp2_sp"], losses["one"]
-    return _rel(l2, l1), {n: (g2[n], g1[n]) for n in g1}  # the head gathers every token: full losses per rank
-
-
-def test_column_parallel_linear_under_sp_with_uneven_tokens():
-    """7 tokens on 2 TP ranks (4 + 3): the all-gather and its reduce-scatter take per-rank sizes."""
-    for res in run_distributed(_uneven_column_body, 2, args=(7,), timeout=300):
-        assert all(v <= TOL for v in res.values()), res
-
-
-def test_mot_model_head_under_sp_with_uneven_tokens():
-    """The output head of our MoTModel (a ColumnParallelLinear) on 7 tokens at TP=2 + SP: the per-modality
-    losses equal one process; every gradient equals it after summing the replicated (norm) grads over TP."""
-    results = run_distributed(_uneven_model_body, 2, args=(7,), timeout=300)
-    for loss_err, _ in results:
-        assert loss_err <= TOL
-    (_, grads0), (_, grads1) = results
-    for n, (mine, ref) in grads0.items():
-        summed = mine + grads1[n][0] if "norm" in n else mine  # SP/QK norms: each rank's partial
-        assert _rel(summed, ref) <= TOL, n

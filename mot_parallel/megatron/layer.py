@@ -55,7 +55,9 @@ def _layer_offset(config, vp_stage, pp_rank):
         return get_transformer_layer_offset(config, vp_stage, pp_rank)
     if not parallel_state.model_parallel_is_initialized():
         return 0
-    return get_transformer_layer_offset(config, vp_stage) if "vp_stage" in params else get_transformer_layer_offset(config)
+    if "vp_stage" in params:
+        return get_transformer_layer_offset(config, vp_stage)
+    return get_transformer_layer_offset(config)
 
 
 class MoTTransformerLayer(MoTLayer, BaseTransformerLayer):

@@ -134,9 +134,11 @@ def config_problems(config, options: MoTOptions, tp_size: int = 1) -> List[str]:
         problems.append(f"TransformerConfig.kv_channels={config.kv_channels}: MoT heads are hidden_size / "
                         f"num_attention_heads = {hidden // heads} wide; set kv_channels=None")
     kv = config.num_query_groups or heads
-    for what, n in (("num_attention_heads", heads), ("num_query_groups", kv), ("ffn_hidden_size", config.ffn_hidden_size)):
+    sizes = (("num_attention_heads", heads), ("num_query_groups", kv), ("ffn_hidden_size", config.ffn_hidden_size))
+    for what, n in sizes:
         if n and n % tp_size:
-            problems.append(f"TransformerConfig.{what}={n} is not divisible by the tensor-parallel group size {tp_size}")
+            problems.append(f"TransformerConfig.{what}={n} is not divisible by the tensor-parallel group size "
+                            f"{tp_size}")
     if options.qk_norm is not None and options.qk_norm != bool(getattr(config, "qk_layernorm", False)):
         problems.append(
             f"MoTOptions.qk_norm={options.qk_norm} but TransformerConfig.qk_layernorm="
