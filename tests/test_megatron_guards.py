@@ -249,8 +249,13 @@ def _own_group_body(tp_in_pg, sp):
     ids, mods = _batch()
     plan = mg.build_plan(mods)
     shapes = {n: tuple(p.shape) for n, p in mg.named_parameters() if "linear_qkv" in n or "word_embeddings" in n}
-    if sp:  # Megatron's SP forward needs CUDA
-        return plan.sp_sizes, plan.local_counts, mg.settings.sequence_parallel, shapes, None
+    if sp:  # Megatron's SP forward needs CUDA; what is checked before it runs is tested here
+        try:
+            mg(ids[:, :-1], modality_ids=mods[:, :-1])
+            odd = None
+        except ValueError as e:
+            odd = str(e)
+        return plan.sp_sizes, plan.local_counts, mg.settings.sequence_parallel, shapes, odd
     with torch.no_grad():
         logits = mg(ids, modality_ids=mods)                              # [b, s, V/tp]
         parts = [torch.empty_like(logits) for _ in range(tp_in_pg)]
@@ -267,8 +272,9 @@ def test_tp_group_comes_from_the_models_pg_collection():
     ids, mods = _batch()
     counts = [int((mods == m).sum()) for m in range(3)]
     sp_results = run_distributed(_own_group_body, 2, args=(2, True), timeout=300)
-    for rank, (sizes, local, sp, shapes, _) in enumerate(sp_results):
+    for rank, (sizes, local, sp, shapes, odd) in enumerate(sp_results):
         assert sp and sizes == (S * B // 2, S * B // 2)
+        assert odd and "sequence length 15 is not divisible by the tensor-parallel size 2" in odd
         assert local == sp_shard(S * B, counts, 2, rank)[1]
         assert shapes["embedding.word_embeddings.weight"] == (V // 2, H)
         assert shapes["decoder.layers.0.self_attention.linear_qkv.weight.text"] == ((4 + 2 * 2) * 16 // 2, H)

@@ -22,7 +22,8 @@ Megatron's inputs, all in sequence order, are honoured:
                          layer spec says, and a fully masked query row attends to itself (no NaN);
   decoder_input [s, b, h] precomputed embeddings (e.g. a vision encoder's), grouped here; not under SP;
   labels [b, s], runtime_gather_output, extra_block_kwargs, loss_mask / padding_mask as GPTModel.
-Refused by name: inference_context (no KV cache), packed_seq_params (THD packing: use segment_ids),
+Refused by name: inference_context (no KV cache), packed_seq_params (THD packing: use segment_ids), a
+sequence length TP does not divide under SP (Megatron's embedding splits the sequence dimension evenly),
 GPTModel options that assume sequence order or their own RoPE (mtp_block_spec, position_embedding_type
 other than 'none', rotary_base other than mot.rope_theta, rotary_percent, rope_scaling,
 seq_len_interpolation_factor), and the TransformerConfig fields listed in settings.py.
@@ -134,6 +135,10 @@ class MoTGPTModel(GPTModel):
             if t is not None and tuple(t.shape) != (b, s):
                 raise ValueError(f"MoTGPTModel: {name} has shape {tuple(t.shape)}, the routing plan is for "
                                  f"[b, s] = [{b}, {s}]")
+        tp = group_size(self.own_tp_group())
+        if self.settings.sequence_parallel and s % tp:
+            raise ValueError(f"MoTGPTModel: sequence length {s} is not divisible by the tensor-parallel size {tp}; "
+                             "Megatron's sequence parallelism splits the sequence dimension evenly: pad the batch")
         device = next(self.parameters()).device
         if attention_mask is not None:
             plan = replace(plan, attention_mask=_combined_mask(plan, attention_mask))
