@@ -7,7 +7,10 @@ In your own Megatron training script the change is three lines (marked "MoT" bel
     spec = get_mot_layer_spec(MoTOptions(modalities=...))  # MoT: per-modality QKV/O, FFN, norms
     model = MoTGPTModel(config, spec, vocab_size, seq_len, mot=options)   # instead of GPTModel
 and forward_step builds the routing plan on the host from the batch's modality ids, before the ids
-go to the device, and passes it to the model. Everything else (forward_backward_func, optimizer,
+go to the device, and passes it to the model. The TransformerConfig must describe the MoT layer's math
+(RMSNorm, SwiGLU = gated_linear_unit + silu, no linear biases; qk_layernorm turns the MoT QK-norm on):
+anything else is refused by name when the model is built (mot_parallel/megatron/settings.py). To start
+from a converted checkpoint instead of random weights, see `tools/convert_checkpoint.py to-megatron`. Everything else (forward_backward_func, optimizer,
 finalize_model_grads / DDP, distributed checkpoints) stays Megatron's. This script uses the
 mot_parallel data loader on the offline demo corpus and a torch AdamW, and reduces gradients itself
 (TP-partial norm grads over TP, everything over DP), which Megatron's DDP + finalize_model_grads do
@@ -68,10 +71,10 @@ def main(argv=None):
     torch.manual_seed(1234)
     config = TransformerConfig(num_layers=2, hidden_size=128, num_attention_heads=4, ffn_hidden_size=352,
                                normalization="RMSNorm", gated_linear_unit=True, activation_func=F.silu,
-                               add_bias_linear=False, tensor_model_parallel_size=args.tp,
+                               add_bias_linear=False, qk_layernorm=True, tensor_model_parallel_size=args.tp,
                                use_cpu_initialization=not on_gpu, params_dtype=torch.float32,
                                hidden_dropout=0.0, attention_dropout=0.0)
-    options = MoTOptions(modalities=("text", "image", "speech"))                                 # MoT
+    options = MoTOptions(modalities=("text", "image", "speech"))  # MoT (QK-norm follows qk_layernorm)
     model = MoTGPTModel(config, get_mot_layer_spec(options), vocab_size=512, max_sequence_length=128,  # MoT
                         mot=options).to(ctx.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)

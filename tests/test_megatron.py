@@ -31,8 +31,8 @@ def _megatron(tp, recompute=False, device=None, sp=False, dtype=torch.float32):
                             use_cpu_initialization=device is None, normalization="RMSNorm", gated_linear_unit=True,
                             activation_func=F.silu, add_bias_linear=False, tensor_model_parallel_size=tp,
                             sequence_parallel=sp, params_dtype=dtype, bf16=dtype == torch.bfloat16,
-                            hidden_dropout=0.0, attention_dropout=0.0, **extra)
-    opts = MoTOptions(modalities=MODS, qk_norm=True, seed=3)
+                            hidden_dropout=0.0, attention_dropout=0.0, qk_layernorm=True, **extra)
+    opts = MoTOptions(modalities=MODS, seed=3)  # QK-norm from qk_layernorm (one source of truth)
     return MoTGPTModel(cfg, get_mot_layer_spec(opts), vocab_size=V, max_sequence_length=S, mot=opts)
 
 
@@ -156,7 +156,8 @@ def _block_body():
     from mot_parallel.megatron import MoTOptions, get_mot_layer_spec
     ps.initialize_model_parallel(tensor_model_parallel_size=1)
     cfg = TransformerConfig(num_layers=3, hidden_size=64, num_attention_heads=4, use_cpu_initialization=True,
-                            normalization="RMSNorm", gated_linear_unit=True, add_bias_linear=False)
+                            normalization="RMSNorm", gated_linear_unit=True, activation_func=F.silu,
+                            add_bias_linear=False)
     block = TransformerBlock(cfg, get_mot_layer_spec(MoTOptions(modalities=("text", "image"))))
     return [(type(layer).__name__, layer.layer_number, sorted(layer.state_dict())[:2]) for layer in block.layers]
 

@@ -16,10 +16,29 @@
         --run-dir runs/x_tp1
     # universal -> one safetensors file + config, for inference/evaluation elsewhere
     python tools/convert_checkpoint.py export --universal u --out exported [--dtype bf16]
+    # universal -> a start for a Megatron-Core script using MoTGPTModel (mot_parallel.megatron)
+    python tools/convert_checkpoint.py to-megatron --universal u --out megatron_start
 
 to-universal / from-universal run on the layout's world: under a launcher (deepspeed / torchrun /
 srun) they use its processes; otherwise they start --nproc local CPU processes (default TP x PP).
 Then load in Python:  model = mot_parallel.load_pretrained("exported"); logits = model(tokens, modality_ids)
+
+to-megatron writes <out>/model.safetensors (every weight, unsharded, fp32, under the parameter names of a
+TP=1, PP=1 MoTGPTModel: decoder.layers.<i>.<param>.<modality>, decoder.final_layernorm.weight, ...) and
+<out>/megatron.json (the TransformerConfig fields, MoTOptions and MoTGPTModel arguments of that model).
+In a Megatron script:
+    setup = mot_parallel.megatron.megatron_setup("megatron_start")
+    config = TransformerConfig(**setup.config_kwargs(), tensor_model_parallel_size=..., ...)
+    model = MoTGPTModel(config, get_mot_layer_spec(setup.options), **setup.model, mot=setup.options)
+    mot_parallel.megatron.load_into_megatron(model, "megatron_start")   # this rank's TP/PP shards
+(at TP=1, PP=1 plain `model.load_state_dict(safetensors.torch.load_file(".../model.safetensors"))` does).
+Why this and not a Megatron distributed checkpoint: Megatron-Core's checkpoint writer needs CUDA, and a
+conversion should run anywhere (a login node, CI); unsharded tensors under Megatron's own names serve
+every TP/PP layout and any tool that reads safetensors (nothing is unpickled), and the JSON removes the
+other hand mapping, the TransformerConfig. On GPUs, `dist_checkpointing.save(model.sharded_state_dict(),
+dir)` after loading gives the native, layout-independent checkpoint. The reverse (a trained MoTGPTModel
+-> universal, for export/resharding/HF tools) is `mot_parallel.megatron.megatron_to_universal(model, dir)`,
+called on every rank from the training script.
 """
 import argparse
 import os
@@ -129,6 +148,9 @@ def main(argv=None):
     e.add_argument("--universal", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    m = sub.add_parser("to-megatron")
+    m.add_argument("--universal", required=True)
+    m.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
     if args.cmd in ("hf-to-mot", "to-hf"):
@@ -153,6 +175,11 @@ def main(argv=None):
         step = _run(args.config, args.dst + [f"checkpoint.resume={universal}",
                                              f"run.output_dir={os.path.abspath(args.run_dir)}"], "save", None, None)
         print(f"resharded step {step} into {args.run_dir}/checkpoints (via {universal})")
+    elif args.cmd == "to-megatron":
+        from mot_parallel.megatron import write_megatron_checkpoint
+        setup = write_megatron_checkpoint(args.universal, args.out)
+        print(f"wrote {args.out}: {setup.config['num_layers']} layers, modalities {list(setup.options.modalities)}, "
+              f"vocab_size={setup.model['vocab_size']} rows (megatron.json + model.safetensors)")
     else:
         from mot_parallel.convert import export_universal
         print(f"wrote {export_universal(args.universal, args.out, args.dtype)}")

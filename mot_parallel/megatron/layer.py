@@ -1,12 +1,16 @@
 """The MoT layer as a Megatron-Core transformer layer: a ModuleSpec that `TransformerBlock` replicates.
 
     from mot_parallel.megatron import MoTOptions, get_mot_layer_spec
-    spec = get_mot_layer_spec(MoTOptions(modalities=("text", "image"), qk_norm=True))
+    config = TransformerConfig(..., normalization="RMSNorm", gated_linear_unit=True, activation_func=F.silu,
+                               add_bias_linear=False, qk_layernorm=True)     # qk_layernorm: MoT QK-norm
+    spec = get_mot_layer_spec(MoTOptions(modalities=("text", "image")))
     model = MoTGPTModel(config, spec, vocab_size, max_sequence_length, mot=...)   # see model.py
 
 The layer is our MoTLayer (same parameters, names and kernels) with Megatron's constructor and call
 contract: built with (config, submodules, layer_number, hidden_dropout, pg_collection, vp_stage), called
-by the block with keyword arguments, returning (hidden_states, context) with a viewless output. The
+by the block with keyword arguments, returning (hidden_states, context) with a viewless output. Its
+TP group (size and rank) is the one in the `pg_collection` it is given (parallel_state only without
+one), its config is checked field by field (settings.py: unsupported fields are refused by name). The
 routing plan arrives in `packed_seq_params.routing_plan` (MoTPackedSeqParams): the argument Megatron
 already hands every layer, and captures in its recompute closure, so recompute sees the same plan.
 Parameters keep Megatron's tags (tensor_model_parallel / partition_dim / partition_stride; SP norms
@@ -19,8 +23,7 @@ Megatron's distributed checkpoints reshard across TP and PP.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
@@ -31,78 +34,79 @@ from megatron.core.utils import make_viewless_tensor
 from ..distributed import device as dev
 from ..distributed.collectives import group_rank, group_size
 from ..model.layer import MoTLayer
-from ..model.settings import ModelSettings
 from ..tensor_parallel.param_meta import declared_partition
+from .settings import MoTOptions, settings_from_megatron
 
 BLOCK_NAMES = {3: ("q", "k", "v"), 2: ("gate", "up")}
 
 
-@dataclass(frozen=True)
-class MoTOptions:
-    """What Megatron's TransformerConfig does not describe."""
-    modalities: Tuple[str, ...] = ("text", "image")
-    untie: frozenset = field(default_factory=lambda: frozenset({"attention", "ffn", "norms"}))
-    norm_placement: str = "pre"
-    qk_norm: bool = False
-    rope_theta: float = 10000.0
-    document_masking: bool = True
-    modality_copies: str = "independent"
-    seed: int = 1234
+def _pp_rank(pg_collection):
+    pp = getattr(pg_collection, "pp", None) if pg_collection is not None else None
+    return group_rank(pp) if pp is not None else None
 
 
-def settings_from_megatron(config, options: MoTOptions) -> ModelSettings:
-    """Our ModelSettings from Megatron's TransformerConfig + the MoT options."""
-    heads = config.num_attention_heads
-    return ModelSettings(
-        hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=heads,
-        num_kv_heads=config.num_query_groups or heads, ffn_hidden_size=config.ffn_hidden_size,
-        vocab_size=1, vocab_multiple=1, modalities=tuple(options.modalities), untie=frozenset(options.untie),
-        norm_placement=options.norm_placement, qk_norm=options.qk_norm, norm_eps=config.layernorm_epsilon,
-        rope_theta=options.rope_theta, attention_dropout=config.attention_dropout,
-        hidden_dropout=config.hidden_dropout, init_std=config.init_method_std, modality_copies=options.modality_copies,
-        seed=options.seed, sequence_parallel=config.sequence_parallel,
-        document_masking=options.document_masking, params_dtype=config.params_dtype,
-        perform_initialization=config.perform_initialization)
-
-
-def _layer_offset(config, vp_stage):
+def _layer_offset(config, vp_stage, pp_rank):
     """get_transformer_layer_offset across megatron-core releases (0.12: config only; 0.13+: vp_stage;
-    0.16: pp_rank too, read from parallel_state when omitted, as older releases always do). Without
-    initialised model parallelism there is one pipeline stage, so the offset is 0."""
+    0.16: pp_rank too, taken from the layer's own pipeline group when it has one, else read from
+    parallel_state, as older releases always do). Without initialised model parallelism and without a
+    pipeline group there is one pipeline stage, so the offset is 0."""
     from megatron.core import parallel_state
+    params = inspect.signature(get_transformer_layer_offset).parameters
+    if "pp_rank" in params and pp_rank is not None:
+        return get_transformer_layer_offset(config, vp_stage, pp_rank)
     if not parallel_state.model_parallel_is_initialized():
         return 0
-    params = inspect.signature(get_transformer_layer_offset).parameters
-    return get_transformer_layer_offset(config, vp_stage) if "vp_stage" in params else get_transformer_layer_offset(config)
+    if "vp_stage" in params:
+        return get_transformer_layer_offset(config, vp_stage)
+    return get_transformer_layer_offset(config)
 
 
 class MoTTransformerLayer(MoTLayer, BaseTransformerLayer):
     def __init__(self, config, submodules=None, layer_number: int = 1, hidden_dropout: Optional[float] = None,
                  pg_collection=None, vp_stage: Optional[int] = None, mot: MoTOptions = MoTOptions(), **unused):
         from megatron.core import parallel_state, tensor_parallel
-        tp_group = pg_collection.tp if pg_collection is not None else parallel_state.get_tensor_model_parallel_group()
-        number = layer_number + _layer_offset(config, vp_stage)  # global, 1-based
-        settings = settings_from_megatron(config, mot)
+        # the process groups the block hands us (0.13: `model_comm_pgs`; 0.14+: `pg_collection`); 0.12 has none
+        pg_collection = pg_collection if pg_collection is not None else unused.get("model_comm_pgs")
+        tp_group = getattr(pg_collection, "tp", None) if pg_collection is not None else None
+        if tp_group is None:
+            tp_group = parallel_state.get_tensor_model_parallel_group()
+        number = layer_number + _layer_offset(config, vp_stage, _pp_rank(pg_collection))  # global, 1-based
+        settings = settings_from_megatron(config, mot, group_size(tp_group))
+        # the plan carries the attention mask exactly when one applies (document masking, or the caller's
+        # attention_mask folded in by MoTGPTModel), so the layer always uses the plan's
+        settings = settings.with_(document_masking=True)
+        if hidden_dropout is not None:  # Megatron's per-layer override of config.hidden_dropout
+            settings = settings.with_(hidden_dropout=hidden_dropout)
         on_accelerator = dev.accelerator_available()  # Megatron's RNG tracker exists only on CUDA
         tracker = tensor_parallel.get_cuda_rng_tracker() if on_accelerator else None
         device = dev.current_device() if on_accelerator and not config.use_cpu_initialization else None
         super().__init__(settings, number - 1, tp_group=tp_group, rng_tracker=tracker, device=device)
         self.config, self.layer_number, self.tp_group = config, number, tp_group  # Megatron's numbering
+        self.pg_collection = pg_collection
 
     def forward(self, hidden_states, attention_mask=None, context=None, context_mask=None, rotary_pos_emb=None,
                 rotary_pos_cos=None, rotary_pos_sin=None, attention_bias=None, inference_context=None,
                 packed_seq_params=None, sequence_len_offset=None, **unused):
+        """Everything the MoT layer needs comes in the plan (MoTGPTModel folds attention_mask and
+        position_ids into it); other inputs are refused rather than ignored."""
         plan = getattr(packed_seq_params, "routing_plan", None)
         if plan is None:
             raise ValueError("MoTTransformerLayer needs the routing plan in packed_seq_params "
                              "(MoTPackedSeqParams); run it through MoTGPTModel or build one with build_routing_plan")
+        for name, value in (("context", context), ("context_mask", context_mask), ("attention_bias", attention_bias),
+                            ("inference_context", inference_context)):
+            if value is not None:
+                raise ValueError(f"MoTTransformerLayer does not support {name} (a decoder-only training layer); "
+                                 f"call it without {name}")
         out = super().forward(hidden_states, plan, packed_seq_params.rope)
         return make_viewless_tensor(inp=out, requires_grad=out.requires_grad, keep_graph=True), context
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):
         from megatron.core import parallel_state
         tp, tp_rank = group_size(self.tp_group), group_rank(self.tp_group)
-        dp_rank = parallel_state.get_data_parallel_rank(with_context_parallel=True)
+        dp_group = (metadata or {}).get("dp_cp_group")  # 0.16 hands the DP group in; older releases read the global
+        dp_rank = group_rank(dp_group) if dp_group is not None else \
+            parallel_state.get_data_parallel_rank(with_context_parallel=True)
         out = {}
         for name, p in self.named_parameters():
             key = prefix + name

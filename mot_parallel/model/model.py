@@ -73,7 +73,7 @@ class MoTHead(nn.Module):
                 label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None):
         x = hidden.reshape(-1, self.settings.hidden_size)
         counts = plan.stream_counts if self.norm_copies else None
-        logits, _ = self.output_layer(self.final_norm(x, counts))  # [N, V/tp], grouped order
+        logits, _ = self.output_layer(self.final_norm(x, counts), sp_sizes=plan.sp_sizes)  # [N, V/tp], grouped
         if labels is None:
             return logits
         return self.loss(logits, plan, labels, label_modalities, loss_mask)

@@ -9,7 +9,7 @@ TransformerConfig); an explicit `sequence_parallel=` wins. Extra keywords Megatr
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,9 +62,13 @@ class ColumnParallelLinear(nn.Module):
     def _bias_out(self):
         return self.bias if self.skip_bias_add else None
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, *, sp_sizes: Optional[Sequence[int]] = None):
+        """`sp_sizes`: under SP, every TP rank's dim-0 size when they differ (the routing plan's
+        `sp_sizes`; a token count that TP does not divide), as the grouped linears and the embedding take
+        it. Without it every rank must hold the same count: the all-gather cannot know other ranks'
+        sizes, and unequal pieces fail on gloo and hang or return garbage on NCCL."""
         if self.sequence_parallel:
-            x = M.gather_from_sp_region(x, self.tp_group)
+            x = M.gather_from_sp_region(x, self.tp_group, sp_sizes)
         else:
             x = M.copy_to_tp_region(x, self.tp_group)
         y = F.linear(x, self.weight, None if self.skip_bias_add else self.bias)
