@@ -4,12 +4,15 @@
   MOT_FAULT=kill_after_step:N die (exit 17) right after optimizer step N was logged
   MOT_FAULT=stall_after_step:N block right after step N was logged, so a test can kill the launcher
                               from outside at a known step
+  MOT_FAULT=hold_after_step:N  block right after step N was logged until a stop is requested (SIGTERM,
+                              or the launcher's death), so a test can stop the run at a known step
 """
 from __future__ import annotations
 
 import os
 import sys
 import time
+from typing import Callable
 
 
 def _spec():
@@ -35,10 +38,12 @@ def maybe_crash(point: str) -> None:
         _die()
 
 
-def maybe_fault_after_step(step: int) -> None:
+def maybe_fault_after_step(step: int, stop_requested: Callable[[], bool] = lambda: False) -> None:
     name, _, at = _spec().partition(":")
-    if name in ("kill_after_step", "stall_after_step") and int(at) == step:
+    if name in ("kill_after_step", "stall_after_step", "hold_after_step") and int(at) == step:
         if name == "kill_after_step":
             _die()
         sys.stdout.flush()
-        time.sleep(3600)
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline and not (name == "hold_after_step" and stop_requested()):
+            time.sleep(0.05)

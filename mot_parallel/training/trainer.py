@@ -48,6 +48,7 @@ from .ds_config import deepspeed_config
 from .metrics import MetricsLogger, step_record
 from .optim import WarmupDecayLR, lr_factor, param_groups
 from .pipeline import build_pipeline_module, plan_inputs
+from .supervision import watch_launcher
 
 # DeepSpeed's own collectives call torch APIs renamed in torch 2.13; the warning is theirs, not ours
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
@@ -65,8 +66,10 @@ class Trainer:
         from deepspeed import checkpointing as ds_ckpt
         self.cfg = cfg
         env = env or detect_launch_env(argv=sys.argv)
+        watch_launcher(env.launcher)  # launcher gone (e.g. SIGTERMed `deepspeed` runner): stop as on SIGTERM
         self.layout = validate(cfg, world_size=env.world_size)                       # 1
-        self.ctx = init_distributed(env, require_process_group=True)                  # 2
+        self.ctx = init_distributed(env, require_process_group=True,                  # 2
+                                    timeout_s=cfg.parallel.collective_timeout_s)
         deepspeed.init_distributed(dist_backend=self.ctx.backend)
         self.device, self.rank = self.ctx.device, self.ctx.rank
         L = self.layout
@@ -267,7 +270,7 @@ class Trainer:
                         self.engine.get_global_grad_norm(), tokens_per_step, step_time, self.flops_per_token,
                         self.model_flops_per_token, self.ctx.world_size, self.peak, dev.peak_memory_gb(self.device),
                         times))
-                faults.maybe_fault_after_step(self.step)
+                faults.maybe_fault_after_step(self.step, lambda: self._stop_requested)
                 if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                     self.save()
                     last_saved = self.step
