@@ -204,6 +204,7 @@ def test_stopped_rank_fails_the_training_within_the_timeout(tmp_path):
     log = (tmp_path / "rank0.log").read_text()
     assert rc != 0 and elapsed < 40, log[-3000:]
     last = log.strip().splitlines()[-1]
-    assert last.startswith("error: rank 0: a collective did not complete within parallel.collective_timeout_s=10 s"), \
+    assert last.startswith("error: rank 0: a collective or the start-up rendezvous did not complete within "
+                           "parallel.collective_timeout_s=10 s"), \
         log[-3000:]
     assert "Another rank is stopped, deadlocked, dead or far slower" in last
