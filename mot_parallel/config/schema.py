@@ -74,7 +74,7 @@ class ParallelConfig:
     collective_timeout_s: float = opt(
         1800.0, "Seconds a rank waits in a collective (or the start-up rendezvous) before failing with an error, "
         "so a stopped, deadlocked or dead rank cannot hang the others for long; must exceed the longest "
-        "legitimate wait (start-up skew, the slowest step, a checkpoint save). 1800 = torch's default.")
+        "legitimate wait (start-up skew, the slowest step, a checkpoint save). Applies to every group, gloo or NCCL.")
 
 
 @dataclass

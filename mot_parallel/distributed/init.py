@@ -67,9 +67,9 @@ def init_distributed(env: Optional[LaunchEnv] = None, *, force_cpu: bool = False
 def _default_group_timeout(timeout: datetime.timedelta) -> None:
     """Make `timeout` the default of every later new_group().
 
-    torch gives a group created without a timeout its own 30-minute default, not the world group's; our
-    topology and DeepSpeed (pipeline grid, ZeRO, sequence groups) create theirs that way, so a stopped
-    rank would still block the others for 30 minutes in a data-parallel all-reduce. torch reads these
+    torch gives a group created without a timeout its backend's default (gloo 30 min, NCCL 10 min), not
+    the world group's; our topology and DeepSpeed (pipeline grid, ZeRO groups) create theirs that way, so
+    a stopped rank would still block the others for that long in a collective on one of those groups. torch reads these
     module globals on every new_group() call (distributed_c10d._get_default_timeout); no API sets them.
     """
     from torch.distributed import distributed_c10d as c10d
