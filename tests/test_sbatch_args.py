@@ -19,12 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SBATCH = os.path.join(ROOT, "launch", "slurm", "pretrain.sbatch")
 CONFIG = "configs/demo_cpu.yaml"
 
-_RECORD = """#!{python}
-import json, os, sys
-with open(os.environ["RECORD"], "a") as f:
+_HEAD = "#!{python}\nimport json, os, sys\n"
+_WRITE = """with open(os.environ["RECORD"], "a") as f:
     f.write(json.dumps({{"prog": os.path.basename(sys.argv[0]), "argv": sys.argv[1:],
                         "node": os.environ.get("SLURM_NODEID")}}) + "\\n")
 """
+_RECORD = _HEAD + _WRITE  # a stub that appends its name, arguments and node to $RECORD
 STUBS = {
     "srun": _RECORD + """import subprocess
 first = next(i for i, a in enumerate(sys.argv[1:], 1) if not a.startswith("-"))
@@ -42,9 +42,9 @@ sys.exit(max(rcs))
 """,
     "scancel": _RECORD,
     "deepspeed": _RECORD,
-    "python": _RECORD.split("with open")[0] + """if sys.argv[1:2] != ["launch/pretrain.py"]:
+    "python": _HEAD + """if sys.argv[1:2] != ["launch/pretrain.py"]:  # config resolution: the real interpreter
     os.execv({python!r}, [{python!r}] + sys.argv[1:])
-""" + "with open" + _RECORD.split("with open")[1],
+""" + _WRITE,
 }
 
 
@@ -59,12 +59,20 @@ def stubs(tmp_path, monkeypatch):
         path.write_text(text.format(python=sys.executable))
         path.chmod(0o755)
     # the repository as a path that breaks out of a quoted Python string (no '/' allowed in a name)
-    repo = tmp_path / """repo'+__import__("os").system("touch pwned_by_repo")+'"""
+    repo = tmp_path / """repo'+str(__import__("os").system("touch $RECORD.pwned_by_repo"))+'"""
     repo.symlink_to(ROOT)
     return bin_dir, py_dir, repo
 
 
-HOSTILE = ["run.name=$(touch pwned_by_arg)", "train.optimizer.modality_lr_scale={image: 0.5}", "run.name=`touch x`"]
+def _hostile(tmp_path):
+    """Command substitution both ways (the later run.name wins; absolute targets, whatever the working
+    directory), and a value with a space."""
+    return [f"run.name=$(touch {tmp_path}/pwned_by_arg)", "train.optimizer.modality_lr_scale={image: 0.5}",
+            f"run.name=`touch {tmp_path}/pwned_by_backquotes`"]
+
+
+def _nothing_ran(tmp_path):
+    return not any(p.name.startswith(("pwned_by", "record.jsonl.pwned")) for p in tmp_path.rglob("*"))
 
 
 def _sbatch(tmp_path, stubs, mode, repo=None):
@@ -74,12 +82,11 @@ def _sbatch(tmp_path, stubs, mode, repo=None):
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", RECORD=str(tmp_path / "record.jsonl"),
                MOT_LAUNCH=mode, MOT_REPO=str(repo), MOT_PYTHON=str(py_dir / "python"), MOT_GPUS_PER_NODE="2",
                SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node[1-2]", SLURM_JOB_NUM_NODES="2")
-    args = [f"run.output_dir={run_dir}", *HOSTILE]
+    args = [f"run.output_dir={run_dir}", *_hostile(tmp_path)]
     out = subprocess.run(["bash", SBATCH, CONFIG, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     records = [json.loads(line) for line in open(tmp_path / "record.jsonl")] if out.returncode == 0 else []
-    nothing_ran = not any(p.name.startswith("pwned") or p.name == "x" for p in tmp_path.rglob("*"))
-    assert nothing_ran, f"a user argument or the repository path was executed: {os.listdir(tmp_path)}"
+    assert _nothing_ran(tmp_path), f"a user argument or the repository path was executed: {os.listdir(tmp_path)}"
     assert out.returncode == 0, out.stdout + out.stderr
     return records, args, run_dir
 
@@ -113,7 +120,8 @@ def test_pdsh_mode_sends_only_a_resolved_config_file(tmp_path, stubs):
     tail = argv[argv.index("launch/pretrain.py"):]
     assert tail[:2] == ["launch/pretrain.py", "--config"] and len(tail) == 3, tail
     cfg = load_config(tail[2], [])
-    assert cfg.run.name == "`touch x`" and cfg.train.optimizer.modality_lr_scale == {"image": 0.5}
+    assert cfg.run.name == f"`touch {tmp_path}/pwned_by_backquotes`"
+    assert cfg.train.optimizer.modality_lr_scale == {"image": 0.5}
     assert cfg.run.output_dir == str(run_dir)
 
 
@@ -121,14 +129,14 @@ def test_pdsh_mode_refuses_paths_the_remote_shell_would_interpret(tmp_path, stub
     bin_dir, py_dir, repo = stubs
     plain = tmp_path / "plain_repo"
     plain.symlink_to(ROOT)
-    run_dir = tmp_path / "run $(touch pwned_by_dir)"
+    run_dir = tmp_path / f"run $(touch {tmp_path}/pwned_by_dir)"
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", RECORD=str(tmp_path / "record.jsonl"),
                MOT_LAUNCH="pdsh", MOT_REPO=str(plain), MOT_PYTHON=str(py_dir / "python"),
                SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node[1-2]", SLURM_JOB_NUM_NODES="2")
     out = subprocess.run(["bash", SBATCH, CONFIG, f"run.output_dir={run_dir}"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "pdsh mode" in out.stdout + out.stderr, out.stdout + out.stderr
-    assert not any(p.name.startswith("pwned") for p in tmp_path.rglob("*"))
+    assert _nothing_ran(tmp_path)
     assert not any(json.loads(line)["prog"] == "deepspeed" for line in open(tmp_path / "record.jsonl"))
 
 
