@@ -110,6 +110,6 @@ def is_collective_timeout(exc: BaseException) -> bool:
 def collective_timeout_message(exc: BaseException, timeout_s: float, rank: int) -> str:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return (f"rank {rank}: a collective or the start-up rendezvous did not complete within "
-            f"parallel.collective_timeout_s={timeout_s:g} s ({first}). Another rank is stopped, deadlocked, dead or far slower (a long checkpoint save, a "
-            "stalled file system); its log says which. If that wait was legitimate, raise "
-            "parallel.collective_timeout_s.")
+            f"parallel.collective_timeout_s={timeout_s:g} s ({first}). Another rank is stopped, deadlocked, "
+            "dead or far slower (a long checkpoint save, a stalled file system); its log says which. If that "
+            "wait was legitimate, raise parallel.collective_timeout_s.")
