@@ -81,7 +81,7 @@ def test_worker_notices_the_runner_above_its_launcher_is_gone(chain):
     runner.send_signal(signal.SIGTERM)  # as `kill <deepspeed pid>`: the launcher itself survives
     runner.wait()
     why = _wait_for(out + ".gone", 5)
-    assert f"the launcher above its launcher process (pid {runner.pid}) is gone" == why
+    assert f"the launcher that started its launcher process (pid {runner.pid}) is gone" == why
     assert _alive(launcher)  # it was the grandparent's death that was seen, not the parent's
 
 

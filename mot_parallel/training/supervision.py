@@ -58,7 +58,7 @@ class Lineage:
         if os.getppid() != self.parent:
             return f"its launcher process (pid {self.parent}) is gone"
         if self.grandparent is not None and parent_of(self.parent) != self.grandparent:
-            return f"the launcher above its launcher process (pid {self.grandparent}) is gone"
+            return f"the launcher that started its launcher process (pid {self.grandparent}) is gone"
         return None
 
 
