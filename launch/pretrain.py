@@ -6,7 +6,9 @@
     python launch/pretrain.py --config ...        (one process)
 
 Writes <run.output_dir>/: config.yaml, deepspeed_config.json, metrics.jsonl, tensorboard/, checkpoints/.
-Resumes from the latest checkpoint there (checkpoint.resume=auto); SIGTERM checkpoints and exits.
+Resumes from the latest checkpoint there (checkpoint.resume=auto); SIGTERM checkpoints and exits, and so
+does the death of the launcher above the process. A rank that waits longer than
+parallel.collective_timeout_s for the others exits with an error saying so.
 
     python launch/pretrain.py --config configs/mot_7b_chameleon.yaml --dry-run --world-size 256 --rank 17
 builds rank 17's model on the meta device, checks shapes and sharding, and prints parameters and the
@@ -45,7 +47,13 @@ def main(argv=None):
         from mot_parallel.training.dry_run import dry_run
         sys.exit(1 if dry_run(cfg, world, args.rank, args.all_ranks) else 0)
     from mot_parallel.training import Trainer
-    Trainer(cfg, env).train()
+    from mot_parallel.training.supervision import collective_timeout_message, is_collective_timeout
+    try:
+        Trainer(cfg, env).train()
+    except RuntimeError as e:  # a peer that stopped answering: say so, and which key bounds the wait
+        if not is_collective_timeout(e):
+            raise
+        sys.exit("error: " + collective_timeout_message(e, cfg.parallel.collective_timeout_s, env.rank))
 
 
 if __name__ == "__main__":

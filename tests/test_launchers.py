@@ -1,7 +1,8 @@
 """launch/pretrain.py end to end under every launcher (the README main command is the deepspeed one):
 each trains 4 steps of a tiny model on the demo corpus and writes metrics with falling-or-finite loss;
 SIGKILL of the deepspeed launcher and its workers mid-run, then a relaunch, reproduces the uninterrupted
-run exactly; bad configs fail before any process group exists, naming the key."""
+run exactly; SIGTERM to the deepspeed launcher alone makes the workers checkpoint and exit, and a relaunch
+reproduces the run; bad configs fail before any process group exists, naming the key."""
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from mot_parallel.testing import free_port
@@ -64,13 +66,41 @@ def test_bad_config_fails_before_distributed_start(tmp_path):
     assert not os.path.exists(tmp_path / "metrics.jsonl")
 
 
-def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path):
+RESUMABLE = ["train.steps=8", "checkpoint.interval=2"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """The uninterrupted 8-step run under `deepspeed --num_gpus 2` that interrupted runs must reproduce."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    ref = _launch(LAUNCHERS["deepspeed"](), run_dir, RESUMABLE)
+    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-4000:]
+    return run_dir
+
+
+def _relaunch_reproduces(reference_run, run_dir, resumed_at):
+    again = _launch(LAUNCHERS["deepspeed"](), run_dir, RESUMABLE)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
+    assert "resumed from" in again.stdout and f"at step {resumed_at}" in again.stdout
+    want, got = losses(reference_run), losses(run_dir)
+    assert sorted(got) == list(range(1, 9)) == sorted(want)
+    for step in range(1, 9):
+        for key in ("loss", "loss/text", "loss/image", "loss/speech", "grad_norm", "lr"):
+            assert got[step][key] == want[step][key], (step, key)
+
+
+def _wait_for_line(log_path, line, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while line not in log_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert line in log_path.read_text(), log_path.read_text()[-4000:]
+
+
+def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path, reference_run):
     """`deepspeed --num_gpus 2` with checkpoints every 2 steps is SIGKILLed (launcher and workers, as a
     node failure or `scancel -s KILL` would) once step 5 is logged; the same command again resumes from
     step 4 and every step's losses, grad norm and LR equal the uninterrupted run's exactly (CPU fp32)."""
-    extra = ["train.steps=8", "checkpoint.interval=2"]
-    ref = _launch(LAUNCHERS["deepspeed"](), tmp_path / "ref", extra)
-    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-4000:]
+    extra = RESUMABLE
     run_dir = tmp_path / "killed"
     args, env = _command(LAUNCHERS["deepspeed"](), run_dir, extra, MOT_FAULT="stall_after_step:5")
     log_path = tmp_path / "killed.log"
@@ -78,19 +108,39 @@ def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path):
         proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # the launcher leads a process group with its workers
         try:  # rank 0 prints the step's console line after appending its metrics record
-            deadline = time.monotonic() + 300
-            while "step 5/8" not in log_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert "step 5/8" in log_path.read_text(), log_path.read_text()[-4000:]
+            _wait_for_line(log_path, "step 5/8", proc)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
     assert open(run_dir / "checkpoints" / "latest").read() == "step_00000004"
-    again = _launch(LAUNCHERS["deepspeed"](), run_dir, extra)
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
-    assert "resumed from" in again.stdout and "at step 4" in again.stdout
-    want, got = losses(tmp_path / "ref"), losses(run_dir)
-    assert sorted(got) == list(range(1, 9)) == sorted(want)
-    for step in range(1, 9):
-        for key in ("loss", "loss/text", "loss/image", "loss/speech", "grad_norm", "lr"):
-            assert got[step][key] == want[step][key], (step, key)
+    _relaunch_reproduces(reference_run, run_dir, resumed_at=4)
+
+
+def test_sigterm_to_the_launcher_checkpoints_and_stops_the_workers(tmp_path, reference_run):
+    """SIGTERM to the `deepspeed` runner alone (the process launch/demo.sh execs) while the workers hold
+    after step 5. DeepSpeed's runner dies at once without telling launch.py or the workers (before the fix
+    they trained on, unsupervised); now the workers notice, save step 5 (not an interval step) and exit,
+    and launch.py after them, all within 60 s; a relaunch resumes at step 5 and every step's losses, grad
+    norm and LR equal the uninterrupted run's exactly (CPU fp32)."""
+    run_dir, log_path = tmp_path / "stopped", tmp_path / "stopped.log"
+    args, env = _command(LAUNCHERS["deepspeed"](), run_dir, RESUMABLE, MOT_FAULT="hold_after_step:5")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            _wait_for_line(log_path, "step 5/8", proc)
+            below = psutil.Process(proc.pid).children(recursive=True)  # launch.py and the two workers
+            assert len(below) == 3, [p.cmdline() for p in below]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == -signal.SIGTERM  # the runner has no handler on one node
+            _, alive = psutil.wait_procs(below, timeout=60)
+            assert not alive, (alive, log_path.read_text()[-4000:])
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # nothing left of the group: the expected outcome
+                pass
+    log = log_path.read_text()
+    assert "is gone; stopping as on SIGTERM" in log and "SIGTERM: checkpointing at step 5" in log, log[-4000:]
+    assert open(run_dir / "checkpoints" / "latest").read() == "step_00000005"
+    _relaunch_reproduces(reference_run, run_dir, resumed_at=5)

@@ -19,7 +19,7 @@ from slurm_cluster import LocalSlurm, ensure_slurm_installed
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBMIT = [sys.executable, os.path.join(ROOT, "launch", "submit.py"), "--config",
           os.path.join(ROOT, "configs", "demo_cpu.yaml"), "--gpus-per-node", "0", "--procs-per-node", "2",
-          "--time", "00:15:00"]
+          "--time", "00:15:00", "--python", sys.executable]  # this interpreter, wherever the repository's .venv is
 
 
 def _metrics(run):

@@ -85,6 +85,10 @@ class ParallelConfig:
     pipeline_parallel: int = opt(1, "Pipeline stages; divides num_layers. Needs zero_stage <= 1.")
     sequence_parallel: bool = opt(False, "Megatron sequence parallelism inside the TP group (no-op at TP=1).")
     zero_stage: int = opt(1, "DeepSpeed ZeRO stage 0-3 over the data-parallel group (<= 1 with pipelines).")
+    collective_timeout_s: float = opt(
+        1800.0, "Seconds a rank waits in a collective (or the start-up rendezvous) before failing with an error, "
+        "so a stopped, deadlocked or dead rank cannot hang the others for long; must exceed the longest "
+        "legitimate wait (start-up skew, the slowest step, a checkpoint save). Applies to every group, gloo or NCCL.")
 
 
 @dataclass

@@ -6,6 +6,7 @@ each naming the dotted key, the offending value and the fix; with a world size i
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
 from .layout import ParallelLayout
@@ -87,6 +88,9 @@ def _parallel_errors(cfg: Config, world_size: Optional[int]) -> List[str]:
             err.append(f"parallel.{key}={getattr(p, key)} must be >= 1")
     if err:
         return err
+    if not (math.isfinite(p.collective_timeout_s) and p.collective_timeout_s > 0):
+        err.append(f"parallel.collective_timeout_s={p.collective_timeout_s} must be a positive, finite number of "
+                   "seconds (default 1800)")
     if p.zero_stage not in (0, 1, 2, 3):
         err.append(f"parallel.zero_stage={p.zero_stage} must be 0, 1, 2 or 3")
     if p.pipeline_parallel > 1 and p.zero_stage > 1:

@@ -8,15 +8,17 @@ points. Specs:
   MOT_FAULT=kill_after_step:N    die (exit 17) right after optimizer step N was logged
   MOT_FAULT=stall_after_step:N   block right after step N was logged, so a test can kill the launcher from
                                  outside at a known step
+  MOT_FAULT=hold_after_step:N    block right after step N was logged until a stop is requested (SIGTERM, or
+                                 the launcher's death), so a test can stop the run at a known step
 """
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
-POINTS = ("crash_in_save", "kill_after_step", "stall_after_step")
+POINTS = ("crash_in_save", "kill_after_step", "stall_after_step", "hold_after_step")
 
 
 class FaultInjector:
@@ -38,13 +40,15 @@ class FaultInjector:
             if self.hits == self.arg:
                 _die()
 
-    def after_step(self, step: int) -> None:
-        if self.arg != step or self.name not in ("kill_after_step", "stall_after_step"):
+    def after_step(self, step: int, stop_requested: Callable[[], bool] = lambda: False) -> None:
+        if self.arg != step or self.name not in POINTS[1:]:
             return
         if self.name == "kill_after_step":
             _die()
         sys.stdout.flush()
-        time.sleep(3600)
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline and not (self.name == "hold_after_step" and stop_requested()):
+            time.sleep(0.05)
 
 
 def _die() -> None:

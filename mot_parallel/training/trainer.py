@@ -53,6 +53,7 @@ from .optim import WarmupDecayLR, lr_factor, param_groups
 from .pipeline import build_pipeline_module
 from .resume import checkpoint_dir, resolve_resume
 from .steps import StepRunner
+from .supervision import watch_launcher
 
 # DeepSpeed's own collectives call torch APIs renamed in torch 2.13; the warning is theirs, not ours
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
@@ -76,10 +77,12 @@ class Trainer:
         import deepspeed
         self.cfg, self.on_step_begin, self.on_step_end = cfg, on_step_begin, on_step_end
         env = env or detect_launch_env(argv=sys.argv)
+        watch_launcher(env.launcher)  # launcher gone (e.g. SIGTERMed `deepspeed` runner): stop as on SIGTERM
         self.layout = L = validate(cfg, world_size=env.world_size)                   # 1
         self.resume_target = resolve_resume(cfg, L)
         check_writable(checkpoint_dir(cfg))
-        self.ctx = init_distributed(env, require_process_group=True)                  # 2
+        self.ctx = init_distributed(env, require_process_group=True,                  # 2
+                                    timeout_s=cfg.parallel.collective_timeout_s)
         deepspeed.init_distributed(dist_backend=self.ctx.backend)
         self.device, self.rank = self.ctx.device, self.ctx.rank
         self.topo = ParallelTopology.build(L)
@@ -261,7 +264,7 @@ class Trainer:
                 if self._eval_due():
                     self.evaluate()
                 if self.fault is not None:
-                    self.fault.after_step(self.step)
+                    self.fault.after_step(self.step, lambda: self._stop_requested)
                 if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                     self.save()
                     last_saved = self.step
