@@ -22,6 +22,7 @@ import torch
 from torch.profiler import record_function
 
 from ..distributed.collectives import even_sizes
+from .attention_mask import build_attention_mask
 
 ROUTING_SCOPE = "mot/routing"
 
@@ -148,7 +149,7 @@ def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, route
     if segment_ids is not None:
         positions = positions_from_segments(segment_ids).to(device, non_blocking=True)
         segments = segment_ids.to(device, non_blocking=True)
-        mask = document_mask(segments)
+        mask = build_attention_mask(segment_ids, device=device)  # host ids; its kernel's form, on device
     return RoutingPlan(s, b, counts, routed, perm, inv, sp_sizes, local, positions, segments, mask)
 
 
