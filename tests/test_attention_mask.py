@@ -195,9 +195,8 @@ def test_kernel_choice_and_mask_bytes():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kv_heads", [32, 8])
-def test_compiled_flex_matches_sdpa_on_gpu_without_host_sync(kv_heads):
-    """Compiled FlexAttention (block-sparse) vs SDPA with the dense mask, bf16, s = 2048: outputs and
+def test_compiled_flex_matches_sdpa_on_gpu_without_host_sync(kv_heads=8):
+    """Compiled FlexAttention (block-sparse) vs SDPA with the dense mask, bf16, s = 2048, GQA: outputs and
     gradients within 2e-2 abs (bf16 rounding of O(1) values); building the mask and running fwd+bwd issues
     no device->host synchronisation."""
     device = dev.pick_device(0)

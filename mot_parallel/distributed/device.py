@@ -144,3 +144,8 @@ def describe(device: torch.device) -> dict:
         info.update(memory_gb=round(props.total_memory / 2**30, 1), capability=f"{props.major}.{props.minor}",
                     multiprocessors=props.multi_processor_count, runtime=torch.version.cuda)
     return info
+
+
+def allocated_memory_gb(device: torch.device) -> float:
+    """Memory allocated now (accelerators; 0 on CPU)."""
+    return torch.cuda.memory_allocated(device) / 2**30 if is_accelerator(device) else 0.0
