@@ -234,3 +234,26 @@ def test_planner_counts_the_mask_its_kernel_uses():
             assert cpu - gpu == mask_bytes(2, 4096, "sdpa") - mask_bytes(2, 4096, "flex") > 2 * 4096 ** 2 * 0.99
         else:
             assert cpu == gpu
+
+
+@pytest.mark.slow
+def test_compiled_flex_uses_the_block_structure_and_compiles_once():
+    """torch.compile(flex_attention) on CPU (inductor's block-sparse kernel, forward; ~1 min to compile)
+    equals SDPA with the dense mask for three different masks (documents, image spans, documents), and
+    the new masks reuse the first compiled graph (the mask_mod is one code object over new tensors)."""
+    import torch._dynamo.utils as dynamo_utils
+    from torch.nn.attention.flex_attention import flex_attention
+    compiled = torch.compile(flex_attention, dynamic=False)
+    s = 512  # 128-token tiles: some full, some partial, some skipped
+    q, k, v = (torch.randn(1, 4, s, 64, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    graphs = None
+    for seed, span_prob in ((0, 0.0), (1, 1.0), (2, 0.0)):
+        doc, span = random_layout(seed, s, 1, max_docs=4, span_prob=span_prob)
+        partial, full = block_classes(*intervals(doc.t(), span.t()), 128)
+        assert partial.any() and (seed == 1 or full.any()) and not (partial | full).all()
+        mask = build_attention_mask(doc, span, kernel="flex")
+        out = compiled(q, k, v, block_mask=mask.block_mask)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense())
+        assert (out - ref).abs().max() < TOL
+        graphs = graphs or dynamo_utils.counters["stats"]["unique_graphs"]
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs
