@@ -5,7 +5,8 @@ CPU (the same processes, parsers and report as on a GPU), and its plumbing isola
   planner's estimate;
 - a part that raises is recorded and the next still runs; a part's process group is killed at its time
   limit; a part that does not fit the budget is skipped; unknown part names are refused;
-- the wheel manifest: nothing is installed when everything is present.
+- the wheels: the requirement closure follows package metadata and leaves torch/numpy out; nothing is
+  installed when everything is present.
 """
 import importlib.util
 import json
@@ -85,3 +86,12 @@ def test_nothing_installed_when_everything_is_present(tmp_path):
     from gpu_check_wheels import install_missing
     (tmp_path / "manifest.json").write_text(json.dumps({"packages": {"pytest": "0", "torch": "0"}}))
     assert install_missing(str(tmp_path), str(tmp_path / "site")) == "all present"
+
+
+def test_wheel_closure_follows_requirements_and_leaves_torch_out():
+    _tool()
+    from gpu_check_wheels import requirement_closure
+    pins = requirement_closure(["deepspeed", "pytest"], ["3.12"])
+    assert {"deepspeed", "hjson", "pydantic", "pydantic-core", "pluggy", "iniconfig"} <= set(pins)
+    assert not {"torch", "numpy"} & set(pins) and all(pins.values())
+

@@ -9,13 +9,13 @@
     python tools/gpu_check.py --cpu-smoke --out /tmp/gpu_check_smoke
 
 What --prepare-wheels downloads (pure-python or manylinux x86-64 wheels for each --python-version, default
-3.12 (the GPU image's) and this interpreter's; ~7 MB per version, NOT torch, NOT numpy): deepspeed built
-with DS_BUILD_OPS=0 (no compiled ops: the trainer uses torch's fused AdamW), its requirements hjson, pydantic,
-pydantic-core, annotated-types, typing-inspection, typing-extensions, py-cpuinfo, msgpack, psutil, ninja,
-packaging, tqdm, einops, nvidia-ml-py, and pyyaml, safetensors, pytest, pluggy, iniconfig; versions pinned to
-this environment's, listed in DIR/manifest.json. --wheels installs, with `pip install --no-index --no-deps
---target <work-dir>/site`, only those the GPU machine's python lacks (the machine's environment is not
-modified; the parts see them on PYTHONPATH).
+3.12 (the GPU image's) and this interpreter's; ~6 MB per version): deepspeed built with DS_BUILD_OPS=0 (no
+compiled ops: the trainer uses torch's fused AdamW), pyyaml, safetensors, pytest, and everything they require
+(hjson, pydantic, pydantic-core, annotated-types, typing-inspection, typing-extensions, py-cpuinfo, msgpack,
+psutil, ninja, packaging, tqdm, einops, pluggy, iniconfig, pygments, ...: read from this environment's package
+metadata), NOT torch, numpy or triton; versions pinned to this environment's, listed in DIR/manifest.json.
+--wheels installs, with `pip install --no-index --no-deps --target <work-dir>/site`, only those the GPU
+machine's python lacks (its environment is not modified; the parts see them on PYTHONPATH).
 
 Parts, in order, each in its own process with its own time limit (a failure or timeout is recorded and
 the next part runs; the report is rewritten after every part):
@@ -62,9 +62,7 @@ DS_SMOKE = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "
             "model.max_seq_len=128", "train.micro_batch_size=2", "data.demo_documents=300"]
 DS_COMMON = ["model.modalities=[text,image,speech]", "train.steps=1000", "checkpoint.interval=0",
              "checkpoint.resume=none", "checkpoint.save_on_sigterm=false", "logging.tensorboard=false"]
-WHEELS = ["deepspeed", "hjson", "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
-          "typing-extensions", "py-cpuinfo", "msgpack", "psutil", "ninja", "packaging", "tqdm", "einops",
-          "nvidia-ml-py", "pyyaml", "safetensors", "pytest", "pluggy", "iniconfig"]
+WHEEL_ROOTS = ["deepspeed", "pyyaml", "safetensors", "pytest"]  # + all they require (gpu_check_wheels.py)
 
 
 def run_cmd(cmd, timeout, env, cwd=ROOT):
@@ -216,7 +214,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.prepare_wheels:
         from gpu_check_wheels import prepare
-        return prepare(args.prepare_wheels, WHEELS, args.python_version)
+        return prepare(args.prepare_wheels, WHEEL_ROOTS, args.python_version)
     if args.run_part:  # child: one in-process part
         from mot_parallel.benchmarks import kernels, step_probe
         fn = getattr(kernels, RUNNERS[args.run_part], None) or getattr(step_probe, RUNNERS[args.run_part])
