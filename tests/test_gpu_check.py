@@ -5,8 +5,8 @@ CPU (the same processes, parsers and report as on a GPU), and its plumbing isola
   planner's estimate;
 - a part that raises is recorded and the next still runs; a part's process group is killed at its time
   limit; a part that does not fit the budget is skipped; unknown part names are refused;
-- the wheels: the requirement closure follows package metadata and leaves torch/numpy out; nothing is
-  installed when everything is present.
+- the wheels: the requirement closure follows package metadata and leaves torch/numpy out; a missing
+  package is installed offline into the target directory; nothing is installed when everything is present.
 """
 import importlib.util
 import json
@@ -95,3 +95,26 @@ def test_wheel_closure_follows_requirements_and_leaves_torch_out():
     assert {"deepspeed", "hjson", "pydantic", "pydantic-core", "pluggy", "iniconfig"} <= set(pins)
     assert not {"torch", "numpy"} & set(pins) and all(pins.values())
 
+
+
+def test_offline_install_of_a_missing_wheel(tmp_path):
+    """A hand-made wheel of a package this python lacks is installed offline into the target directory."""
+    import zipfile
+    _tool()
+    from gpu_check_wheels import install_missing
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    info = "mot_fake_probe-0.1.dist-info"
+    files = {"mot_fake_probe/__init__.py": "VALUE = 42\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: mot-fake-probe\nVersion: 0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(wheels / "mot_fake_probe-0.1-py3-none-any.whl", "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    (wheels / "manifest.json").write_text(json.dumps({"packages": {"mot-fake-probe": "0.1", "pytest": "0"}}))
+    site = tmp_path / "site"
+    assert install_missing(str(wheels), str(site)) == "installed mot-fake-probe==0.1"
+    out = subprocess.run([sys.executable, "-c", "import mot_fake_probe; print(mot_fake_probe.VALUE)"],
+                         env=dict(os.environ, PYTHONPATH=str(site)), capture_output=True, text=True)
+    assert out.stdout.strip() == "42", out.stderr

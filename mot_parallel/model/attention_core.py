@@ -28,8 +28,8 @@ def _flex(device: torch.device):
     from torch.nn.attention.flex_attention import flex_attention
     if not dev.is_accelerator(device):
         return flex_attention
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    if _compiled_flex is None:  # automatic dynamic shapes: static for training's fixed shapes; a new length
+        _compiled_flex = torch.compile(flex_attention)  # (inference) recompiles once with dynamic shapes
     return _compiled_flex
 
 
