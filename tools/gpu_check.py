@@ -133,8 +133,10 @@ def part_deepspeed(shape, args, env, timeout):
     target, warmup, interval = (6, 2, 2) if smoke else (40, 10, 5)
     overrides = (DS_SMOKE if smoke else DS_FULL) + DS_COMMON + [f"run.output_dir={run_dir}",
                                                                 f"logging.interval={interval}"]
-    p = subprocess.Popen([sys.executable, __file__, "--ds-child", probe, "--", *overrides], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log_path = os.path.join(args.work_dir, "ds_run.log")  # a file, not a pipe: nobody drains a pipe meanwhile
+    with open(log_path, "w") as log_file:
+        p = subprocess.Popen([sys.executable, __file__, "--ds-child", probe, "--", *overrides], cwd=ROOT, env=env,
+                             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     metrics, t0, status = os.path.join(run_dir, "metrics.jsonl"), time.time(), "timeout"
     while time.time() - t0 < timeout:
         if p.poll() is not None:
@@ -146,7 +148,8 @@ def part_deepspeed(shape, args, env, timeout):
         time.sleep(0.5)
     if p.poll() is None:
         os.killpg(p.pid, signal.SIGKILL)  # SIGKILL: no checkpoint write (GBs of optimizer state)
-    log = p.communicate()[0]
+    p.wait()
+    log = open(log_path).read()
     if status != "ok" and not (os.path.exists(metrics) and os.path.exists(probe)):
         return {"status": status, "error": _last_line(log), "log": log}
     from mot_parallel.benchmarks.step_probe import ds_summary
