@@ -23,8 +23,8 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     run_slow = config.getoption("--slow") or "slow" in (config.getoption("-m") or "")
     has_gpu = device.accelerator_available()
-    for item in items:
-        if "slow" in item.keywords and not run_slow:
+    for item in items:  # markers, not keywords: keywords also hold directory names (a checkout in .../gpu/)
+        if item.get_closest_marker("slow") and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: run with tests/run.sh --slow"))
-        if "gpu" in item.keywords and not has_gpu:
+        if item.get_closest_marker("gpu") and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device here"))

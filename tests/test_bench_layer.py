@@ -38,6 +38,8 @@ def test_bench_layer_json_schema():
     assert variants == {("dense", 1), ("mot", 2), ("mot", 3), ("naive", 2), ("naive", 3)}
     for r in data["results"]:
         assert r["ms"] > 0 and r["ratio_to_dense"] > 0 and r["params"] > 0 and r["flops_per_token"] > 0
+        assert abs(r["tflops"] - 3 * r["flops_per_token"] * 64 / (r["ms"] / 1e3) / 1e12) <= 0.01 + 0.01 * r["tflops"]
+        assert r["of_peak"] is None  # CPU: no peak in the table
     dense = next(r for r in data["results"] if r["variant"] == "dense")
     assert dense["ratio_to_dense"] == 1.0
     mot3 = next(r for r in data["results"] if r["variant"] == "mot" and r["modalities"] == 3)

@@ -3,11 +3,16 @@
     python tools/bench_layer.py                          # h 1024, 16 heads, ffn 2816, seq 2048, batch 1, fp32
     python tools/bench_layer.py --modalities 3 --split 0.6,0.3,0.1 --json
     python tools/bench_layer.py --hidden 256 --ffn 704 --seq 512 --rounds 3   # quick look
+    python tools/bench_layer.py --device auto --dtype bf16 --hidden 4096 --heads 32 --ffn 11008 --seq 4096
+                                                         # a 7B layer on the GPU (tools/gpu_check.py runs this)
 
 All variants run in one process, interleaved round by round (median of --rounds), so the ratios to
 dense are measured under the same machine state. Modalities are laid out as contiguous runs (documents,
 image blocks) in shuffled order, each modality holding its --split share of the tokens (default even).
 The routing plan is built once per step for all layers; its cost is reported apart (plan_ms).
+TFLOP/s counts model FLOPs of the layer's training step (3 x forward, dense-equivalent: MoT does the
+same FLOPs per token as dense) over the measured time; `of_peak` divides it by the device's dense bf16
+peak (mot_parallel/flops.py table, or --peak-tflops), i.e. the layer's MFU.
 On CPU, glibc is told to keep freed memory (PyTorch has no CPU caching allocator; otherwise every step
 page-faults its activations back in and the ratios drift by +-5% with allocation history).
 """
@@ -82,6 +87,7 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--device", choices=["auto", "cpu"], default="cpu")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for of_peak (default: table)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
     device = dev.pick_device(0, force_cpu=args.device == "cpu")
@@ -122,19 +128,27 @@ def main(argv=None):
                                split=[round(f, 4) for f in fractions])
     ms = time_interleaved(steps, rounds=args.rounds, warmup=args.warmup, device=device)
     dense = ms[("dense", 1)]
-    results = [dict(variant=k, modalities=m, ms=round(t, 2), ratio_to_dense=round(t / dense, 3), **info[(k, m)])
-               for (k, m), t in ms.items()]
+    peak = args.peak_tflops or dev.peak_bf16_tflops(device)
+    results = []
+    for (k, m), t in ms.items():
+        tflops = 3 * info[(k, m)]["flops_per_token"] * args.seq * args.batch / (t / 1e3) / 1e12
+        results.append(dict(variant=k, modalities=m, ms=round(t, 3), ratio_to_dense=round(t / dense, 3),
+                            tflops=round(tflops, 2), of_peak=round(tflops / peak, 4) if peak else None,
+                            **info[(k, m)]))
     shape = dict(hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads or args.heads, ffn=args.ffn,
                  seq=args.seq, batch=args.batch, dtype=args.dtype, device=str(device), rounds=args.rounds,
-                 threads=torch.get_num_threads(), keep_freed_host_memory=host_alloc)
+                 threads=torch.get_num_threads(), keep_freed_host_memory=host_alloc,
+                 device_name=dev.device_name(device), peak_tflops=peak)
     if args.json:
         print(json.dumps({"results": results, "shape": shape, "plan_ms": plan_ms}, indent=1))
         return
     print(f"one layer fwd+bwd, {shape}")
-    print(f"{'variant':8} {'M':>2} {'ms':>10} {'x dense':>8} {'params':>12} {'fwd FLOP/token':>15}  split")
+    print(f"{'variant':8} {'M':>2} {'ms':>10} {'x dense':>8} {'TFLOP/s':>8} {'of peak':>8} {'params':>12} "
+          f"{'fwd FLOP/token':>15}  split")
     for r in results:
-        print(f"{r['variant']:8} {r['modalities']:>2} {r['ms']:>10.1f} {r['ratio_to_dense']:>8.3f} "
-              f"{r['params']:>12,} {r['flops_per_token']:>15,.0f}  {r['split']}")
+        of_peak = f"{r['of_peak']:.1%}" if r["of_peak"] is not None else "-"
+        print(f"{r['variant']:8} {r['modalities']:>2} {r['ms']:>10.2f} {r['ratio_to_dense']:>8.3f} "
+              f"{r['tflops']:>8.2f} {of_peak:>8} {r['params']:>12,} {r['flops_per_token']:>15,.0f}  {r['split']}")
     print("routing plan build (once per step, all layers): " +
           ", ".join(f"M={m}: {t:.2f} ms" for m, t in plan_ms.items()))
 

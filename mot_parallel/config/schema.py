@@ -177,8 +177,9 @@ class LoggingConfig:
     tensorboard: bool = opt(True, "Also write TensorBoard events under <run.output_dir>/tensorboard.")
     peak_tflops: Optional[float] = opt(
         None, "Per-device peak TFLOP/s for MFU (null = from the device table: A100 312, H100 989 bf16).")
-    time_breakdown: bool = opt(
-        True, "Split step time into data/forward/backward/optimizer (synchronises the device between them).")
+    time_breakdown: Optional[bool] = opt(
+        None, "Split step time into data/forward/backward/optimizer by synchronising the device between them "
+        "(4 syncs per micro-batch): null = on for CPU (free there), off on GPUs (then the split is host time).")
 
 
 @dataclass

@@ -41,7 +41,7 @@ class MicroBatch:
         move = (lambda t: t.pin_memory().to(device, non_blocking=True)) if pin else (lambda t: t.to(device))
         self.tokens, self.labels, self.label_modalities = (move(t) for t in (self.tokens, self.labels,
                                                                                self.label_modalities))
-        self.global_label_counts = self.global_label_counts.to(device)
+        self.global_label_counts = move(self.global_label_counts)  # a blocking upload would sync the device
         return self
 
 

@@ -5,6 +5,7 @@ Everything else asks this module; no other file names the CUDA device type or th
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -99,3 +100,57 @@ def set_host_allocator(policy: str) -> bool:
         return all(bool(libc.mallopt(option, value)) for option, value in settings)
     except (OSError, AttributeError):
         return False
+
+
+@contextlib.contextmanager
+def sync_debug_mode(mode: str = "error"):
+    """Within the block, any device->host synchronisation warns ('warn') or raises ('error') on an
+    accelerator (torch's CUDA sync debug mode); a no-op on CPU, where nothing synchronises."""
+    if not accelerator_available():
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for peak_memory_gb (accelerators; CPU peak RSS cannot be reset here)."""
+    if is_accelerator(device):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def reserved_memory_gb(device: torch.device) -> float:
+    """Peak memory the caching allocator reserved from the driver (>= allocated; 0 on CPU)."""
+    return torch.cuda.max_memory_reserved(device) / 2**30 if is_accelerator(device) else 0.0
+
+
+def empty_cache() -> None:
+    if accelerator_available():
+        torch.cuda.empty_cache()
+
+
+def peak_bf16_tflops(device: torch.device) -> Optional[float]:
+    """Dense bf16 tensor-core peak of `device` from the table in mot_parallel/flops.py (None: unknown/CPU)."""
+    if not is_accelerator(device):
+        return None
+    from ..flops import peak_tflops  # lazy: flops imports the model settings
+    return peak_tflops(device_name(device))
+
+
+def describe(device: torch.device) -> dict:
+    """Name, memory and versions, for reports."""
+    info = {"device": str(device), "name": device_name(device), "torch": torch.__version__}
+    if is_accelerator(device):
+        props = torch.cuda.get_device_properties(device)
+        info.update(memory_gb=round(props.total_memory / 2**30, 1), capability=f"{props.major}.{props.minor}",
+                    multiprocessors=props.multi_processor_count, runtime=torch.version.cuda)
+    return info
+
+
+def allocated_memory_gb(device: torch.device) -> float:
+    """Memory allocated now (accelerators; 0 on CPU)."""
+    return torch.cuda.memory_allocated(device) / 2**30 if is_accelerator(device) else 0.0

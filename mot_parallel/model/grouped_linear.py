@@ -31,6 +31,7 @@ from ..tensor_parallel.layout import split_full
 from .grouped_ops import grouped_mm
 from .routing import RoutingPlan
 from .sp_grouped_mm import sp_gather_grouped_mm
+from .tp_grouped_mm import tp_grouped_mm
 
 
 class _GroupedParallelLinear(nn.Module):
@@ -149,10 +150,9 @@ class GroupedColumnParallelLinear(_GroupedParallelLinear):
             n = sum(sizes) if sizes is not None else x.shape[0] * self.tp_size  # all tokens, once gathered
             counts = self._counts(plan, n)
             ys = sp_gather_grouped_mm(x, self.weights(), counts, blocks, self.tp_group, sizes)
-        else:
-            x = M.copy_to_tp_region(x, self.tp_group)
+        else:  # copy-to-TP fused with the GEMM: backward overlaps the dx all-reduce with dW
             counts = self._counts(plan, x.shape[0])
-            ys = grouped_mm(x, self.weights(), counts, blocks)
+            ys = tp_grouped_mm(x, self.weights(), counts, blocks, self.tp_group)
         if self.bias is not None and not self.skip_bias_add:
             ys = self._add_bias(ys, counts, blocks)
         return ys, self._bias_out()

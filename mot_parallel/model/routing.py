@@ -23,6 +23,7 @@ import torch
 from torch.profiler import record_function
 
 from ..distributed.collectives import even_sizes
+from .attention_mask import AttentionMask, build_attention_mask
 
 ROUTING_SCOPE = "mot/routing"
 
@@ -54,23 +55,27 @@ class RoutingPlan:
     local_counts: Optional[Tuple[int, ...]] = None  # per-modality counts of this rank's SP shard (grouped only)
     position_ids: Optional[torch.Tensor] = None   # [s, b] RoPE positions (reset per document)
     segment_ids: Optional[torch.Tensor] = None    # [s, b] document ids for document masking
-    attention_mask: Optional[torch.Tensor] = None  # [b, 1, s, s] bool, causal & same document; one per
-    #                                               micro-batch, shared by every layer (saved once)
+    attention_mask: Optional[AttentionMask] = None  # causal within documents (attention_mask.py), in its
+    #                                                 kernel's form; one per micro-batch, shared by all layers
 
     @classmethod
     def assemble(cls, seq_len: int, batch: int, counts: Sequence[int], *, grouped: bool,
                  perm: Optional[torch.Tensor], inv_perm: Optional[torch.Tensor], sequence_parallel: bool,
                  tp_size: int, tp_rank: int, position_ids: Optional[torch.Tensor] = None,
-                 segment_ids: Optional[torch.Tensor] = None) -> "RoutingPlan":
+                 segment_ids: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[AttentionMask] = None) -> "RoutingPlan":
         """The one constructor behind build_routing_plan and from_tensors: everything derived from the
-        counts (SP shard sizes, the shard's per-modality counts) and from the document ids (the mask)."""
+        counts (SP shard sizes, the shard's per-modality counts) and from the document ids (the mask, unless
+        given: build_routing_plan builds it from the host ids, a pipeline stage from the device ids)."""
         counts = tuple(int(c) for c in counts)
         sp_sizes = local = None
         if sequence_parallel and tp_size > 1:
             sp_sizes, local = sp_shard(seq_len * batch, counts, tp_size, tp_rank)
             # a dense (ungrouped) stream is in sequence order: a shard's modality counts describe no slices
             local = local if grouped else None
-        mask = document_mask(segment_ids) if segment_ids is not None else None
+        mask = attention_mask
+        if mask is None and segment_ids is not None:
+            mask = build_attention_mask(segment_ids, device=segment_ids.device)
         return cls(seq_len, batch, counts, grouped, perm, inv_perm, sp_sizes, local, position_ids, segment_ids, mask)
 
     @property
@@ -203,14 +208,8 @@ def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, route
     if segment_ids is not None:
         positions = positions_from_segments(segment_ids).to(device, non_blocking=True)
         segments = segment_ids.to(device, non_blocking=True)
+    mask = build_attention_mask(segment_ids, device=device) if segment_ids is not None else None  # host ids
     return RoutingPlan.assemble(s, b, counts, grouped=routed, perm=perm, inv_perm=inv,
                                 sequence_parallel=sequence_parallel, tp_size=tp_size, tp_rank=tp_rank,
-                                position_ids=positions, segment_ids=segments)
+                                position_ids=positions, segment_ids=segments, attention_mask=mask)
 
-
-def document_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """[b, 1, s, s] bool: token i attends to token j iff j <= i and both are in the same document."""
-    s = segment_ids.shape[0]
-    seg = segment_ids.t()
-    causal = torch.ones(s, s, dtype=torch.bool, device=seg.device).tril()
-    return ((seg.unsqueeze(2) == seg.unsqueeze(1)) & causal).unsqueeze(1)

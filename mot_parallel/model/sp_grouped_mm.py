@@ -7,6 +7,10 @@ activations). Like Megatron's LinearWithGradAccumulationAndAsyncCommunication, t
 slice and all-gathers it again in backward: one more all-gather per column linear in backward, for t x
 less memory. Collectives per call, forward: all-gather; backward: all-gather (x again), reduce-scatter (dx)
 - the same as a dense Megatron column-parallel linear under SP, whatever the number of modalities.
+
+Backward overlaps both, as Megatron does: the all-gather of x is launched before the dx GEMM (which does
+not need it) and awaited after; the reduce-scatter of dx is launched before the weight-gradient GEMMs
+(which do not need it) and awaited after. Same calls, same order, same bytes as without overlap.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from ..distributed import async_collectives as AC
 from ..distributed import collectives as C
 from .grouped_ops import check_groups, grouped_mm_forward, grouped_mm_input_grad, grouped_mm_weight_grads
 
@@ -31,14 +36,18 @@ class _SPGatherGroupedMM(torch.autograd.Function):
         x, *ws = ctx.saved_tensors
         gys = [None if gy is None else gy.contiguous() for gy in gys]
         need_w = ctx.needs_input_grad[5:]
-        # rebuilt for the weight gradients (all TP ranks agree on which weights need them)
-        full = C.all_gather_dim0(x, ctx.group, ctx.sizes) if any(need_w) else None
-        gx = None
+        # x is gathered again for the weight gradients (all TP ranks agree on which weights need them),
+        # while the dx GEMM runs
+        gather = AC.start_all_gather_dim0(x, ctx.group, ctx.sizes) if any(need_w) else None
+        gx_full = None
         if ctx.needs_input_grad[0]:
             n = sum(ctx.counts)
             gx_full = grouped_mm_input_grad(gys, ws, ctx.counts, ctx.blocks, x.new_empty(n, x.shape[-1]))
-            gx = C.reduce_scatter_dim0(gx_full, ctx.group, ctx.sizes)  # each rank held a partial dx
+        full = gather.wait() if gather is not None else None
+        # each rank held a partial dx: reduce-scatter it while the weight-gradient GEMMs run
+        scatter = AC.start_reduce_scatter_dim0(gx_full, ctx.group, ctx.sizes) if gx_full is not None else None
         gws = grouped_mm_weight_grads(gys, full, ws, ctx.counts, ctx.blocks, need_w)
+        gx = scatter.wait() if scatter is not None else None
         return (gx, None, None, None, None, *gws)
 
 

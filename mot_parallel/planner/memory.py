@@ -27,7 +27,9 @@ stream: N/t with sequence parallelism else N; full-sequence tensors after the SP
   all-gathered again in backward) | SDPA q, k, v, out (2 hq + 2 hkv) d / t (N)
   | W_O input hq d / t (N) | SwiGLU gate, up 2 f / t (N) | FFN-down input f / t (N)
   | QK-norm inputs (hq + hkv) d / t (N) when on; fp32 RMS and log-sum-exp statistics
-  and one boolean document mask [b, s, s] per micro-batch, shared by all layers.
+  and one attention mask per micro-batch, shared by all layers, in the form its kernel uses
+  (model/attention_mask.py: on an accelerator FlexAttention's block indices, KBs; on CPU the dense
+  bool [b, s, s]; nothing without document masking).
 DeepSpeed's buffers follow DeepSpeed 0.19's ZeRO implementation (checked against measured memory on
 CPU in tests/test_planner.py); other versions may differ by a bucket or two.
 """
@@ -37,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict
 
 from ..config.layout import ParallelLayout
+from ..model.attention_mask import kernel_for, mask_bytes
 from ..model.settings import ModelSettings
 from .params import rank_params, stage_layers
 
@@ -87,8 +90,10 @@ def layer_activation_bytes(s: ModelSettings, L: ParallelLayout, seq: int, act_by
 
 
 def memory(s: ModelSettings, L: ParallelLayout, seq: int, param_bytes: int, reserve_gb: float = 0.0,
-           reduce_bucket: float = 5e8, allgather_bucket: float = 5e8, max_live_params: float = 1e9) -> Memory:
-    """The worst stage's breakdown (bytes). `param_bytes`: 2 for bf16 training, 4 for fp32."""
+           reduce_bucket: float = 5e8, allgather_bucket: float = 5e8, max_live_params: float = 1e9,
+           on_accelerator: bool = True) -> Memory:
+    """The worst stage's breakdown (bytes). `param_bytes`: 2 for bf16 training, 4 for fp32.
+    `on_accelerator`: the run's device type, which decides the attention mask's form."""
     worst = None
     b, mixed = param_bytes, param_bytes < 4
     for stage in range(L.pp):
@@ -120,8 +125,7 @@ def memory(s: ModelSettings, L: ParallelLayout, seq: int, param_bytes: int, rese
             acts = in_flight * layers * n * s.hidden_size * b + per_layer
         else:
             acts = in_flight * layers * per_layer
-        if s.document_masking:
-            acts += in_flight * L.micro_batch_size * seq * seq  # bool mask, shared by the stage's layers
+        acts += in_flight * mask_bytes(L.micro_batch_size, seq, kernel_for(on_accelerator, s.document_masking))
         head = 0.0
         if stage == L.pp - 1:
             head = (n + N) * s.hidden_size * b + N * s.padded_vocab(L.tp) / L.tp * 4

@@ -5,12 +5,13 @@ batch (every rank knows it from the loader), so the loss and its gradient do not
 is split over ranks and micro-batches. DeepSpeed averages gradients over DP (and divides by the
 accumulation steps under PP), so the loss is pre-multiplied by DP (pipeline: DP x accumulation, in
 PipeLoss). Returns the step's per-modality loss sums and loss-token counts over the whole global batch,
-and the time split (with `time_breakdown` the device is synchronised between the phases).
+and the time split (with `time_breakdown`, default on for CPU and off on GPUs, the device is synchronised
+between the phases).
 """
 from __future__ import annotations
 
 import time
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -22,12 +23,13 @@ from .pipeline import stage_inputs
 
 class StepRunner:
     def __init__(self, engine, topo, num_modalities: int, device: torch.device, pipe_loss=None,
-                 time_breakdown: bool = True):
+                 time_breakdown: Optional[bool] = None):
         self.engine, self.topo, self.m, self.device = engine, topo, num_modalities, device
         self.pipe_loss, self.time_breakdown = pipe_loss, time_breakdown
 
     def _sync(self) -> float:
-        if self.time_breakdown:
+        on = self.time_breakdown
+        if on or (on is None and not dev.is_accelerator(self.device)):  # null: off on GPUs (4 syncs a step)
             dev.synchronize(self.device)
         return time.perf_counter()
 
