@@ -102,6 +102,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r} (YAML list or key=[a,b])")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key + ".")
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")

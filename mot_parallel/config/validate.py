@@ -143,9 +143,43 @@ def _train_errors(cfg: Config) -> List[str]:
 
 
 def atomic_modalities(cfg: Config) -> List[str]:
-    if cfg.data.atomic_modalities is not None:
-        return list(cfg.data.atomic_modalities)
-    return ["image"] if "image" in cfg.model.modalities else []
+    """Modalities packing never cuts: data.atomic_modalities (default [image] when there is one), and
+    always every continuous modality (an image's patches are one diffusion target)."""
+    given = cfg.data.atomic_modalities
+    base = list(given) if given is not None else (["image"] if "image" in cfg.model.modalities else [])
+    return base + [m for m in cfg.model.modalities if m in cfg.model.continuous and m not in base]
+
+
+def _continuous_errors(cfg: Config) -> List[str]:
+    m, d, err = cfg.model, cfg.diffusion, []
+    for name, c in m.continuous.items():
+        key = f"model.continuous.{name}"
+        if name not in m.modalities:
+            err.append(f"{key}: {name!r} is not in model.modalities {m.modalities}")
+        if c.channels < 1 or c.patch < 1:
+            err.append(f"{key}: channels={c.channels} and patch={c.patch} must be >= 1")
+        if len(c.grid) != 2 or min(c.grid) < 1:
+            err.append(f"{key}.grid={c.grid} must be [height, width] in patches, both >= 1")
+        elif m.max_seq_len < c.grid[0] * c.grid[1] + 2:
+            err.append(f"model.max_seq_len={m.max_seq_len} cannot hold one {name} ({c.grid[0] * c.grid[1]} patches "
+                       "and its BOI/EOI markers); raise it or use a smaller grid")
+        for marker in ("boi_token", "eoi_token"):
+            value = getattr(c, marker)
+            if value is not None and not 0 <= value < m.vocab_size:
+                err.append(f"{key}.{marker}={value} is outside the vocabulary [0, {m.vocab_size})")
+    if m.continuous:
+        if not cfg.data.document_masking:
+            err.append("model.continuous needs data.document_masking=true (images attend bidirectionally within "
+                       "themselves, a mask built with the document boundaries)")
+        if not (math.isfinite(d.loss_weight) and d.loss_weight >= 0):
+            err.append(f"diffusion.loss_weight={d.loss_weight} must be a finite number >= 0")
+        if d.timesteps < 2:
+            err.append(f"diffusion.timesteps={d.timesteps} must be >= 2")
+        if not 0 <= d.image_first_max_t <= d.timesteps:
+            err.append(f"diffusion.image_first_max_t={d.image_first_max_t} must be in [0, diffusion.timesteps]")
+        if not 0.0 <= d.condition_dropout < 1.0:
+            err.append(f"diffusion.condition_dropout={d.condition_dropout} must be in [0, 1)")
+    return err
 
 
 def _io_errors(cfg: Config) -> List[str]:
@@ -204,7 +238,8 @@ def _batch_errors(cfg: Config, world_size: int) -> List[str]:
 
 def validate(cfg: Config, world_size: Optional[int] = None) -> Optional[ParallelLayout]:
     """Raise ConfigError listing every problem; return the ParallelLayout when `world_size` is given."""
-    errors = _model_errors(cfg) + _parallel_errors(cfg, world_size) + _train_errors(cfg) + _io_errors(cfg)
+    errors = _model_errors(cfg) + _parallel_errors(cfg, world_size) + _train_errors(cfg) + _io_errors(cfg) + \
+        _continuous_errors(cfg)
     if world_size is not None and not any(e.startswith("world size") for e in errors):
         errors += _batch_errors(cfg, world_size)
     if errors:
