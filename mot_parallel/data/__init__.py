@@ -1,4 +1,5 @@
-"""Data pipeline: Megatron-compatible indexed corpora (indexed.py), modality segments (corpus.py),
+"""Data pipeline: Megatron-compatible indexed corpora (indexed.py), modality segments (corpus.py), token ids
+against the vocabulary, once per corpus (token_ids.py),
 the document stream (stream.py), per-modality balanced packing (packing.py), micro-batches (batch.py),
 the per-rank loader (loader.py) and the offline demo corpus (demo_corpus.py)."""
 from .batch import MicroBatch, build_micro_batch
