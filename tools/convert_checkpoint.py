@@ -87,6 +87,14 @@ def _run(config, overrides, action, arg, nproc):
     return run_distributed(_with_trainer, n, args=(config, overrides, action, arg), timeout=24 * 3600)[0]
 
 
+def _export(universal, out, dtype):
+    from mot_parallel.convert import export_universal
+    from mot_parallel.convert.universal import is_universal
+    if not is_universal(universal):
+        sys.exit(f"error: {universal}: not a universal checkpoint (no universal.json); make one with to-universal")
+    return export_universal(universal, out, dtype)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -145,12 +153,7 @@ def main(argv=None):
                                              f"run.output_dir={os.path.abspath(args.run_dir)}"], "save", None, None)
         print(f"resharded step {step} into {args.run_dir}/checkpoints (via {universal})")
     else:
-        from mot_parallel.convert import export_universal
-        from mot_parallel.convert.universal import is_universal
-        if not is_universal(args.universal):
-            sys.exit(f"error: {args.universal}: not a universal checkpoint (no universal.json); make one with "
-                     "to-universal")
-        print(f"wrote {export_universal(args.universal, args.out, args.dtype)}")
+        print(f"wrote {_export(args.universal, args.out, args.dtype)}")
 
 
 if __name__ == "__main__":
