@@ -14,6 +14,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from mot_parallel.cli import positive_int, user_errors  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.data import MoTDataLoader  # noqa: E402
 from mot_parallel.data.datasets import open_datasets  # noqa: E402
@@ -23,8 +24,8 @@ from mot_parallel.model import ModelSettings, plan_for  # noqa: E402
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--dp", type=int, default=None, help="data-parallel size (default: the config's demo world)")
+    ap.add_argument("--steps", type=positive_int, default=50)
+    ap.add_argument("--dp", type=positive_int, default=None, help="data-parallel size (default: 1)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
@@ -35,7 +36,8 @@ def main(argv=None):
     except ConfigError as e:
         sys.exit(f"error: {e}")
     s = ModelSettings.from_config(cfg)
-    data = open_datasets(cfg).train
+    with user_errors():
+        data = open_datasets(cfg).train
 
     def plan(mb):
         return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp)  # as the trainer plans
