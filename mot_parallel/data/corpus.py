@@ -17,7 +17,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .continuous import ContinuousStore, open_continuous
 from .indexed import DataError, IndexedDataset
+from .targets import target_counts
 from .token_ids import check_corpus_token_ids
 
 
@@ -28,10 +30,11 @@ class SegmentTable:
     (tools/balance_report.py --docs), with no tokens at all."""
 
     def __init__(self, seg_len: np.ndarray, seg_mode: np.ndarray, doc_seg: np.ndarray, modalities: Sequence[str],
-                 atomic: Sequence[str] = (), prefix: str = "<profiles>"):
+                 atomic: Sequence[str] = (), prefix: str = "<profiles>", continuous: Sequence[str] = ()):
         self.seg_len, self.seg_mode, self.doc_seg = seg_len, seg_mode, doc_seg
         self.modalities, self.prefix = list(modalities), prefix
-        self.atomic = np.array([m in atomic for m in modalities], dtype=bool)
+        self.atomic = np.array([m in atomic or m in continuous for m in modalities], dtype=bool)
+        self.continuous = np.array([m in continuous for m in modalities], dtype=bool)
         self.doc_len = np.zeros(len(doc_seg) - 1, dtype=np.int64)
         if len(seg_len):
             nonempty = doc_seg[1:] > doc_seg[:-1]
@@ -73,6 +76,21 @@ class SegmentTable:
                 break
         return out
 
+    def modality_ids(self, doc: int, start: int, end: int) -> np.ndarray:
+        """[end - start] modality id of every position of [start, end) of a document."""
+        lens, modes = self.segments(doc)
+        ends = np.cumsum(lens.astype(np.int64))
+        starts = ends - lens
+        k0, k1 = int(np.searchsorted(ends, start, side="right")), int(np.searchsorted(starts, end, side="left"))
+        clipped = np.minimum(ends[k0:k1], end) - np.maximum(starts[k0:k1], start)
+        return np.repeat(modes[k0:k1].astype(np.int64), clipped)
+
+    def target_vector(self, doc: int, start: int, end: int) -> np.ndarray:
+        """[M] training targets per modality in [start, end) of a document (targets.py)."""
+        if not self.continuous.any():
+            return self.vector(doc, start + 1, end)
+        return target_counts(self.modality_ids(doc, start, end), self.continuous)
+
     def atomic_spans(self, doc: int, start: int, end: int) -> List[Tuple[int, int]]:
         """[a, b) spans of atomic segments (never cut by packing) overlapping [start, end)."""
         spans, pos = [], 0
@@ -91,7 +109,7 @@ class Corpus(SegmentTable):
 
     def __init__(self, prefix: str, modalities: Sequence[str], vocab_size: int,
                  token_ranges: Optional[Dict[str, List[int]]] = None, atomic: Sequence[str] = (),
-                 check_ids: bool = True):
+                 check_ids: bool = True, continuous: Optional[Dict[str, int]] = None):
         self.ds = IndexedDataset(prefix)
         self.prefix, self.modalities, self.vocab_size = prefix, list(modalities), vocab_size
         check_fits(self.ds, self.modalities, vocab_size, bool(token_ranges))
@@ -102,7 +120,10 @@ class Corpus(SegmentTable):
             self.seg_mode = self._model_modes(self.ds.meta.get("modalities"))
         else:
             self.seg_len, self.seg_mode, self.doc_seg = self._segments_from_ranges(token_ranges or {})
-        super().__init__(self.seg_len, self.seg_mode, self.doc_seg, modalities, atomic, prefix)
+        names = list(self.ds.meta.get("modalities") or self.modalities)
+        self.stores: Dict[str, ContinuousStore] = {
+            store.name: store for store in open_continuous(self.ds, names, continuous or {}).values()}
+        super().__init__(self.seg_len, self.seg_mode, self.doc_seg, modalities, atomic, prefix, list(continuous or ()))
 
     # ------------------------------------------------------------------------------------- segments
     def _model_modes(self, names: Optional[Sequence[str]]) -> np.ndarray:
@@ -147,6 +168,19 @@ class Corpus(SegmentTable):
         except OSError:  # a read-only corpus directory: correct, only not cached
             if os.path.exists(tmp):
                 os.remove(tmp)
+        return out
+
+    def continuous_rows(self, doc: int, start: int, end: int) -> List[Tuple[int, int, np.ndarray]]:
+        """(position in [start, end), segment index in the document, float32 rows [P, dim]) of every
+        continuous segment inside [start, end) (pieces never cut one: they are atomic)."""
+        out, pos = [], 0
+        first_seg = int(self.doc_seg[doc])
+        for k, (n, m) in enumerate(zip(*self.segments(doc))):
+            n = int(n)
+            if self.continuous[m] and pos < end and pos + n > start:
+                store = self.stores[self.modalities[m]]
+                out.append((pos - start, k, store.rows(first_seg + k, max(start, pos) - pos, min(end, pos + n) - pos)))
+            pos += n
         return out
 
     def read(self, doc: int, start: int, end: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -50,7 +50,7 @@ def _sources(cfg: Config, spec, key: str) -> List[Tuple[float, str, Corpus]]:
 
 def _data(cfg: Config, sources, docs: List[np.ndarray], seed: int) -> Data:
     parts = [CorpusPart(name, corpus, d) for (_, name, corpus), d in zip(sources, docs)]
-    table = CorpusSet(parts, cfg.model.modalities, atomic_modalities(cfg))
+    table = CorpusSet(parts, cfg.model.modalities, atomic_modalities(cfg), list(cfg.model.continuous))
     order = BlendOrder([len(d) for d in docs], [w for w, _, _ in sources], seed) if len(parts) > 1 else None
     return Data(table, order)
 

@@ -13,19 +13,34 @@ import os
 
 from ..config import Config, atomic_modalities
 from .corpus import Corpus, check_fits
-from .demo_corpus import MODALITIES, VOCAB_SIZE, write_demo_corpus
+from . import demo_corpus, demo_pictures
 from .indexed import DataError, IndexedDataset
 
 
+def _demo(cfg: Config):
+    """The demo a config gets with data.path null: the picture demo (Transfusion) for a model with
+    continuous modalities, else the token demo."""
+    return demo_pictures if cfg.model.continuous else demo_corpus
+
+
 def demo_prefix(cfg: Config) -> str:
-    return os.path.join(cfg.run.output_dir, "demo_corpus", f"demo_{cfg.data.demo_documents}")
+    kind = "pictures" if cfg.model.continuous else "demo"
+    return os.path.join(cfg.run.output_dir, "demo_corpus", f"{kind}_{cfg.data.demo_documents}")
 
 
 def check_demo_fits(cfg: Config) -> None:
-    if list(cfg.model.modalities) != list(MODALITIES) or cfg.model.vocab_size < VOCAB_SIZE:
+    demo = _demo(cfg)
+    keys = ("source", "channels", "patch", "grid")
+    image = cfg.model.continuous.get("image")
+    continuous_ok = not cfg.model.continuous or (set(cfg.model.continuous) == {"image"} and all(
+        getattr(image, k) == demo.CONTINUOUS["image"][k] for k in keys))
+    if list(cfg.model.modalities) != list(demo.MODALITIES) or cfg.model.vocab_size < demo.VOCAB_SIZE or \
+            not continuous_ok:
+        need = f" and model.continuous.image {dict((k, demo.CONTINUOUS['image'][k]) for k in keys)}" \
+            if cfg.model.continuous else ""
         raise DataError(f"data.path is null, so the demo corpus is used: it needs model.modalities = "
-                        f"{list(MODALITIES)} and model.vocab_size >= {VOCAB_SIZE} (got {cfg.model.modalities}, "
-                        f"{cfg.model.vocab_size}); or give data.path")
+                        f"{list(demo.MODALITIES)} and model.vocab_size >= {demo.VOCAB_SIZE}{need} (got "
+                        f"{cfg.model.modalities}, {cfg.model.vocab_size}); or give data.path")
 
 
 def check_corpus_files(prefix: str) -> None:
@@ -80,8 +95,9 @@ def open_prefix(cfg: Config, prefix: str) -> Corpus:
 
 
 def _corpus(prefix: str, cfg: Config) -> Corpus:
+    continuous = {name: c.channels * c.patch * c.patch for name, c in cfg.model.continuous.items()}
     return Corpus(prefix, cfg.model.modalities, cfg.model.vocab_size, cfg.data.modality_token_ranges or None,
-                  atomic=atomic_modalities(cfg))
+                  atomic=atomic_modalities(cfg), continuous=continuous)
 
 
 def open_corpus(cfg: Config) -> Corpus:
@@ -90,7 +106,8 @@ def open_corpus(cfg: Config) -> Corpus:
         check_demo_fits(cfg)
         prefix = demo_prefix(cfg)
         if not os.path.isfile(prefix + ".idx"):
-            write_demo_corpus(prefix, cfg.data.demo_documents, seed=0)
+            writer = demo_pictures.write_demo_pictures if cfg.model.continuous else demo_corpus.write_demo_corpus
+            writer(prefix, cfg.data.demo_documents, seed=0)
     else:
         check_corpus_files(prefix)
     corpus = _corpus(prefix, cfg)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..distributed.collectives import group_rank, group_size
 from . import mappings as M
-from .param_meta import mark_tp_sharded
+from .param_meta import mark_no_weight_decay, mark_tp_sharded
 from .weight_init import InitMethod, init_sharded_, normal_init
 
 
@@ -37,6 +37,7 @@ class VocabParallelEmbedding(nn.Module):
         dtype = params_dtype or getattr(config, "params_dtype", torch.float32)
         self.weight = nn.Parameter(torch.empty(self.per_rank, embedding_dim, device=device, dtype=dtype))
         mark_tp_sharded(self.weight, 0, tp)
+        mark_no_weight_decay(self.weight)  # a lookup table, not a linear map: Megatron/GPT do not decay it
         if getattr(config, "perform_initialization", True):
             init_sharded_(self.weight, init_method or normal_init(0.02), (num_embeddings, embedding_dim), 0,
                           rank, tp, init_seed)
