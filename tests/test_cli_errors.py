@@ -112,6 +112,8 @@ BAD_ARGUMENTS = [
     ("build_real_corpus", ["--output-prefix", "{tmp}/r", "--workers", "0"], ["--workers"]),
     ("compare_runs", ["{tmp}/nowhere", "{tmp}"], ["nowhere"]),
     ("gpu_check", ["--parts", "no_such_part"], ["unknown part"]),
+    ("sample", ["--checkpoint", "{tmp}/nowhere", "--score", "2"], ["nowhere"]),
+    ("sample", ["--checkpoint", "{tmp}"], ["give --caption"]),
     ("pretrain", ["--config", os.path.join(ROOT, "configs", "demo_cpu.yaml"), "--dry-run", "--world-size", "0"],
      ["--world-size"]),
     ("pretrain", ["--config", os.path.join(ROOT, "configs", "demo_cpu.yaml"), "--dry-run", "--rank", "5"],

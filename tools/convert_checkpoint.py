@@ -20,7 +20,8 @@
     python tools/convert_checkpoint.py to-megatron --universal u --out megatron_start
 
 to-universal / from-universal run on the layout's world: under a launcher (deepspeed / torchrun /
-srun) they use its processes; otherwise they start --nproc local CPU processes (default TP x PP).
+srun) they use its processes; otherwise they start --nproc local CPU processes (to-universal: the world
+that wrote the checkpoint, from its manifest; from-universal: TP x PP).
 Then load in Python:  model = mot_parallel.load_pretrained("exported"); logits = model(tokens, modality_ids)
 
 to-megatron writes <out>/model.safetensors (every weight, unsharded, fp32, under the parameter names of a
@@ -174,9 +175,10 @@ def main(argv=None):
             checked_config(args.config, args.overrides)
         with user_errors():
             print(_hugging_face(args))
-    elif args.cmd == "to-universal":
-        step = _run(args.config, args.overrides + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"],
-                    "export", os.path.abspath(args.out), args.nproc)
+    elif args.cmd == "to-universal":  # the checkpoint's own layout (its manifest), unless overrides say otherwise
+        src, nproc = _source_layout(args.checkpoint, [o for o in args.overrides if o.startswith("parallel.")])
+        step = _run(args.config, src + args.overrides + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"],
+                    "export", os.path.abspath(args.out), args.nproc or nproc)
         print(f"wrote {args.out} (step {step})")
     elif args.cmd == "from-universal":
         step = _run(args.config, args.overrides + [f"checkpoint.resume={os.path.abspath(args.universal)}"],

@@ -70,12 +70,28 @@ def timestep_features(t: torch.Tensor, dim: int, timesteps: int) -> torch.Tensor
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, alpha_bar: np.ndarray) -> torch.Tensor:
-    """One deterministic DDIM step (eta = 0) from t to t_prev (t_prev < 0: the clean sample)."""
+def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, alpha_bar: np.ndarray,
+              clip: float = 0.0) -> torch.Tensor:
+    """One deterministic DDIM step (eta = 0) from t to t_prev (t_prev < 0: the clean sample). `clip` > 0
+    clamps the predicted clean sample to [-clip, clip] (pixels live in [-1, 1]): at large t the estimate
+    divides by sqrt(abar_t) ~ 0 and would otherwise amplify the noise prediction's error without bound;
+    eps is then re-derived from the clamped estimate, as in DDPM/DDIM reference implementations."""
     a_t = float(alpha_bar[t])
     a_prev = float(alpha_bar[t_prev]) if t_prev >= 0 else 1.0
     x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    if clip > 0:
+        x0 = x0.clamp(-clip, clip)
+        eps = (x_t - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
     return math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
+
+
+def ddim_sample(predict_eps, x_T: torch.Tensor, alpha_bar: np.ndarray, steps: int, clip: float = 0.0) -> torch.Tensor:
+    """Deterministic DDIM from pure noise `x_T` in `steps` steps; `predict_eps(x_t, t)` is the model."""
+    schedule = ddim_timesteps(len(alpha_bar), steps)
+    x = x_T
+    for i, t in enumerate(schedule):
+        x = ddim_step(x, predict_eps(x, t), t, schedule[i + 1] if i + 1 < len(schedule) else -1, alpha_bar, clip)
+    return x
 
 
 def ddim_timesteps(timesteps: int, steps: int) -> Tuple[int, ...]:

@@ -161,10 +161,13 @@ class MoTModel(nn.Module):
             self.head.output_layer.weight = self.embedding.word_embeddings.weight
 
     def build_plan(self, modality_ids: torch.Tensor, segment_ids: Optional[torch.Tensor] = None,
-                   device: Optional[torch.device] = None) -> RoutingPlan:
-        """The routing plan for one micro-batch, from host-side modality (and document) ids [s, b]."""
+                   device: Optional[torch.device] = None, span_ids: Optional[torch.Tensor] = None,
+                   context_start: Optional[torch.Tensor] = None) -> RoutingPlan:
+        """The routing plan for one micro-batch, from host-side modality (and document, image span, context
+        start) ids [s, b]."""
         return plan_for(self.settings, modality_ids, segment_ids, tp_size=group_size(self.tp_group),
-                        tp_rank=group_rank(self.tp_group), device=device or next(self.parameters()).device)
+                        tp_rank=group_rank(self.tp_group), device=device or next(self.parameters()).device,
+                        span_ids=span_ids, context_start=context_start)
 
     def rope(self, plan: RoutingPlan, device: torch.device):
         s = self.settings
