@@ -19,6 +19,7 @@ from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.data import MoTDataLoader  # noqa: E402
 from mot_parallel.data.datasets import open_datasets  # noqa: E402
 from mot_parallel.model import ModelSettings, plan_for  # noqa: E402
+from mot_parallel.model.diffusion import noiser_for  # noqa: E402
 
 
 def main(argv=None):
@@ -40,9 +41,11 @@ def main(argv=None):
         data = open_datasets(cfg).train
 
     def plan(mb):
-        return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp)  # as the trainer plans
+        return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp, span_ids=mb.span_ids,  # as the trainer plans
+                        context_start=mb.context_start)
 
-    loader = MoTDataLoader(data.table, order=data.order, seq_len=cfg.model.max_seq_len, micro_batch_size=layout.micro_batch_size,
+    loader = MoTDataLoader(data.table, order=data.order, noiser=noiser_for(cfg, s), seq_len=cfg.model.max_seq_len,
+                           micro_batch_size=layout.micro_batch_size,
                            dp_size=layout.dp, dp_rank=0, grad_accum=layout.grad_accum, seed=cfg.train.seed,
                            balance=cfg.data.balance, plan_builder=plan, prefetch=1,
                            num_workers=cfg.data.num_workers)
