@@ -77,6 +77,7 @@ def test_bad_config_is_one_error_line(name, kind, files, capsys):
     fails_cleanly(name, argv, capsys, BAD_CONFIG_WORDS[kind])
 
 
+TI = ["--input", "{good_jsonl}", "--modalities", "text", "image", "--vocab-size", "512"]
 BAD_ARGUMENTS = [
     ("preprocess_data", ["--input", "{tmp}/latin1.jsonl", "--modalities", "text", "--vocab-size", "512"],
      ["latin1.jsonl:2", "not UTF-8"]),
@@ -89,6 +90,21 @@ BAD_ARGUMENTS = [
      ["--workers"]),
     ("preprocess_data", ["--input", "{good_jsonl}", "--modalities", "text", "text", "--vocab-size", "512"],
      ["twice"]),
+    # continuous (image) modalities: options that cannot describe one, a VAE directory that is not one
+    ("preprocess_data", TI + ["--continuous", "image", "--vae", "{tmp}", "--patch", "2"],
+     ["--vae", "no config.json", "not a diffusers AutoencoderKL"]),
+    ("preprocess_data", TI + ["--patch", "2"], ["--patch", "none is declared"]),
+    ("preprocess_data", TI + ["--continuous", "video"], ["--continuous video", "not one of the modalities"]),
+    ("preprocess_data", TI + ["--continuous", "image", "--source", "pixels", "--image-size", "30", "--patch", "4"],
+     ["--image-size 30 30", "multiple of 4"]),
+    ("preprocess_data", TI + ["--continuous", "image", "--source", "pixels", "--image-size", "8", "--patch", "4",
+                              "--boi-token", "600"], ["boi token 600", "outside the vocabulary"]),
+    ("preprocess_data", TI + ["--continuous", "image", "--source", "pixels", "--channels", "4", "--patch", "4",
+                              "--image-size", "8"], ["--channels gives 4", "RGB pixels gives 3"]),
+    ("preprocess_data", TI + ["--continuous", "image", "--source", "latents", "--patch", "2"], ["--channels"]),
+    ("preprocess_data", TI + ["--continuous", "image", "--source", "latents", "--channels", "4", "--patch", "2",
+                              "--image-size", "16"], ["--image-size", "--grid"]),
+    ("preprocess_data", TI + ["--continuous-dtype", "float8"], ["--continuous-dtype"]),
     ("balance_report", ["--docs", "{tmp}/profiles.jsonl"], ["profiles.jsonl:2", "UTF-8", "0xff"]),
     ("balance_report", ["--docs", "{tmp}/profiles_huge.jsonl"], ["profiles_huge.jsonl:1"]),
     ("balance_report", ["--docs", "{tmp}/nope.jsonl"], ["nope.jsonl"]),

@@ -47,10 +47,12 @@ class ContinuousWriter:
             if mode in self.continuous:
                 values = np.asarray(values, dtype=np.float32)
                 dim = self.continuous[mode][1]["patch_dim"]
-                if values.ndim != 2 or values.shape[1] != dim or not np.isfinite(values).all():
-                    raise DataError(f"{self.prefix}: a {self.continuous[mode][0]} segment must be finite "
-                                    f"[patches, {dim}] values, got {values.shape}")
-                self._files[mode].write(values.astype(DTYPES[self.dtype]).tobytes())
+                with np.errstate(over="ignore"):  # checked after the cast: 1e5 is inf in float16
+                    stored = values.astype(DTYPES[self.dtype])
+                if values.ndim != 2 or values.shape[1] != dim or not np.isfinite(stored).all():
+                    raise DataError(f"{self.prefix}: a {self.continuous[mode][0]} segment must be [patches, {dim}] "
+                                    f"values finite in {self.dtype}, got {values.shape}")
+                self._files[mode].write(stored.tobytes())
                 self.rows[mode] += len(values)
                 out.append((np.zeros(len(values), np.int64), mode))
             else:

@@ -15,6 +15,7 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 
 from .demo_corpus import _COLORS, _PLACES, TEXT, W, _caption, _markov, _prose
+from .images import patchify, unpatchify
 
 MODALITIES = ("text", "image")
 BOI, EOI = TEXT[1], TEXT[1] + 1           # text-side markers around an image
@@ -59,16 +60,15 @@ def render(attrs: Sequence[int], rng: np.random.Generator) -> np.ndarray:
 
 
 def to_patches(img: np.ndarray) -> np.ndarray:
-    """RGB [SIDE, SIDE, 3] in [0, 1] -> [GRID * GRID, PATCH_DIM] in [-1, 1], raster order of patches."""
-    x = img * 2.0 - 1.0
-    x = x.reshape(GRID, PATCH, GRID, PATCH, 3).transpose(0, 2, 1, 3, 4)
-    return x.reshape(GRID * GRID, PATCH_DIM).astype(np.float32)
+    """RGB [SIDE, SIDE, 3] in [0, 1] -> [GRID * GRID, PATCH_DIM] in [-1, 1], raster order of patches
+    (the corpus layout, images.patchify)."""
+    return patchify((img * 2.0 - 1.0).transpose(2, 0, 1), PATCH).astype(np.float32)
 
 
 def from_patches(patches: np.ndarray) -> np.ndarray:
     """Inverse of to_patches, clipped to [0, 1]."""
-    x = np.asarray(patches, np.float32).reshape(GRID, GRID, PATCH, PATCH, 3).transpose(0, 2, 1, 3, 4)
-    return np.clip((x.reshape(SIDE, SIDE, 3) + 1.0) / 2.0, 0.0, 1.0)
+    x = unpatchify(np.asarray(patches, np.float32), 3, PATCH, (GRID, GRID)).transpose(1, 2, 0)
+    return np.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
 
 def documents(n_docs: int, seed: int = 0) -> Iterator[List[Tuple[np.ndarray, int]]]:
