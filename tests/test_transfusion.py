@@ -181,6 +181,15 @@ def test_bad_corpora_are_refused_by_name(tmp_path):
     prefix = _corpus(tmp_path / "c")
     with pytest.raises(DataError, match=r"c.mot.json: image patches have 4 values, but model.continuous.image"):
         _open(prefix, continuous={"image": 12})
+    # the same vector size, another layout: 4 values as 4 channels x 1^2 instead of the encoded 1 x 2^2
+    sidecar = {"patch_dim": D, "channels": 1, "patch": 2, "grid": [1, 3], "source": "pixels"}
+    _open(prefix, continuous={"image": sidecar})
+    with pytest.raises(DataError, match=r"image was encoded with channels=1.*model.continuous.image.channels is 4"):
+        _open(prefix, continuous={"image": dict(sidecar, channels=4, patch=1)})
+    with pytest.raises(DataError, match=r"image was encoded with grid=\[1, 3\].*grid is \[3, 1\]"):
+        _open(prefix, continuous={"image": dict(sidecar, grid=[3, 1])})
+    with pytest.raises(DataError, match=r"image was encoded with source='pixels'.*source is 'latents'"):
+        _open(prefix, continuous={"image": dict(sidecar, source="latents")})
     with pytest.raises(DataError, match="image is continuous .* in this corpus but discrete in the model"):
         _open(prefix, continuous={})
     from mot_parallel.data import IndexedWriter

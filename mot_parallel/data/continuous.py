@@ -16,7 +16,7 @@ next to the file): a DataError names the file, the document and the fix, before 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -78,13 +78,11 @@ class ContinuousWriter:
 class ContinuousStore:
     """One continuous modality's patches, memory-mapped, addressed by segment."""
 
-    def __init__(self, ds: IndexedDataset, name: str, mode: int, info: dict, patch_dim: Optional[int]):
+    def __init__(self, ds: IndexedDataset, name: str, mode: int, info: dict, model: Union[None, int, dict]):
         path = patches_path(ds.prefix, name)
         self.name, self.path = name, path
         self.dim = int(info.get("patch_dim", -1))
-        if patch_dim is not None and self.dim != patch_dim:
-            raise DataError(f"{ds.prefix}{SIDECAR}: {name} patches have {self.dim} values, but model.continuous.{name} "
-                            f"gives channels x patch^2 = {patch_dim}; fix the config or re-encode the corpus")
+        _check_layout(ds, name, info, {"patch_dim": model} if isinstance(model, int) else model or {})
         dtype = DTYPES.get(info.get("dtype"))
         if dtype is None or not os.path.isfile(path):
             raise DataError(f"{path}: missing, or an unknown dtype {info.get('dtype')!r} in {ds.prefix}{SIDECAR} "
@@ -106,6 +104,23 @@ class ContinuousStore:
         """Rows [start, end) of a segment, float32 [end - start, dim]."""
         first = int(self.first_row[segment])
         return np.asarray(self.values[first + start:first + end], dtype=np.float32)
+
+
+def _check_layout(ds: IndexedDataset, name: str, info: dict, model: dict) -> None:
+    """The corpus's patches laid out as the model reads them: the same vector size, and where the sidecar records
+    them the same channels, patch side, grid and source (a 4x4x3 corpus fits a 2x2x12 model's vector size but
+    not its meaning)."""
+    if "patch_dim" in model and int(info.get("patch_dim", -1)) != model["patch_dim"]:
+        raise DataError(f"{ds.prefix}{SIDECAR}: {name} patches have {info.get('patch_dim')} values, but "
+                        f"model.continuous.{name} gives channels x patch^2 = {model['patch_dim']}; fix the config "
+                        "or re-encode the corpus")
+    for key in ("channels", "patch", "grid", "source"):
+        mine, theirs = info.get(key), model.get(key)
+        if mine is not None and theirs is not None and \
+                (list(mine) if isinstance(mine, (list, tuple)) else mine) != \
+                (list(theirs) if isinstance(theirs, (list, tuple)) else theirs):
+            raise DataError(f"{ds.prefix}{SIDECAR}: {name} was encoded with {key}={mine!r}, but "
+                            f"model.continuous.{name}.{key} is {theirs!r}; fix the config or re-encode the corpus")
 
 
 def _check_finite(store: ContinuousStore, ds: IndexedDataset, mine: np.ndarray) -> None:
@@ -134,9 +149,10 @@ def _check_finite(store: ContinuousStore, ds: IndexedDataset, mine: np.ndarray) 
         pass
 
 
-def open_continuous(ds: IndexedDataset, names: List[str], model_continuous: Dict[str, int]) -> Dict[int, ContinuousStore]:
-    """The corpus's continuous stores keyed by its own mode ids; `model_continuous`: {modality: patch_dim}
-    of the model. Refuses a modality continuous in one and discrete in the other."""
+def open_continuous(ds: IndexedDataset, names: List[str],
+                    model_continuous: Dict[str, Union[int, dict]]) -> Dict[int, ContinuousStore]:
+    """The corpus's continuous stores keyed by its own mode ids; `model_continuous`: {modality: patch_dim, or a
+    dict of patch_dim/channels/patch/grid/source} of the model. Refuses a modality continuous in one and discrete in the other."""
     declared = ds.meta.get("continuous") or {}
     prefix = ds.prefix
     for name in declared:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import zipfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -109,7 +109,7 @@ class Corpus(SegmentTable):
 
     def __init__(self, prefix: str, modalities: Sequence[str], vocab_size: int,
                  token_ranges: Optional[Dict[str, List[int]]] = None, atomic: Sequence[str] = (),
-                 check_ids: bool = True, continuous: Optional[Dict[str, int]] = None):
+                 check_ids: bool = True, continuous: Optional[Dict[str, Union[int, dict]]] = None):
         self.ds = IndexedDataset(prefix)
         self.prefix, self.modalities, self.vocab_size = prefix, list(modalities), vocab_size
         check_fits(self.ds, self.modalities, vocab_size, bool(token_ranges))

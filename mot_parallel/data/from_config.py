@@ -95,7 +95,8 @@ def open_prefix(cfg: Config, prefix: str) -> Corpus:
 
 
 def _corpus(prefix: str, cfg: Config) -> Corpus:
-    continuous = {name: c.channels * c.patch * c.patch for name, c in cfg.model.continuous.items()}
+    continuous = {name: {"patch_dim": c.channels * c.patch * c.patch, "channels": c.channels, "patch": c.patch,
+                         "grid": list(c.grid), "source": c.source} for name, c in cfg.model.continuous.items()}
     return Corpus(prefix, cfg.model.modalities, cfg.model.vocab_size, cfg.data.modality_token_ranges or None,
                   atomic=atomic_modalities(cfg), continuous=continuous)
 
