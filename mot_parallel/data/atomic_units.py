@@ -61,9 +61,9 @@ def _lump(contents: np.ndarray) -> int:
 
 
 def candidate_quotas(base: np.ndarray, units: Sequence[PoolItem], atomic: np.ndarray,
-                     pinned: Sequence[bool]) -> List[np.ndarray]:
-    """Raised to the largest pinned item, the supply's quota, one lump lower (never down to zero): the
-    largest first."""
+                     pinned: Sequence[bool], n_cells: int) -> List[np.ndarray]:
+    """Raised to the largest pinned item, raised to one large item per cell, the supply's quota, one lump
+    lower (never down to zero): the largest first."""
     vecs = np.array([u.vector for u in units]).reshape(len(units), -1)
     lower = base.copy()
     for m in np.flatnonzero(atomic):
@@ -71,6 +71,14 @@ def candidate_quotas(base: np.ndarray, units: Sequence[PoolItem], atomic: np.nda
         if base[m] >= 2 * lump:
             lower[m] -= lump
     out = [base, lower]
+    if len(units) >= n_cells:
+        # items bigger than the (fill-capped) quota, e.g. an image as long as a sequence, never fit it: they
+        # would wait in the carry-over until pinned, crowding out the text the other cells need (a pool of
+        # such deferred images left 30-60% of several global batches padding). Once a cell's worth of them
+        # is there, a quota admitting one per cell places them all in one even step.
+        one_each = np.where(atomic, -np.sort(-vecs, axis=0)[n_cells - 1], 0)
+        if (one_each > base).any():
+            out.insert(0, np.maximum(base, one_each))
     if any(pinned):
         out.insert(0, np.maximum(base, np.where(atomic, vecs[np.asarray(pinned)].max(axis=0), 0)))
     unique = []
@@ -125,7 +133,7 @@ def plan_best(grid: CellGrid, units: Sequence[PoolItem], atomic: np.ndarray, max
         return UnitPlan(np.zeros(len(atomic), np.int64), [], 1.0, 0, 0)
     pinned = [u.deferrals >= max_deferrals for u in units]
     plans = []
-    for quota in candidate_quotas(supply_quota(units, atomic, grid), units, atomic, pinned):
+    for quota in candidate_quotas(supply_quota(units, atomic, grid), units, atomic, pinned, grid.n_cells):
         plans.append(plan_units(units, pinned, quota, atomic, grid, split_share))
         if plans[-1].imbalance <= 1 + 1e-9:
             break

@@ -19,8 +19,11 @@ shapes of its grouped GEMMs; uneven mixes make ranks wait for each other and pip
   7. hand back everything unplaced returns to the carry-over in stream order (one deferral more;
                atomic items deferred `max_deferrals` times are placed first, above the quota).
 
-The pool never exceeds POOL_LIMIT x capacity (+1 piece): the packer always terminates, with bounded
-memory and a bounded carry-over, whatever the corpus. A step that misses a target (TARGET_RATIO per
+The pool never exceeds (POOL_LIMIT + ASIDE_LIMIT) x capacity (+1 piece): the packer always terminates, with
+bounded memory and a bounded carry-over, whatever the corpus. Oversized atomic items (more atomic tokens than
+a cell's quota may ever hold: an image as long as a sequence) are set aside, not counted in POOL_LIMIT, so a
+carry-over full of them cannot starve the step of the pieces it can place; once a cell's worth of them is
+there, they fill one step of their own (atomic_units.candidate_quotas). A step that misses a target (TARGET_RATIO per
 modality, TARGET_PADDING) is reported once per stream and reason as a `PackingWarning` that gives the
 best value those pieces allow (balance.py), and packed as well as it can be. Deterministic (no randomness beyond the
 stream's seeded order) and computed from metadata only, so every rank plans the same global batch and
@@ -36,7 +39,7 @@ from typing import List
 
 import numpy as np
 
-from .atomic_units import place_units
+from .atomic_units import UNIT_FILL_LIMIT, place_units
 from .balance import balance_bound, batch_stats, max_load_lower_bound  # noqa: F401  (batch_stats: re-export)
 from .cells import CellGrid
 from .corpus import SegmentTable
@@ -46,7 +49,8 @@ from .stream import Held, Piece, PieceSource
 
 TARGET_RATIO = 1.05     # per-modality max/mean the balanced packer aims under (splittable modalities)
 TARGET_PADDING = 0.02   # padded fraction it aims under
-POOL_LIMIT = 3.0        # the pool holds at most this many batch capacities (plus one piece)
+POOL_LIMIT = 3.0        # the pool holds at most this many batch capacities (plus one piece) ...
+ASIDE_LIMIT = 1.5       # ... plus this many of oversized atomic items (pool.py), a step's worth and some
 
 
 class PackingWarning(UserWarning):
@@ -108,7 +112,8 @@ def pack_balanced(stream: PieceSource, n_cells: int, seqs_per_cell: int, seq_len
                   slack: float = 0.03, max_deferrals: int = 8) -> GlobalBatch:
     corpus = stream.corpus
     grid = CellGrid(len(corpus.modalities), n_cells, seqs_per_cell, seq_len)
-    pool = Pool(stream, max_tokens=int(POOL_LIMIT * grid.capacity))
+    pool = Pool(stream, max_tokens=int(POOL_LIMIT * grid.capacity), max_aside=int(ASIDE_LIMIT * grid.capacity),
+                oversized_above=int(UNIT_FILL_LIMIT * grid.seqs_per_cell * grid.seq_len))
     pool.fill_to(int(grid.capacity * (1 + slack)))                                     # 1. pool
     atomic = np.asarray(corpus.atomic, dtype=bool)
     place_units(grid, pool, atomic, max_deferrals, _splittable_share(pool, grid))  # 2. atomic

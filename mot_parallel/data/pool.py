@@ -3,7 +3,8 @@
 Each item knows its modality runs (so any prefix's per-modality counts are known without asking the
 corpus again), whether it holds an atomic segment (then it is placed whole or not at all), and its
 position in the stream order, which is the order unplaced items go back to the carry-over. The pool
-never holds more than `max_tokens` (plus one piece): the packer's memory is bounded whatever the corpus.
+never holds more than `max_tokens` + `max_aside` (plus one piece): the packer's memory is bounded whatever
+the corpus.
 """
 from __future__ import annotations
 
@@ -73,10 +74,14 @@ class PoolItem:
 
 
 class Pool:
-    def __init__(self, stream: PieceSource, max_tokens: int):
+    def __init__(self, stream: PieceSource, max_tokens: int, oversized_above: Optional[int] = None,
+                 max_aside: int = 0):
         self.stream, self.corpus, self.max_tokens = stream, stream.corpus, max_tokens
+        self.oversized_above, self.max_aside = oversized_above, max_aside
         self.items: List[PoolItem] = []
-        self.tokens = 0  # drawn so far
+        self.tokens = 0  # drawn so far, the oversized atomic items set aside excepted
+        self.aside = 0   # tokens of oversized atomic items set aside (at most max_aside, plus one piece)
+        self._atomic = np.asarray(self.corpus.atomic, dtype=bool)
 
     def draw(self) -> Optional[PoolItem]:
         """One more piece from the stream, or None once the pool holds max_tokens."""
@@ -88,7 +93,15 @@ class Pool:
         item = PoolItem(len(self.items), piece, deferrals, runs, runs_vector(runs, len(self.corpus.modalities)),
                         atomic)
         self.items.append(item)
-        self.tokens += piece.length
+        # An oversized atomic item (more atomic tokens than any cell's quota may hold, e.g. an image as long
+        # as a sequence) waits for a step of its own kind (atomic_units.candidate_quotas): the carry-over holds
+        # up to a batch of them, and counting them here would let them crowd everything else out of the pool.
+        # Bounded too: past max_aside they count like any piece.
+        if atomic and self.oversized_above is not None and self.aside < self.max_aside \
+                and int(item.vector[self._atomic].sum()) > self.oversized_above:
+            self.aside += piece.length
+        else:
+            self.tokens += piece.length
         return item
 
     def fill_to(self, tokens: int) -> None:
