@@ -25,7 +25,7 @@ from mot_parallel.data.balance import max_load_lower_bound
 from mot_parallel.data.packing import ASIDE_LIMIT, POOL_LIMIT, TARGET_PADDING, TARGET_RATIO
 
 POOL_BOUND = POOL_LIMIT + ASIDE_LIMIT  # batch capacities the pool may hold (plus a piece per budget)
-from mot_parallel.data.profiles import heavy_tailed_mix, skewed_mix
+from mot_parallel.data.profiles import heavy_tailed_mix, long_image_mix, skewed_mix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODS = ["text", "image", "speech"]
@@ -86,25 +86,6 @@ def test_heavy_tailed_mix_meets_the_targets_on_every_step():
             assert s["padding_fraction"] <= 0.02, (step, s)
 
 
-def sequence_long_images(n_docs, seq_len, seed):
-    """Image-heavy documents where one image in ten is as long as a sequence (plus a caption, so it arrives
-    as a piece of its own), Pareto text longer than a sequence at times, and a rare speech modality."""
-    rng, docs = np.random.default_rng(seed), []
-    for _ in range(n_docs):
-        r = rng.random()
-        if r < 0.6:
-            docs.append([("text", int(min(3 * seq_len, 5 * (rng.pareto(1.1) + 1))))])
-        elif r < 0.95:
-            doc = []
-            for _ in range(int(rng.integers(1, 6))):
-                doc += [("text", int(rng.integers(2, 50))),
-                        ("image", int(rng.choice([seq_len // 16, seq_len // 4, seq_len], p=[.5, .4, .1])))]
-            docs.append(doc)
-        else:
-            docs.append([("text", int(rng.integers(2, 15))), ("speech", int(rng.integers(12, seq_len)))])
-    return docs
-
-
 def test_images_as_long_as_a_sequence_do_not_starve_the_batch():
     """A mix where 43% of image tokens come in images as long as a sequence: those wait until a cell's worth
     is there and then fill one step of their own, instead of filling the carry-over until the pool holds
@@ -112,7 +93,7 @@ def test_images_as_long_as_a_sequence_do_not_starve_the_batch():
     POOL_BOUND; DP 8 x 8 x 4096. (Before: the fill cap put the quota one lump under such an image, three
     steps in 16 were all padding and 30-60% padding was common. Smaller layouts pad more on this mix:
     5.5% worst at 32 x 1024, 7.8% at 16 x 512, against 100% before.)"""
-    table = SegmentTable.from_profiles(sequence_long_images(20000, 4096, seed=7), MODS, atomic=["image"])
+    table = SegmentTable.from_profiles(long_image_mix(20000, seed=7), MODS, atomic=["image"])
     stream = DocumentStream(table, 4096, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PackingWarning)  # text misses 1.05 where a step is all images

@@ -2,6 +2,7 @@
 
     python tools/balance_report.py                                  # heavy-tailed mix, 8 x 8 x 4096, 16 steps
     python tools/balance_report.py --mix skewed --steps 128         # the skewed mix; carry-over over 128 steps
+    python tools/balance_report.py --mix long-images                # images as long as a sequence
     python tools/balance_report.py --docs my_profiles.jsonl --dp 16 --micro-batches 4 --seq-len 8192
     python tools/balance_report.py --config configs/demo_cpu.yaml   # the config's corpus and layout
     python tools/balance_report.py --json | --plot balance.png
@@ -9,7 +10,8 @@
 --docs takes length profiles, one document per line: {"segments": [["text", 37], ["image", 1024]]},
 so a corpus mix can be studied without tokens. Synthetic mixes (--mix, mot_parallel/data/profiles.py):
 `heavy` (log-normal text up to a sequence, a third of documents with one or two 1,024-token captioned
-images, speech with transcripts) and `skewed` (separate text / image / speech documents).
+images, speech with transcripts), `skewed` (separate text / image / speech documents) and `long-images`
+(image-heavy, a tenth of the images as long as a sequence, Pareto text, rare speech).
 Reported per packer, over --steps consecutive global batches:
   max/mean          per modality, worst step: max over cells of its tokens / mean over cells (1.0 = even);
   bound             per modality, worst step: the lower bound on max/mean for that step's pieces (atomic
@@ -38,10 +40,11 @@ from mot_parallel.data.balance import batch_stats  # noqa: E402
 from mot_parallel.cli import positive_int, user_errors  # noqa: E402
 from mot_parallel.data.corpus import SegmentTable  # noqa: E402
 from mot_parallel.data.packing import pack_balanced, pack_sequential  # noqa: E402
-from mot_parallel.data.profiles import heavy_tailed_mix, modalities_of, read_profiles, skewed_mix  # noqa: E402
+from mot_parallel.data.profiles import (heavy_tailed_mix, long_image_mix, modalities_of, read_profiles,  # noqa: E402
+                                        skewed_mix)
 from mot_parallel.data.stream import DocumentStream  # noqa: E402
 
-MIXES = {"heavy": heavy_tailed_mix, "skewed": skewed_mix}
+MIXES = {"heavy": heavy_tailed_mix, "skewed": skewed_mix, "long-images": long_image_mix}
 
 
 def attention_weight(hidden: int, ffn: int, heads_dim_total: int = None) -> float:
