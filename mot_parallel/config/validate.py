@@ -206,6 +206,9 @@ def _io_errors(cfg: Config) -> List[str]:
                 err.append(str(e))
     if not 0.0 <= cfg.data.valid_fraction < 1.0:
         err.append(f"data.valid_fraction={cfg.data.valid_fraction} must be in [0, 1)")
+    if cfg.data.valid_path is not None and cfg.data.valid_fraction > 0:  # else one is silently ignored
+        err.append("data.valid_path and data.valid_fraction are both set: validation is either its own corpus "
+                   "or a held-out fraction of data.path; unset one")
     if cfg.train.eval_interval < 0 or cfg.train.eval_iters < 0:
         err.append("train.eval_interval and train.eval_iters must be >= 0")
     if cfg.data.num_workers < 1 or cfg.data.prefetch < 1:

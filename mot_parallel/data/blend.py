@@ -39,13 +39,25 @@ def parse_blend(value, key: str) -> List[Tuple[float, str]]:
         if not math.isfinite(weight) or weight <= 0:
             raise ValueError(f"{key}: weight {w!r} of {p!r} must be a positive finite number")
         pairs.append((weight, str(p)))
-    total = sum(w for w, _ in pairs)
-    return [(w / total, p) for w, p in pairs]
+    top = max(w for w, _ in pairs)
+    scale = 1.0 if math.isfinite(sum(w for w, _ in pairs)) else top  # weights near the float range overflow it
+    total = sum(w / scale for w, _ in pairs)
+    out = [(w / scale / total, p) for w, p in pairs]
+    for (w, p), (share, _) in zip(pairs, out):
+        if share == 0:  # underflow: the source would silently never be drawn
+            raise ValueError(f"{key}: weight {w!r} of {p!r} is too small next to {top!r} to ever be drawn "
+                             "(its share underflows to 0); raise it or leave the source out")
+    return out
 
 
 class BlendOrder:
     """The document order of a blend over a CorpusSet whose parts have `sizes` documents (global ids:
-    part offset + local index)."""
+    part offset + local index).
+
+    Its memory does not grow with the chunks served: it keeps one cursor (the draws per source before one
+    chunk, advanced chunk by chunk; asking for an earlier chunk recounts from chunk 0) and each source's
+    permutations of its current epochs (each drawn once, not once per chunk: a source's permutation costs
+    O(its documents))."""
 
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int, chunk: int = 4096):
         if any(n <= 0 for n in sizes):
@@ -53,7 +65,8 @@ class BlendOrder:
         self.sizes, self.seed, self.chunk = [int(n) for n in sizes], seed, chunk
         self.weights = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
         self.offsets = np.cumsum([0] + self.sizes)
-        self._before: List[np.ndarray] = [np.zeros(len(self.sizes), np.int64)]  # draws per source before chunk e
+        self._cursor: Tuple[int, np.ndarray] = (0, np.zeros(len(self.sizes), np.int64))
+        self._perms: List[Dict[int, np.ndarray]] = [{} for _ in self.sizes]  # source -> {epoch: permutation}
         self._cache: Dict[int, np.ndarray] = {}
 
     def _sources(self, e: int) -> np.ndarray:
@@ -61,19 +74,31 @@ class BlendOrder:
                                                                          p=self.weights)
 
     def _draws_before(self, e: int) -> np.ndarray:
-        while len(self._before) <= e:
-            k = len(self._before) - 1
-            self._before.append(self._before[k] + np.bincount(self._sources(k), minlength=len(self.sizes)))
-        return self._before[e]
+        k, before = self._cursor
+        if k > e:
+            k, before = 0, np.zeros(len(self.sizes), np.int64)
+        while k < e:
+            k, before = k + 1, before + np.bincount(self._sources(k), minlength=len(self.sizes))
+        self._cursor = (k, before)
+        return before
+
+    def _permutation(self, s: int, epoch: int) -> np.ndarray:
+        perms = self._perms[s]
+        if epoch not in perms:
+            if len(perms) >= 2:  # draws only move forward: keep the newest epoch (a chunk may straddle two)
+                perms.pop(min(perms))
+            n = self.sizes[s]
+            perms[epoch] = np.random.default_rng([self.seed, s, epoch]).permutation(n) if n > 1 else \
+                np.zeros(1, np.int64)  # one document: every epoch is [0] (a tiny source wraps thousands)
+        return perms[epoch]
 
     def _draws(self, s: int, start: int, count: int) -> np.ndarray:
         """Local documents of source s at its draws start .. start + count - 1."""
         n, out, k = self.sizes[s], [], start
         while k < start + count:
             epoch, pos = divmod(k, n)
-            perm = np.random.default_rng([self.seed, s, epoch]).permutation(n)
             take = min(n - pos, start + count - k)
-            out.append(perm[pos:pos + take])
+            out.append(self._permutation(s, epoch)[pos:pos + take])
             k += take
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 

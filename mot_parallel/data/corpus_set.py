@@ -18,6 +18,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from .corpus import Corpus, SegmentTable
+from .indexed import DataError
 
 
 @dataclass(frozen=True)
@@ -88,14 +89,22 @@ def _hash01(docs: np.ndarray) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
 
 
-def split_documents(num_docs: int, valid_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
+def check_splittable(num_docs: int, valid_fraction: float, source: str) -> None:
+    """`source` (a corpus of data.path) can give validation documents and keep training ones."""
+    if valid_fraction > 0 and num_docs < 2:
+        raise DataError(f"data.valid_fraction={valid_fraction}: {source} has {num_docs} document(s), too few to "
+                        "hold one out for validation and keep one for training (the split is per source); give "
+                        "data.valid_path (a validation corpus or blend) instead, or data.valid_fraction: 0")
+
+
+def split_documents(num_docs: int, valid_fraction: float, source: str = "the corpus") -> Tuple[np.ndarray, np.ndarray]:
     """(train documents, validation documents): a fixed hash of each index decides, so the split does not
-    depend on the seed or the layout. At least one document stays on each side when both are asked for."""
+    depend on the seed or the layout. At least one document stays on each side when both are asked for
+    (a fraction below one document holds out exactly one; a source of one document is refused)."""
     docs = np.arange(num_docs, dtype=np.int64)
     if valid_fraction <= 0:
         return docs, docs[:0]
-    if num_docs < 2:
-        raise ValueError(f"{num_docs} document(s): nothing to hold out for validation")
+    check_splittable(num_docs, valid_fraction, source)
     held = _hash01(docs) < valid_fraction
     if held.all() and num_docs > 1:
         held[np.argmax(_hash01(docs))] = False

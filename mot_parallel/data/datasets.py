@@ -19,6 +19,7 @@ from ..config import Config, atomic_modalities
 from .blend import BlendOrder, parse_blend
 from .corpus import Corpus
 from .corpus_set import CorpusPart, CorpusSet, split_documents
+from .indexed import DataError
 from .from_config import open_corpus, open_prefix
 
 
@@ -55,6 +56,16 @@ def _data(cfg: Config, sources, docs: List[np.ndarray], seed: int) -> Data:
     return Data(table, order)
 
 
+def _split(sources, fraction: float) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Every source's (train, validation) documents; refuses a validation side nothing can be learned from."""
+    splits = [split_documents(c.num_docs, fraction, c.prefix) for _, _, c in sources]
+    if all(int(c.doc_len[v].max()) < 2 for (_, _, c), (_, v) in zip(sources, splits)):
+        held = ", ".join(f"{c.prefix}: {len(v)}" for (_, _, c), (_, v) in zip(sources, splits))
+        raise DataError(f"data.valid_fraction={fraction}: every held-out document has a single token ({held}), "
+                        "so validation has no next-token target; give data.valid_path, or a larger fraction")
+    return splits
+
+
 def open_datasets(cfg: Config) -> Datasets:
     seed = cfg.train.seed
     train = _sources(cfg, cfg.data.path, "data.path")
@@ -63,7 +74,7 @@ def open_datasets(cfg: Config) -> Datasets:
         return Datasets(_data(cfg, train, [np.arange(c.num_docs) for _, _, c in train], seed),
                         _data(cfg, valid, [np.arange(c.num_docs) for _, _, c in valid], seed))
     if cfg.data.valid_fraction > 0:
-        splits = [split_documents(c.num_docs, cfg.data.valid_fraction) for _, _, c in train]
+        splits = _split(train, cfg.data.valid_fraction)
         return Datasets(_data(cfg, train, [t for t, _ in splits], seed),
                         _data(cfg, train, [v for _, v in splits], seed))
     return Datasets(_data(cfg, train, [np.arange(c.num_docs) for _, _, c in train], seed), None)

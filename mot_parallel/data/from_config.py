@@ -71,19 +71,22 @@ def check_data(cfg: Config, full: bool = True) -> None:
     """The data preflight, for every corpus of data.path and data.valid_path (a prefix or a blend);
     `full=False` reads metadata only (no token scan, no segment derivation)."""
     from .blend import parse_blend
+    from .corpus_set import check_splittable
     for key in ("path", "valid_path"):
         spec = getattr(cfg.data, key)
         if spec is None:
             if key == "path":
                 check_demo_fits(cfg)
             continue
+        split = cfg.data.valid_fraction if key == "path" and cfg.data.valid_path is None else 0.0
         for _, prefix in parse_blend(spec, f"data.{key}"):
             if full:
-                open_prefix(cfg, prefix)
+                check_splittable(open_prefix(cfg, prefix).num_docs, split, prefix)
                 continue
             check_corpus_files(prefix)
-            check_fits(IndexedDataset(prefix), cfg.model.modalities, cfg.model.vocab_size,
-                       bool(cfg.data.modality_token_ranges))
+            ds = IndexedDataset(prefix)
+            check_fits(ds, cfg.model.modalities, cfg.model.vocab_size, bool(cfg.data.modality_token_ranges))
+            check_splittable(ds.num_docs, split, prefix)
 
 
 def open_prefix(cfg: Config, prefix: str) -> Corpus:
