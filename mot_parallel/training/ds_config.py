@@ -17,6 +17,7 @@ _OWNED = {  # generated key -> the config key that sets it
     "train_micro_batch_size_per_gpu": "train.micro_batch_size",
     "gradient_accumulation_steps": "train.global_batch_size",
     "train_batch_size": "train.global_batch_size",
+    "gradient_clipping": "train.grad_clip",
 }
 
 
@@ -50,8 +51,8 @@ def deepspeed_config(cfg: Config, layout: ParallelLayout, dtype: torch.dtype, fu
         "steps_per_print": 10 ** 9,  # we log ourselves
         "wall_clock_breakdown": False,
     }
-    if t.grad_clip > 0:
-        ds["gradient_clipping"] = t.grad_clip
+    # always written: left out, DeepSpeed's default (1.0) would clip a run that asked for grad_clip=0 (off)
+    ds["gradient_clipping"] = float(t.grad_clip)
     extra = cfg.deepspeed or {}
     for key, owner in _OWNED.items():
         if key in extra and extra[key] != ds[key]:
