@@ -11,7 +11,7 @@ between the phases).
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -23,9 +23,10 @@ from .pipeline import stage_inputs
 
 class StepRunner:
     def __init__(self, engine, topo, num_modalities: int, device: torch.device, pipe_loss=None,
-                 time_breakdown: Optional[bool] = None):
+                 time_breakdown: Optional[bool] = None, before_optimizer: Optional[Callable[[], None]] = None):
         self.engine, self.topo, self.m, self.device = engine, topo, num_modalities, device
         self.pipe_loss, self.time_breakdown = pipe_loss, time_breakdown
+        self.before_optimizer = before_optimizer  # diagnostics: sees the reduced, unclipped gradients
 
     def _sync(self) -> float:
         on = self.time_breakdown
@@ -47,6 +48,8 @@ class StepRunner:
             t1 = self._sync()
             with record_function("mot/backward"):
                 self.engine.backward(out.loss_sum.sum() * (self.topo.dp_size / norm), scale_wrt_gas=False)
+            if self.before_optimizer is not None and mb is batch.micro_batches[-1]:
+                self.before_optimizer()
             t2 = self._sync()
             with record_function("mot/optimizer"):
                 self.engine.step()
