@@ -31,10 +31,12 @@ LR schedule, clipping), where those tests do not reach:
    vocabularies, different Markov chains): after 120 steps MoT's validation loss on each stream is within
    2% of a dense model trained on that stream alone with the same tokens of it per step (measured: text
    0.737 vs 0.747, image 1.167 vs 1.165). Nothing crosses modalities there, so MoT's copies are that dense
-   model plus a shared embedding, head and final norm. Rules out interference between copies over
-   training that per-step checks could miss. (Early in training, at 40 steps, MoT trails dense-alone by
-   ~7% on both streams, and so does a dense model trained on the mixed corpus, by ~6%: the second stream
-   slows the shared embedding/head, not the copies; docs/fidelity.md.)
+   model plus a shared embedding, head and final norm. This pins the ordering issue 16 asks about where no
+   information has to cross modalities: a training-path defect that slowed MoT would show here. It has
+   little power against mis-routing as such (tokens sent to random copies still pass: 0.738 / 1.168,
+   tried by hand; the tiny model converges anyway): check 1 is what catches routing. (Earlier, at 40 steps,
+   MoT trails dense-alone by ~7% on both streams, and a dense model on the mixed corpus trails it by ~6%:
+   the second stream slows the shared embedding/head; docs/fidelity.md.)
 """
 import numpy as np
 import pytest
