@@ -26,7 +26,13 @@ setup(
         "megatron": ["megatron-core>=0.12,<0.17"],
         # transformers: the hf-to-mot conversion tests build a tiny Llama (test-only).
         # scikit-learn, tokenizers: tests/test_real_corpus.py builds a tiny real-data corpus (see "study").
-        "dev": ["pytest>=7", "matplotlib", "transformers>=4.40", "scikit-learn>=1.0", "tokenizers>=0.15"],
+        # diffusers, Pillow: tests/test_preprocess_images.py builds a tiny VAE and PNGs (see "transfusion").
+        "dev": ["pytest>=7", "matplotlib", "transformers>=4.40", "scikit-learn>=1.0", "tokenizers>=0.15",
+                "diffusers>=0.30", "Pillow>=9.1"],
+        # the Transfusion setting's images (tools/preprocess_data.py --vae, images.decode_patches): diffusers'
+        # AutoencoderKL is THE reference VAE implementation (the SD/SDXL/SD3/Flux VAEs load as they were
+        # trained, latent normalisation included); Pillow is the standard image reader (every format, EXIF).
+        "transfusion": ["diffusers>=0.30", "Pillow>=9.1"],
         # the real-data corpus (tools/build_real_corpus.py): scikit-learn ships the 1,797 handwritten-digit
         # scans (load_digits, no download); tokenizers is HF's Rust BPE trainer, fast, deterministic as used,
         # and its tokenizer.json decodes text ids anywhere. Speech also needs the espeak-ng program (apt).

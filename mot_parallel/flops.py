@@ -38,6 +38,15 @@ def part_params(s: ModelSettings) -> Dict[str, int]:
             "ffn": 3 * h * s.ffn_hidden_size, "norms": 2 * h}
 
 
+def continuous_params(s: ModelSettings) -> Dict[str, int]:
+    """Parameters of the continuous modalities' projections (model/continuous.py, replicated over TP):
+    in = patch projection + timestep MLP (256 features -> h -> h), out = noise prediction, biases included."""
+    h, f = s.hidden_size, 256
+    embed = sum(c.patch_dim * h + h + f * h + h + h * h + h for c in s.continuous)
+    head = sum(h * c.patch_dim + c.patch_dim for c in s.continuous)
+    return {"embedding": embed, "head": head}
+
+
 def param_counts(s: ModelSettings, padded_vocab: bool = True) -> Dict[str, int]:
     """total: every parameter as the model holds them; active: those one token uses (dense-equivalent)."""
     parts = part_params(s)
@@ -47,11 +56,13 @@ def param_counts(s: ModelSettings, padded_vocab: bool = True) -> Dict[str, int]:
     embed = vocab * s.hidden_size
     head = 0 if s.tie_embeddings else vocab * s.hidden_size
     final = s.hidden_size * (s.num_modalities if s.untie_final_norm else 1)
+    cont = continuous_params(s)
+    extra = cont["embedding"] + cont["head"]
     return {
         "layer_total": layer_total, "layer_active": layer_active,
-        "embedding": embed, "head": head, "final_norm": final,
-        "total": s.num_layers * layer_total + embed + head + final,
-        "active": s.num_layers * layer_active + embed + head + s.hidden_size,
+        "embedding": embed, "head": head, "final_norm": final, "continuous": extra,
+        "total": s.num_layers * layer_total + embed + head + final + extra,
+        "active": s.num_layers * layer_active + embed + head + s.hidden_size + extra,
         "mot_extra_per_layer": layer_total - layer_active,
     }
 
@@ -63,8 +74,10 @@ def forward_flops_per_token(s: ModelSettings, seq_len: int, causal: bool = True)
     ffn = 2 * 3 * h * s.ffn_hidden_size
     head = 2 * h * s.padded_vocab(1)
     layer = proj + attn + ffn
+    # continuous tokens also pass their modality's projections (the LM head still runs on every token)
+    cont = max((2 * (c.patch_dim * h + 256 * h + h * h) + 2 * h * c.patch_dim for c in s.continuous), default=0)
     return {"layer": layer, "layer_gemm": proj + ffn, "layer_attention": attn, "head": head,
-            "total": s.num_layers * layer + head}
+            "continuous_token_extra": cont, "total": s.num_layers * layer + head}
 
 
 def training_flops_per_token(s: ModelSettings, seq_len: int, recompute: bool = False) -> float:

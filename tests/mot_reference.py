@@ -27,7 +27,23 @@ def leaf_copies(module):
     return {n: p.detach().clone().requires_grad_() for n, p in module.named_parameters()}
 
 
-def reference_layer(W, prefix, s, x, mods, positions=None, segments=None):
+def allowed_keys(i, j, S, segments=None, spans=None, context=None):
+    """Keys query (i, column j) attends: causal within its document, every token of its own span (an image,
+    bidirectional), and none before its context start (a condition-dropped image's BOI)."""
+    out = []
+    for t in range(S):
+        if segments is not None and segments[t, j] != segments[i, j]:
+            continue
+        same_span = spans is not None and spans[i, j] >= 0 and spans[t, j] == spans[i, j]
+        if t > i and not same_span:
+            continue
+        if context is not None and context[i, j] >= 0 and t < context[i, j]:
+            continue
+        out.append(t)
+    return out
+
+
+def reference_layer(W, prefix, s, x, mods, positions=None, segments=None, spans=None, context=None):
     """x [S, B, h] sequence order, mods [S, B] -> [S, B, h]; W: name -> leaf tensor (TP=1 layout)."""
     S, B, h = x.shape
     H, KV, d = s.num_heads, s.num_kv_heads, s.head_dim
@@ -58,7 +74,7 @@ def reference_layer(W, prefix, s, x, mods, positions=None, segments=None):
             heads = []
             for hh in range(H):
                 kvh = hh // (H // KV)
-                allowed = [t for t in range(i + 1) if segments is None or segments[t, j] == segments[i, j]]
+                allowed = allowed_keys(i, j, S, segments, spans, context)
                 scores = torch.stack([q[i, hh] @ k[t, kvh] for t in allowed]) / math.sqrt(d)
                 p = torch.softmax(scores, 0)
                 heads.append(sum(p[n] * v[t, kvh] for n, t in enumerate(allowed)))
@@ -88,6 +104,52 @@ def reference_model(W, s, tokens, mods, labels, label_mods, positions=None, segm
         return W[f"head.final_norm.weight.{s.modalities[m]}"] if s.untie_final_norm else W["head.final_norm.weight"]
     xn = torch.stack([torch.stack([_rms(x[i, j], fn(int(mods[i, j])), s.norm_eps)
                                    for j in range(x.shape[1])]) for i in range(x.shape[0])])
+    logits = xn @ W.get("head.output_layer.weight", W["embedding.word_embeddings.weight"]).t()
+    losses = F.cross_entropy(logits[..., :s.vocab_size].reshape(-1, s.vocab_size), labels.reshape(-1),
+                             reduction="none", ignore_index=-100)
+    valid = (labels.reshape(-1) != -100).float()
+    m = label_mods.reshape(-1)
+    loss_sum = torch.stack([(losses * valid * (m == k)).sum() for k in range(s.num_modalities)])
+    count = torch.stack([(valid * (m == k)).sum() for k in range(s.num_modalities)])
+    return loss_sum, count, logits
+
+
+def _timestep_features(t, dim, timesteps):
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    args = float(t) * (1000.0 / timesteps) * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)])
+
+
+def reference_transfusion(W, s, tokens, mods, labels, label_mods, patches, positions, segments, spans, context):
+    """The Transfusion setting, token by token: `patches[(i, j)]` = (x_t [D], t, eps [D]) at every continuous
+    position. Embedding: the token's row, or its modality's patch projection + timestep MLP; head: LM loss
+    on discrete targets, per-patch MSE of the noise prediction. Returns per-modality (loss sums, counts)."""
+    S, B = tokens.shape
+    x = W["embedding.word_embeddings.weight"][tokens].clone()
+    for (i, j), (x_t, t, _) in patches.items():
+        name = s.modalities[int(mods[i, j])]
+        lin = lambda n, v: W[f"embedding.continuous.{n}.{name}.weight"] @ v + W[f"embedding.continuous.{n}.{name}.bias"]  # noqa: E731
+        feat = _timestep_features(t, 256, s.diffusion_timesteps)
+        x[i, j] = lin("proj", x_t) + lin("time_out", F.silu(lin("time_in", feat)))
+    for n in range(s.num_layers):
+        x = reference_layer(W, f"layers.{n}.", s, x, mods, positions, segments, spans, context)
+
+    def fn(m):
+        return W[f"head.final_norm.weight.{s.modalities[m]}"] if s.untie_final_norm else W["head.final_norm.weight"]
+    xn = torch.stack([torch.stack([_rms(x[i, j], fn(int(mods[i, j])), s.norm_eps) for j in range(B)])
+                      for i in range(S)])
+    loss_sum, count, _ = _lm_part(W, s, xn, labels, label_mods)
+    for (i, j), (_, _, eps) in patches.items():
+        m = int(mods[i, j])
+        name = s.modalities[m]
+        pred = W[f"head.continuous.proj.{name}.weight"] @ xn[i, j] + W[f"head.continuous.proj.{name}.bias"]
+        loss_sum = loss_sum + F.one_hot(torch.tensor(m), s.num_modalities) * (pred - eps).pow(2).mean()
+        count = count + F.one_hot(torch.tensor(m), s.num_modalities).float()
+    return loss_sum, count
+
+
+def _lm_part(W, s, xn, labels, label_mods):
     logits = xn @ W.get("head.output_layer.weight", W["embedding.word_embeddings.weight"]).t()
     losses = F.cross_entropy(logits[..., :s.vocab_size].reshape(-1, s.vocab_size), labels.reshape(-1),
                              reduction="none", ignore_index=-100)

@@ -93,6 +93,32 @@ MALFORMED = [
     (["model.attention_dropout=1.5"], None, ["model.attention_dropout=1.5"]),
     (["train.optimizer.betas=[0.9]"], None, ["train.optimizer.betas"]),
     (["train.steps"], None, ["train.steps", "section.key=value"]),
+    # issue 13 §4: these used to pass validation and fail later (ZeroDivisionError, inside torch, or after the
+    # process group existed)
+    (["model.max_seq_len=1"], None, ["model.max_seq_len=1", "next-token target", "at least 2"]),
+    (["train.optimizer.lr=.nan"], None, ["train.optimizer.lr=nan is not a finite number"]),
+    (["train.optimizer.lr=.inf"], None, ["train.optimizer.lr=inf is not a finite number"]),
+    (["train.grad_clip=.nan"], None, ["train.grad_clip=nan is not a finite number"]),
+    (["train.optimizer.lr=1e999"], None, ["train.optimizer.lr=inf"]),
+    (["data.demo_documents=0"], None, ["data.demo_documents=0 must be >= 1"]),
+    (["data.path=''"], None, ["data.path is empty"]),
+    (["train.seed=4294967296"], None, ["train.seed=4294967296", "2**32"]),
+    (["model.hidden_size=100000000000000000000000"], None, ["model.hidden_size=", "beyond a 64-bit integer"]),
+    (["model.vocab_size=3000000000"], None, ["model.vocab_size=3000000000", "int32"]),
+    ([], 0, ["world size 0 must be >= 1"]),
+    (["deepspeed={train_batch_size: 32}"], 2, ["deepspeed.train_batch_size=32 contradicts train.global_batch_size"]),
+    (["deepspeed={gradient_accumulation_steps: 4}"], 1, ["deepspeed.gradient_accumulation_steps=4 contradicts"]),
+    (["deepspeed={zero_optimization: {stage: 3}}"], None, ["deepspeed.zero_optimization.stage=3 contradicts "
+                                                           "parallel.zero_stage (which gives 1)"]),
+    (["deepspeed={optimizer: {params: {lr: 0.1}}}"], None, ["deepspeed.optimizer.params.lr=0.1 contradicts "
+                                                            "train.optimizer.lr"]),
+    (["deepspeed={gradient_clipping: 0.5}"], None, ["deepspeed.gradient_clipping=0.5 contradicts train.grad_clip"]),
+    (["train.precision=fp32", "deepspeed={bf16: {enabled: true}}"], None, ["deepspeed.bf16.enabled=True contradicts "
+                                                                           "train.precision"]),
+    (["deepspeed={scheduler: {type: WarmupLR}}"], None, ["deepspeed.scheduler is ignored", "train.lr_schedule"]),
+    (["deepspeed={zero_optimization: 2}"], None, ["deepspeed.zero_optimization must be a mapping"]),
+    (["deepspeed={wall_clock_breakdown: .nan}"], None, ["deepspeed.wall_clock_breakdown=nan"]),
+    (["model.hidden_size=1000000007", "model.num_heads=8"], None, ["model.hidden_size=1000000007"]),  # no stall
 ]
 
 
@@ -118,3 +144,51 @@ def test_bad_files(tmp_path):
     (tmp_path / "sec.yaml").write_text("model: 3\n")
     with pytest.raises(ConfigError, match="model: expected a mapping"):
         load_config(str(tmp_path / "sec.yaml"))
+
+
+def _float_keys():
+    """Every float-valued config key (plain, Optional, list and mapping values), as an override setting NaN."""
+    import typing
+    from mot_parallel.config.schema import Config
+    out = []
+
+    def walk(cls, prefix):
+        for name, tp in typing.get_type_hints(cls).items():
+            key, args = prefix + name, typing.get_args(tp)
+            if hasattr(tp, "__dataclass_fields__"):
+                walk(tp, key + ".")
+            elif tp is float or float in args and typing.get_origin(tp) is typing.Union:
+                out.append((key, f"{key}=.nan"))
+            elif typing.get_origin(tp) is list and args == (float,):
+                out.append((key + "[0]", f"{key}=[.nan, 0.9]"))
+            elif typing.get_origin(tp) is dict and args[-1:] == (float,):
+                out.append((key + ".text", f"{key}={{text: .nan}}"))
+    walk(Config, "")
+    return out
+
+
+@pytest.mark.parametrize("key,override", _float_keys(), ids=[k for k, _ in _float_keys()])
+def test_every_float_key_refuses_nan(key, override):
+    """NaN in any float key is named, once, before anything else runs (not only train.optimizer.lr)."""
+    with pytest.raises(ConfigError) as e:
+        validate(load_config(None, [override]), world_size=1)
+    assert f"{key}=nan is not a finite number" in str(e.value), str(e.value)
+    root = key.split("[")[0].removesuffix(".text")
+    assert len([line for line in str(e.value).splitlines() if root in line]) == 1, str(e.value)
+
+
+def test_float_key_list_is_complete():
+    keys = [k for k, _ in _float_keys()]
+    assert {"train.optimizer.lr", "train.grad_clip", "model.rope_theta", "train.optimizer.betas[0]",
+            "train.optimizer.modality_lr_scale.text", "logging.peak_tflops", "model.init.std"} <= set(keys)
+
+
+def test_directory_and_non_utf8_configs(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory, not a config file"):
+        load_config(str(tmp_path))
+    (tmp_path / "latin1.yaml").write_bytes(b"model:\n  hidden_size: 64  # caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 on line 2\)"):
+        load_config(str(tmp_path / "latin1.yaml"))
+    (tmp_path / "child.yaml").write_text(f"base: {tmp_path}\n")
+    with pytest.raises(ConfigError, match="is a directory.*the 'base:' of"):
+        load_config(str(tmp_path / "child.yaml"))

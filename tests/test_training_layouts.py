@@ -2,7 +2,10 @@
 (and per-modality losses) under every layout, relative error <= 1e-4 (fp32):
 single process; DP=2 with ZeRO 1, 2, 3; DP=2 with activation checkpointing; TP=2 with SP off and on;
 PP=2 (ZeRO-1); and 4 processes mixing TP=2 + SP with PP=2. The loss is normalised by the global batch's
-loss tokens, so DP=2 reproduces DP=1 with 2 accumulation steps."""
+loss tokens, so DP=2 reproduces DP=1 with 2 accumulation steps.
+The same for the Transfusion setting (continuous images trained by diffusion, on the picture demo): its
+input/output projections are replicated over TP (partial gradients under SP), the noise is drawn per image,
+never per rank, so every layout trains the same model."""
 import pytest
 
 from mot_parallel.testing import run_distributed
@@ -42,3 +45,29 @@ def test_layout_matches_single_process(name, reference, tmp_path):
             assert abs(got[step][key] - ref[key]) <= 1e-4 * abs(ref[key]), (name, step, key, got[step][key], ref[key])
         assert got[step]["tokens/image"] == ref["tokens/image"]
         assert abs(got[step]["grad_norm"] - ref["grad_norm"]) <= 1e-3 * ref["grad_norm"], (name, step)
+
+
+TRANSFUSION = ["model.vocab_size=320", "model.modalities=[text,image]",
+               "model.continuous={image: {source: pixels, channels: 3, patch: 4, grid: [6, 6], boi_token: 256, "
+               "eoi_token: 257}}"]
+TRANSFUSION_LAYOUTS = ["dp2-zero3", "tp2", "tp2-sp", "pp2", "tp2-sp-pp2"]
+
+
+@pytest.fixture(scope="module")
+def transfusion_reference(tmp_path_factory):
+    run = tmp_path_factory.mktemp("single_tf")
+    (ref,) = run_distributed(train_body, 1, args=(TRANSFUSION + [f"run.output_dir={run}"],), timeout=300)
+    assert ref[8]["loss/image"] < ref[1]["loss/image"] and ref[1]["tokens/image"] > 0
+    return ref
+
+
+@pytest.mark.parametrize("name", TRANSFUSION_LAYOUTS)
+def test_transfusion_layout_matches_single_process(name, transfusion_reference, tmp_path):
+    world, overrides = LAYOUTS[name]
+    got = run_distributed(train_body, world, args=(TRANSFUSION + overrides + [f"run.output_dir={tmp_path}"],),
+                          timeout=300)[0]
+    for step, ref in transfusion_reference.items():
+        for key in ("loss", "loss/text", "loss/image"):
+            assert abs(got[step][key] - ref[key]) <= 1e-4 * abs(ref[key]), (name, step, key, got[step][key], ref[key])
+        assert got[step]["tokens/image"] == ref["tokens/image"]
+

@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from mot_parallel.data.balance import batch_stats  # noqa: E402
+from mot_parallel.cli import positive_int, user_errors  # noqa: E402
 from mot_parallel.data.corpus import SegmentTable  # noqa: E402
 from mot_parallel.data.packing import pack_balanced, pack_sequential  # noqa: E402
 from mot_parallel.data.profiles import heavy_tailed_mix, modalities_of, read_profiles, skewed_mix  # noqa: E402
@@ -130,12 +131,13 @@ def main(argv=None):
     ap.add_argument("--config", help="take the corpus, modalities and layout defaults from a config")
     ap.add_argument("--docs", help="length-profile JSONL (else the config's corpus, else a synthetic mix)")
     ap.add_argument("--mix", choices=sorted(MIXES), default="heavy", help="the synthetic mix (default heavy)")
-    ap.add_argument("--dp", type=int)
-    ap.add_argument("--micro-batches", type=int, help="micro-batches per step per rank (gradient accumulation)")
-    ap.add_argument("--micro-batch-size", type=int, help="sequences per micro-batch")
-    ap.add_argument("--seq-len", type=int)
-    ap.add_argument("--steps", type=int, default=16, help="global batches to pack (worst case reported)")
-    ap.add_argument("--documents", type=int, default=40000, help="size of the synthetic mix")
+    ap.add_argument("--dp", type=positive_int)
+    ap.add_argument("--micro-batches", type=positive_int,
+                    help="micro-batches per step per rank (gradient accumulation)")
+    ap.add_argument("--micro-batch-size", type=positive_int, help="sequences per micro-batch")
+    ap.add_argument("--seq-len", type=positive_int)
+    ap.add_argument("--steps", type=positive_int, default=16, help="global batches to pack (worst case reported)")
+    ap.add_argument("--documents", type=positive_int, default=40000, help="size of the synthetic mix")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", help="write per-cell stacked bar charts and the carry-over curve (PNG)")
@@ -161,13 +163,15 @@ def main(argv=None):
         if value:
             layout[key] = value
     if args.docs:
-        docs = read_profiles(args.docs)
-        mods = cfg.model.modalities if cfg else modalities_of(docs)
-        table = SegmentTable.from_profiles(docs, mods, atomic=["image"] if "image" in mods else [])
+        with user_errors():
+            docs = read_profiles(args.docs)
+            mods = cfg.model.modalities if cfg else modalities_of(docs)
+            table = SegmentTable.from_profiles(docs, mods, atomic=["image"] if "image" in mods else [])
         source = args.docs
     elif cfg is not None:
         from mot_parallel.data.datasets import open_datasets
-        table = open_datasets(cfg).train.table
+        with user_errors():
+            table = open_datasets(cfg).train.table
         mods, source = cfg.model.modalities, table.prefix
     else:
         docs = MIXES[args.mix](args.documents, seed=args.seed)

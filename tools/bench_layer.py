@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from mot_parallel.benchmarks.naive_mot import NaiveMoTLayer  # noqa: E402
+from mot_parallel.cli import non_negative_int, positive_int  # noqa: E402
 from mot_parallel.benchmarks.timing import time_interleaved  # noqa: E402
 from mot_parallel.distributed import device as dev  # noqa: E402
 from mot_parallel.flops import forward_flops_per_token, param_counts  # noqa: E402
@@ -72,30 +73,46 @@ def make_step(kind, layer, x, mods, s, device):
     return step
 
 
+def _check_args(args):
+    """Exit with one `error:` line for shapes the layer cannot take; return the --split fractions (or None)."""
+    kv = args.kv_heads or args.heads
+    if args.hidden % args.heads or (args.hidden // args.heads) % 2:
+        sys.exit(f"error: --hidden {args.hidden} / --heads {args.heads} must give an even integer head dim (RoPE)")
+    if args.heads % kv:
+        sys.exit(f"error: --kv-heads {kv} must divide --heads {args.heads}")
+    if not args.split:
+        return None
+    try:
+        split = [float(f) for f in args.split.split(",")]
+    except ValueError:
+        split = None
+    if not split or abs(sum(split) - 1) > 1e-6 or any(not f >= 0 for f in split):
+        sys.exit(f"error: --split {args.split} must be non-negative fractions summing to 1")
+    return split
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hidden", type=int, default=1024)
-    ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--kv-heads", type=int, default=None)
-    ap.add_argument("--ffn", type=int, default=2816)
-    ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--modalities", type=int, nargs="+", default=[2, 3], help="MoT variants to time")
+    ap.add_argument("--hidden", type=positive_int, default=1024)
+    ap.add_argument("--heads", type=positive_int, default=16)
+    ap.add_argument("--kv-heads", type=positive_int, default=None)
+    ap.add_argument("--ffn", type=positive_int, default=2816)
+    ap.add_argument("--seq", type=positive_int, default=2048)
+    ap.add_argument("--batch", type=positive_int, default=1)
+    ap.add_argument("--modalities", type=positive_int, nargs="+", default=[2, 3], help="MoT variants to time")
     ap.add_argument("--split", default=None, help="token fractions per modality, e.g. 0.7,0.3 (default even)")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--rounds", type=positive_int, default=7)
+    ap.add_argument("--warmup", type=non_negative_int, default=1)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--device", choices=["auto", "cpu"], default="cpu")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for of_peak (default: table)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
+    split = _check_args(args)
     device = dev.pick_device(0, force_cpu=args.device == "cpu")
     host_alloc = dev.set_host_allocator("keep") if device.type == "cpu" else None
     dtype = DTYPES[args.dtype]
-    split = [float(f) for f in args.split.split(",")] if args.split else None
-    if split and (abs(sum(split) - 1) > 1e-6 or any(f < 0 for f in split)):
-        sys.exit(f"error: --split {args.split} must be non-negative fractions summing to 1")
     torch.manual_seed(0)
 
     def settings(m, untie):

@@ -14,17 +14,19 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from mot_parallel.cli import positive_int, user_errors  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.data import MoTDataLoader  # noqa: E402
 from mot_parallel.data.datasets import open_datasets  # noqa: E402
 from mot_parallel.model import ModelSettings, plan_for  # noqa: E402
+from mot_parallel.model.diffusion import noiser_for  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--dp", type=int, default=None, help="data-parallel size (default: the config's demo world)")
+    ap.add_argument("--steps", type=positive_int, default=50)
+    ap.add_argument("--dp", type=positive_int, default=None, help="data-parallel size (default: 1)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
@@ -35,12 +37,15 @@ def main(argv=None):
     except ConfigError as e:
         sys.exit(f"error: {e}")
     s = ModelSettings.from_config(cfg)
-    data = open_datasets(cfg).train
+    with user_errors():
+        data = open_datasets(cfg).train
 
     def plan(mb):
-        return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp)  # as the trainer plans
+        return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp, span_ids=mb.span_ids,  # as the trainer plans
+                        context_start=mb.context_start)
 
-    loader = MoTDataLoader(data.table, order=data.order, seq_len=cfg.model.max_seq_len, micro_batch_size=layout.micro_batch_size,
+    loader = MoTDataLoader(data.table, order=data.order, noiser=noiser_for(cfg, s), seq_len=cfg.model.max_seq_len,
+                           micro_batch_size=layout.micro_batch_size,
                            dp_size=layout.dp, dp_rank=0, grad_accum=layout.grad_accum, seed=cfg.train.seed,
                            balance=cfg.data.balance, plan_builder=plan, prefetch=1,
                            num_workers=cfg.data.num_workers)

@@ -20,6 +20,8 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from mot_parallel.cli import checked_config, non_negative_int, positive_int, user_errors  # noqa: E402
+from mot_parallel.preflight import preflight  # noqa: E402
 from mot_parallel.testing import run_distributed  # noqa: E402
 
 PARTS = ("data", "forward", "backward", "optimizer")
@@ -65,15 +67,18 @@ def summarise(all_records, skip, eval_iters=0):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--nproc", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--skip", type=int, default=5)
-    ap.add_argument("--eval-iters", type=int, default=0, help="also measure evaluation of K global batches")
+    ap.add_argument("--nproc", type=positive_int, default=2)
+    ap.add_argument("--steps", type=positive_int, default=40)
+    ap.add_argument("--skip", type=non_negative_int, default=5, help="warm-up steps left out of the medians")
+    ap.add_argument("--eval-iters", type=non_negative_int, default=0, help="also measure evaluation of K global batches")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    if args.skip >= args.steps:
+        sys.exit(f"error: --skip {args.skip} leaves no step of --steps {args.steps} to measure")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        variants = {}
         for name, extra in (("mot", []), ("dense", ["model.untie=[]", "model.untie_final_norm=false"])):
             ov = list(args.overrides) + extra + [f"train.steps={args.steps}", "logging.interval=1",
                                                   "logging.tensorboard=false", "checkpoint.interval=0",
@@ -82,6 +87,11 @@ def main(argv=None):
             if args.eval_iters:
                 ov += [f"train.eval_iters={args.eval_iters}", f"train.eval_interval={max(1, args.steps // 4)}"]
                 ov += _valid_split(args.config, args.overrides)
+            variants[name] = ov
+            cfg, layout = checked_config(args.config, ov, world=args.nproc)  # before any process
+            with user_errors():
+                preflight(cfg, layout)
+        for name, ov in variants.items():
             records = run_distributed(_train, args.nproc, args=(args.config, ov), timeout=3600)[0]
             results[name] = summarise(records, args.skip, args.eval_iters)
     results["mot_over_dense"] = {"tokens_per_s": results["mot"]["tokens_per_s"] / results["dense"]["tokens_per_s"],

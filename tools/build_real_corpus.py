@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from mot_parallel.cli import positive_int  # noqa: E402
 from mot_parallel.data.real import (DEFAULT_PREFIX, RealCorpusError, RealCorpusOptions,  # noqa: E402
                                     build_real_corpus)
 
@@ -32,7 +33,7 @@ def main(argv=None):
     ap.add_argument("--speech-units", type=int, default=_DEFAULTS.speech_units, help="k-means speech units")
     ap.add_argument("--calibration-utterances", type=int, default=_DEFAULTS.calibration_utterances,
                     help="utterances the speech units are fitted on")
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    ap.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
                     help="speech synthesis threads (the output does not depend on it)")
     ap.add_argument("--espeak", default="espeak-ng", help="the espeak-ng program")
     ap.add_argument("--force", action="store_true", help="rebuild even when the corpus is up to date")

@@ -20,7 +20,8 @@
     python tools/convert_checkpoint.py to-megatron --universal u --out megatron_start
 
 to-universal / from-universal run on the layout's world: under a launcher (deepspeed / torchrun /
-srun) they use its processes; otherwise they start --nproc local CPU processes (default TP x PP).
+srun) they use its processes; otherwise they start --nproc local CPU processes (to-universal: the world
+that wrote the checkpoint, from its manifest; from-universal: TP x PP).
 Then load in Python:  model = mot_parallel.load_pretrained("exported"); logits = model(tokens, modality_ids)
 
 to-megatron writes <out>/model.safetensors (every weight, unsharded, fp32, under the parameter names of a
@@ -46,7 +47,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.config import load_config_or_exit  # noqa: E402
+from mot_parallel.cli import checked_config, existing_path, positive_int, user_errors  # noqa: E402
 from mot_parallel.model.settings import DTYPES  # noqa: E402
 
 
@@ -93,11 +94,18 @@ def _source_layout(checkpoint, src):
 
 def _run(config, overrides, action, arg, nproc):
     from mot_parallel.distributed import detect_launch_env
-    if detect_launch_env(resolve_mpi_master=False).launcher != "none":  # started by a launcher: its world
+    env = detect_launch_env(resolve_mpi_master=False)
+    cfg, _ = checked_config(config, overrides)
+    launched = env.launcher != "none"  # started by a launcher: its world
+    n = env.world_size if launched else nproc or cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel
+    scratch = [f"run.output_dir={arg}.export-run"] if action == "export" else []
+    cfg, layout = checked_config(config, list(overrides) + scratch, world=n)
+    with user_errors():  # the checkpoint to read is usable: checked before any process starts
+        from mot_parallel.training.resume import resolve_resume
+        resolve_resume(cfg, layout)
+    if launched:
         return _with_trainer(config, overrides, action, arg)
     from mot_parallel.testing import run_distributed
-    cfg = load_config_or_exit(config, overrides)
-    n = nproc or cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel
     return run_distributed(_with_trainer, n, args=(config, overrides, action, arg), timeout=24 * 3600)[0]
 
 
@@ -112,29 +120,38 @@ def _hugging_face(args) -> str:
     return f"wrote {args.out}: {s.num_layers} layers, modalities {list(s.modalities)} (shared start)"
 
 
+def _export(universal, out, dtype):
+    from mot_parallel.convert import export_universal
+    from mot_parallel.convert.universal import is_universal
+    if not is_universal(universal):
+        sys.exit(f"error: {universal}: not a universal checkpoint (no universal.json); make one with to-universal")
+    return export_universal(universal, out, dtype)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     h = sub.add_parser("hf-to-mot")
-    h.add_argument("--hf", required=True)
+    h.add_argument("--hf", required=True, type=existing_path)
     h.add_argument("--out", required=True)
     h.add_argument("--modalities", nargs="+", required=True)
     h.add_argument("--config", default=None, help="base config for everything the HF config does not set")
     h.add_argument("overrides", nargs="*")
     t = sub.add_parser("to-universal")
     t.add_argument("--config", required=True)
-    t.add_argument("--checkpoint", required=True, help="a run's checkpoint directory (or one step_* inside it)")
+    t.add_argument("--checkpoint", required=True, type=existing_path,
+                   help="a run's checkpoint directory (or one step_* inside it)")
     t.add_argument("--out", required=True)
-    t.add_argument("--nproc", type=int, default=None)
+    t.add_argument("--nproc", type=positive_int, default=None)
     t.add_argument("overrides", nargs="*")
     f = sub.add_parser("from-universal")
     f.add_argument("--config", required=True)
-    f.add_argument("--universal", required=True)
-    f.add_argument("--nproc", type=int, default=None)
+    f.add_argument("--universal", required=True, type=existing_path)
+    f.add_argument("--nproc", type=positive_int, default=None)
     f.add_argument("overrides", nargs="*")
     r = sub.add_parser("reshard")
     r.add_argument("--config", required=True)
-    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--checkpoint", required=True, type=existing_path)
     r.add_argument("--src", nargs="*", default=[],
                    help="overrides giving the checkpoint's layout (default: read from its checkpoint.json)")
     r.add_argument("--dst", nargs="*", default=[], help="overrides giving the target layout")
@@ -145,7 +162,7 @@ def main(argv=None):
     b.add_argument("--out", required=True)
     b.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     e = sub.add_parser("export")
-    e.add_argument("--universal", required=True)
+    e.add_argument("--universal", required=True, type=existing_path)
     e.add_argument("--out", required=True)
     e.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     m = sub.add_parser("to-megatron")
@@ -154,14 +171,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     if args.cmd in ("hf-to-mot", "to-hf"):
-        from mot_parallel.config import ConfigError
-        try:
+        if args.cmd == "hf-to-mot" and args.config:
+            checked_config(args.config, args.overrides)
+        with user_errors():
             print(_hugging_face(args))
-        except ConfigError as e:  # a checkpoint or config we do not handle: one line, no traceback
-            sys.exit("error: " + " ".join(str(e).split()))
-    elif args.cmd == "to-universal":
-        step = _run(args.config, args.overrides + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"],
-                    "export", os.path.abspath(args.out), args.nproc)
+    elif args.cmd == "to-universal":  # the checkpoint's own layout (its manifest), unless overrides say otherwise
+        src, nproc = _source_layout(args.checkpoint, [o for o in args.overrides if o.startswith("parallel.")])
+        step = _run(args.config, src + args.overrides + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"],
+                    "export", os.path.abspath(args.out), args.nproc or nproc)
         print(f"wrote {args.out} (step {step})")
     elif args.cmd == "from-universal":
         step = _run(args.config, args.overrides + [f"checkpoint.resume={os.path.abspath(args.universal)}"],
@@ -181,8 +198,7 @@ def main(argv=None):
         print(f"wrote {args.out}: {setup.config['num_layers']} layers, modalities {list(setup.options.modalities)}, "
               f"vocab_size={setup.model['vocab_size']} rows (megatron.json + model.safetensors)")
     else:
-        from mot_parallel.convert import export_universal
-        print(f"wrote {export_universal(args.universal, args.out, args.dtype)}")
+        print(f"wrote {_export(args.universal, args.out, args.dtype)}")
 
 
 if __name__ == "__main__":

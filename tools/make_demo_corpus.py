@@ -11,6 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from mot_parallel.cli import non_negative_int, positive_int  # noqa: E402
 from mot_parallel.data.demo_corpus import MODALITIES, documents, write_demo_corpus  # noqa: E402
 
 
@@ -18,11 +19,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output-prefix")
     ap.add_argument("--jsonl")
-    ap.add_argument("--documents", type=int, default=4000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--documents", type=positive_int, default=4000)
+    ap.add_argument("--seed", type=non_negative_int, default=0)
     args = ap.parse_args(argv)
     if not args.output_prefix and not args.jsonl:
         sys.exit("error: give --output-prefix and/or --jsonl")
+    try:
+        _write(args)
+    except OSError as e:
+        sys.exit(f"error: cannot write {e.filename or args.output_prefix or args.jsonl}: {e.strerror or e}")
+
+
+def _write(args):
     if args.output_prefix:
         write_demo_corpus(args.output_prefix, args.documents, args.seed)
         print(f"wrote {args.output_prefix}.bin/.idx/.mot.json")

@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from mot_parallel.cli import positive_int  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.flops import forward_flops_per_token, param_counts  # noqa: E402
 from mot_parallel.model import ModelSettings  # noqa: E402
@@ -37,14 +38,14 @@ def plan_dict(p):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--gpus", type=int, default=None, help="GPUs (default: TP x PP, i.e. DP = 1)")
+    ap.add_argument("--gpus", type=positive_int, default=None, help="GPUs (default: TP x PP, i.e. DP = 1)")
     ap.add_argument("--gpu", choices=sorted(GPUS), default="a100-80gb")
-    ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--top", type=positive_int, default=10)
     ap.add_argument("--json", action="store_true")
     for field in ("memory_gb", "peak_tflops", "hbm_gbps", "nvlink_gbps", "inter_gbps", "gemm_efficiency",
                   "attention_efficiency", "dp_overlap", "reserve_gb"):
         ap.add_argument("--" + field.replace("_", "-"), type=float, default=None, help="override the assumption")
-    ap.add_argument("--gpus-per-node", type=int, default=None)
+    ap.add_argument("--gpus-per-node", type=positive_int, default=None)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     hw = GPUS[args.gpu].with_(**{k: getattr(args, k) for k in ("memory_gb", "peak_tflops", "hbm_gbps",

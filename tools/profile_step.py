@@ -27,6 +27,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from mot_parallel.cli import checked_config, non_negative_int, positive_int  # noqa: E402
 from mot_parallel.testing import run_distributed  # noqa: E402
 
 CATEGORIES = ("data", "routing", "gemm", "attention", "norms", "tp_comm", "dp_comm", "optimizer", "other")
@@ -109,13 +110,14 @@ def _profiled_train(config, overrides, out_dir, warmup, steps):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--nproc", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--nproc", type=positive_int, default=1)
+    ap.add_argument("--steps", type=positive_int, default=3)
+    ap.add_argument("--warmup", type=non_negative_int, default=2)
     ap.add_argument("--out", default=None, help="trace directory (default: a temporary one, printed)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    checked_config(args.config, args.overrides, world=args.nproc)  # bad input: one error line, before any process
     out = args.out or tempfile.mkdtemp(prefix="mot_profile_")
     os.makedirs(out, exist_ok=True)
     res = run_distributed(_profiled_train, args.nproc, args=(args.config, args.overrides, out, args.warmup,

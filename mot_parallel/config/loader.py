@@ -26,14 +26,24 @@ def _read_yaml(path: str, chain: tuple = ()) -> Dict[str, Any]:
     path = os.path.abspath(path)
     if path in chain:
         raise ConfigError(f"circular 'base:' chain: {' -> '.join(chain + (path,))}")
+    where = f" (the 'base:' of {chain[-1]})" if chain else ""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a directory, not a config file{where}; give a YAML file "
+                          "(e.g. configs/demo_cpu.yaml)")
     if not os.path.isfile(path):
-        where = f" (the 'base:' of {chain[-1]})" if chain else ""
         raise ConfigError(f"config file not found: {path}{where}")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+        data = yaml.safe_load(text)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror}){where}") from None
+    except UnicodeDecodeError as e:
+        line = text_line(e.object, e.start)
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}){where}; "
+                          "save the config as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
@@ -44,6 +54,11 @@ def _read_yaml(path: str, chain: tuple = ()) -> Dict[str, Any]:
         raise ConfigError(f"{path}: 'base' must be a path string, got {base!r}")
     base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
     return _merge(_read_yaml(base_path, chain + (path,)), data)
+
+
+def text_line(data: bytes, offset: int) -> int:
+    """1-based line number of byte `offset` in `data` (to name where undecodable bytes are)."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 def _merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
@@ -102,6 +117,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r} (YAML list or key=[a,b])")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key + ".")
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")

@@ -45,6 +45,18 @@ class RopeScalingConfig:
 
 
 @dataclass
+class ContinuousConfig:
+    """One continuous modality (the Transfusion setting): an image as a grid of patch vectors."""
+    source: Literal["latents", "pixels"] = opt(
+        "latents", "What a patch holds: VAE latents (decoded by the VAE when sampling) or raw pixels in [-1, 1].")
+    channels: int = opt(8, "Channels per grid cell: latent channels (Transfusion: 8) or 3 for RGB pixels.")
+    patch: int = opt(2, "Patch side in grid cells (Transfusion: 2 x 2 latent cells; patch vector = channels*patch^2).")
+    grid: List[int] = opt([16, 16], "Patches per image, [height, width] (Transfusion: 256 px -> 32x32 latents -> 16x16).")
+    boi_token: Optional[int] = opt(None, "Text-side id that opens an image (BOI); generation emits it before the patches.")
+    eoi_token: Optional[int] = opt(None, "Text-side id that closes an image (EOI).")
+
+
+@dataclass
 class ModelConfig:
     hidden_size: int = opt(256, "Model width D.")
     num_layers: int = opt(4, "Number of transformer layers.")
@@ -73,10 +85,28 @@ class ModelConfig:
                          "untied). No other linear has a bias.")
     qk_norm: bool = opt(False, "RMSNorm on queries and keys per head dim (per modality when attention is untied).")
     untie_final_norm: bool = opt(False, "One final norm per modality (BAGEL) instead of a shared one.")
+    continuous: Dict[str, ContinuousConfig] = opt(
+        {}, "Continuous modalities (Transfusion): {modality: {source, channels, patch, grid, boi_token, eoi_token}}; "
+        "their patches enter through an input projection + timestep embedding and leave through an output "
+        "projection trained with the diffusion loss. Every other modality is discrete (token ids).")
     tie_embeddings: bool = opt(False, "Share the input embedding with the output head.")
     attention_dropout: float = opt(0.0, "Dropout on attention probabilities (pretraining normally 0).")
     hidden_dropout: float = opt(0.0, "Dropout on sub-layer outputs before the residual add.")
     init: InitConfig = opt(InitConfig, "Weight initialisation.")
+
+
+@dataclass
+class DiffusionConfig:
+    """How continuous modalities are trained (Transfusion: DDPM, cosine schedule, epsilon prediction)."""
+    loss_weight: float = opt(5.0, "lambda in L = L_LM + lambda * L_diffusion (Transfusion: 5).")
+    timesteps: int = opt(1000, "DDPM steps T; training draws t uniformly in [0, T).")
+    schedule: Literal["cosine"] = opt("cosine", "Noise schedule (Nichol & Dhariwal's cosine).")
+    image_first_max_t: int = opt(
+        500, "Noise limiting: t < this for an image that opens its document (image -> caption), so the caption "
+        "is learnt from a recognisable image (Transfusion: 500); 0 = off.")
+    condition_dropout: float = opt(
+        0.1, "Probability that an image's patches do not see the text before it (the caption), so sampling can "
+        "use classifier-free guidance.")
 
 
 @dataclass
@@ -194,6 +224,7 @@ class RunConfig:
 @dataclass
 class Config:
     model: ModelConfig = opt(ModelConfig, "Model architecture and MoT options.")
+    diffusion: DiffusionConfig = opt(DiffusionConfig, "Diffusion training of continuous modalities (Transfusion).")
     parallel: ParallelConfig = opt(ParallelConfig, "Parallel layout; DP = world_size / (TP * PP).")
     train: TrainConfig = opt(TrainConfig, "Training loop.")
     data: DataConfig = opt(DataConfig, "Data pipeline.")

@@ -2,20 +2,25 @@
 
 `validate(cfg, world_size)` collects every problem and raises one `ConfigError` listing them all,
 each naming the dotted key, the offending value and the fix; with a world size it returns the run's
-`ParallelLayout` (layout.py), derived here once.
+`ParallelLayout` (layout.py), derived here once, and checks the free-form `deepspeed:` keys against it.
+Checks that need files (the corpus, checkpoint.resume) are the preflight's (mot_parallel/preflight.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .layout import ParallelLayout
 from .loader import ConfigError
+from .continuous_checks import continuous_errors
+from .deepspeed_checks import deepspeed_conflicts
 from .schema import UNTIE_PARTS, Config
 
 
-def _divisors(n: int) -> List[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _divisors(n: int, up_to: int = 4096) -> List[int]:
+    """Divisors of n up to `up_to` (suggestions only; bounded so a huge value cannot stall validation)."""
+    return [d for d in range(1, min(n, up_to) + 1) if n % d == 0]
 
 
 def ffn_hidden_size(cfg: Config) -> int:
@@ -27,6 +32,27 @@ def num_kv_heads(cfg: Config) -> int:
     return cfg.model.num_kv_heads if cfg.model.num_kv_heads is not None else cfg.model.num_heads
 
 
+INT64_MAX = 2 ** 63 - 1
+MAX_VOCAB = 2 ** 31 - 1  # tokens are stored as int32 from 65,500 ids up (data/indexed.py token_dtype)
+
+
+def _number_errors(value: Any, key: str) -> List[str]:
+    """NaN/inf in any float (the typed keys and the free-form `deepspeed:` mapping alike; torch would fail
+    deep inside, or train on NaN) and integers beyond int64 (numpy/torch cannot hold them)."""
+    if dataclasses.is_dataclass(value):
+        return [e for f in dataclasses.fields(value) for e in _number_errors(getattr(value, f.name),
+                                                                             f"{key}.{f.name}" if key else f.name)]
+    if isinstance(value, dict):
+        return [e for k, v in value.items() for e in _number_errors(v, f"{key}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [e for i, v in enumerate(value) for e in _number_errors(v, f"{key}[{i}]")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{key}={value} is not a finite number; give a real value"]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        return [f"{key}={value} is too large (beyond a 64-bit integer)"]
+    return []
+
+
 def _model_errors(cfg: Config) -> List[str]:
     m, tp, err = cfg.model, cfg.parallel.tensor_parallel, []
     for key in ("hidden_size", "num_layers", "num_heads", "vocab_size", "max_seq_len", "make_vocab_size_divisible_by"):
@@ -34,6 +60,11 @@ def _model_errors(cfg: Config) -> List[str]:
             err.append(f"model.{key}={getattr(m, key)} must be positive")
     if err:
         return err
+    if m.max_seq_len < 2:
+        err.append(f"model.max_seq_len={m.max_seq_len} leaves no next-token target in a sequence (every token's "
+                   "target is the next one); use at least 2 (typically 2048-8192)")
+    if m.vocab_size > MAX_VOCAB:
+        err.append(f"model.vocab_size={m.vocab_size} exceeds {MAX_VOCAB}, the largest id an int32 corpus holds")
     if m.hidden_size % m.num_heads:
         err.append(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}; "
                    f"pick heads from {_divisors(m.hidden_size)[:12]}")
@@ -105,7 +136,9 @@ def _parallel_errors(cfg: Config, world_size: Optional[int]) -> List[str]:
                    f"parallel.tensor_parallel={p.tensor_parallel}")
     if world_size is not None:
         mp = p.tensor_parallel * p.pipeline_parallel
-        if world_size % mp:
+        if world_size < 1:
+            err.append(f"world size {world_size} must be >= 1")
+        elif world_size % mp:
             err.append(f"world size {world_size} is not divisible by parallel.tensor_parallel * "
                        f"parallel.pipeline_parallel = {mp}; launch a multiple of {mp} processes")
     return err
@@ -119,8 +152,8 @@ def _train_errors(cfg: Config) -> List[str]:
         err.append(f"train.global_batch_size={t.global_batch_size} must be positive")
     if t.steps <= 0:
         err.append(f"train.steps={t.steps} must be positive")
-    if t.seed < 0:
-        err.append(f"train.seed={t.seed} must be >= 0")
+    if not 0 <= t.seed < 2 ** 32:
+        err.append(f"train.seed={t.seed} must be in [0, 2**32) (numpy's seed range)")
     if t.grad_clip < 0:
         err.append(f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
     if o.lr <= 0:
@@ -143,9 +176,11 @@ def _train_errors(cfg: Config) -> List[str]:
 
 
 def atomic_modalities(cfg: Config) -> List[str]:
-    if cfg.data.atomic_modalities is not None:
-        return list(cfg.data.atomic_modalities)
-    return ["image"] if "image" in cfg.model.modalities else []
+    """Modalities packing never cuts: data.atomic_modalities (default [image] when there is one), and
+    always every continuous modality (an image's patches are one diffusion target)."""
+    given = cfg.data.atomic_modalities
+    base = list(given) if given is not None else (["image"] if "image" in cfg.model.modalities else [])
+    return base + [m for m in cfg.model.modalities if m in cfg.model.continuous and m not in base]
 
 
 def _io_errors(cfg: Config) -> List[str]:
@@ -175,6 +210,10 @@ def _io_errors(cfg: Config) -> List[str]:
         err.append("train.eval_interval and train.eval_iters must be >= 0")
     if cfg.data.num_workers < 1 or cfg.data.prefetch < 1:
         err.append("data.num_workers and data.prefetch must be >= 1")
+    if cfg.data.demo_documents < 1:
+        err.append(f"data.demo_documents={cfg.data.demo_documents} must be >= 1 (documents in the demo corpus)")
+    if not cfg.checkpoint.resume.strip():
+        err.append("checkpoint.resume is empty; use auto, none, or a checkpoint directory")
     for name in cfg.data.atomic_modalities or []:
         if name not in cfg.model.modalities:
             err.append(f"data.atomic_modalities: unknown modality {name!r}; model.modalities is {cfg.model.modalities}")
@@ -202,11 +241,25 @@ def _batch_errors(cfg: Config, world_size: int) -> List[str]:
     return []
 
 
+def _key_of(error: str) -> str:
+    """'train.optimizer.betas[0]=nan ...' -> 'train.optimizer.betas'."""
+    return error.split("=", 1)[0].split("[", 1)[0]
+
+
 def validate(cfg: Config, world_size: Optional[int] = None) -> Optional[ParallelLayout]:
     """Raise ConfigError listing every problem; return the ParallelLayout when `world_size` is given."""
-    errors = _model_errors(cfg) + _parallel_errors(cfg, world_size) + _train_errors(cfg) + _io_errors(cfg)
+    numbers = _number_errors(cfg, "")
+    bad_keys = {_key_of(e) for e in numbers}
+    errors = _model_errors(cfg) + _parallel_errors(cfg, world_size) + _train_errors(cfg) + _io_errors(cfg) + \
+        continuous_errors(cfg)
     if world_size is not None and not any(e.startswith("world size") for e in errors):
         errors += _batch_errors(cfg, world_size)
+    errors = [e for e in errors if _key_of(e) not in bad_keys]  # a NaN fails range checks too: name it once
+    layout = None
+    if not errors:  # the layout is sound (a NaN elsewhere does not change it)
+        layout = ParallelLayout.from_config(cfg, world_size) if world_size is not None else None
+        errors = [e for e in deepspeed_conflicts(cfg, layout) if _key_of(e) not in bad_keys]
+    errors = numbers + errors
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
-    return ParallelLayout.from_config(cfg, world_size) if world_size is not None else None
+    return layout

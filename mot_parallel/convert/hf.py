@@ -254,6 +254,10 @@ def hf_to_universal(hf_dir: str, out: str, modalities: Sequence[str], base_confi
     cfg = load_config(base_config, derived + list(overrides))
     validate(cfg)
     s, s0 = ModelSettings.from_config(cfg), ModelSettings.from_config(load_config(base_config, derived))
+    if s.continuous:
+        raise ConversionError(f"{hf_dir}: model.continuous={[c.name for c in s.continuous]}: a causal LM has no "
+                              "patch projections to upcycle; convert with discrete modalities, then add the "
+                              "continuous ones to a config trained from scratch")
     reader = _Reader(_hf_tensors(hf_dir))
     _refuse(hf_dir, _override_problems(s, s0) + _tensor_problems(s, reader))
 

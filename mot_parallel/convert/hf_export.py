@@ -78,6 +78,9 @@ def _check(s: ModelSettings, modality: str, where: str) -> None:
         problems.append(f"model.norm_placement={s.norm_placement!r}: HF Llama/Qwen2 are pre-norm")
     if s.qk_norm:
         problems.append("model.qk_norm=true: HF Llama/Qwen2 have no QK-norm")
+    if s.spec(modality) is not None:
+        problems.append(f"{modality!r} is a continuous modality (patches and a diffusion head): a causal LM cannot "
+                        "express it; export a discrete modality's copy (e.g. text)")
     if problems:
         raise ConversionError(f"cannot export {where} to Hugging Face: " + "; ".join(problems))
 

@@ -1,4 +1,5 @@
-"""Data pipeline: Megatron-compatible indexed corpora (indexed.py), modality segments (corpus.py),
+"""Data pipeline: Megatron-compatible indexed corpora (indexed.py), modality segments (corpus.py), token ids
+against the vocabulary, once per corpus (token_ids.py),
 the document stream (stream.py), per-modality balanced packing (packing.py: pool.py, cells.py,
 atomic_units.py, splittable_fill.py; metrics and bounds in balance.py), micro-batches (batch.py),
 the per-rank loader (loader.py), several corpora or document subsets as one table (corpus_set.py), blends

@@ -20,8 +20,11 @@ def parse_blend(value, key: str) -> List[Tuple[float, str]]:
     """`prefix`, `"w1 p1 w2 p2 ..."` or `[w1, p1, w2, p2, ...]` -> [(weight, prefix)], weights summing to 1.
     Raises ValueError naming `key`."""
     items = value.split() if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
-    if not items:
+    if items is None:
         raise ValueError(f"{key}: expected a corpus prefix or a blend 'weight prefix weight prefix ...', got {value!r}")
+    if not items:
+        raise ValueError(f"{key} is empty; give a corpus prefix (<prefix>.bin/.idx), a blend 'weight prefix "
+                         "weight prefix ...', or null for the demo corpus")
     if len(items) == 1:
         return [(1.0, str(items[0]))]
     if len(items) % 2:

@@ -28,7 +28,8 @@ class CorpusPart:
 
 
 class CorpusSet(SegmentTable):
-    def __init__(self, parts: Sequence[CorpusPart], modalities: Sequence[str], atomic: Sequence[str] = ()):
+    def __init__(self, parts: Sequence[CorpusPart], modalities: Sequence[str], atomic: Sequence[str] = (),
+                 continuous: Sequence[str] = ()):
         if not parts:
             raise ValueError("a CorpusSet needs at least one part")
         self.parts = list(parts)
@@ -45,7 +46,7 @@ class CorpusSet(SegmentTable):
             doc_seg.append(base + np.cumsum(sizes))
         self.offsets = np.cumsum([0] + [len(p.docs) for p in self.parts])
         prefix = " + ".join(p.corpus.prefix for p in self.parts)
-        super().__init__(seg_len, seg_mode, np.concatenate(doc_seg), modalities, atomic, prefix)
+        super().__init__(seg_len, seg_mode, np.concatenate(doc_seg), modalities, atomic, prefix, continuous)
 
     @property
     def names(self) -> List[str]:
@@ -63,6 +64,10 @@ class CorpusSet(SegmentTable):
     def read(self, doc: int, start: int, end: int) -> Tuple[np.ndarray, np.ndarray]:
         corpus, local = self.local(doc)
         return corpus.read(local, start, end)
+
+    def continuous_rows(self, doc: int, start: int, end: int):
+        corpus, local = self.local(doc)
+        return corpus.continuous_rows(local, start, end)
 
 
 def _select(corpus: SegmentTable, docs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from ..config import Config, atomic_modalities
 from .blend import BlendOrder, parse_blend
 from .corpus import Corpus
 from .corpus_set import CorpusPart, CorpusSet, split_documents
-from .from_config import open_corpus
+from .from_config import open_corpus, open_prefix
 
 
 @dataclass
@@ -34,11 +34,6 @@ class Datasets:
     valid: Optional[Data]
 
 
-def _open(cfg: Config, prefix: str) -> Corpus:
-    return Corpus(prefix, cfg.model.modalities, cfg.model.vocab_size, cfg.data.modality_token_ranges or None,
-                  atomic=atomic_modalities(cfg))
-
-
 def _sources(cfg: Config, spec, key: str) -> List[Tuple[float, str, Corpus]]:
     if spec is None:  # the demo corpus (built on first use)
         corpus = open_corpus(cfg)
@@ -49,13 +44,13 @@ def _sources(cfg: Config, spec, key: str) -> List[Tuple[float, str, Corpus]]:
         name = os.path.basename(prefix.rstrip("/")) or prefix
         name = name if name not in names else f"{name}_{len(out)}"
         names.add(name)
-        out.append((weight, name, _open(cfg, prefix)))
+        out.append((weight, name, open_prefix(cfg, prefix)))
     return out
 
 
 def _data(cfg: Config, sources, docs: List[np.ndarray], seed: int) -> Data:
     parts = [CorpusPart(name, corpus, d) for (_, name, corpus), d in zip(sources, docs)]
-    table = CorpusSet(parts, cfg.model.modalities, atomic_modalities(cfg))
+    table = CorpusSet(parts, cfg.model.modalities, atomic_modalities(cfg), list(cfg.model.continuous))
     order = BlendOrder([len(d) for d in docs], [w for w, _, _ in sources], seed) if len(parts) > 1 else None
     return Data(table, order)
 

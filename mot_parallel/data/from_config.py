@@ -2,30 +2,115 @@
 
 The demo corpus is written under <run.output_dir>/demo_corpus/ by whichever rank gets there first;
 writes are atomic (pid-suffixed temp files renamed into place), so concurrent builders are harmless
-and produce identical bytes."""
+and produce identical bytes.
+
+`check_data(cfg, full)` is the data part of the preflight (mot_parallel/preflight.py): the corpus exists,
+its index is sound and it fits the model; `full` also scans (or reads the cached scan of) every token id
+and derives the token-range segments, which `open_corpus` does anyway."""
 from __future__ import annotations
 
 import os
 
 from ..config import Config, atomic_modalities
-from .corpus import Corpus
-from .demo_corpus import MODALITIES, VOCAB_SIZE, write_demo_corpus
-from .indexed import DataError
+from .corpus import Corpus, check_fits
+from . import demo_corpus, demo_pictures
+from .indexed import DataError, IndexedDataset
+
+
+def _demo(cfg: Config):
+    """The demo a config gets with data.path null: the picture demo (Transfusion) for a model with
+    continuous modalities, else the token demo."""
+    return demo_pictures if cfg.model.continuous else demo_corpus
 
 
 def demo_prefix(cfg: Config) -> str:
-    return os.path.join(cfg.run.output_dir, "demo_corpus", f"demo_{cfg.data.demo_documents}")
+    kind = "pictures" if cfg.model.continuous else "demo"
+    return os.path.join(cfg.run.output_dir, "demo_corpus", f"{kind}_{cfg.data.demo_documents}")
+
+
+def check_demo_fits(cfg: Config) -> None:
+    demo = _demo(cfg)
+    keys = ("source", "channels", "patch", "grid")
+    image = cfg.model.continuous.get("image")
+    continuous_ok = not cfg.model.continuous or (set(cfg.model.continuous) == {"image"} and all(
+        getattr(image, k) == demo.CONTINUOUS["image"][k] for k in keys))
+    if list(cfg.model.modalities) != list(demo.MODALITIES) or cfg.model.vocab_size < demo.VOCAB_SIZE or \
+            not continuous_ok:
+        need = f" and model.continuous.image {dict((k, demo.CONTINUOUS['image'][k]) for k in keys)}" \
+            if cfg.model.continuous else ""
+        raise DataError(f"data.path is null, so the demo corpus is used: it needs model.modalities = "
+                        f"{list(demo.MODALITIES)} and model.vocab_size >= {demo.VOCAB_SIZE}{need} (got "
+                        f"{cfg.model.modalities}, {cfg.model.vocab_size}); or give data.path")
+
+
+def check_corpus_files(prefix: str) -> None:
+    """data.path names a prefix: say so when it names one of the files, a directory, or nothing."""
+    if os.path.isfile(prefix + ".idx") and os.path.isfile(prefix + ".bin"):
+        return
+    for ext in (".bin", ".idx", ".mot.json"):
+        if prefix.endswith(ext) and os.path.isfile(prefix[: -len(ext)] + ".idx"):
+            raise DataError(f"data.path={prefix} names a file of the corpus; give its prefix: "
+                            f"data.path={prefix[: -len(ext)]}")
+    missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
+    what = "is a directory; " if os.path.isdir(prefix) else ""
+    raise DataError(f"data.path={prefix} {what}has no corpus: {' and '.join(missing)} not found (a corpus is "
+                    "<prefix>.bin + <prefix>.idx; build one with tools/preprocess_data.py, or set data.path: null "
+                    "for the demo corpus)")
+
+
+def check_trainable(corpus: Corpus) -> None:
+    """Refuse a corpus nothing can be learned from (the step's loss normaliser would be 0)."""
+    if corpus.num_docs == 0 or not corpus.doc_len.any():
+        raise DataError(f"{corpus.prefix}: the corpus has no tokens ({corpus.num_docs} documents); rebuild it")
+    if int(corpus.doc_len.max()) < 2:
+        raise DataError(f"{corpus.prefix}: every document has a single token, so no token has a next-token target "
+                        "(documents are never joined); rebuild the corpus with whole documents")
+
+
+def check_data(cfg: Config, full: bool = True) -> None:
+    """The data preflight, for every corpus of data.path and data.valid_path (a prefix or a blend);
+    `full=False` reads metadata only (no token scan, no segment derivation)."""
+    from .blend import parse_blend
+    for key in ("path", "valid_path"):
+        spec = getattr(cfg.data, key)
+        if spec is None:
+            if key == "path":
+                check_demo_fits(cfg)
+            continue
+        for _, prefix in parse_blend(spec, f"data.{key}"):
+            if full:
+                open_prefix(cfg, prefix)
+                continue
+            check_corpus_files(prefix)
+            check_fits(IndexedDataset(prefix), cfg.model.modalities, cfg.model.vocab_size,
+                       bool(cfg.data.modality_token_ranges))
+
+
+def open_prefix(cfg: Config, prefix: str) -> Corpus:
+    """One corpus of the config's data, checked: its files, its fit to the model, its token ids."""
+    check_corpus_files(prefix)
+    corpus = _corpus(prefix, cfg)
+    check_trainable(corpus)
+    return corpus
+
+
+def _corpus(prefix: str, cfg: Config) -> Corpus:
+    continuous = {name: {"patch_dim": c.channels * c.patch * c.patch, "channels": c.channels, "patch": c.patch,
+                         "grid": list(c.grid), "source": c.source} for name, c in cfg.model.continuous.items()}
+    return Corpus(prefix, cfg.model.modalities, cfg.model.vocab_size, cfg.data.modality_token_ranges or None,
+                  atomic=atomic_modalities(cfg), continuous=continuous)
 
 
 def open_corpus(cfg: Config) -> Corpus:
     prefix = cfg.data.path
     if prefix is None:
-        if list(cfg.model.modalities) != list(MODALITIES) or cfg.model.vocab_size < VOCAB_SIZE:
-            raise DataError(f"data.path is null, so the demo corpus is used: it needs model.modalities = "
-                            f"{list(MODALITIES)} and model.vocab_size >= {VOCAB_SIZE} (got {cfg.model.modalities}, "
-                            f"{cfg.model.vocab_size}); or give data.path")
+        check_demo_fits(cfg)
         prefix = demo_prefix(cfg)
         if not os.path.isfile(prefix + ".idx"):
-            write_demo_corpus(prefix, cfg.data.demo_documents, seed=0)
-    return Corpus(prefix, cfg.model.modalities, cfg.model.vocab_size, cfg.data.modality_token_ranges or None,
-                  atomic=atomic_modalities(cfg))
+            writer = demo_pictures.write_demo_pictures if cfg.model.continuous else demo_corpus.write_demo_corpus
+            writer(prefix, cfg.data.demo_documents, seed=0)
+    else:
+        check_corpus_files(prefix)
+    corpus = _corpus(prefix, cfg)
+    check_trainable(corpus)
+    return corpus

@@ -12,8 +12,10 @@ MoT corpora written by mot_parallel are `multimodal`: every *segment* of a docum
 Plain (non-multimodal) Megatron corpora work too; modalities then come from token-id ranges.
 
 Writes are atomic: temp files are renamed into place, the .idx last, so a crash never leaves a
-dataset that looks valid. Reads check the .bin size against the index (a truncated .bin fails with
-the file, the expected and actual sizes and the first document affected).
+dataset that looks valid. Opening validates the index structure (document boundaries, segment lengths
+and offsets, modes; vectorised) and the .bin size against it (a truncated .bin fails with the file, the
+expected and actual sizes and the first document affected). Token ids are checked against the model's
+vocabulary once per corpus by data/token_ids.py.
 """
 from __future__ import annotations
 
@@ -40,6 +42,20 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size < 65500 else np.int32
 
 
+def _as_tokens(tokens, dtype, doc: int) -> np.ndarray:
+    """Tokens as the corpus dtype; ids the dtype cannot hold are refused (a cast would wrap them silently)."""
+    arr = np.asarray(tokens)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"document {doc}: a segment's tokens must be a 1-D sequence of integer ids")
+    info = np.iinfo(dtype)
+    if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
+        raise DataError(f"document {doc}: token ids {int(arr.min())}..{int(arr.max())} do not fit the corpus "
+                        f"dtype {np.dtype(dtype).name} [{info.min}, {info.max}]; use token_dtype(vocab_size)")
+    if arr.size >= 2 ** 31:
+        raise DataError(f"document {doc}: a segment of {arr.size} tokens exceeds the index's int32 lengths")
+    return arr.astype(dtype, copy=False)
+
+
 class IndexedWriter:
     """Stream documents into <prefix>.bin/.idx; `close()` publishes atomically, errors leave nothing."""
 
@@ -55,7 +71,9 @@ class IndexedWriter:
     def add_document(self, segments: Sequence[Tuple[np.ndarray, int]]) -> None:
         """segments: (tokens, mode) pairs of one document, in order."""
         for tokens, mode in segments:
-            arr = np.asarray(tokens, dtype=self.dtype)
+            arr = _as_tokens(tokens, self.dtype, len(self.doc_index) - 1)
+            if not 0 <= int(mode) <= 127:  # stored as int8; a negative or wrapped mode would corrupt the index
+                raise DataError(f"document {len(self.doc_index) - 1}: modality id {mode} must be in [0, 127]")
             self._bin.write(arr.tobytes(order="C"))
             self.lengths.append(int(arr.size))
             self.modes.append(int(mode))
@@ -108,7 +126,12 @@ class IndexedWriter:
 
 
 class IndexedDataset:
-    """Read-only, memory-mapped view; nothing is loaded into RAM beyond the index arrays' pages."""
+    """Read-only, memory-mapped view; nothing is loaded into RAM beyond the index arrays' pages.
+
+    Opening validates the whole index structure (vectorised, in bounded chunks): document boundaries run
+    from 0 to the segment count without going back, segment lengths are >= 0, segments lie back to back
+    in the .bin, modes are >= 0, and the .bin has exactly the size the index describes. Each error names
+    the file, the segment and the document."""
 
     def __init__(self, prefix: str):
         self.prefix = prefix
@@ -125,6 +148,8 @@ class IndexedDataset:
         if code not in _DTYPES:
             raise DataError(f"{idx_path}: unknown token dtype code {code}")
         self.dtype = _DTYPES[code]
+        if not np.issubdtype(self.dtype, np.integer):
+            raise DataError(f"{idx_path}: token dtype {np.dtype(self.dtype).name}: token ids must be integers")
         n_seq, n_doc = struct.unpack("<QQ", head[18:34])
         base = 34 + n_seq * 4 + n_seq * 8 + n_doc * 8
         size = os.path.getsize(idx_path)
@@ -137,6 +162,7 @@ class IndexedDataset:
         self.pointers = np.frombuffer(idx, dtype=np.int64, count=n_seq, offset=34 + n_seq * 4)
         self.doc_index = np.frombuffer(idx, dtype=np.int64, count=n_doc, offset=34 + n_seq * 12)
         self.modes = (np.frombuffer(idx, dtype=np.int8, count=n_seq, offset=base) if self.multimodal else None)
+        _check_index(self, idx_path)
         itemsize = np.dtype(self.dtype).itemsize
         expected = int(self.lengths.sum(dtype=np.int64)) * itemsize
         actual = os.path.getsize(bin_path)
@@ -147,10 +173,17 @@ class IndexedDataset:
                             f"({'truncated' if actual < expected else 'trailing bytes'}; first document "
                             f"affected: {max(doc, 0)} of {self.num_docs}); rebuild it with tools/preprocess_data.py")
         self._bin = np.memmap(bin_path, mode="r", dtype=self.dtype) if expected else np.zeros(0, self.dtype)
-        self.meta = {}
-        if os.path.isfile(prefix + SIDECAR):
-            with open(prefix + SIDECAR) as f:
-                self.meta = json.load(f)
+        self.meta = read_sidecar(prefix + SIDECAR)
+
+    def stamp(self) -> np.ndarray:
+        """Identifies the files' current contents (size, modification time, inode of .bin and .idx): caches
+        derived from the corpus store it and are rebuilt when it changes."""
+        st = [os.stat(self.prefix + ext) for ext in (".bin", ".idx")]
+        return np.array([v % (1 << 63) for s in st for v in (s.st_size, s.st_mtime_ns, s.st_ino)], dtype=np.int64)
+
+    def document_of(self, segment: int) -> int:
+        """The document holding segment `segment` (the index must have passed `_check_index`)."""
+        return int(np.searchsorted(self.doc_index, segment, "right")) - 1
 
     @property
     def num_docs(self) -> int:
@@ -170,3 +203,64 @@ class IndexedDataset:
         n = int(self.lengths[first:last].sum())
         end = n if end is None else end
         return self._bin[offset + start: offset + end]
+
+
+_CHUNK = 1 << 22  # index entries per vectorised pass: bounded temporaries on indexes of any size
+
+
+def _check_index(ds: IndexedDataset, path: str) -> None:
+    """Raise DataError naming the first structural fault of the index (see IndexedDataset)."""
+    fix = "the index is corrupt; rebuild the corpus with tools/preprocess_data.py"
+    d, n_seq = ds.doc_index, len(ds.lengths)
+    if len(d) == 0 or d[0] != 0 or d[-1] != n_seq:
+        ends = f"runs from {d[0]} to {d[-1]}" if len(d) else "is empty"
+        raise DataError(f"{path}: the document index {ends}, but must run from 0 to the segment count {n_seq}; {fix}")
+    for a in range(0, len(d) - 1, _CHUNK):
+        back = np.flatnonzero(np.diff(d[a: a + _CHUNK + 1]) < 0)
+        if len(back):
+            doc = a + int(back[0])
+            raise DataError(f"{path}: the document index goes backwards at document {doc} (it starts at segment "
+                            f"{int(d[doc])} and ends at {int(d[doc + 1])}); {fix}")
+    offset, itemsize = 0, np.dtype(ds.dtype).itemsize
+    for a in range(0, n_seq, _CHUNK):
+        lengths = ds.lengths[a: a + _CHUNK].astype(np.int64)
+        neg = np.flatnonzero(lengths < 0)
+        if len(neg):
+            seg = a + int(neg[0])
+            raise DataError(f"{path}: segment {seg} (document {ds.document_of(seg)}) has length "
+                            f"{int(lengths[neg[0]])}; {fix}")
+        starts = offset + np.concatenate([[0], np.cumsum(lengths[:-1])]) * itemsize
+        moved = np.flatnonzero(ds.pointers[a: a + _CHUNK] != starts)
+        if len(moved):
+            seg = a + int(moved[0])
+            raise DataError(f"{path}: segment {seg} (document {ds.document_of(seg)}) starts at byte "
+                            f"{int(ds.pointers[seg])} of the .bin, but segments lie back to back, so it must start at "
+                            f"{int(starts[moved[0]])}; {fix}")
+        offset += int(lengths.sum()) * itemsize
+        if ds.modes is not None:
+            bad = np.flatnonzero(ds.modes[a: a + _CHUNK] < 0)
+            if len(bad):
+                seg = a + int(bad[0])
+                raise DataError(f"{path}: segment {seg} (document {ds.document_of(seg)}) has modality id "
+                                f"{int(ds.modes[seg])}; ids are 0, 1, ... in model.modalities order; {fix}")
+
+
+def read_sidecar(path: str) -> Dict:
+    """The <prefix>.mot.json record ({} when absent), its fields type-checked."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, and bytes that are not UTF-8
+        raise DataError(f"{path}: unreadable sidecar ({e}); rebuild the corpus with tools/preprocess_data.py, "
+                        "or delete the file to use the corpus without it") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: the sidecar must be a JSON object, got {type(meta).__name__}")
+    names = meta.get("modalities")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise DataError(f"{path}: 'modalities' must be a list of names, got {names!r:.80}")
+    vocab = meta.get("vocab_size")
+    if vocab is not None and not (isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0):
+        raise DataError(f"{path}: 'vocab_size' must be a positive integer, got {vocab!r:.80}")
+    return meta

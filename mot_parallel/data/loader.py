@@ -44,11 +44,12 @@ class MoTDataLoader:
                  grad_accum: int, seed: int, balance: bool = True,
                  plan_builder: Optional[Callable[[MicroBatch], object]] = None,
                  device: Optional[torch.device] = None, prefetch: int = 2, num_workers: int = 1,
-                 order: Optional[Callable[[int], np.ndarray]] = None):
+                 order: Optional[Callable[[int], np.ndarray]] = None, noiser=None, train: bool = True):
         self.corpus, self.seq_len, self.mbs = corpus, seq_len, micro_batch_size
         self.dp_size, self.dp_rank, self.accum = dp_size, dp_rank, grad_accum
         self.balance, self.plan_builder, self.device = balance, plan_builder, device
         self.stream = DocumentStream(corpus, seq_len, seed, order)
+        self.noiser, self.train = noiser, train  # continuous modalities: host-side noising (model/diffusion.py)
         self.step = 0
         self.sources = len(getattr(corpus, "parts", ())) or None
         self.source_docs = [0] * (self.sources or 0)
@@ -71,7 +72,8 @@ class MoTDataLoader:
         mine = range(self.dp_rank * self.accum, (self.dp_rank + 1) * self.accum)
 
         def one(k):
-            mb = build_micro_batch(self.corpus, batch.cells[mine[k]], self.seq_len, counts, step, k)
+            mb = build_micro_batch(self.corpus, batch.cells[mine[k]], self.seq_len, counts, step, k,
+                                   self.noiser, self.train)
             if self.plan_builder is not None:
                 mb.plan = self.plan_builder(mb)
             return mb.to(self.device) if self.device is not None else mb

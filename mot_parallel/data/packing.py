@@ -69,12 +69,14 @@ class GlobalBatch:
                              np.zeros(len(corpus.modalities), np.int64)) for cell in self.cells])
 
     def label_vector(self, corpus: SegmentTable) -> np.ndarray:
-        """[M] loss tokens per target modality in the whole batch (a piece's last token has no target)."""
+        """[M] training targets per modality in the whole batch, the loss normaliser (data/targets.py:
+        next-token targets, a piece's last token has none; with continuous modalities also one diffusion
+        target per patch)."""
         out = np.zeros(len(corpus.modalities), np.int64)
         for cell in self.cells:
             for seq in cell:
                 for p in seq:
-                    out += corpus.vector(p.doc, p.start + 1, p.end)
+                    out += corpus.target_vector(p.doc, p.start, p.end)
         return out
 
     def padding(self) -> int:

@@ -4,6 +4,7 @@ Profile JSONL: one document per line, {"segments": [["text", 37], ["image", 1024
 from __future__ import annotations
 
 import json
+import os
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -55,18 +56,23 @@ def heavy_tailed_mix(n_docs: int, seed: int = 0, seq_len: int = 4096, image_shar
 
 
 def read_profiles(path: str) -> List[Profile]:
+    """Read a profile JSONL; DataError names file:line for anything else (not UTF-8, not a profile, a length
+    outside [1, 2**31))."""
     docs = []
-    with open(path) as f:
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: profile file not found")
+    with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                segs = json.loads(line)["segments"]
+                segs = json.loads(line.decode("utf-8"))["segments"]
                 doc = [(str(m), int(k)) for m, k in segs]
-            except (ValueError, KeyError, TypeError) as e:
-                raise DataError(f"{path}:{n}: expected {{\"segments\": [[modality, length], ...]}} ({e})") from None
-            if not doc or any(k <= 0 for _, k in doc):
-                raise DataError(f"{path}:{n}: empty document or non-positive segment length")
+            except (ValueError, KeyError, TypeError, RecursionError) as e:  # incl. UnicodeDecodeError
+                raise DataError(f"{path}:{n}: expected UTF-8 {{\"segments\": [[modality, length], ...]}} "
+                                f"({str(e):.100})") from None
+            if not doc or any(not 0 < k < 2 ** 31 for _, k in doc):
+                raise DataError(f"{path}:{n}: empty document, or a segment length outside [1, 2**31)")
             docs.append(doc)
     if not docs:
         raise DataError(f"{path}: no documents")

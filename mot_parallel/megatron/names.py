@@ -90,6 +90,10 @@ def setup_from_config(cfg: Config, vocab_rows: int) -> MegatronSetup:
     """The Megatron description of the model in a universal checkpoint's config (`vocab_rows`: the
     padded vocabulary it was written with)."""
     m = cfg.model
+    if m.continuous:
+        raise ConfigError(f"model.continuous={sorted(m.continuous)}: the Megatron-Core plug-in has no continuous "
+                          "modalities (the Transfusion setting: patch projections, timestep embedding, diffusion "
+                          "loss); train and sample it with launch/pretrain.py and tools/sample.py")
     if m.untie_final_norm:
         raise ConfigError("model.untie_final_norm=true: Megatron's TransformerBlock has one shared final norm, so "
                           "this checkpoint has no MoTGPTModel counterpart")

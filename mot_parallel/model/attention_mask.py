@@ -82,8 +82,10 @@ class AttentionMask:
 
 def build_attention_mask(document_ids: torch.Tensor, span_ids: Optional[torch.Tensor] = None, *,
                          device: torch.device = torch.device("cpu"), kernel: Optional[str] = None,
-                         block_size: int = FLEX_BLOCK) -> AttentionMask:
+                         block_size: int = FLEX_BLOCK, context_start: Optional[torch.Tensor] = None) -> AttentionMask:
     """From `document_ids` [s, b] (and optional `span_ids` [s, b], -1 = no span) to the kernel's mask.
+    `context_start` [s, b] (-1 = none): the first key a query may see, when later than its document's start
+    (a condition-dropped image sees only from its BOI marker on: classifier-free guidance).
 
     Ids on the host are validated (documents and spans must be contiguous runs; the error names the
     column and id); ids already on a device (a later pipeline stage) are trusted and processed there.
@@ -95,6 +97,9 @@ def build_attention_mask(document_ids: torch.Tensor, span_ids: Optional[torch.Te
     if kernel == "flex" and not flex_available():
         raise RuntimeError("kernel 'flex' needs torch.nn.attention.flex_attention (torch >= 2.5)")
     lo, hi = intervals(doc, span)
+    if context_start is not None:
+        ctx = context_start.t().long().to(lo.device)
+        lo = torch.where(ctx >= 0, torch.maximum(lo, ctx), lo)
     to = dict(device=device, non_blocking=True)  # no host wait, hence no device sync either
     mask = AttentionMask(lo.to(torch.int32).to(**to), hi.to(torch.int32).to(**to), kernel)
     if kernel == "flex":

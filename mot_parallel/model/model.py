@@ -10,7 +10,7 @@ weights as a single process would.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, NamedTuple, Optional
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from torch import nn
 from ..distributed.collectives import group_rank, group_size
 from ..tensor_parallel import ColumnParallelLinear, VocabParallelEmbedding, vocab_parallel_cross_entropy
 from ..tensor_parallel.weight_init import normal_init, param_seed
+from .continuous import ContinuousEmbedding, ContinuousHead
 from .layer import MoTLayer
 from .norms import ModalityRMSNorm
 from .rope import rope_cos_sin
@@ -37,6 +38,18 @@ class LossOutput(NamedTuple):
         return self.loss_sum.sum() / self.token_count.sum().clamp(min=1.0)
 
 
+def objective_weights(settings: ModelSettings, global_counts: torch.Tensor) -> torch.Tensor:
+    """[M] weights w such that sum(loss_sum * w) over the global batch is the training objective: the mean
+    LM loss over every discrete target, plus diffusion.loss_weight x the mean diffusion loss of each
+    continuous modality (Transfusion's L = L_LM + lambda L_diffusion). Without continuous modalities every
+    weight is 1 / (all targets): the mean loss per target token, as before."""
+    cont = torch.zeros(settings.num_modalities, dtype=torch.bool, device=global_counts.device)
+    cont[list(settings.continuous_ids())] = True
+    counts = global_counts.float()
+    discrete = counts[~cont].sum().clamp(min=1.0)
+    return torch.where(cont, settings.diffusion_loss_weight / counts.clamp(min=1.0), 1.0 / discrete)
+
+
 class MoTEmbedding(nn.Module):
     """Token ids [s, b] (sequence order) -> hidden [s(/tp), b, h] in the plan's order (routing for free:
     the ids are permuted, not the embeddings)."""
@@ -48,9 +61,14 @@ class MoTEmbedding(nn.Module):
             s.padded_vocab(group_size(tp_group)), s.hidden_size, init_method=normal_init(s.init_std),
             tp_group=tp_group, sequence_parallel=s.sequence_parallel, init_seed=param_seed(s.seed, "embedding"),
             params_dtype=s.params_dtype, device=device)
+        self.continuous = ContinuousEmbedding(s, tp_group, device) if s.continuous else None
 
-    def forward(self, tokens: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, plan: RoutingPlan, continuous: Sequence = ()) -> torch.Tensor:
+        """`continuous[k]`: (noised patches, timesteps) of continuous modality k (grouped order), whose
+        projections replace that modality's rows (their token ids are placeholders)."""
         x = self.word_embeddings(plan.group_ids(tokens), sp_sizes=plan.sp_sizes)
+        if self.continuous is not None:
+            x = self.continuous(x, plan, [(c[0], c[1]) for c in continuous])
         return x.view(-1, plan.batch, self.settings.hidden_size)
 
 
@@ -68,15 +86,25 @@ class MoTHead(nn.Module):
         self.output_layer = ColumnParallelLinear(
             s.hidden_size, s.padded_vocab(group_size(tp_group)), bias=False, config=s, tp_group=tp_group,
             init_method=normal_init(s.init_std), init_seed=param_seed(s.seed, "output_layer"), device=device)
+        self.continuous = ContinuousHead(s, tp_group, device) if s.continuous else None
 
     def forward(self, hidden: torch.Tensor, plan: RoutingPlan, labels: Optional[torch.Tensor] = None,
-                label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None):
+                label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
+                noise: Sequence[torch.Tensor] = ()):
+        """With labels: LossOutput (LM losses, and the diffusion losses against `noise[k]`, continuous
+        modality k's noise targets in grouped order). Without: the logits [N, V/tp] (grouped order), and with
+        continuous modalities also their noise predictions (ContinuousHead.predict)."""
         x = hidden.reshape(-1, self.settings.hidden_size)
         counts = plan.stream_counts if self.norm_copies else None
-        logits, _ = self.output_layer(self.final_norm(x, counts), sp_sizes=plan.sp_sizes)  # [N, V/tp], grouped
+        h = self.final_norm(x, counts)
+        logits, _ = self.output_layer(h, sp_sizes=plan.sp_sizes)  # [N, V/tp], grouped
         if labels is None:
-            return logits
-        return self.loss(logits, plan, labels, label_modalities, loss_mask)
+            return logits if self.continuous is None else (logits, self.continuous.predict(h, plan))
+        out = self.loss(logits, plan, labels, label_modalities, loss_mask)
+        if self.continuous is None:
+            return out
+        diff_sum, diff_count = self.continuous.loss(h, plan, noise)
+        return LossOutput(out.loss_sum + diff_sum, out.token_count + diff_count)
 
     def loss(self, logits: torch.Tensor, plan: RoutingPlan, labels: torch.Tensor,
              label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None) -> LossOutput:
@@ -101,14 +129,16 @@ def modality_loss(logits: torch.Tensor, plan: RoutingPlan, labels: torch.Tensor,
 
 
 def plan_for(settings: ModelSettings, modality_ids: torch.Tensor, segment_ids: Optional[torch.Tensor] = None, *,
-             tp_size: int = 1, tp_rank: int = 0, device: torch.device = torch.device("cpu")) -> RoutingPlan:
+             tp_size: int = 1, tp_rank: int = 0, device: torch.device = torch.device("cpu"),
+             span_ids: Optional[torch.Tensor] = None, context_start: Optional[torch.Tensor] = None) -> RoutingPlan:
     """The routing plan a model with `settings` needs for one micro-batch, from host-side modality (and
     document) ids [s, b]: the one place that maps model settings onto build_routing_plan (our model,
     the trainer's loader thread and the Megatron model all plan through it)."""
     return build_routing_plan(
         modality_ids, settings.num_modalities, routed=settings.routed, tp_size=tp_size, tp_rank=tp_rank,
         sequence_parallel=settings.sequence_parallel,
-        segment_ids=segment_ids if settings.document_masking else None, device=device)
+        segment_ids=segment_ids if settings.document_masking else None, device=device,
+        span_ids=span_ids, context_start=context_start)
 
 
 class MoTModel(nn.Module):
@@ -131,10 +161,13 @@ class MoTModel(nn.Module):
             self.head.output_layer.weight = self.embedding.word_embeddings.weight
 
     def build_plan(self, modality_ids: torch.Tensor, segment_ids: Optional[torch.Tensor] = None,
-                   device: Optional[torch.device] = None) -> RoutingPlan:
-        """The routing plan for one micro-batch, from host-side modality (and document) ids [s, b]."""
+                   device: Optional[torch.device] = None, span_ids: Optional[torch.Tensor] = None,
+                   context_start: Optional[torch.Tensor] = None) -> RoutingPlan:
+        """The routing plan for one micro-batch, from host-side modality (and document, image span, context
+        start) ids [s, b]."""
         return plan_for(self.settings, modality_ids, segment_ids, tp_size=group_size(self.tp_group),
-                        tp_rank=group_rank(self.tp_group), device=device or next(self.parameters()).device)
+                        tp_rank=group_rank(self.tp_group), device=device or next(self.parameters()).device,
+                        span_ids=span_ids, context_start=context_start)
 
     def rope(self, plan: RoutingPlan, device: torch.device):
         s = self.settings
@@ -142,12 +175,15 @@ class MoTModel(nn.Module):
                             s.rope_scaling)
 
     def forward(self, tokens_or_hidden: torch.Tensor, plan: RoutingPlan, labels: Optional[torch.Tensor] = None,
-                label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None):
-        x = self.embedding(tokens_or_hidden, plan) if self.pre_process else tokens_or_hidden
+                label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
+                continuous: Sequence = ()):
+        """`continuous[k]`: (noised patches, timesteps, noise) of continuous modality k (data/batch.py
+        ContinuousInputs, grouped order), for models with continuous modalities."""
+        x = self.embedding(tokens_or_hidden, plan, continuous) if self.pre_process else tokens_or_hidden
         rope = self.rope(plan, x.device)
         for layer in self.layers:
             x = layer(x, plan, rope) if self.activation_checkpoint is None else \
                 self.activation_checkpoint(layer, x, plan, rope)
         if not self.post_process:
             return x
-        return self.head(x, plan, labels, label_modalities, loss_mask)
+        return self.head(x, plan, labels, label_modalities, loss_mask, [c[2] for c in continuous])

@@ -57,26 +57,33 @@ class RoutingPlan:
     segment_ids: Optional[torch.Tensor] = None    # [s, b] document ids for document masking
     attention_mask: Optional[AttentionMask] = None  # causal within documents (attention_mask.py), in its
     #                                                 kernel's form; one per micro-batch, shared by all layers
+    sp_offset: int = 0                            # first grouped index of this rank's SP shard (0 without SP)
+    span_ids: Optional[torch.Tensor] = None       # [s, b] bidirectional spans (an image), -1 elsewhere
+    context_start: Optional[torch.Tensor] = None  # [s, b] first visible key of a query, -1 = its document's
 
     @classmethod
     def assemble(cls, seq_len: int, batch: int, counts: Sequence[int], *, grouped: bool,
                  perm: Optional[torch.Tensor], inv_perm: Optional[torch.Tensor], sequence_parallel: bool,
                  tp_size: int, tp_rank: int, position_ids: Optional[torch.Tensor] = None,
-                 segment_ids: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[AttentionMask] = None) -> "RoutingPlan":
+                 segment_ids: Optional[torch.Tensor] = None, attention_mask: Optional[AttentionMask] = None,
+                 span_ids: Optional[torch.Tensor] = None, context_start: Optional[torch.Tensor] = None
+                 ) -> "RoutingPlan":
         """The one constructor behind build_routing_plan and from_tensors: everything derived from the
         counts (SP shard sizes, the shard's per-modality counts) and from the document ids (the mask, unless
         given: build_routing_plan builds it from the host ids, a pipeline stage from the device ids)."""
         counts = tuple(int(c) for c in counts)
         sp_sizes = local = None
+        offset = 0
         if sequence_parallel and tp_size > 1:
             sp_sizes, local = sp_shard(seq_len * batch, counts, tp_size, tp_rank)
+            offset = sum(sp_sizes[:tp_rank])
             # a dense (ungrouped) stream is in sequence order: a shard's modality counts describe no slices
             local = local if grouped else None
         mask = attention_mask
         if mask is None and segment_ids is not None:
-            mask = build_attention_mask(segment_ids, device=segment_ids.device)
-        return cls(seq_len, batch, counts, grouped, perm, inv_perm, sp_sizes, local, position_ids, segment_ids, mask)
+            mask = build_attention_mask(segment_ids, span_ids, device=segment_ids.device, context_start=context_start)
+        return cls(seq_len, batch, counts, grouped, perm, inv_perm, sp_sizes, local, position_ids, segment_ids, mask,
+                   offset, span_ids, context_start)
 
     @property
     def num_tokens(self) -> int:
@@ -100,6 +107,19 @@ class RoutingPlan:
         self._require_grouped()
         return self.counts
 
+    def modality_rows(self, m: int) -> Tuple[slice, slice]:
+        """Modality m's tokens that this rank holds in its residual stream: (their rows in the stream tensor,
+        the same tokens' rows among the modality's own tokens in grouped order); its SP shard's part under
+        sequence parallelism, else all of them. Host ints only."""
+        self._require_grouped()
+        start = sum(self.counts[:m])
+        end = start + self.counts[m]
+        lo = self.sp_offset
+        hi = lo + (sum(self.local_counts) if self.sequence_parallel else self.num_tokens)
+        a = max(start, lo)
+        b = max(a, min(end, hi))
+        return slice(a - lo, b - lo), slice(a - start, b - start)
+
     def _require_grouped(self) -> None:
         if not self.grouped:
             raise RuntimeError("a per-modality module got a dense (ungrouped) routing plan; build the plan "
@@ -122,8 +142,9 @@ class RoutingPlan:
     def to_tensors(self, device: torch.device) -> Tuple[torch.Tensor, ...]:
         """The plan as fixed-shape integer tensors on `device` (DeepSpeed's pipeline sends one tuple of
         tensors between stages, same shapes every micro-batch, no None):
-            (perm [N], inv_perm [N], counts [M], flags [4], positions [s, b], segments [s, b])
-        flags = (identity permutation, document masking, grouped stream, sequence parallel)."""
+            (perm [N], inv_perm [N], counts [M], flags [6], positions [s, b], segments [s, b], spans [s, b],
+             context starts [s, b])
+        flags = (identity permutation, document masking, grouped stream, sequence parallel, spans, context)."""
         s, b, n = self.seq_len, self.batch, self.num_tokens
         ident = self.perm is None
         perm = torch.arange(n, device=device) if ident else self.perm
@@ -132,21 +153,26 @@ class RoutingPlan:
             torch.arange(s, device=device).unsqueeze(1).expand(s, b).contiguous()
         seg = self.segment_ids if self.segment_ids is not None else torch.zeros(s, b, dtype=torch.long, device=device)
         flags = torch.tensor([int(ident), int(self.segment_ids is not None), int(self.grouped),
-                              int(self.sequence_parallel)], device=device)
-        return perm, inv, torch.tensor(self.counts, device=device), flags, pos, seg
+                              int(self.sequence_parallel), int(self.span_ids is not None),
+                              int(self.context_start is not None)], device=device)
+        none = torch.full((s, b), -1, dtype=torch.long, device=device)
+        spans = self.span_ids if self.span_ids is not None else none
+        context = self.context_start if self.context_start is not None else none
+        return perm, inv, torch.tensor(self.counts, device=device), flags, pos, seg, spans, context
 
     @classmethod
     def from_tensors(cls, tensors: Sequence[torch.Tensor], tp_size: int, tp_rank: int) -> "RoutingPlan":
         """Inverse of to_tensors on any stage; reads counts and flags to the host (one small copy)."""
-        perm, inv, counts, flags, pos, seg = tensors
-        ident, documents, grouped, sp = (bool(f) for f in flags.tolist())
+        perm, inv, counts, flags, pos, seg, spans, context = tensors
+        ident, documents, grouped, sp, has_spans, has_context = (bool(f) for f in flags.tolist())
         s, b = pos.shape
         return cls.assemble(s, b, counts.tolist(), grouped=grouped, perm=None if ident else perm,
                             inv_perm=None if ident else inv, sequence_parallel=sp, tp_size=tp_size,
-                            tp_rank=tp_rank, position_ids=pos, segment_ids=seg if documents else None)
+                            tp_rank=tp_rank, position_ids=pos, segment_ids=seg if documents else None,
+                            span_ids=spans if has_spans else None, context_start=context if has_context else None)
 
 
-PLAN_TENSORS = 6  # len(RoutingPlan.to_tensors(...))
+PLAN_TENSORS = 8  # len(RoutingPlan.to_tensors(...))
 
 
 def _check_modality_ids(modality_ids: torch.Tensor, num_modalities: int) -> None:
@@ -188,8 +214,11 @@ def sp_shard(num_tokens: int, counts: Sequence[int], tp_size: int, tp_rank: int
 def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, routed: bool = True,
                        tp_size: int = 1, tp_rank: int = 0, sequence_parallel: bool = False,
                        segment_ids: Optional[torch.Tensor] = None, device: torch.device = torch.device("cpu"),
+                       span_ids: Optional[torch.Tensor] = None, context_start: Optional[torch.Tensor] = None,
                        ) -> RoutingPlan:
     """Group tokens by modality (stable) from host-side ids `[s, b]`; move indices to `device` once.
+    `span_ids` / `context_start` [s, b] (host): bidirectional spans (images) and later context starts
+    (condition-dropped images), for the attention mask (attention_mask.py).
 
     routed=False (dense model) or an already-grouped batch gives the identity plan: no permutation.
     """
@@ -208,8 +237,11 @@ def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, route
     if segment_ids is not None:
         positions = positions_from_segments(segment_ids).to(device, non_blocking=True)
         segments = segment_ids.to(device, non_blocking=True)
-    mask = build_attention_mask(segment_ids, device=device) if segment_ids is not None else None  # host ids
+    mask = build_attention_mask(segment_ids, span_ids, device=device, context_start=context_start) \
+        if segment_ids is not None else None  # from the host ids (validated there)
+    move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
     return RoutingPlan.assemble(s, b, counts, grouped=routed, perm=perm, inv_perm=inv,
                                 sequence_parallel=sequence_parallel, tp_size=tp_size, tp_rank=tp_rank,
-                                position_ids=positions, segment_ids=segments, attention_mask=mask)
+                                position_ids=positions, segment_ids=segments, attention_mask=mask,
+                                span_ids=move(span_ids), context_start=move(context_start))
 

@@ -17,6 +17,26 @@ from ..config import Config, ffn_hidden_size, num_kv_heads
 from .rope import RopeScaling
 
 
+@dataclass(frozen=True)
+class ContinuousSpec:
+    """A continuous modality (Transfusion): an image as `grid` patches of `channels * patch^2` values."""
+    name: str
+    channels: int
+    patch: int
+    grid: Tuple[int, int]
+    source: str = "latents"            # 'latents' (VAE) or 'pixels' (RGB in [-1, 1])
+    boi_token: Optional[int] = None
+    eoi_token: Optional[int] = None
+
+    @property
+    def patch_dim(self) -> int:
+        return self.channels * self.patch * self.patch
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
 # config precision names -> parameter dtypes (training precision, export dtype)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,6 +68,9 @@ class ModelSettings:
     vocab_multiple: int = 128             # embedding/head rows are padded to a multiple of this x TP size
     sequence_parallel: bool = False       # requested; active only inside a TP group of more than one rank
     document_masking: bool = True
+    continuous: Tuple[ContinuousSpec, ...] = ()   # continuous modalities (Transfusion), in modality order
+    diffusion_timesteps: int = 1000
+    diffusion_loss_weight: float = 5.0
     params_dtype: torch.dtype = torch.float32
     perform_initialization: bool = True
 
@@ -80,8 +103,16 @@ class ModelSettings:
     @property
     def routed(self) -> bool:
         """Whether any part is per modality (False = the dense path, zero routing cost). With one
-        modality the grouping is the identity and costs nothing either."""
-        return bool(self.untie or self.untie_final_norm)
+        modality the grouping is the identity and costs nothing either. Continuous modalities always
+        route: their input/output projections act on their contiguous slice of the grouped stream."""
+        return bool(self.untie or self.untie_final_norm or self.continuous)
+
+    def continuous_ids(self) -> Tuple[int, ...]:
+        """Modality ids of the continuous modalities."""
+        return tuple(self.modalities.index(c.name) for c in self.continuous)
+
+    def spec(self, modality: str) -> Optional[ContinuousSpec]:
+        return next((c for c in self.continuous if c.name == modality), None)
 
     def with_(self, **changes) -> "ModelSettings":
         return replace(self, **changes)
@@ -100,4 +131,17 @@ class ModelSettings:
             scale_output_by_depth=m.init.scale_output_by_depth, modality_copies=m.init.modality_copies,
             seed=cfg.train.seed,
             sequence_parallel=cfg.parallel.sequence_parallel,
-            document_masking=cfg.data.document_masking, params_dtype=params_dtype or torch.float32)
+            document_masking=cfg.data.document_masking, params_dtype=params_dtype or torch.float32,
+            continuous=continuous_specs(cfg), diffusion_timesteps=cfg.diffusion.timesteps,
+            diffusion_loss_weight=cfg.diffusion.loss_weight)
+
+
+def continuous_specs(cfg: Config) -> Tuple[ContinuousSpec, ...]:
+    """The config's continuous modalities, in modality order."""
+    out = []
+    for name in cfg.model.modalities:
+        c = cfg.model.continuous.get(name)
+        if c is not None:
+            out.append(ContinuousSpec(name, c.channels, c.patch, (int(c.grid[0]), int(c.grid[1])), c.source,
+                                      c.boi_token, c.eoi_token))
+    return tuple(out)

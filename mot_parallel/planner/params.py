@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Tuple
 
-from ..flops import part_params, qk_norm_params
+from ..flops import continuous_params, part_params, qk_norm_params
 from ..model.settings import ModelSettings
 
 
@@ -47,10 +47,11 @@ def rank_params(s: ModelSettings, tp: int, pp: int, stage: int) -> RankParams:
     layers = len(stage_layers(s.num_layers, pp, stage))
     first, last = stage == 0, stage == pp - 1
     vocab_rows = s.padded_vocab(tp) // tp * s.hidden_size
-    embed = vocab_rows if first else 0
+    cont = continuous_params(s)  # replicated over TP (model/continuous.py)
+    embed = vocab_rows + cont["embedding"] if first else 0
     head = 0
     if last:
-        head = s.hidden_size * (s.num_modalities if s.untie_final_norm else 1)
+        head = s.hidden_size * (s.num_modalities if s.untie_final_norm else 1) + cont["head"]
         head += 0 if (s.tie_embeddings and first) else vocab_rows
     return RankParams(layers, per_layer, replicated, embed, head)
 

@@ -2,7 +2,7 @@
 vocab-parallel embedding and cross-entropy, TP-size-independent initialisation, sharding of full tensors,
 typed parameter metadata and the TP sum of partial gradients."""
 from .cross_entropy import vocab_parallel_cross_entropy
-from .embedding import VocabParallelEmbedding, check_token_ids
+from .embedding import VocabParallelEmbedding
 from .grad_sync import allreduce_tp_partial_grads, register_tp_grad_hooks, tp_partial_grad_params
 from .layers import ColumnParallelLinear
 from .mappings import (copy_to_tp_region, gather_from_sp_region, gather_from_tp_region, reduce_from_tp_region,

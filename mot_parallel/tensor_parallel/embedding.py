@@ -2,7 +2,8 @@
 partial embeddings are summed (all-reduce) or, under sequence parallelism, reduce-scattered along dim 0.
 
 Token ids are *not* range-checked here: that would need a device->host sync per call. The data path
-checks ids on the host before they reach the device (see `check_token_ids`).
+checks them on the host before training, once per corpus (`mot_parallel/data/token_ids.py`:
+`check_corpus_token_ids`, cached next to the corpus; `check_token_ids` for batches built elsewhere).
 """
 from __future__ import annotations
 
@@ -14,16 +15,8 @@ from torch import nn
 
 from ..distributed.collectives import group_rank, group_size
 from . import mappings as M
-from .param_meta import mark_tp_sharded
+from .param_meta import mark_no_weight_decay, mark_tp_sharded
 from .weight_init import InitMethod, init_sharded_, normal_init
-
-
-def check_token_ids(ids: torch.Tensor, vocab_size: int, where: str = "tokens") -> None:
-    """Host-side range check with a clear message (call on CPU tensors, before moving to the device)."""
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        bad = ids[(ids < 0) | (ids >= vocab_size)]
-        raise ValueError(f"{where}: token id {int(bad[0])} is outside the vocabulary [0, {vocab_size}) "
-                         f"({bad.numel()} such ids); check model.vocab_size and the tokenizer")
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -44,6 +37,7 @@ class VocabParallelEmbedding(nn.Module):
         dtype = params_dtype or getattr(config, "params_dtype", torch.float32)
         self.weight = nn.Parameter(torch.empty(self.per_rank, embedding_dim, device=device, dtype=dtype))
         mark_tp_sharded(self.weight, 0, tp)
+        mark_no_weight_decay(self.weight)  # a lookup table, not a linear map: Megatron/GPT do not decay it
         if getattr(config, "perform_initialization", True):
             init_sharded_(self.weight, init_method or normal_init(0.02), (num_embeddings, embedding_dim), 0,
                           rank, tp, init_seed)

@@ -24,6 +24,7 @@ class ParamMeta:
     modality: Optional[str] = None               # the modality owning this copy; None = shared by all
     blocks: Optional[Tuple[int, ...]] = None     # full sizes of the fused blocks along the partition dim
     tp_partial_grad: bool = False                 # gradient is partial over TP (summed by grad_sync.py)
+    no_weight_decay: bool = False                 # a matrix the optimizer does not decay (embeddings)
 
 
 def meta(p: torch.Tensor) -> ParamMeta:
@@ -58,6 +59,10 @@ def mark_tp_partial_grad(p: torch.Tensor) -> None:
     _update(p, tp_partial_grad=True)
 
 
+def mark_no_weight_decay(p: torch.Tensor) -> None:
+    _update(p, no_weight_decay=True)
+
+
 def set_modality(p: torch.Tensor, name: Optional[str]) -> None:
     _update(p, modality=name)
 
@@ -77,6 +82,12 @@ def declared_partition(p: torch.Tensor) -> Tuple[int, Optional[Tuple[int, ...]]]
 
 def modality_of(p: torch.Tensor) -> Optional[str]:
     return meta(p).modality
+
+
+def decays(p: torch.Tensor) -> bool:
+    """Whether AdamW's weight decay applies: matrices, except those marked (embeddings); never vectors
+    (norms, biases). Under ZeRO-3 a partitioned parameter's real shape is `ds_shape`."""
+    return len(getattr(p, "ds_shape", p.shape)) >= 2 and not meta(p).no_weight_decay
 
 
 def needs_tp_grad_sum(p: torch.Tensor) -> bool:

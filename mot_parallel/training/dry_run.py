@@ -24,6 +24,14 @@ def expected_full_shapes(s: ModelSettings, tp: int) -> List[Tuple[str, Tuple[int
     mod = r"(\.(" + "|".join(map(re.escape, s.modalities)) + r"))?$"
     qkv_bias = (s.num_heads + 2 * s.num_kv_heads) * d
     bias = [(r"^layers\.\d+\.self_attention\.linear_qkv\.bias" + mod, (qkv_bias,), 0)] if s.qkv_bias else []
+    for c in s.continuous:  # replicated over TP (model/continuous.py)
+        n = re.escape(c.name)
+        bias += [(rf"^embedding\.continuous\.proj\.{n}\.weight$", (h, c.patch_dim), -1),
+                 (rf"^embedding\.continuous\.time_in\.{n}\.weight$", (h, 256), -1),
+                 (rf"^embedding\.continuous\.time_out\.{n}\.weight$", (h, h), -1),
+                 (rf"^embedding\.continuous\.(proj|time_in|time_out)\.{n}\.bias$", (h,), -1),
+                 (rf"^head\.continuous\.proj\.{n}\.weight$", (c.patch_dim, h), -1),
+                 (rf"^head\.continuous\.proj\.{n}\.bias$", (c.patch_dim,), -1)]
     return bias + [
         (r"^embedding\.word_embeddings\.weight$", (V, h), 0),
         (r"^layers\.\d+\.(attn|ffn)_norm\.weight" + mod, (h,), -1),

@@ -1,8 +1,9 @@
 """The DeepSpeed JSON, generated in exactly one place from our config (and dumped to the run directory).
 
 `deepspeed:` in the config holds extra DeepSpeed keys, merged over the generated ones; a key that would
-contradict the layout (batch sizes, accumulation, ZeRO stage) is an error naming it, since DeepSpeed
-would otherwise train a different batch than the data loader produces.
+contradict the layout (batch sizes, accumulation, ZeRO stage) or another config key is an error naming it,
+since DeepSpeed would otherwise train a different batch than the data loader produces. The check itself is
+`config.deepspeed_checks.deepspeed_conflicts`, so validation reports it before any process group exists.
 """
 from __future__ import annotations
 
@@ -12,13 +13,7 @@ from typing import Any, Dict
 import torch
 
 from ..config import Config, ConfigError, ParallelLayout
-
-_OWNED = {  # generated key -> the config key that sets it
-    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
-    "gradient_accumulation_steps": "train.global_batch_size",
-    "train_batch_size": "train.global_batch_size",
-    "gradient_clipping": "train.grad_clip",
-}
+from ..config.deepspeed_checks import deepspeed_conflicts
 
 
 def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
@@ -53,12 +48,7 @@ def deepspeed_config(cfg: Config, layout: ParallelLayout, dtype: torch.dtype, fu
     }
     # always written: left out, DeepSpeed's default (1.0) would clip a run that asked for grad_clip=0 (off)
     ds["gradient_clipping"] = float(t.grad_clip)
-    extra = cfg.deepspeed or {}
-    for key, owner in _OWNED.items():
-        if key in extra and extra[key] != ds[key]:
-            raise ConfigError(f"deepspeed.{key}={extra[key]} contradicts {owner} (which gives {ds[key]}); "
-                              f"set {owner} instead")
-    if "zero_optimization" in extra and "stage" in extra["zero_optimization"] and \
-            extra["zero_optimization"]["stage"] != layout.zero_stage:
-        raise ConfigError("deepspeed.zero_optimization.stage contradicts parallel.zero_stage; set parallel.zero_stage")
-    return _merge(ds, extra)
+    conflicts = deepspeed_conflicts(cfg, layout)
+    if conflicts:
+        raise ConfigError("; ".join(conflicts))
+    return _merge(ds, cfg.deepspeed or {})

@@ -20,7 +20,7 @@ from typing import Callable, Tuple
 import torch
 import torch.distributed as dist
 
-from .pipeline import stage_inputs
+from .pipeline import pipeline_micro_batch
 
 
 class Evaluator:
@@ -52,7 +52,7 @@ class Evaluator:
             count = torch.zeros(self.m, device=self.device)
             with torch.no_grad():
                 for mb in batch.micro_batches:
-                    out = self.engine(mb.tokens, mb.plan, mb.labels, mb.label_modalities)
+                    out = self.engine(mb.tokens, mb.plan, mb.labels, mb.label_modalities, None, mb.continuous)
                     loss_sum += out.loss_sum.float()
                     count += out.token_count
         finally:
@@ -60,9 +60,7 @@ class Evaluator:
         return torch.cat([loss_sum, count])
 
     def _pipeline(self, batch) -> torch.Tensor:
-        data = [(stage_inputs(mb.tokens, mb.plan),
-                 (mb.labels, mb.label_modalities, batch.global_label_counts.to(self.device)))
-                for mb in batch.micro_batches]
+        data = [pipeline_micro_batch(mb, batch.global_label_counts.to(self.device)) for mb in batch.micro_batches]
         self.engine.eval_batch(data_iter=iter(data), compute_loss=True, bcast_loss=False)
         if not self.topo.is_last_stage:
             return torch.zeros(2 * self.m, device=self.device)

@@ -79,13 +79,19 @@ class MetricsLogger:
             self.writer.close()
 
 
-def step_record(step: int, loss_sum, counts, modalities, lr: float, grad_norm: Optional[float], tokens: int,
-                step_time: float, flops_per_token: float, model_flops_per_token: float, world: int,
+def objective(loss_sum, weights) -> float:
+    """The training objective from per-modality loss sums and the step's weights (model.objective_weights):
+    the mean loss per target token; with continuous modalities LM mean + lambda x diffusion means."""
+    return float(sum(float(s) * float(w) for s, w in zip(loss_sum, weights)))
+
+
+def step_record(step: int, loss_sum, counts, weights, modalities, lr: float, grad_norm: Optional[float],
+                tokens: int, step_time: float, flops_per_token: float, model_flops_per_token: float, world: int,
                 peak: Optional[float], mem_gb: float, times: Dict[str, Optional[float]]) -> Dict:
-    """tflops_per_device counts what the hardware executes (recompute included, as Megatron reports);
+    """"loss" is the objective; loss/<modality> the mean loss per target of that modality.
+    tflops_per_device counts what the hardware executes (recompute included, as Megatron reports);
     mfu counts model FLOPs only (3 x forward, dense-equivalent), against the device's peak."""
-    total = float(sum(counts))
-    rec = {"kind": "train", "step": step, "loss": float(sum(loss_sum)) / max(total, 1.0)}
+    rec = {"kind": "train", "step": step, "loss": objective(loss_sum, weights)}
     for m, s, c in zip(modalities, loss_sum, counts):
         rec[f"loss/{m}"] = float(s) / c if c > 0 else None
         rec[f"tokens/{m}"] = int(c)
@@ -98,11 +104,10 @@ def step_record(step: int, loss_sum, counts, modalities, lr: float, grad_norm: O
     return rec
 
 
-def valid_record(step: int, loss_sum, counts, modalities, progress: Dict, eval_time: float) -> Dict:
-    """Validation losses (mean per loss token, per target modality and overall) at a training position
-    (`progress`: tokens_total, flops_total, train_time_s)."""
-    total = float(sum(counts))
-    rec = {"kind": "valid", "step": step, "valid/loss": float(sum(loss_sum)) / max(total, 1.0)}
+def valid_record(step: int, loss_sum, counts, weights, modalities, progress: Dict, eval_time: float) -> Dict:
+    """Validation losses (per target modality: the mean per target; overall: the objective, with the
+    validation batches' weights) at a training position (`progress`: tokens_total, flops_total, train_time_s)."""
+    rec = {"kind": "valid", "step": step, "valid/loss": objective(loss_sum, weights)}
     for m, s, c in zip(modalities, loss_sum, counts):
         rec[f"valid/loss/{m}"] = float(s) / c if c > 0 else None
         rec[f"valid/tokens/{m}"] = int(c)

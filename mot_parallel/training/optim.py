@@ -1,6 +1,7 @@
 """Optimizer parameter groups and the learning-rate schedule.
 
-Groups: weight decay only on matrices of linear layers (never on norms, biases or embeddings), and an
+Groups: weight decay only on matrices of linear layers (never on norms, biases or embeddings; decided by
+the parameter's shape and metadata, not its name, which differs between layouts), and an
 LR multiplier per modality (`train.optimizer.modality_lr_scale`) for that modality's own copies
 (their modality in the parameter's metadata); a scale of 0 freezes a modality. The schedule multiplies each group's base LR,
 so ratios between groups survive warm-up and decay.
@@ -13,13 +14,7 @@ from typing import Dict, List
 from torch import nn
 
 from ..config import Config
-from ..tensor_parallel.param_meta import modality_of
-
-
-def no_decay(name: str, p: nn.Parameter) -> bool:
-    # under ZeRO-3 a parameter is already partitioned (data of shape [0]); its real shape is ds_shape
-    dims = len(getattr(p, "ds_shape", p.shape))
-    return dims < 2 or "norm" in name or "embedding" in name or name.endswith("bias") or ".bias." in name
+from ..tensor_parallel.param_meta import decays, modality_of
 
 
 def param_groups(model: nn.Module, cfg: Config) -> List[Dict]:
@@ -30,7 +25,7 @@ def param_groups(model: nn.Module, cfg: Config) -> List[Dict]:
             continue
         modality = modality_of(p)
         scale = o.modality_lr_scale.get(modality, 1.0) if modality else 1.0
-        decay = 0.0 if no_decay(name, p) else o.weight_decay
+        decay = 0.0 if not decays(p) else o.weight_decay
         key = (decay, scale)
         if key not in groups:
             groups[key] = {"params": [], "weight_decay": decay, "lr": o.lr * scale}

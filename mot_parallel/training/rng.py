@@ -22,7 +22,10 @@ from ..distributed import device as dev
 
 def seed_model_parallel(seed: int, pp_rank: int, mpu):
     """Seed every stream of this rank; returns DeepSpeed's RNG tracker (configured for our topology)."""
+    import deepspeed
     from deepspeed import checkpointing as ds_ckpt
+    if not deepspeed.comm.is_initialized():  # DeepSpeed >= 0.19's configure() asks its own comm for the rank
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     ds_ckpt.configure(mpu, partition_activations=False, contiguous_checkpointing=False, checkpoint_in_cpu=False)
     default = seed + 100 * pp_rank
     random.seed(default)

@@ -1,10 +1,11 @@
 """One optimizer step over this rank's micro-batches, on a DeepSpeed engine or pipeline engine.
 
-Loss normalisation: every micro-batch contributes loss_sum / N, N = the loss tokens of the whole global
-batch (every rank knows it from the loader), so the loss and its gradient do not depend on how the batch
-is split over ranks and micro-batches. DeepSpeed averages gradients over DP (and divides by the
-accumulation steps under PP), so the loss is pre-multiplied by DP (pipeline: DP x accumulation, in
-PipeLoss). Returns the step's per-modality loss sums and loss-token counts over the whole global batch,
+Loss normalisation: every micro-batch contributes sum(loss_sum * w), with w the objective's weights from
+the whole global batch's per-modality target counts (model.py `objective_weights`: 1 / all targets, or with
+continuous modalities the LM mean plus lambda x each diffusion mean); every rank knows the counts from the
+loader, so the loss and its gradient do not depend on how the batch is split over ranks and micro-batches.
+DeepSpeed averages gradients over DP (and divides by the accumulation steps under PP), so the loss is
+pre-multiplied by DP (pipeline: DP x accumulation, in PipeLoss). Returns the step's per-modality loss sums and loss-token counts over the whole global batch,
 and the time split (with `time_breakdown`, default on for CPU and off on GPUs, the device is synchronised
 between the phases).
 """
@@ -18,13 +19,15 @@ import torch.distributed as dist
 from torch.profiler import record_function
 
 from ..distributed import device as dev
-from .pipeline import stage_inputs
+from ..model.model import objective_weights
+from .pipeline import pipeline_micro_batch
 
 
 class StepRunner:
-    def __init__(self, engine, topo, num_modalities: int, device: torch.device, pipe_loss=None,
+    def __init__(self, engine, topo, settings, device: torch.device, pipe_loss=None,
                  time_breakdown: Optional[bool] = None, before_optimizer: Optional[Callable[[], None]] = None):
-        self.engine, self.topo, self.m, self.device = engine, topo, num_modalities, device
+        self.engine, self.topo, self.settings, self.device = engine, topo, settings, device
+        self.m = settings.num_modalities
         self.pipe_loss, self.time_breakdown = pipe_loss, time_breakdown
         self.before_optimizer = before_optimizer  # diagnostics: sees the reduced, unclipped gradients
 
@@ -38,16 +41,16 @@ class StepRunner:
         return self._pipeline(batch) if self.pipe_loss is not None else self._micro_batches(batch)
 
     def _micro_batches(self, batch):
-        norm = float(batch.global_label_counts.sum())
+        weights = objective_weights(self.settings, batch.global_label_counts.to(self.device))
         times = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
         loss_sum, count = torch.zeros(self.m, device=self.device), torch.zeros(self.m, device=self.device)
         for mb in batch.micro_batches:
             t0 = self._sync()
             with record_function("mot/forward"):
-                out = self.engine(mb.tokens, mb.plan, mb.labels, mb.label_modalities)
+                out = self.engine(mb.tokens, mb.plan, mb.labels, mb.label_modalities, None, mb.continuous)
             t1 = self._sync()
             with record_function("mot/backward"):
-                self.engine.backward(out.loss_sum.sum() * (self.topo.dp_size / norm), scale_wrt_gas=False)
+                self.engine.backward((out.loss_sum * weights).sum() * self.topo.dp_size, scale_wrt_gas=False)
             if self.before_optimizer is not None and mb is batch.micro_batches[-1]:
                 self.before_optimizer()
             t2 = self._sync()
@@ -64,9 +67,7 @@ class StepRunner:
         return (sums[:self.m], sums[self.m:]), times
 
     def _pipeline(self, batch):
-        data = [(stage_inputs(mb.tokens, mb.plan),
-                 (mb.labels, mb.label_modalities, batch.global_label_counts.to(self.device)))
-                for mb in batch.micro_batches]
+        data = [pipeline_micro_batch(mb, batch.global_label_counts.to(self.device)) for mb in batch.micro_batches]
         t = self._sync()
         with record_function("mot/pipeline"):
             self.engine.train_batch(data_iter=iter(data))

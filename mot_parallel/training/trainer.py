@@ -41,6 +41,8 @@ from ..distributed import device as dev
 from ..distributed.launch_env import LaunchEnv
 from ..flops import peak_tflops, training_flops_per_token
 from ..model import MoTLayer, MoTModel, ModelSettings, plan_for
+from ..model.diffusion import noiser_for
+from ..model.model import objective_weights
 from ..model.settings import DTYPES
 from ..tensor_parallel import register_tp_grad_hooks, tp_partial_grad_params
 from . import rng
@@ -109,11 +111,11 @@ class Trainer:
         self._resume()
         self.diagnostics = Diagnostics(self.model, self.topo, cfg.model.modalities, cfg.model.num_layers,
                                        cfg.logging.interval, cfg.train.steps) if cfg.logging.diagnostics else None
-        self.steps = StepRunner(self.engine, self.topo, self.settings.num_modalities, self.device, self.pipe_loss,
+        self.steps = StepRunner(self.engine, self.topo, self.settings, self.device, self.pipe_loss,
                                 cfg.logging.time_breakdown, self.diagnostics and self.diagnostics.before_optimizer)
         self.evaluator = None
         if self.data.valid is not None and cfg.train.eval_iters > 0:
-            self.evaluator = Evaluator(lambda: self._loader(self.data.valid), self.engine, self.topo,
+            self.evaluator = Evaluator(lambda: self._loader(self.data.valid, train=False), self.engine, self.topo,
                                        self.settings.num_modalities, self.device, self.pipe_loss, cfg.train.eval_iters)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, cfg.logging.tensorboard, cfg.train.steps, self.step)
         self.tokens_per_step = L.global_batch_size * cfg.model.max_seq_len
@@ -136,13 +138,15 @@ class Trainer:
         dist.barrier()
         return data if self.rank == 0 else open_datasets(self.cfg)
 
-    def _loader(self, data) -> MoTDataLoader:
+    def _loader(self, data, train: bool = True) -> MoTDataLoader:
+        """This rank's loader of `data`; with continuous modalities it noises the images on the host
+        (validation: no condition dropout)."""
         cfg, L = self.cfg, self.layout
         return MoTDataLoader(
             data.table, seq_len=cfg.model.max_seq_len, micro_batch_size=L.micro_batch_size, dp_size=L.dp,
             dp_rank=self.topo.dp_rank, grad_accum=L.grad_accum, seed=cfg.train.seed, balance=cfg.data.balance,
             plan_builder=self._plan, device=self.device, prefetch=cfg.data.prefetch,
-            num_workers=cfg.data.num_workers, order=data.order)
+            num_workers=cfg.data.num_workers, order=data.order, noiser=noiser_for(cfg, self.settings), train=train)
 
     def _build_engine(self, deepspeed) -> None:
         from deepspeed import checkpointing as ds_ckpt
@@ -172,7 +176,8 @@ class Trainer:
 
     def _plan(self, mb):
         return plan_for(self.settings, mb.modality_ids, mb.segment_ids, tp_size=self.topo.tp_size,
-                        tp_rank=self.topo.tp_rank, device=self.device)
+                        tp_rank=self.topo.tp_rank, device=self.device, span_ids=mb.span_ids,
+                        context_start=mb.context_start)
 
     def _resume(self) -> None:
         target = self.resume_target
@@ -226,7 +231,8 @@ class Trainer:
         if self.step % cfg.logging.interval and self.step != cfg.train.steps:
             return
         record = step_record(
-            self.step, loss_sum.tolist(), count.tolist(), cfg.model.modalities, cfg.train.optimizer.lr *
+            self.step, loss_sum.tolist(), count.tolist(), objective_weights(self.settings, count).tolist(),
+            cfg.model.modalities, cfg.train.optimizer.lr *
             lr_factor(self.step - 1, cfg), self.engine.get_global_grad_norm(), self.tokens_per_step, step_time,
             self.flops_per_token, self.model_flops_per_token, self.ctx.world_size, self.peak,
             dev.peak_memory_gb(self.device), {"data": t_data, **times})
@@ -240,7 +246,8 @@ class Trainer:
     def evaluate(self) -> None:
         """Validation losses at the current step, into metrics.jsonl, TensorBoard and the console."""
         loss_sum, count, seconds = self.evaluator.run()
-        self.metrics.log(valid_record(self.step, loss_sum.tolist(), count.tolist(), self.cfg.model.modalities,
+        self.metrics.log(valid_record(self.step, loss_sum.tolist(), count.tolist(),
+                                      objective_weights(self.settings, count).tolist(), self.cfg.model.modalities,
                                       self.state.progress(), seconds))
 
     def _eval_due(self) -> bool:

@@ -1,0 +1,147 @@
+"""What tools/preprocess_data.py makes of each continuous (image) modality: `ImageSpec`, resolved from the
+options, the config's model.continuous and the VAE, which must all agree.
+
+Each of channels, patch, grid, source and the BOI/EOI ids may come from an option (--channels, --patch,
+--grid, --source, --boi-token, --eoi-token), from the config, from the VAE (latent channels) or from
+--image-size (grid = image size / (VAE downsampling x patch); 1 instead of the downsampling for pixels).
+Every source that gives a value must give the same one, else a DataError names both; a value nobody
+gives is an error naming the option. Pixels have 3 channels.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .indexed import DataError
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One continuous modality as the preprocessor writes it."""
+    name: str
+    source: str                                # 'latents' or 'pixels'
+    channels: int
+    patch: int
+    grid: Tuple[int, int]                      # patches per image, (height, width)
+    image_size: Optional[Tuple[int, int]]      # pixels an image file is scaled to; None: image files refused
+    encode: bool                               # image files go through the VAE
+    dtype: str = "float16"                     # storage dtype of the patch file
+    boi: Optional[int] = None
+    eoi: Optional[int] = None
+    vae: Optional[str] = None                  # the VAE directory (recorded in the sidecar, for decoding)
+
+    @property
+    def patch_dim(self) -> int:
+        return self.channels * self.patch * self.patch
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def array_shape(self) -> Tuple[int, int, int]:
+        """[C, H, W] of one image before patchify (latent cells, or pixels)."""
+        return self.channels, self.grid[0] * self.patch, self.grid[1] * self.patch
+
+    def sidecar(self) -> dict:
+        """The corpus sidecar's continuous entry (ContinuousWriter adds dtype and rows)."""
+        return {"patch_dim": self.patch_dim, "channels": self.channels, "patch": self.patch,
+                "grid": list(self.grid), "source": self.source, "vae": self.vae,
+                "image_size": list(self.image_size) if self.image_size else None}
+
+
+def _agree(what: str, candidates: Sequence[Tuple[str, object]]):
+    """The one value every (label, value) with a value gives, or None; DataError if two differ."""
+    given = [(label, v) for label, v in candidates if v is not None]
+    for label, v in given[1:]:
+        if v != given[0][1]:
+            raise DataError(f"{what}: {given[0][0]} gives {given[0][1]}, but {label} gives {v}; make them agree")
+    return given[0][1] if given else None
+
+
+def _size_pair(values: Optional[Sequence[int]], option: str) -> Optional[Tuple[int, int]]:
+    if values is None:
+        return None
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise DataError(f"{option} takes one or two positive integers (height [width]), got {list(values)}")
+    return (int(values[0]), int(values[-1]))
+
+
+def continuous_names(args, cfg, modalities: Sequence[str]) -> List[str]:
+    """The continuous modalities: --continuous, or the config's model.continuous (both: the same set)."""
+    configured = list(cfg.model.continuous) if cfg is not None else None
+    names = args.continuous if args.continuous is not None else (configured or [])
+    if args.continuous is not None and configured is not None and set(args.continuous) != set(configured):
+        raise DataError(f"--continuous {' '.join(args.continuous)} disagrees with model.continuous "
+                        f"({', '.join(configured) or 'none'}) in {args.config}")
+    for name in names:
+        if name not in modalities:
+            raise DataError(f"--continuous {name}: not one of the modalities {list(modalities)}")
+    if len(set(names)) != len(names):
+        raise DataError(f"--continuous {' '.join(names)} lists a modality twice")
+    image_options = [o for o in ("source", "channels", "patch", "grid", "image_size", "vae", "boi_token",
+                                 "eoi_token") if getattr(args, o) is not None]
+    if image_options and not names:
+        raise DataError(f"--{image_options[0].replace('_', '-')} is for continuous modalities, and none is "
+                        "declared (--continuous NAME or model.continuous in --config)")
+    return list(names)
+
+
+def resolve(args, cfg, name: str, vae=None) -> ImageSpec:
+    """The ImageSpec of continuous modality `name` (see the module docstring)."""
+    base = cfg.model.continuous.get(name) if cfg is not None else None
+    key = f"model.continuous.{name}"
+    conf = (lambda field: (f"{key}.{field} in {args.config}", getattr(base, field) if base else None))
+    source = _agree(f"{name} source", [("--source", args.source), conf("source")]) or \
+        ("latents" if args.vae else None)
+    if source is None:
+        raise DataError(f"{name}: give --source latents (VAE latents) or --source pixels (RGB), or --config")
+    encode = source == "latents" and vae is not None
+    if source == "pixels" and vae is not None:
+        raise DataError(f"--vae given, but {name} is stored as pixels (source pixels); drop --vae or use latents")
+    from . import vae as vae_lib
+    channels = _agree(f"{name} channels", [
+        ("--channels", args.channels), conf("channels"),
+        ("the VAE's latent_channels", vae_lib.latent_channels(vae) if encode else None),
+        ("RGB pixels", 3 if source == "pixels" else None)])
+    patch = _agree(f"{name} patch", [("--patch", args.patch), conf("patch")])
+    if channels is None or patch is None:
+        raise DataError(f"{name}: give --{'channels' if channels is None else 'patch'} (or --config)")
+    factor = 1 if source == "pixels" else (vae_lib.downsampling(vae) if encode else None)
+    image_size = _size_pair(args.image_size, "--image-size")
+    from_size = None
+    if image_size is not None:
+        if factor is None:
+            raise DataError(f"--image-size: {name} takes precomputed latents (no --vae), whose size is the "
+                            "grid's; give --grid instead")
+        if image_size[0] % (factor * patch) or image_size[1] % (factor * patch):
+            raise DataError(f"--image-size {image_size[0]} {image_size[1]} is not a multiple of "
+                            f"{factor * patch} ({'VAE downsampling ' + str(factor) + ' x ' if factor > 1 else ''}"
+                            f"patch {patch})")
+        from_size = [image_size[0] // (factor * patch), image_size[1] // (factor * patch)]
+    grid = _agree(f"{name} grid (patches per image)", [
+        ("--grid", list(_size_pair(args.grid, "--grid")) if args.grid else None),
+        (conf("grid")[0], list(base.grid) if base else None), ("--image-size", from_size)])
+    if grid is None:
+        raise DataError(f"{name}: give --grid or --image-size (or --config)")
+    markers = [_agree(f"{name} {m}", [(f"--{m.replace('_', '-')}", getattr(args, m)), conf(m)])
+               for m in ("boi_token", "eoi_token")]
+    return ImageSpec(name, source, int(channels), int(patch), (int(grid[0]), int(grid[1])),
+                     (grid[0] * patch * factor, grid[1] * patch * factor) if factor else None, encode,
+                     args.continuous_dtype, markers[0], markers[1],
+                     os.path.abspath(args.vae) if encode else None)
+
+
+def marker_modality(specs: Dict[str, ImageSpec], modalities: Sequence[str], vocab_size: int) -> Optional[int]:
+    """The modality id BOI/EOI markers are written in: the first discrete modality (text); None without markers."""
+    ids = [(s.name, m, v) for s in specs.values() for m, v in (("boi", s.boi), ("eoi", s.eoi)) if v is not None]
+    if not ids:
+        return None
+    for name, m, v in ids:
+        if not 0 <= v < vocab_size:
+            raise DataError(f"{name} {m} token {v} is outside the vocabulary [0, {vocab_size})")
+    discrete = [i for i, n in enumerate(modalities) if n not in specs]
+    if not discrete:
+        raise DataError("BOI/EOI markers are text tokens, but every modality is continuous; add a discrete one")
+    return discrete[0]

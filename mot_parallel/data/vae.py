@@ -1,0 +1,123 @@
+"""The image VAE of the Transfusion setting: a diffusers AutoencoderKL loaded from a local directory.
+
+    vae = load_vae("vae_dir")                     # refuses a directory that is not an AutoencoderKL, by name
+    latents = encode(vae, pixels)                 # float [N, 3, H, W] in [-1, 1] -> [N, C, H/f, W/f]
+    pixels = decode(vae, latents)                 # and back, clamped to [-1, 1]
+
+The latents are the MEAN of the encoder's latent distribution (deterministic: the same image always gives
+the same corpus), normalised the way diffusers' pipelines do it, so the diffusion model sees roughly unit
+variance: (mean - shift) * scaling_factor, where shift is the config's shift_factor (SD3-style VAEs) or 0,
+and per channel (mean - latents_mean) * scaling_factor / latents_std when the config gives those. `decode`
+inverts it. Both run batched in float32 on the current accelerator (mot_parallel/distributed/device.py) or
+the CPU, convolutions without TF32 (a corpus should not depend on the machine's defaults); nothing is
+downloaded (local_files_only).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .indexed import DataError
+
+
+def load_vae(directory: str):
+    """AutoencoderKL.from_pretrained(directory), float32, eval mode, on the CPU; DataError if it is not one."""
+    config = os.path.join(directory, "config.json")
+    if not os.path.isdir(directory):
+        raise DataError(f"--vae {directory}: not a directory (give a diffusers AutoencoderKL saved with "
+                        "save_pretrained)")
+    if not os.path.isfile(config):
+        hint = (f"; it looks like a pipeline: give {os.path.join(directory, 'vae')}"
+                if os.path.isfile(os.path.join(directory, "vae", "config.json")) else "")
+        raise DataError(f"--vae {directory}: no config.json, not a diffusers AutoencoderKL directory{hint}")
+    try:
+        with open(config, encoding="utf-8") as f:
+            kind = json.load(f).get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"--vae {config}: not a readable diffusers config ({type(e).__name__})") from None
+    if kind != "AutoencoderKL":
+        raise DataError(f"--vae {directory}: config.json describes a {kind!r}, not a diffusers AutoencoderKL")
+    try:
+        from diffusers import AutoencoderKL
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        raise DataError("--vae needs diffusers: pip install -e '.[transfusion]'") from None
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # no advice about optional packages on every run
+    try:
+        vae = AutoencoderKL.from_pretrained(directory, local_files_only=True, low_cpu_mem_usage=False)
+    except Exception as e:  # noqa: BLE001 - missing or mismatched weights surface as many types
+        raise DataError(f"--vae {directory}: AutoencoderKL.from_pretrained failed "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    return vae.float().eval()
+
+
+def downsampling(vae) -> int:
+    """Pixels per latent cell along each side: 2 per down block after the first (8 for SD's VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def latent_channels(vae) -> int:
+    return int(vae.config.latent_channels)
+
+
+def _normalisation(vae) -> Tuple[np.ndarray, np.ndarray]:
+    """(shift, scale) per latent channel: stored latents = (mean - shift) * scale."""
+    cfg, c = vae.config, latent_channels(vae)
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:
+        shift = np.asarray(mean, np.float32)
+        scale = cfg.scaling_factor / np.asarray(std, np.float32)
+    else:
+        shift = np.full(c, getattr(cfg, "shift_factor", None) or 0.0, np.float32)
+        scale = np.full(c, cfg.scaling_factor, np.float32)
+    return shift.reshape(c, 1, 1), scale.reshape(c, 1, 1)
+
+
+def _device(device):
+    if device is not None:
+        return device
+    from ..distributed.device import current_device
+    return current_device()
+
+
+def _exact_fp32():
+    """cuDNN convolutions in full float32 (torch lets them use TF32 by default); a no-op on the CPU."""
+    import torch
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=False)
+
+
+def encode(vae, pixels: np.ndarray, batch: int = 16, device=None) -> np.ndarray:
+    """float32 [N, C, h, w] latents of float [N, 3, H, W] pixels in [-1, 1], `batch` images at a time."""
+    import torch
+    device = _device(device)
+    vae.to(device)
+    shift, scale = _normalisation(vae)
+    out = []
+    with torch.inference_mode(), _exact_fp32():
+        for lo in range(0, len(pixels), batch):
+            x = torch.as_tensor(np.asarray(pixels[lo:lo + batch], np.float32), device=device)
+            out.append(vae.encode(x).latent_dist.mean.float().cpu().numpy())
+    return (np.concatenate(out) - shift) * scale
+
+
+def decode(vae, latents: np.ndarray, batch: int = 16, device: Optional[object] = None) -> np.ndarray:
+    """float32 [N, 3, H, W] pixels in [-1, 1] of [N, C, h, w] normalised latents (the inverse of encode)."""
+    import torch
+    device = _device(device)
+    vae.to(device)
+    shift, scale = _normalisation(vae)
+    z = np.asarray(latents, np.float32) / scale + shift
+    out = []
+    with torch.inference_mode(), _exact_fp32():
+        for lo in range(0, len(z), batch):
+            x = torch.as_tensor(z[lo:lo + batch], device=device)
+            out.append(vae.decode(x).sample.float().clamp(-1, 1).cpu().numpy())
+    return np.concatenate(out)
