@@ -222,3 +222,23 @@ def test_demo_corpus_is_deterministic_and_cross_modal(tmp_path, demo):
     c = Corpus(demo, MODALITIES, VOCAB_SIZE, atomic=["image"])
     kinds = {tuple(c.segments(d)[1].tolist()) for d in range(c.num_docs)}
     assert {(0, 1), (1, 0), (0, 2), (0, 1, 0, 2), (0,)} <= kinds
+
+
+def test_textured_demo_images_change_only_the_background():
+    """The fidelity study's controlled variant: every document keeps the default's captions, objects, speech and
+    prose; only image backgrounds become textures, which differ between images of the same caption."""
+    plain, textured = list(documents(400, seed=0)), list(documents(400, seed=0, images="textured"))
+    backgrounds = {}
+    for a, b in zip(plain, textured):
+        assert [m for _, m in a] == [m for _, m in b]
+        for (t, m), (u, _) in zip(a, b):
+            if m != MODALITIES.index("image"):
+                assert np.array_equal(t, u)
+                continue
+            objects = t != t.min()  # the default background is the lowest image code
+            assert np.array_equal(t[objects], u[objects]) and len(set(u[~objects].tolist())) == 2
+            caption = next(tuple(x.tolist()) for x, k in a if k == MODALITIES.index("text"))
+            backgrounds.setdefault(caption, set()).add(tuple(u[~objects].tolist()))
+    assert sum(len(v) > 1 for v in backgrounds.values()) >= 5  # the caption does not decide the texture
+    with pytest.raises(ValueError, match="images='noise'"):
+        next(documents(1, images="noise"))

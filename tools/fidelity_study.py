@@ -1,7 +1,7 @@
 """The fidelity study (issue 12) and the controlled experiments behind it (issue 16), one command each.
 
     python tools/fidelity_study.py study [--seeds 1 2]             # dense / full MoT / FFN-only, real-data corpus
-    python tools/fidelity_study.py grid --corpus real|demo [--seeds 1 2] [--rows dense,mot,...]
+    python tools/fidelity_study.py grid --corpus real|demo|textured [--seeds 1 2] [--rows dense,mot,...]
     ... [--out runs/fidelity] [--nproc 2] [--max-load 4] [--report] [--dry-run]
 
 `study` trains configs/study/{dense,mot,ffn}.yaml (equal FLOPs per token, same data order, optimiser and
@@ -36,7 +36,8 @@ from mot_parallel.analysis import study_report as report  # noqa: E402
 
 MODALITIES = ["text", "image", "speech"]
 STUDY = [("dense", "configs/study/dense.yaml"), ("mot", "configs/study/mot.yaml"), ("ffn", "configs/study/ffn.yaml")]
-CORPUS_CONFIG = {"demo": "configs/demo_cpu.yaml", "real": "configs/real_cpu.yaml"}
+CORPUS_CONFIG = {"demo": "configs/demo_cpu.yaml", "real": "configs/real_cpu.yaml", "textured": "configs/demo_cpu.yaml"}
+TEXTURED = "corpus/textured"  # under --out: the demo corpus with image textures the captions do not name
 DENSE, ATTN_FFN = "model.untie=[]", "model.untie=[attention,ffn]"
 
 
@@ -95,8 +96,21 @@ def launch(run_dir, config, overrides, nproc, dry, max_load):
     print(f"done   {run_dir} in {time.time() - t0:.0f} s", flush=True)
 
 
+def corpus_overrides(args) -> list:
+    """The textured variant: the demo world with images="textured" (data/demo_corpus.py), built once."""
+    if args.corpus != "textured":
+        return []
+    prefix = os.path.join(args.out, TEXTURED)
+    if not os.path.isfile(prefix + ".mot.json") and not args.dry_run and not args.report:
+        from mot_parallel.data.demo_corpus import write_demo_corpus
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+        write_demo_corpus(prefix, 4000, seed=0, images="textured")  # the demo's data.demo_documents
+    return [f"data.path={prefix}"]
+
+
 def grid(args):
     rows = [r for r in GRID if not args.rows or r[0] in args.rows.split(",")]
+    data = corpus_overrides(args)
     base = os.path.join(args.out, f"grid_{args.corpus}")
     every_seed = set(args.every_seed.split(","))
     table = []
@@ -105,7 +119,7 @@ def grid(args):
         for seed in args.seeds if key in every_seed else args.seeds[:1]:
             run_dir = os.path.join(base, f"{key}_s{seed}")
             if not args.report:
-                launch(run_dir, CORPUS_CONFIG[args.corpus], GRID_COMMON + overrides + [f"train.seed={seed}"],
+                launch(run_dir, CORPUS_CONFIG[args.corpus], GRID_COMMON + data + overrides + [f"train.seed={seed}"],
                        args.nproc, args.dry_run, args.max_load)
             dirs.append(run_dir)
         table.append((label, dirs))
