@@ -1,7 +1,7 @@
 """The fidelity study (issue 12) and the controlled experiments behind it (issue 16), one command each.
 
     python tools/fidelity_study.py study [--seeds 1 2]             # dense / full MoT / FFN-only, real-data corpus
-    python tools/fidelity_study.py grid --corpus real|demo|textured [--seeds 1 2] [--rows dense,mot,...]
+    python tools/fidelity_study.py grid --corpus real|demo|textured|vague [--seeds 1 2] [--rows dense,mot,...]
     ... [--out runs/fidelity] [--nproc 2] [--max-load 4] [--report] [--dry-run]
 
 `study` trains configs/study/{dense,mot,ffn}.yaml (equal FLOPs per token, same data order, optimiser and
@@ -36,8 +36,8 @@ from mot_parallel.analysis import study_report as report  # noqa: E402
 
 MODALITIES = ["text", "image", "speech"]
 STUDY = [("dense", "configs/study/dense.yaml"), ("mot", "configs/study/mot.yaml"), ("ffn", "configs/study/ffn.yaml")]
-CORPUS_CONFIG = {"demo": "configs/demo_cpu.yaml", "real": "configs/real_cpu.yaml", "textured": "configs/demo_cpu.yaml"}
-TEXTURED = "corpus/textured"  # under --out: the demo corpus with image textures the captions do not name
+CORPUS_CONFIG = {"demo": "configs/demo_cpu.yaml", "real": "configs/real_cpu.yaml",
+                 "textured": "configs/demo_cpu.yaml", "vague": "configs/demo_cpu.yaml"}  # data/demo_corpus.py variants
 DENSE, ATTN_FFN = "model.untie=[]", "model.untie=[attention,ffn]"
 
 
@@ -97,14 +97,14 @@ def launch(run_dir, config, overrides, nproc, dry, max_load):
 
 
 def corpus_overrides(args) -> list:
-    """The textured variant: the demo world with images="textured" (data/demo_corpus.py), built once."""
-    if args.corpus != "textured":
+    """A controlled variant of the demo world (data/demo_corpus.py), built once under <out>/corpus/."""
+    if args.corpus not in ("textured", "vague"):
         return []
-    prefix = os.path.join(args.out, TEXTURED)
+    prefix = os.path.join(args.out, "corpus", args.corpus)
     if not os.path.isfile(prefix + ".mot.json") and not args.dry_run and not args.report:
         from mot_parallel.data.demo_corpus import write_demo_corpus
         os.makedirs(os.path.dirname(prefix), exist_ok=True)
-        write_demo_corpus(prefix, 4000, seed=0, images="textured")  # the demo's data.demo_documents
+        write_demo_corpus(prefix, 4000, seed=0, variant=args.corpus)  # the demo's data.demo_documents
     return [f"data.path={prefix}"]
 
 
