@@ -222,3 +222,39 @@ def test_demo_corpus_is_deterministic_and_cross_modal(tmp_path, demo):
     c = Corpus(demo, MODALITIES, VOCAB_SIZE, atomic=["image"])
     kinds = {tuple(c.segments(d)[1].tolist()) for d in range(c.num_docs)}
     assert {(0, 1), (1, 0), (0, 2), (0, 1, 0, 2), (0,)} <= kinds
+
+
+def test_textured_demo_images_change_only_the_background():
+    """The fidelity study's controlled variant: every document keeps the default's captions, objects, speech and
+    prose; only image backgrounds become textures, which differ between images of the same caption."""
+    plain, textured = list(documents(400, seed=0)), list(documents(400, seed=0, variant="textured"))
+    backgrounds = {}
+    for a, b in zip(plain, textured):
+        assert [m for _, m in a] == [m for _, m in b]
+        for (t, m), (u, _) in zip(a, b):
+            if m != MODALITIES.index("image"):
+                assert np.array_equal(t, u)
+                continue
+            objects = t != t.min()  # the default background is the lowest image code
+            assert np.array_equal(t[objects], u[objects]) and len(set(u[~objects].tolist())) == 2
+            caption = next(tuple(x.tolist()) for x, k in a if k == MODALITIES.index("text"))
+            backgrounds.setdefault(caption, set()).add(tuple(u[~objects].tolist()))
+    assert sum(len(v) > 1 for v in backgrounds.values()) >= 5  # the caption does not decide the texture
+    with pytest.raises(ValueError, match="variant='noise'"):
+        next(documents(1, variant="noise"))
+
+
+def test_vague_demo_captions_drop_only_colour_and_shape_words():
+    """The other controlled variant: the same documents, captions missing the colour word (position 5) and/or
+    the shape word (6) about half the time each; images unchanged (speech reads the shorter caption aloud)."""
+    plain, vague = list(documents(600, seed=0)), list(documents(600, seed=0, variant="vague"))
+    dropped = []
+    for a, b in zip(plain, vague):
+        for (t, m), (u, _) in zip(a, b):
+            if m == MODALITIES.index("text") and len(t) == 11:  # a caption (prose is longer, "we hear.." shorter)
+                ways = [[w for j, w in enumerate(t.tolist()) if j not in S] for S in ((), (5,), (6,), (5, 6))]
+                assert u.tolist() in ways, (t, u)
+                dropped.append(11 - len(u))
+            elif m == MODALITIES.index("image"):
+                assert np.array_equal(t, u)
+    assert 0.4 < np.mean(dropped) / 2 < 0.6, np.mean(dropped) / 2

@@ -1,10 +1,15 @@
 """Training throughput of MoT vs its dense baseline (model.untie=[]) on the same config, in one run.
 
     python tools/bench_train.py --config configs/demo_cpu.yaml [--nproc 2] [--steps 40] [--json] [key=value ...]
+    python tools/bench_train.py --config configs/real_cpu.yaml --eval-iters 4     # + evaluation overhead
 
 Each variant trains --steps steps on --nproc local gloo processes (or GPUs when present) from scratch
 into a temporary run directory; the first --skip steps (start-up, warm caches) are excluded. Reports
 tokens/s, step time and its split (data wait, forward, backward, optimizer), and MoT / dense ratios.
+With --eval-iters K each variant also evaluates K global batches 4 times (every --steps/4 steps, the last at
+the end; held-out data from the config, else data.valid_fraction=0.05): seconds per evaluation, per
+evaluated batch, and that batch as a fraction of a training step (forward only, no optimizer: about 1/3 is
+expected); the overhead of evaluating K batches every N steps is K x that fraction / N.
 """
 import argparse
 import json
@@ -32,10 +37,18 @@ def _train(config, overrides):
     if dist.get_rank() != 0:
         return None
     with open(os.path.join(cfg.run.output_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r.get("kind", "train") == "train"]
+        return list(map(json.loads, f))
 
 
-def summarise(records, skip):
+def _valid_split(config, overrides):
+    """Validation data for --eval-iters: the config's own, else hold out 5% of the documents."""
+    from mot_parallel.config import load_config
+    cfg = load_config(config, overrides)
+    return [] if cfg.data.valid_path or cfg.data.valid_fraction > 0 else ["data.valid_fraction=0.05"]
+
+
+def summarise(all_records, skip, eval_iters=0):
+    records = [r for r in all_records if r.get("kind", "train") == "train"]
     rows = [r for r in records if r["step"] > skip]
     med = lambda k: statistics.median(r[k] for r in rows if r.get(k) is not None)  # noqa: E731
     out = {"tokens_per_s": med("tokens_per_s"), "step_time_s": med("step_time_s"),
@@ -43,6 +56,11 @@ def summarise(records, skip):
     for p in PARTS:
         key = f"time/{p}_s"
         out[f"{p}_s"] = med(key) if any(r.get(key) is not None for r in rows) else None
+    evals = [r["eval_time_s"] for r in all_records if r.get("kind") == "valid"]
+    if eval_iters and evals:
+        out["eval_s"] = statistics.median(evals)
+        out["eval_batch_s"] = out["eval_s"] / eval_iters
+        out["eval_batch_over_step"] = out["eval_batch_s"] / out["step_time_s"]
     return out
 
 
@@ -52,6 +70,7 @@ def main(argv=None):
     ap.add_argument("--nproc", type=positive_int, default=2)
     ap.add_argument("--steps", type=positive_int, default=40)
     ap.add_argument("--skip", type=non_negative_int, default=5, help="warm-up steps left out of the medians")
+    ap.add_argument("--eval-iters", type=non_negative_int, default=0, help="also measure evaluation of K global batches")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
@@ -61,16 +80,20 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         variants = {}
         for name, extra in (("mot", []), ("dense", ["model.untie=[]", "model.untie_final_norm=false"])):
-            variants[name] = list(args.overrides) + extra + [f"train.steps={args.steps}", "logging.interval=1",
-                                                             "logging.tensorboard=false", "checkpoint.interval=0",
-                                                             f"run.output_dir={os.path.join(tmp, name)}",
-                                                             f"data.demo_documents={4000}"]
-            cfg, layout = checked_config(args.config, variants[name], world=args.nproc)  # before any process
+            ov = list(args.overrides) + extra + [f"train.steps={args.steps}", "logging.interval=1",
+                                                  "logging.tensorboard=false", "checkpoint.interval=0",
+                                                  f"run.output_dir={os.path.join(tmp, name)}",
+                                                  f"data.demo_documents={4000}"]
+            if args.eval_iters:
+                ov += [f"train.eval_iters={args.eval_iters}", f"train.eval_interval={max(1, args.steps // 4)}"]
+                ov += _valid_split(args.config, args.overrides)
+            variants[name] = ov
+            cfg, layout = checked_config(args.config, ov, world=args.nproc)  # before any process
             with user_errors():
                 preflight(cfg, layout)
         for name, ov in variants.items():
             records = run_distributed(_train, args.nproc, args=(args.config, ov), timeout=3600)[0]
-            results[name] = summarise(records, args.skip)
+            results[name] = summarise(records, args.skip, args.eval_iters)
     results["mot_over_dense"] = {"tokens_per_s": results["mot"]["tokens_per_s"] / results["dense"]["tokens_per_s"],
                                  "step_time_s": results["mot"]["step_time_s"] / results["dense"]["step_time_s"]}
     if args.json:
@@ -85,6 +108,12 @@ def main(argv=None):
         print(f"{name:8} {r['tokens_per_s']:>10,.0f} {r['step_time_s']:>8.3f} {parts} {r['final_loss']:>11.4f}")
     print(f"MoT / dense: tokens/s x{results['mot_over_dense']['tokens_per_s']:.3f}, "
           f"step time x{results['mot_over_dense']['step_time_s']:.3f}")
+    if args.eval_iters:
+        for name in ("mot", "dense"):
+            r = results[name]
+            print(f"{name}: evaluation of {args.eval_iters} global batches {r['eval_s']:.3f} s = {r['eval_batch_s']:.3f} s "
+                  f"per batch = {r['eval_batch_over_step']:.2f} of a training step; every N steps it adds "
+                  f"{args.eval_iters * r['eval_batch_over_step']:.2f}/N of the training time")
 
 
 if __name__ == "__main__":

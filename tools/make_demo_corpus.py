@@ -3,6 +3,7 @@ mot_parallel/data/demo_corpus.py). Deterministic in --documents and --seed; ~1 s
 
     python tools/make_demo_corpus.py --output-prefix runs/demo_corpus/demo [--documents 4000] [--seed 0]
     python tools/make_demo_corpus.py --jsonl demo.jsonl      # the same documents as JSONL (for preprocess_data)
+    ... --variant textured|vague    # docs/fidelity.md's controlled variants (mot_parallel/data/demo_corpus.py)
 """
 import argparse
 import json
@@ -12,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mot_parallel.cli import non_negative_int, positive_int  # noqa: E402
-from mot_parallel.data.demo_corpus import MODALITIES, documents, write_demo_corpus  # noqa: E402
+from mot_parallel.data.demo_corpus import MODALITIES, VARIANTS, documents, write_demo_corpus  # noqa: E402
 
 
 def main(argv=None):
@@ -21,6 +22,9 @@ def main(argv=None):
     ap.add_argument("--jsonl")
     ap.add_argument("--documents", type=positive_int, default=4000)
     ap.add_argument("--seed", type=non_negative_int, default=0)
+    ap.add_argument("--variant", choices=VARIANTS, default="caption",
+                    help="textured: image backgrounds the caption does not name; vague: captions that leave out "
+                         "the object's colour or shape")
     args = ap.parse_args(argv)
     if not args.output_prefix and not args.jsonl:
         sys.exit("error: give --output-prefix and/or --jsonl")
@@ -32,12 +36,12 @@ def main(argv=None):
 
 def _write(args):
     if args.output_prefix:
-        write_demo_corpus(args.output_prefix, args.documents, args.seed)
+        write_demo_corpus(args.output_prefix, args.documents, args.seed, args.variant)
         print(f"wrote {args.output_prefix}.bin/.idx/.mot.json")
     if args.jsonl:
         tmp = args.jsonl + ".tmp"
         with open(tmp, "w") as f:
-            for doc in documents(args.documents, args.seed):
+            for doc in documents(args.documents, args.seed, args.variant):
                 f.write(json.dumps({"segments": [{"modality": MODALITIES[m], "tokens": t.tolist()} for t, m in doc]})
                         + "\n")
         os.replace(tmp, args.jsonl)

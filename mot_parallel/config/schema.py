@@ -210,6 +210,9 @@ class LoggingConfig:
     time_breakdown: Optional[bool] = opt(
         None, "Split step time into data/forward/backward/optimizer by synchronising the device between them "
         "(4 syncs per micro-batch): null = on for CPU (free there), off on GPUs (then the split is host time).")
+    diagnostics: bool = opt(
+        False, "On logging steps also record max attention logits per layer and (query, key) modality pair, "
+        "per-modality gradient norms and update sizes (training/diagnostics.py; costs time, small runs only).")
 
 
 @dataclass

@@ -45,6 +45,7 @@ class MoTSelfAttention(nn.Module):
             s.num_heads * d, s.hidden_size, self.copies, config=s, tp_group=tp_group, init_method=out_init,
             init_seed=param_seed(seed, "linear_proj"), device=device)
         self.q_layernorm = self.k_layernorm = None
+        self.logit_probe = None  # training/diagnostics.py sets it on logging steps (logging.diagnostics)
         if s.qk_norm:  # names match Megatron's, whose finalize_model_grads sums these over TP by name
             kw = dict(tp_partial_grad=tp > 1, params_dtype=s.params_dtype, device=device)
             self.q_layernorm = ModalityRMSNorm(d, self.copies, s.norm_eps, **kw)
@@ -63,6 +64,8 @@ class MoTSelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         p = self.settings.attention_dropout if self.training else 0.0
         mask = plan.attention_mask if self.settings.document_masking else None
+        if self.logit_probe is not None:
+            self.logit_probe(q, k, mask, plan)
         if p > 0 and self.rng_tracker is not None:
             with self.rng_tracker.fork():  # heads differ per TP rank: per-rank dropout stream
                 ctx = attention_core(q, k, v, mask=mask, dropout_p=p)

@@ -46,8 +46,8 @@ def deepspeed_config(cfg: Config, layout: ParallelLayout, dtype: torch.dtype, fu
         "steps_per_print": 10 ** 9,  # we log ourselves
         "wall_clock_breakdown": False,
     }
-    if t.grad_clip > 0:
-        ds["gradient_clipping"] = t.grad_clip
+    # always written: left out, DeepSpeed's default (1.0) would clip a run that asked for grad_clip=0 (off)
+    ds["gradient_clipping"] = float(t.grad_clip)
     conflicts = deepspeed_conflicts(cfg, layout)
     if conflicts:
         raise ConfigError("; ".join(conflicts))

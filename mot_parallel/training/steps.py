@@ -12,7 +12,7 @@ between the phases).
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -25,10 +25,11 @@ from .pipeline import pipeline_micro_batch
 
 class StepRunner:
     def __init__(self, engine, topo, settings, device: torch.device, pipe_loss=None,
-                 time_breakdown: Optional[bool] = None):
+                 time_breakdown: Optional[bool] = None, before_optimizer: Optional[Callable[[], None]] = None):
         self.engine, self.topo, self.settings, self.device = engine, topo, settings, device
         self.m = settings.num_modalities
         self.pipe_loss, self.time_breakdown = pipe_loss, time_breakdown
+        self.before_optimizer = before_optimizer  # diagnostics: sees the reduced, unclipped gradients
 
     def _sync(self) -> float:
         on = self.time_breakdown
@@ -50,6 +51,8 @@ class StepRunner:
             t1 = self._sync()
             with record_function("mot/backward"):
                 self.engine.backward((out.loss_sum * weights).sum() * self.topo.dp_size, scale_wrt_gas=False)
+            if self.before_optimizer is not None and mb is batch.micro_batches[-1]:
+                self.before_optimizer()
             t2 = self._sync()
             with record_function("mot/optimizer"):
                 self.engine.step()

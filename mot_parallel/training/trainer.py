@@ -48,6 +48,7 @@ from ..tensor_parallel import register_tp_grad_hooks, tp_partial_grad_params
 from . import rng
 from .checkpoint import CheckpointManager, TrainState, check_writable
 from .ds_config import deepspeed_config
+from .diagnostics import Diagnostics
 from .evaluate import Evaluator
 from .faults import FaultInjector
 from .metrics import MetricsLogger, step_record, valid_record
@@ -108,8 +109,10 @@ class Trainer:
                                       {"train": self.state, "loader": self.loader},
                                       rng.RNGStreams(self.device, self.tracker), L, self.fault)
         self._resume()
+        self.diagnostics = Diagnostics(self.model, self.topo, cfg.model.modalities, cfg.model.num_layers,
+                                       cfg.logging.interval, cfg.train.steps) if cfg.logging.diagnostics else None
         self.steps = StepRunner(self.engine, self.topo, self.settings, self.device, self.pipe_loss,
-                                cfg.logging.time_breakdown)
+                                cfg.logging.time_breakdown, self.diagnostics and self.diagnostics.before_optimizer)
         self.evaluator = None
         if self.data.valid is not None and cfg.train.eval_iters > 0:
             self.evaluator = Evaluator(lambda: self._loader(self.data.valid, train=False), self.engine, self.topo,
@@ -234,6 +237,8 @@ class Trainer:
             self.flops_per_token, self.model_flops_per_token, self.ctx.world_size, self.peak,
             dev.peak_memory_gb(self.device), {"data": t_data, **times})
         record.update(self.state.progress())
+        if self.diagnostics is not None:
+            record.update(self.diagnostics.end())
         for name, docs, tokens in zip(self.data.train.table.names, batch.source_docs or (), batch.source_tokens or ()):
             record[f"data/{name}/documents"], record[f"data/{name}/tokens"] = docs, tokens
         self.metrics.log(record)
@@ -261,6 +266,8 @@ class Trainer:
                 with record_function("mot/data"):
                     batch = next(self.loader)
                 t_data = time.perf_counter() - t0
+                if self.diagnostics is not None:
+                    self.diagnostics.begin(self.step + 1, batch)
                 with record_function("mot/step"):
                     sums, times = self.steps.run(batch)
                 step_time = time.perf_counter() - t0
