@@ -12,7 +12,7 @@ loss-curve plot per seed (<out>/study_seed<N>.png). Needs the real-data corpus
 (python tools/build_real_corpus.py --output-prefix runs/real_corpus/real).
 
 `grid` is issue 16's table (untie variants, shared_start copies) plus QK-norm x learning rate, every row at
-200 steps on the demo model (configs/demo_cpu.yaml or configs/real_cpu.yaml, QK-norm and LR pinned per row so
+200 steps (--steps) on the demo model (configs/demo_cpu.yaml or configs/real_cpu.yaml, QK-norm and LR pinned per row so
 the table does not depend on the configs' defaults), with logging.diagnostics on. Writes <out>/grid_<corpus>.md:
 final validation loss and training loss (mean of the last 4 logged steps) per modality, 'seed a / seed b', and
 the max attention logit per (query, key) modality pair.
@@ -62,7 +62,7 @@ GRID = [
     ("mot_qk_lr1e-3", "full MoT, QK-norm, lr 1e-3", _pin("1e-3", "true")),
 ]
 EVERY_SEED = ["dense", "mot"]
-GRID_COMMON = ["train.steps=200", "train.eval_interval=50", "train.eval_iters=4", "logging.interval=10",
+GRID_COMMON = ["train.eval_interval=50", "train.eval_iters=4", "logging.interval=10",
                "logging.diagnostics=true", "logging.tensorboard=false", "checkpoint.interval=100"]
 PAIRS = ["image-text", "image-image", "text-image", "speech-text", "text-text"]
 
@@ -111,7 +111,8 @@ def corpus_overrides(args) -> list:
 def grid(args):
     rows = [r for r in GRID if not args.rows or r[0] in args.rows.split(",")]
     data = corpus_overrides(args)
-    base = os.path.join(args.out, f"grid_{args.corpus}")
+    name = f"grid_{args.corpus}" + (f"_{args.steps}" if args.steps != 200 else "")
+    base = os.path.join(args.out, name)
     every_seed = set(args.every_seed.split(","))
     table = []
     for key, label, overrides in rows:
@@ -119,19 +120,19 @@ def grid(args):
         for seed in args.seeds if key in every_seed else args.seeds[:1]:
             run_dir = os.path.join(base, f"{key}_s{seed}")
             if not args.report:
-                launch(run_dir, CORPUS_CONFIG[args.corpus], GRID_COMMON + data + overrides + [f"train.seed={seed}"],
+                launch(run_dir, CORPUS_CONFIG[args.corpus], GRID_COMMON + data + overrides + [f"train.steps={args.steps}", f"train.seed={seed}"],
                        args.nproc, args.dry_run, args.max_load)
             dirs.append(run_dir)
         table.append((label, dirs))
     if args.dry_run:
         return
     seeds = " / ".join(f"seed {s}" for s in args.seeds) + " where two were run"
-    text = (f"# grid on the {args.corpus} corpus ({CORPUS_CONFIG[args.corpus]}, 200 steps; cells: {seeds})\n\n"
+    text = (f"# grid on the {args.corpus} corpus ({CORPUS_CONFIG[args.corpus]}, {args.steps} steps; cells: {seeds})\n\n"
             f"Final validation loss:\n\n{report.grid_table(table, MODALITIES, 'valid')}\n"
             f"Training loss, mean of the last 4 logged steps:\n\n{report.grid_table(table, MODALITIES, 'train')}\n"
             f"Max attention logit (query-key modality), last logged step (peak over the run):\n\n"
             f"{report.logit_table(table, PAIRS)}")
-    path = os.path.join(args.out, f"grid_{args.corpus}.md")
+    path = os.path.join(args.out, f"{name}.md")
     with open(path, "w") as f:
         f.write(text)
     print(text + f"\nwritten: {path}")
@@ -175,6 +176,8 @@ def main(argv=None):
     ap.add_argument("--corpus", choices=sorted(CORPUS_CONFIG), default="real", help="grid: which corpus")
     ap.add_argument("--rows", help="grid: comma-separated row keys (default all): " + ",".join(r[0] for r in GRID))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--steps", type=int, default=200, help="grid: training steps per run (other than 200: "
+                    "into <out>/grid_<corpus>_<steps>)")
     ap.add_argument("--every-seed", default=",".join(EVERY_SEED),
                     help="grid: the rows trained on every seed (the others on the first seed only)")
     ap.add_argument("--out", default="runs/fidelity")
