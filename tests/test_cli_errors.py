@@ -128,6 +128,8 @@ BAD_ARGUMENTS = [
     ("build_real_corpus", ["--output-prefix", "{tmp}/r", "--workers", "0"], ["--workers"]),
     ("compare_runs", ["{tmp}/nowhere", "{tmp}"], ["nowhere"]),
     ("gpu_check", ["--parts", "no_such_part"], ["unknown part"]),
+    ("fidelity_study", ["grid", "--rows", "dense,no_such_row"], ["--rows", "no_such_row"]),
+    ("fidelity_study", ["grid", "--steps", "0"], ["--steps"]),
     ("sample", ["--checkpoint", "{tmp}/nowhere", "--score", "2"], ["nowhere"]),
     ("sample", ["--checkpoint", "{tmp}"], ["give --caption"]),
     ("pretrain", ["--config", os.path.join(ROOT, "configs", "demo_cpu.yaml"), "--dry-run", "--world-size", "0"],

@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mot_parallel.analysis import study_report as report  # noqa: E402
+from mot_parallel.cli import positive_int  # noqa: E402
 
 MODALITIES = ["text", "image", "speech"]
 STUDY = [("dense", "configs/study/dense.yaml"), ("mot", "configs/study/mot.yaml"), ("ffn", "configs/study/ffn.yaml")]
@@ -176,12 +177,12 @@ def main(argv=None):
     ap.add_argument("--corpus", choices=sorted(CORPUS_CONFIG), default="real", help="grid: which corpus")
     ap.add_argument("--rows", help="grid: comma-separated row keys (default all): " + ",".join(r[0] for r in GRID))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--steps", type=int, default=200, help="grid: training steps per run (other than 200: "
+    ap.add_argument("--steps", type=positive_int, default=200, help="grid: training steps per run (other than 200: "
                     "into <out>/grid_<corpus>_<steps>)")
     ap.add_argument("--every-seed", default=",".join(EVERY_SEED),
                     help="grid: the rows trained on every seed (the others on the first seed only)")
     ap.add_argument("--out", default="runs/fidelity")
-    ap.add_argument("--nproc", type=int, default=2, help="processes per run (torchrun)")
+    ap.add_argument("--nproc", type=positive_int, default=2, help="processes per run (torchrun)")
     ap.add_argument("--max-load", type=float, default=4.0, help="wait while the 1-min load average is above this")
     ap.add_argument("--report", action="store_true", help="only rebuild the tables from existing runs")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
