@@ -122,14 +122,13 @@ class Pool:
     def draw_units(self, atomic_tokens: int, max_tokens: int) -> bool:
         """Draw until newly drawn atomic items hold `atomic_tokens` atomic-modality tokens (or the pool
         holds max_tokens); whether any atomic item came."""
-        atomic = np.asarray(self.corpus.atomic, dtype=bool)
         got = 0
         while got < atomic_tokens and self.tokens < max_tokens:
             item = self.draw()
             if item is None:
                 break
             if item.atomic:
-                got += int(item.vector[atomic].sum())
+                got += int(item.vector[self._atomic].sum())
         return got > 0
 
     def units(self) -> List[PoolItem]:
