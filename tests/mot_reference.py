@@ -100,18 +100,7 @@ def reference_model(W, s, tokens, mods, labels, label_mods, positions=None, segm
     x = W["embedding.word_embeddings.weight"][tokens]
     for n in range(s.num_layers):
         x = reference_layer(W, f"layers.{n}.", s, x, mods, positions, segments)
-    def fn(m):
-        return W[f"head.final_norm.weight.{s.modalities[m]}"] if s.untie_final_norm else W["head.final_norm.weight"]
-    xn = torch.stack([torch.stack([_rms(x[i, j], fn(int(mods[i, j])), s.norm_eps)
-                                   for j in range(x.shape[1])]) for i in range(x.shape[0])])
-    logits = xn @ W.get("head.output_layer.weight", W["embedding.word_embeddings.weight"]).t()
-    losses = F.cross_entropy(logits[..., :s.vocab_size].reshape(-1, s.vocab_size), labels.reshape(-1),
-                             reduction="none", ignore_index=-100)
-    valid = (labels.reshape(-1) != -100).float()
-    m = label_mods.reshape(-1)
-    loss_sum = torch.stack([(losses * valid * (m == k)).sum() for k in range(s.num_modalities)])
-    count = torch.stack([(valid * (m == k)).sum() for k in range(s.num_modalities)])
-    return loss_sum, count, logits
+    return _lm_part(W, s, _final_norm(W, s, x, mods), labels, label_mods)
 
 
 def _timestep_features(t, dim, timesteps):
@@ -125,7 +114,6 @@ def reference_transfusion(W, s, tokens, mods, labels, label_mods, patches, posit
     """The Transfusion setting, token by token: `patches[(i, j)]` = (x_t [D], t, eps [D]) at every continuous
     position. Embedding: the token's row, or its modality's patch projection + timestep MLP; head: LM loss
     on discrete targets, per-patch MSE of the noise prediction. Returns per-modality (loss sums, counts)."""
-    S, B = tokens.shape
     x = W["embedding.word_embeddings.weight"][tokens].clone()
     for (i, j), (x_t, t, _) in patches.items():
         name = s.modalities[int(mods[i, j])]
@@ -134,11 +122,7 @@ def reference_transfusion(W, s, tokens, mods, labels, label_mods, patches, posit
         x[i, j] = lin("proj", x_t) + lin("time_out", F.silu(lin("time_in", feat)))
     for n in range(s.num_layers):
         x = reference_layer(W, f"layers.{n}.", s, x, mods, positions, segments, spans, context)
-
-    def fn(m):
-        return W[f"head.final_norm.weight.{s.modalities[m]}"] if s.untie_final_norm else W["head.final_norm.weight"]
-    xn = torch.stack([torch.stack([_rms(x[i, j], fn(int(mods[i, j])), s.norm_eps) for j in range(B)])
-                      for i in range(S)])
+    xn = _final_norm(W, s, x, mods)
     loss_sum, count, _ = _lm_part(W, s, xn, labels, label_mods)
     for (i, j), (_, _, eps) in patches.items():
         m = int(mods[i, j])
@@ -147,6 +131,14 @@ def reference_transfusion(W, s, tokens, mods, labels, label_mods, patches, posit
         loss_sum = loss_sum + F.one_hot(torch.tensor(m), s.num_modalities) * (pred - eps).pow(2).mean()
         count = count + F.one_hot(torch.tensor(m), s.num_modalities).float()
     return loss_sum, count
+
+
+def _final_norm(W, s, x, mods):
+    """The head's RMSNorm, token by token (its modality's copy when untie_final_norm)."""
+    def weight(m):
+        return W[f"head.final_norm.weight.{s.modalities[m]}"] if s.untie_final_norm else W["head.final_norm.weight"]
+    return torch.stack([torch.stack([_rms(x[i, j], weight(int(mods[i, j])), s.norm_eps) for j in range(x.shape[1])])
+                        for i in range(x.shape[0])])
 
 
 def _lm_part(W, s, xn, labels, label_mods):
