@@ -75,9 +75,10 @@ class ContinuousEmbedding(nn.Module):
         of continuous modality k, in grouped order. Returns x with those modalities' rows replaced."""
         pieces, cursor = [], 0
         for c, (x_t, t) in zip(self.settings.continuous, inputs):
-            rows, own = plan.modality_rows(self.settings.modalities.index(c.name))
-            if rows.stop == rows.start:
-                continue
+            m = self.settings.modalities.index(c.name)
+            rows, own = plan.modality_rows(m)
+            if plan.counts[m] == 0:  # not `own` rows: every TP rank must touch the weights alike (their SP
+                continue             # gradients are summed over TP as they are produced, in the same order)
             temb = self.time_out[c.name](F.silu(self.time_in[c.name](
                 timestep_features(t[own], TIME_FEATURES, self.settings.diffusion_timesteps).to(x.dtype))))
             pieces += [x[cursor:rows.start], (self.proj[c.name](x_t[own].to(x.dtype)) + temb)]
