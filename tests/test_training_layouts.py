@@ -48,7 +48,7 @@ def test_layout_matches_single_process(name, reference, tmp_path):
 
 
 TRANSFUSION = ["model.vocab_size=320", "model.modalities=[text,image]",
-               "model.continuous={image: {source: pixels, channels: 3, patch: 4, grid: [6, 6], boi_token: 256, "
+               "model.continuous={image: {source: pixels, channels: 3, patch: 8, grid: [5, 5], boi_token: 256, "
                "eoi_token: 257}}"]
 TRANSFUSION_LAYOUTS = ["dp2-zero3", "tp2", "tp2-sp", "pp2", "tp2-sp-pp2"]
 

@@ -244,7 +244,7 @@ from mot_parallel.testing import DistributedTestError  # noqa: E402
 from train_utils import TINY, losses, train_body  # noqa: E402
 
 TF = ["model.vocab_size=320", "model.modalities=[text,image]",
-      "model.continuous={image: {source: pixels, channels: 3, patch: 4, grid: [6, 6], boi_token: 256, eoi_token: 257}}"]
+      "model.continuous={image: {source: pixels, channels: 3, patch: 8, grid: [5, 5], boi_token: 256, eoi_token: 257}}"]
 
 
 def test_kill_and_resume_is_exact(tmp_path):
@@ -314,8 +314,9 @@ def test_noiser_follows_the_schedule_and_limits_image_first_noise():
     assert not n(x0, 0, 7, 2, image_first=True, train=False).drop_condition  # evaluation: no dropout
 
 
-def test_sample_tool_writes_pictures_and_text(tmp_path):
-    """tools/sample.py on an (untrained) Transfusion checkpoint: a picture for a caption, text for a prompt."""
+def test_sample_tool_writes_pictures_and_text(tmp_path, capsys):
+    """tools/sample.py on an (untrained) Transfusion checkpoint: a picture for a caption, text for a prompt, and
+    the --score table (held-out captions; each check's accuracy, standard error, chance, mismatched baseline)."""
     import subprocess
     import sys
     from mot_parallel.config import load_config
@@ -332,3 +333,13 @@ def test_sample_tool_writes_pictures_and_text(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "p.png").stat().st_size > 0 and len(out.stdout.splitlines()[0].split()) == 3
+    import importlib.util
+    import json
+    spec = importlib.util.spec_from_file_location("sample_tool", "tools/sample.py")
+    sample_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample_tool)
+    sample_tool.main(tool[2:] + ["--score", "3", "--json", "--out", str(tmp_path / "grid.png")])
+    res = json.loads(capsys.readouterr().out)
+    assert res["samples"] == 3 and res["captions"] == "held-out" and (tmp_path / "grid.png").stat().st_size > 0
+    assert set(res["checks"]) == {"colour", "half", "shape", "count", "size"}
+    assert all(set(r) == {"accuracy", "stderr", "chance", "mismatched"} for r in res["checks"].values())

@@ -7,9 +7,10 @@
 --checkpoint: a run directory (its newest checkpoint is exported to a universal checkpoint next to it first),
 a universal checkpoint, or a single-file export. Captions and prompts are demo-world words
 (mot_parallel/data/demo_corpus.py); other vocabularies pass token ids (--caption-ids 3,17,5).
---score N draws N random demo captions, samples a picture for each, and checks the colour of the drawn
-pixels and the half of the picture they occupy against the caption (data/demo_pictures.py score_picture):
-it prints the accuracy of each next to chance (1/8 for the colour, 1/2 for the half).
+--score N draws N demo captions held out from training (data/demo_pictures.py), samples a picture for each
+and checks colour, half, shape, count and size against the caption
+(data/picture_score.py): it prints each accuracy with its standard error, next to chance and to the same
+pictures scored against mismatched captions; --out then writes the samples under their ground-truth renders.
 Pictures are decoded from their patches: pixels directly, latents with --vae DIR (a local diffusers VAE).
 """
 import argparse
@@ -49,47 +50,65 @@ def _export_run(run_dir):
     return out
 
 
-def _picture(model, caption_ids, args, seed):
+def _pictures(model, captions, args, seeds):
+    """RGB pictures in [0, 1] for caption token ids."""
     from mot_parallel.generation import generate_image
-    patches = generate_image(model, caption_ids, steps=args.steps, cfg_scale=args.cfg, seed=seed)
     spec = model.settings.continuous[0]
-    if spec.source == "pixels" and spec.channels == 3:
-        from mot_parallel.data.demo_pictures import from_patches
-        return from_patches(patches.numpy())
-    from mot_parallel.data.images import decode_patches  # latents: a VAE decodes them
-    return decode_patches(patches.numpy(), spec, args.vae) / 255.0
+    out = []
+    for caption, seed in zip(captions, seeds):
+        patches = generate_image(model, caption, steps=args.steps, cfg_scale=args.cfg, seed=seed)
+        if spec.source == "pixels" and spec.channels == 3:
+            from mot_parallel.data.demo_pictures import from_patches
+            out.append(from_patches(patches.numpy(), spec.patch))
+        else:
+            from mot_parallel.data.images import decode_patches  # latents: a VAE decodes them
+            out.append(decode_patches(patches.numpy(), spec, args.vae) / 255.0)
+    return out
 
 
 def _score(model, args):
-    from mot_parallel.data.demo_corpus import _caption
-    from mot_parallel.data.demo_pictures import score_picture
-    rng = np.random.default_rng([args.seed, 7])
-    colour = half = 0
-    pictures = []
-    for k in range(args.score):
-        ids, attrs = _caption(rng)
-        rgb = _picture(model, ids, args, args.seed + k)
-        c, h = score_picture(rgb, attrs)
-        colour, half = colour + c, half + h
-        pictures.append(rgb)
-    res = {"samples": args.score, "colour_accuracy": colour / args.score, "colour_chance": 1 / 8,
-           "half_accuracy": half / args.score, "half_chance": 1 / 2, "steps": args.steps, "cfg_scale": args.cfg}
-    return res, pictures
+    """Pictures for --score captions of the demo world (held out from training unless --score-captions train),
+    scored on colour, half, shape, count and size (data/picture_score.py)."""
+    from mot_parallel.data.demo_pictures import held_out_captions, render, training_caption
+    from mot_parallel.data.picture_score import score_pictures
+    if args.score_captions == "held-out":
+        captions = held_out_captions(args.score, args.seed)
+    else:
+        rng = np.random.default_rng([args.seed, 7])
+        captions = [training_caption(rng) for _ in range(args.score)]
+    pictures = _pictures(model, [ids for ids, _ in captions], args, [args.seed + k for k in range(args.score)])
+    attrs = [a for _, a in captions]
+    table = score_pictures(pictures, attrs)
+    truths = [render(a, np.random.default_rng([args.seed, k])) for k, a in enumerate(attrs)]
+    res = {"samples": args.score, "captions": args.score_captions, "steps": args.steps, "cfg_scale": args.cfg,
+           "checks": table}
+    return res, pictures, truths
 
 
-def _save(pictures, path):
+def _save(pictures, path, truths=()):
+    """A grid of pictures, 8 a row; with `truths`, each row of samples under the row of its ground truths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     cols = min(8, len(pictures))
-    rows = -(-len(pictures) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
+    rows = []
+    for i in range(0, len(pictures), cols):
+        rows += ([list(truths[i:i + cols])] if truths else []) + [list(pictures[i:i + cols])]
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 1.0, len(rows) * 1.0), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, rgb in zip(axes.flat, pictures):
-        ax.imshow(rgb)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    for r, row in enumerate(rows):
+        for c, rgb in enumerate(row):
+            axes[r, c].imshow(rgb, interpolation="nearest")
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=80)
+
+
+def _print_table(res):
+    print(f"{res['samples']} pictures for {res['captions']} captions ({res['steps']} DDIM steps, guidance {res['cfg_scale']}):")
+    print(f"{'check':7} {'accuracy':>9} {'stderr':>7} {'chance':>7} {'mismatched':>11}")
+    for name, r in res["checks"].items():
+        print(f"{name:7} {r['accuracy']:>9.3f} {r['stderr']:>7.3f} {r['chance']:>7.3f} {r['mismatched']:>11.3f}")
 
 
 def _ids(text, ids):
@@ -111,7 +130,9 @@ def main(argv=None):
     ap.add_argument("--prompt")
     ap.add_argument("--prompt-ids")
     ap.add_argument("--tokens", type=positive_int, default=16, help="text tokens to generate")
-    ap.add_argument("--score", type=positive_int, help="sample and score N random demo captions")
+    ap.add_argument("--score", type=positive_int, help="sample and score N demo captions held out from training")
+    ap.add_argument("--score-captions", choices=["held-out", "train"], default="held-out",
+                    help="draw the --score captions from the held-out ones (default) or from the training ones")
     ap.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
     ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
     ap.add_argument("--seed", type=int, default=0)
@@ -129,16 +150,14 @@ def main(argv=None):
             out = generate_text(model, _ids(args.prompt, args.prompt_ids), args.tokens)
             print(" ".join(WORDS[i] if i < len(WORDS) else str(i) for i in out) if args.prompt else out)
         if args.caption or args.caption_ids:
-            rgb = _picture(model, _ids(args.caption, args.caption_ids), args, args.seed)
+            (rgb,) = _pictures(model, [_ids(args.caption, args.caption_ids)], args, [args.seed])
             _save([rgb], args.out or "sample.png")
             print(f"wrote {args.out or 'sample.png'}")
         if args.score:
-            res, pictures = _score(model, args)
+            res, pictures, truths = _score(model, args)
             if args.out:
-                _save(pictures, args.out)
-            print(json.dumps(res, indent=1) if args.json else
-                  f"{res['samples']} samples: colour right {res['colour_accuracy']:.0%} (chance 12.5%), "
-                  f"picture in the named half {res['half_accuracy']:.0%} (chance 50%)")
+                _save(pictures, args.out, truths)
+            print(json.dumps(res, indent=1)) if args.json else _print_table(res)
 
 
 if __name__ == "__main__":

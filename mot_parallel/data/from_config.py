@@ -24,7 +24,8 @@ def _demo(cfg: Config):
 
 
 def demo_prefix(cfg: Config) -> str:
-    kind = "pictures" if cfg.model.continuous else "demo"
+    image = cfg.model.continuous.get("image")
+    kind = f"pictures_p{image.patch}" if image is not None else "demo"
     return os.path.join(cfg.run.output_dir, "demo_corpus", f"{kind}_{cfg.data.demo_documents}")
 
 
@@ -32,12 +33,14 @@ def check_demo_fits(cfg: Config) -> None:
     demo = _demo(cfg)
     keys = ("source", "channels", "patch", "grid")
     image = cfg.model.continuous.get("image")
+    patch = image.patch if image is not None and image.patch in demo.PATCHES else 8
+    want = demo.continuous_spec(patch) if cfg.model.continuous else {}
     continuous_ok = not cfg.model.continuous or (set(cfg.model.continuous) == {"image"} and all(
-        getattr(image, k) == demo.CONTINUOUS["image"][k] for k in keys))
+        getattr(image, k) == want[k] for k in keys))
     if list(cfg.model.modalities) != list(demo.MODALITIES) or cfg.model.vocab_size < demo.VOCAB_SIZE or \
             not continuous_ok:
-        need = f" and model.continuous.image {dict((k, demo.CONTINUOUS['image'][k]) for k in keys)}" \
-            if cfg.model.continuous else ""
+        need = f" and model.continuous.image {dict((k, want[k]) for k in keys)} (patch one of {list(demo.PATCHES)}, " \
+            f"grid {demo.SIDE} / patch)" if cfg.model.continuous else ""
         raise DataError(f"data.path is null, so the demo corpus is used: it needs model.modalities = "
                         f"{list(demo.MODALITIES)} and model.vocab_size >= {demo.VOCAB_SIZE}{need} (got "
                         f"{cfg.model.modalities}, {cfg.model.vocab_size}); or give data.path")
@@ -110,8 +113,10 @@ def open_corpus(cfg: Config) -> Corpus:
         check_demo_fits(cfg)
         prefix = demo_prefix(cfg)
         if not os.path.isfile(prefix + ".idx"):
-            writer = demo_pictures.write_demo_pictures if cfg.model.continuous else demo_corpus.write_demo_corpus
-            writer(prefix, cfg.data.demo_documents, seed=0)
+            if cfg.model.continuous:
+                demo_pictures.write_demo_pictures(prefix, cfg.data.demo_documents, 0, cfg.model.continuous["image"].patch)
+            else:
+                demo_corpus.write_demo_corpus(prefix, cfg.data.demo_documents, seed=0)
     else:
         check_corpus_files(prefix)
     corpus = _corpus(prefix, cfg)
