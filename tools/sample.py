@@ -8,7 +8,7 @@
 a universal checkpoint, or a single-file export. Captions and prompts are demo-world words
 (mot_parallel/data/demo_corpus.py); other vocabularies pass token ids (--caption-ids 3,17,5).
 --score N draws N demo captions held out from training (data/demo_pictures.py), samples a picture for each
-and checks colour, half, shape, count and size against the caption
+(--batch at a time) and checks colour, half, shape, count and size against the caption
 (data/picture_score.py): it prints each accuracy with its standard error, next to chance and to the same
 pictures scored against mismatched captions; --out then writes the samples under their ground-truth renders.
 Pictures are decoded from their patches: pixels directly, latents with --vae DIR (a local diffusers VAE).
@@ -51,18 +51,19 @@ def _export_run(run_dir):
 
 
 def _pictures(model, captions, args, seeds):
-    """RGB pictures in [0, 1] for caption token ids."""
-    from mot_parallel.generation import generate_image
+    """RGB pictures in [0, 1] for caption token ids, sampled --batch at a time."""
+    from mot_parallel.generation import generate_images
     spec = model.settings.continuous[0]
     out = []
-    for caption, seed in zip(captions, seeds):
-        patches = generate_image(model, caption, steps=args.steps, cfg_scale=args.cfg, seed=seed)
-        if spec.source == "pixels" and spec.channels == 3:
-            from mot_parallel.data.demo_pictures import from_patches
-            out.append(from_patches(patches.numpy(), spec.patch))
-        else:
-            from mot_parallel.data.images import decode_patches  # latents: a VAE decodes them
-            out.append(decode_patches(patches.numpy(), spec, args.vae) / 255.0)
+    for i in range(0, len(captions), args.batch):
+        for patches in generate_images(model, captions[i:i + args.batch], steps=args.steps, cfg_scale=args.cfg,
+                                       seeds=seeds[i:i + args.batch]):
+            if spec.source == "pixels" and spec.channels == 3:
+                from mot_parallel.data.demo_pictures import from_patches
+                out.append(from_patches(patches.numpy(), spec.patch))
+            else:
+                from mot_parallel.data.images import decode_patches  # latents: a VAE decodes them
+                out.append(decode_patches(patches.numpy(), spec, args.vae) / 255.0)
     return out
 
 
@@ -133,6 +134,7 @@ def main(argv=None):
     ap.add_argument("--score", type=positive_int, help="sample and score N demo captions held out from training")
     ap.add_argument("--score-captions", choices=["held-out", "train"], default="held-out",
                     help="draw the --score captions from the held-out ones (default) or from the training ones")
+    ap.add_argument("--batch", type=positive_int, default=16, help="pictures sampled together")
     ap.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
     ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
     ap.add_argument("--seed", type=int, default=0)
