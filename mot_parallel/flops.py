@@ -71,7 +71,8 @@ def continuous_flops_per_token(s: ModelSettings, c) -> float:
     time_mlp = 2 * (TIME_FEATURES * h + h * h)
     if not c.unet:
         return 2 * c.patch_dim * h + time_mlp + 2 * h * c.patch_dim
-    return (2 * unet_flops(c.channels, c.patch, c.unet_channels, h, c.grid) + 2 * time_mlp) / c.num_patches
+    paths = sum(unet_flops(c.channels, c.patch, c.unet_channels, h, c.grid, up) for up in (False, True))
+    return (paths + 2 * time_mlp) / c.num_patches
 
 
 def param_counts(s: ModelSettings, padded_vocab: bool = True) -> Dict[str, int]:

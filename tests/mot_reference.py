@@ -137,11 +137,16 @@ def _assemble(vectors, spec):
     return img
 
 
+def _gn(W, name, v):
+    """GroupNorm with 4 channels a group (at most 32 groups), as model/unet.py."""
+    return F.group_norm(v, max(1, min(32, v.shape[1] // 4)), W[f"{name}.weight"], W[f"{name}.bias"])
+
+
 def _resblock(W, pre, x, emb):
-    conv = lambda n, v, pad: F.conv2d(v, W[f"{pre}.{n}.weight"], W[f"{pre}.{n}.bias"], padding=pad)  # noqa: E731
-    gn = lambda n, v: F.group_norm(v, 8, W[f"{pre}.{n}.weight"], W[f"{pre}.{n}.bias"])  # noqa: E731
-    h = conv("conv1", F.silu(gn("norm1", x)), 1) + (W[f"{pre}.emb.weight"][:, :, 0, 0] @ emb + W[f"{pre}.emb.bias"])[:, None, None]
-    return x + conv("conv2", F.silu(gn("norm2", h)), 1)
+    conv = lambda n, v: F.conv2d(v, W[f"{pre}.{n}.weight"], W[f"{pre}.{n}.bias"], padding=1)  # noqa: E731
+    scale, shift = (W[f"{pre}.emb.weight"][:, :, 0, 0] @ emb + W[f"{pre}.emb.bias"]).chunk(2)
+    h = _gn(W, f"{pre}.norm2", conv("conv1", F.silu(_gn(W, f"{pre}.norm1", x)))) * (1 + scale[:, None, None])
+    return x + conv("conv2", F.silu(h + shift[:, None, None]))
 
 
 def _prime_factors(n):
@@ -165,15 +170,19 @@ def _unet_down(W, pre, img, emb, patch):
     return F.conv2d(x, W[f"{pre}.proj.weight"], W[f"{pre}.proj.bias"])[0]
 
 
-def _unet_up(W, pre, x, emb, patch):
-    """Transformer outputs [hidden, gh, gw] -> noise [C, H, W] (the up blocks, written out)."""
+def _unet_up(W, pre, x, emb, patch, noised):
+    """Transformer outputs [hidden, gh, gw] + the noised image [C, H, W] -> noise [C, H, W] (the up blocks,
+    written out)."""
     steps = _prime_factors(patch)
-    x = _resblock(W, f"{pre}.res.{len(steps)}", F.conv2d(x[None], W[f"{pre}.proj.weight"], W[f"{pre}.proj.bias"]), emb)
+    x = F.conv2d(x[None], W[f"{pre}.proj.weight"], W[f"{pre}.proj.bias"])
     for k in reversed(range(len(steps))):
+        x = _resblock(W, f"{pre}.res.{k + 1}", x, emb)
         x = F.conv_transpose2d(x, W[f"{pre}.up.{k}.weight"], W[f"{pre}.up.{k}.bias"], stride=steps[k])
-        x = _resblock(W, f"{pre}.res.{k}", x, emb)
-    x = F.silu(F.group_norm(x, 8, W[f"{pre}.norm_out.weight"], W[f"{pre}.norm_out.bias"]))
-    return F.conv2d(x, W[f"{pre}.conv_out.weight"], W[f"{pre}.conv_out.bias"], padding=1)[0]
+    x = x + F.conv2d(noised[None], W[f"{pre}.skip.weight"], W[f"{pre}.skip.bias"], padding=1)
+    x = _resblock(W, f"{pre}.res.0", x, emb)
+    x = F.silu(_gn(W, f"{pre}.norm_out", x))
+    x = F.conv2d(x, W[f"{pre}.conv_out.weight"], W[f"{pre}.conv_out.bias"], padding=1)
+    return (x + F.conv2d(noised[None], W[f"{pre}.skip_out.weight"], W[f"{pre}.skip_out.bias"]))[0]
 
 
 def _embed_images(W, s, x, mods, patches, spans):
@@ -208,7 +217,8 @@ def _predictions(W, s, xn, mods, patches, spans):
         for keys in _images(patches, mods, spans, m).values():
             emb = _time_mlp(W, "head", name, patches[keys[0]][1], s)
             grid = torch.stack([xn[i, j] for i, j in keys]).t().reshape(-1, *spec.grid)
-            out = _unet_up(W, f"head.continuous.unet.{name}", grid, emb, spec.patch)
+            noised = _assemble([patches[k][0] for k in keys], spec)
+            out = _unet_up(W, f"head.continuous.unet.{name}", grid, emb, spec.patch, noised)
             p, gw = spec.patch, spec.grid[1]
             for k, key in enumerate(keys):
                 r, q = (k // gw) * p, (k % gw) * p
@@ -221,7 +231,7 @@ def reference_transfusion(W, s, tokens, mods, labels, label_mods, patches, posit
     position. Embedding: the token's row, or its modality's patch projection + timestep MLP (U-Net: the
     image's patches assembled pixel by pixel, down blocks, one vector per patch + the timestep MLP); head: LM
     loss on discrete targets, per-patch MSE of the noise prediction (U-Net: the image's transformer outputs
-    through the up blocks). Returns per-modality (loss sums, counts)."""
+    and its noised pixels through the up blocks). Returns per-modality (loss sums, counts)."""
     x = _embed_images(W, s, W["embedding.word_embeddings.weight"][tokens].clone(), mods, patches, spans)
     for n in range(s.num_layers):
         x = reference_layer(W, f"layers.{n}.", s, x, mods, positions, segments, spans, context)

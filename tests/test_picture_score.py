@@ -7,8 +7,8 @@
 - adversarial pictures score only on what they show: a canvas or a half filled with the caption's colour
   scores colour (and half for the half) but never shape, count or size; a few ink pixels score nothing; the
   right shapes in another colour or half fail exactly that check;
-- the held-out captions never occur in the training documents (token sequences checked), and every word
-  they use does;
+- the held-out captions (and the four-large ones the world cannot draw) never occur in the training
+  documents (token sequences checked), and every word they use does;
 - the accuracy table's standard errors and its mismatched-caption baseline."""
 import numpy as np
 import pytest
@@ -28,20 +28,25 @@ def test_stamps_are_pairwise_distinct():
 
 @pytest.mark.parametrize("place", range(4))
 def test_the_tightest_captions_fit_their_half_with_separate_shapes(place):
+    """Every count of every size the world shows fits its half, shapes apart; four large do not fit, and the
+    world's captions never ask for them."""
     rng = np.random.default_rng(place)
-    for size in range(3):
+    assert [dp.capacity(side) for side in SIZES] == [10, 8, 3]
+    for count, size in ((3, 0), (3, 1), (2, 2)):
         for _ in range(5):
-            img = dp.render((3, size, 0, 3, place), rng)
+            img = dp.render((count, size, 0, 3, place), rng)
             ink = np.abs(img - dp.BACKGROUND).max(-1) > 0.2
-            assert len(components(ink)) == 4
+            assert len(components(ink)) == count + 1
             (r0, r1), (c0, c1) = dp.region(place)
             assert ink[r0:r1, c0:c1].sum() == ink.sum()
+    assert not any(a[0] == 3 and a[1] == 2 for a in dp.ALL_CAPTIONS) and len(dp.ALL_CAPTIONS) == 3072 - 256
 
 
 def test_ground_truth_renders_score_one_on_every_check():
     rng = np.random.default_rng(0)
     captions = [dp.ALL_CAPTIONS[i] for i in rng.permutation(len(dp.ALL_CAPTIONS))[:60]]
-    captions += [(3, 2, colour, shape, place) for colour, shape, place in zip(range(8), range(8), [0, 1, 2, 3] * 2)]
+    captions += [(2 + k % 2, 2 - k % 2, colour, shape, place)   # three large, four medium
+                 for k, (colour, shape, place) in enumerate(zip(range(8), range(8), [0, 1, 2, 3] * 2))]
     for attrs in captions:
         assert all(score_picture(dp.render(attrs, rng), attrs).values()), attrs
     table = score_pictures([dp.render(a, rng) for a in captions[:20]], captions[:20])
@@ -76,8 +81,9 @@ def test_held_out_captions_never_occur_in_training_documents():
     for k, options in enumerate((4, 3, 8, 8, 4)):   # every attribute value is also held out somewhere
         assert {a[k] for a in dp.HELD_OUT} == set(range(options))
     held = {tuple(dp.caption_ids(a)) for a in dp.HELD_OUT}
+    held |= {tuple(dp.caption_ids(a)) for a in [(3, 2, c, s, p) for c in range(8) for s in range(8) for p in range(4)]}
     seen = set()
-    for doc in dp.documents(400, seed=0, patch=20):
+    for doc in dp.documents(400, seed=0, patch=16):
         for tokens, modality in doc:
             if modality == 0:
                 t = [int(x) for x in tokens]

@@ -48,7 +48,7 @@ def test_layout_matches_single_process(name, reference, tmp_path):
         assert abs(got[step]["grad_norm"] - ref["grad_norm"]) <= 1e-3 * ref["grad_norm"], (name, step)
 
 
-IMAGE = "{source: pixels, channels: 3, patch: 8, grid: [5, 5], boi_token: 256, eoi_token: 257"
+IMAGE = "{source: pixels, channels: 3, patch: 8, grid: [4, 4], boi_token: 256, eoi_token: 257"
 TRANSFUSION = ["model.vocab_size=320", "model.modalities=[text,image]", f"model.continuous={{image: {IMAGE}}}}}"]
 TRANSFUSION_LAYOUTS = ["dp2-zero3", "tp2", "tp2-sp", "pp2", "tp2-sp-pp2"]
 # the U-Net patch encoder: whole images through convolutions on every TP rank, the stream gathered for the

@@ -252,7 +252,7 @@ from mot_parallel.testing import DistributedTestError  # noqa: E402
 from train_utils import TINY, losses, train_body  # noqa: E402
 
 TF = ["model.vocab_size=320", "model.modalities=[text,image]",
-      "model.continuous={image: {source: pixels, channels: 3, patch: 8, grid: [5, 5], boi_token: 256, eoi_token: 257}}"]
+      "model.continuous={image: {source: pixels, channels: 3, patch: 8, grid: [4, 4], boi_token: 256, eoi_token: 257}}"]
 
 
 def test_kill_and_resume_is_exact(tmp_path):
@@ -403,13 +403,13 @@ def test_unet_flops_parameters_and_dry_run_are_counted(monkeypatch):
         args = (3, patch, 16, 32, 0, ("image", False), torch.float32, None)
         down, up = unet.UNetDown(*args), unet.UNetUp(*args, out_std=0.02)
         x, emb = torch.randn(2, 3, grid[0] * patch, grid[1] * patch), torch.randn(2, 32)
-        for net, inp in ((down, x), (up, torch.randn(2, 32, *grid))):
+        for up_path, net, inp in ((False, down, (x, emb)), (True, up, (torch.randn(2, 32, *grid), emb, x))):
             counted.clear()
-            net(inp, emb)
-            assert sum(counted) == 2 * unet.unet_flops(3, patch, 16, 32, grid), (patch, net)
+            net(*inp)
+            assert sum(counted) == 2 * unet.unet_flops(3, patch, 16, 32, grid, up_path), (patch, net)
     monkeypatch.undo()
     unet_flops = unet.unet_flops
-    image = "{source: pixels, channels: 3, patch: 8, grid: [5, 5], boi_token: 256, eoi_token: 257"
+    image = "{source: pixels, channels: 3, patch: 8, grid: [4, 4], boi_token: 256, eoi_token: 257"
     cfg = load_config(None, TINY + ["model.vocab_size=320", "model.modalities=[text,image]", "parallel.tensor_parallel=2",
                                     "parallel.pipeline_parallel=2", "parallel.zero_stage=1",
                                     f"model.continuous={{image: {image}, patch_encoder: unet, unet_channels: 8}}}}"])
@@ -417,7 +417,8 @@ def test_unet_flops_parameters_and_dry_run_are_counted(monkeypatch):
     assert param_counts(s)["total"] == sum(p.numel() for p in MoTModel(s, device="meta").parameters())
     spec = s.continuous[0]
     time_mlps = 2 * 2 * (256 * 32 + 32 * 32)  # the down and the up path's timestep MLP, once per image
-    assert continuous_flops_per_token(s, spec) == pytest.approx((2 * unet_flops(3, 8, 8, 32, (5, 5)) + time_mlps) / 25)
+    paths = unet_flops(3, 8, 8, 32, (4, 4)) + unet_flops(3, 8, 8, 32, (4, 4), up=True)
+    assert continuous_flops_per_token(s, spec) == pytest.approx((paths + time_mlps) / 16)
     for rank in range(4):
         report = check_rank(cfg, 4, rank)
         assert not report["problems"] and report["params"] == report["planned_params"], report["problems"]

@@ -49,7 +49,8 @@ def _coders_ms(model, spec, n, repeat):
     def run():
         e = _time_embedding(emb, spec.name, t, x.dtype)
         emb.unet[spec.name](to_images(x, spec.channels, spec.patch, spec.grid), e)
-        head.unet[spec.name](h.view(n, *spec.grid, -1).permute(0, 3, 1, 2), _time_embedding(head, spec.name, t, x.dtype))
+        head.unet[spec.name](h.view(n, *spec.grid, -1).permute(0, 3, 1, 2), _time_embedding(head, spec.name, t, x.dtype),
+                             to_images(x, spec.channels, spec.patch, spec.grid))
     return _ms(run, repeat)
 
 

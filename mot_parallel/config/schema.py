@@ -57,7 +57,7 @@ class ContinuousConfig:
     patch_encoder: Literal["linear", "unet"] = opt(
         "linear", "How patches enter and leave the transformer (Transfusion §3.2): 'linear', one projection per "
         "patch; 'unet', U-Net down blocks before and up blocks after the transformer (model/unet.py).")
-    unet_channels: int = opt(32, "patch_encoder unet: convolution width at full resolution (a multiple of 8), "
+    unet_channels: int = opt(32, "patch_encoder unet: convolution width at full resolution (a multiple of 4), "
                              "doubled at each downsampling step (one per prime factor of the patch side).")
 
 

@@ -2,15 +2,17 @@
 
 The demo world (demo_corpus.py) says what a picture shows: a count, size, colour, shape and position
 ("the picture shows two large red star at the top ."). Here that caption is drawn: `count` shapes
-(demo_shapes.py: hand-drawn 5, 7 or 9-pixel stamps) of the colour, inside the named half of a 40 x 40 grey
+(demo_shapes.py: hand-drawn 5, 7 or 9-pixel stamps) of the colour, inside the named half of a 32 x 32 grey
 canvas, at random places that never touch (at least one pixel apart, so each shape is one connected
-component and the count can be read back), as pixels in [-1, 1], cut into p x p patches (p divides 40:
-the continuous modality `image`, patch vectors of 3 p^2 values). Documents: caption -> image (BOI/EOI
-markers around the patches), image -> caption, and prose. Deterministic in (documents, seed, patch).
+component and the count can be read back), as pixels in [-1, 1], cut into p x p patches (p divides 32:
+the continuous modality `image`, patch vectors of 3 p^2 values). Four large shapes do not fit a 16 x 32
+half, so this world never shows them: its captions never say "four large". Documents: caption -> image
+(BOI/EOI markers around the patches), image -> caption, and prose. Deterministic in (documents, seed, patch).
 
-Held-out captions: a fixed tenth of the 3,072 attribute combinations (count x size x colour x shape x
-position) never occurs in a training document, so sampling from them (`held_out_captions`) asks the model
-for pictures it has never been shown, built from words it has; picture_score.py checks what it draws.
+Held-out captions: a fixed tenth of the 2,816 attribute combinations (count x size x colour x shape x
+position, less four-large) never occurs in a training document, so sampling from them (`held_out_captions`)
+asks the model for pictures it has never been shown, built from words it has; picture_score.py checks
+what it draws.
 """
 from __future__ import annotations
 
@@ -20,20 +22,29 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 
 from .demo_corpus import _COLORS, _COUNTS, _PLACES, _SHAPES, _SIZES, TEXT, W, _caption, _markov, _prose
-from .demo_shapes import shape_mask
+from .demo_shapes import SIZES, shape_mask
 from .images import patchify, unpatchify
 
 MODALITIES = ("text", "image")
 BOI, EOI = TEXT[1], TEXT[1] + 1           # text-side markers around an image
 VOCAB_SIZE = TEXT[1] + 2
-SIDE = 40                                   # canvas side in pixels
-PATCHES = (2, 4, 5, 8, 10, 20)              # patch sides that tile the canvas
+SIDE = 32                                   # canvas side in pixels
+PATCHES = (2, 4, 8, 16)                     # patch sides that tile the canvas
 BACKGROUND = np.array([0.5, 0.5, 0.5])
 PALETTE = np.array([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.1, 0.3, 0.9], [0.95, 0.9, 0.1], [0.6, 0.1, 0.7],
                     [1.0, 0.55, 0.0], [0.05, 0.05, 0.05], [0.98, 0.98, 0.98]])   # in _COLORS order
-ALL_CAPTIONS = list(itertools.product(*(range(len(a)) for a in (_COUNTS, _SIZES, _COLORS, _SHAPES, _PLACES))))
+
+
+def capacity(side: int) -> int:
+    """How many side x side stamps, a pixel apart, fit a SIDE/2 x SIDE half (rows x columns of them)."""
+    return ((SIDE // 2 + 1) // (side + 1)) * ((SIDE + 1) // (side + 1))
+
+
+ALL_CAPTIONS = [a for a in itertools.product(*(range(len(o)) for o in (_COUNTS, _SIZES, _COLORS, _SHAPES, _PLACES)))
+                if a[0] + 1 <= capacity(SIZES[a[1]])]   # the world's captions: four large shapes do not fit
 HELD_OUT = frozenset(ALL_CAPTIONS[i] for i in
                      np.random.default_rng(20240817).permutation(len(ALL_CAPTIONS))[:len(ALL_CAPTIONS) // 10])
+_SHOWN = frozenset(ALL_CAPTIONS) - HELD_OUT
 
 
 def continuous_spec(patch: int) -> dict:
@@ -52,10 +63,10 @@ def caption_ids(attrs: Sequence[int]) -> List[int]:
 
 
 def training_caption(rng) -> Tuple[List[int], Tuple[int, ...]]:
-    """A demo caption whose attributes are not held out (redrawn until one is)."""
+    """A demo caption of this world that is not held out (redrawn until one is)."""
     while True:
         ids, attrs = _caption(rng)
-        if attrs not in HELD_OUT:
+        if attrs in _SHOWN:
             return ids, attrs
 
 
@@ -78,7 +89,7 @@ def region(place: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
 
 def placements(n: int, side: int, place: int, rng: np.random.Generator) -> List[Tuple[int, int]]:
     """Top-left corners of n side x side stamps inside the named half, pairwise at least one pixel apart
-    (random places, redrawn until they fit; four 9-pixel stamps fit a 20 x 40 half in one or two rows)."""
+    (random places, redrawn until they fit; n <= capacity(side))."""
     (r0, r1), (c0, c1) = region(place)
     for _ in range(1000):
         taken = np.zeros((SIDE + 2, SIDE + 2), bool)   # a one-pixel margin: stamps may not touch

@@ -131,17 +131,18 @@ class ContinuousHead(nn.Module):
             if c.unet:  # the up blocks' own timestep embedding (a pipeline's last stage holds no embedding)
                 _time_mlp(self, s, c, seed, self.sp, device)
 
-    def predict(self, h: torch.Tensor, plan: RoutingPlan, timesteps: Sequence = ()) -> List[Tuple[slice, torch.Tensor]]:
+    def predict(self, h: torch.Tensor, plan: RoutingPlan, inputs: Sequence = ()) -> List[Tuple[slice, torch.Tensor]]:
         """Per continuous modality: (its rows among the modality's own tokens, the predicted noise there);
-        `timesteps[k]`: modality k's timesteps in grouped order (all ranks' rows; the U-Net's need them)."""
+        `inputs[k]`: modality k's (noised patches, timesteps) in grouped order (all ranks' rows), which a U-Net
+        decoder is conditioned on (a linear head reads neither)."""
         out = []
         for k, c in enumerate(self.settings.continuous):
             m = self.settings.modalities.index(c.name)
             rows, own = plan.modality_rows(m)
-            out.append((own, self._unet(c, h, plan, m, timesteps[k])[own] if c.unet else self.proj[c.name](h[rows])))
+            out.append((own, self._unet(c, h, plan, m, *inputs[k][:2])[own] if c.unet else self.proj[c.name](h[rows])))
         return out
 
-    def _unet(self, c: ContinuousSpec, h, plan: RoutingPlan, m: int, t) -> torch.Tensor:
+    def _unet(self, c: ContinuousSpec, h, plan: RoutingPlan, m: int, x_t, t) -> torch.Tensor:
         """Noise predictions [n_m, D] for every patch of modality m (grouped order). Under SP the stream is
         gathered first (every rank runs the up blocks on whole images and keeps its own rows' predictions;
         backward reduce-scatters the partial gradients), on every TP rank alike, even one without own rows."""
@@ -152,12 +153,15 @@ class ContinuousHead(nn.Module):
         order = image_order(plan, m, c.num_patches, h.device)
         emb = _time_embedding(self, c.name, t[order].view(-1, c.num_patches)[:, 0], h.dtype)
         x = full[start:start + n].index_select(0, order).view(-1, c.grid[0], c.grid[1], self.settings.hidden_size)
-        out = self.unet[c.name](x.permute(0, 3, 1, 2), emb)
+        noised = to_images(x_t[order].to(h.dtype), c.channels, c.patch, c.grid)
+        out = self.unet[c.name](x.permute(0, 3, 1, 2), emb, noised)
         return to_rows(out, c.patch).index_select(0, torch.argsort(order))
 
-    def loss(self, h: torch.Tensor, plan: RoutingPlan, targets: Sequence[torch.Tensor], timesteps: Sequence = ()):
-        """(loss sums [M], counts [M]) of the noise predictions at `h` against `targets` (diffusion_loss)."""
-        return diffusion_loss(self.predict(h, plan, timesteps), targets, self.settings, self.tp_group, self.sp)
+    def loss(self, h: torch.Tensor, plan: RoutingPlan, inputs: Sequence):
+        """(loss sums [M], counts [M]) of the noise predictions at `h` against the noise of `inputs[k]` =
+        (noised patches, timesteps, noise) of continuous modality k (diffusion_loss)."""
+        return diffusion_loss(self.predict(h, plan, inputs), [c[2] for c in inputs], self.settings, self.tp_group,
+                              self.sp)
 
 
 def diffusion_loss(preds: Sequence[Tuple[slice, torch.Tensor]], targets: Sequence[torch.Tensor],
@@ -188,16 +192,26 @@ def _flat_rows(plan: RoutingPlan, m: int, device) -> torch.Tensor:
     return plan.perm[start:start + n] if plan.perm is not None else torch.arange(start, start + n, device=device)
 
 
-def timestep_grid(settings: ModelSettings, plan: RoutingPlan, timesteps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """[s * b] int64, flat order: each continuous token's timestep, -1 elsewhere. How a pipeline carries the
-    timesteps to the last stage (fixed shape every micro-batch) for U-Net decoders."""
-    device = timesteps[0].device
-    grid = torch.full((plan.num_tokens,), -1, dtype=torch.long, device=device)
-    for m, t in zip(settings.continuous_ids(), timesteps):
-        grid[_flat_rows(plan, m, device)] = t.long()
-    return grid
+def decoder_grids(settings: ModelSettings, plan: RoutingPlan, inputs: Sequence) -> Tuple[torch.Tensor, ...]:
+    """What U-Net decoders need on a pipeline's last stage, as fixed-shape integer tensors (a stage boundary
+    carries the same shapes every micro-batch, and integers no gradient): the timesteps [s * b] (flat order,
+    -1 at other tokens) and per continuous modality its noised patches [s * b, D], float32 bits as int32."""
+    device = inputs[0][1].device
+    t_grid = torch.full((plan.num_tokens,), -1, dtype=torch.long, device=device)
+    grids = []
+    for m, c, (x_t, t) in zip(settings.continuous_ids(), settings.continuous, inputs):
+        rows = _flat_rows(plan, m, device)
+        t_grid[rows] = t.long()
+        x = torch.zeros(plan.num_tokens, c.patch_dim, dtype=torch.float32, device=device)
+        x[rows] = x_t.float()
+        grids.append(x.view(torch.int32))
+    return (t_grid, *grids)
 
 
-def timesteps_from_grid(settings: ModelSettings, plan: RoutingPlan, grid: torch.Tensor) -> List[torch.Tensor]:
-    """Inverse of timestep_grid: per continuous modality its timesteps in grouped order."""
-    return [grid.index_select(0, _flat_rows(plan, m, grid.device)) for m in settings.continuous_ids()]
+def inputs_from_grids(settings: ModelSettings, plan: RoutingPlan, grids: Sequence[torch.Tensor]) -> List[tuple]:
+    """Inverse of decoder_grids: per continuous modality (noised patches, timesteps) in grouped order."""
+    out = []
+    for m, x in zip(settings.continuous_ids(), grids[1:]):
+        rows = _flat_rows(plan, m, x.device)
+        out.append((x.view(torch.float32).index_select(0, rows), grids[0].index_select(0, rows)))
+    return out

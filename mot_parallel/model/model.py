@@ -90,21 +90,21 @@ class MoTHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, plan: RoutingPlan, labels: Optional[torch.Tensor] = None,
                 label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
-                noise: Sequence[torch.Tensor] = (), timesteps: Sequence[torch.Tensor] = ()):
-        """With labels: LossOutput (LM losses, and the diffusion losses against `noise[k]`, continuous
-        modality k's noise targets in grouped order). Without: the logits [N, V/tp] (grouped order), and with
-        continuous modalities also their noise predictions (ContinuousHead.predict). `timesteps[k]`: modality
-        k's timesteps in grouped order (what a U-Net decoder is conditioned on)."""
+                continuous: Sequence = ()):
+        """`continuous[k]`: (noised patches, timesteps, noise) of continuous modality k in grouped order (the
+        noise may be None without labels). With labels: LossOutput (LM losses, and the diffusion losses
+        against the noise). Without: the logits [N, V/tp] (grouped order), and with continuous modalities
+        also their noise predictions (ContinuousHead.predict; a U-Net decoder reads the patches and t)."""
         x = hidden.reshape(-1, self.settings.hidden_size)
         counts = plan.stream_counts if self.norm_copies else None
         h = self.final_norm(x, counts)
         logits, _ = self.output_layer(h, sp_sizes=plan.sp_sizes)  # [N, V/tp], grouped
         if labels is None:
-            return logits if self.continuous is None else (logits, self.continuous.predict(h, plan, timesteps))
+            return logits if self.continuous is None else (logits, self.continuous.predict(h, plan, continuous))
         out = self.loss(logits, plan, labels, label_modalities, loss_mask)
         if self.continuous is None:
             return out
-        diff_sum, diff_count = self.continuous.loss(h, plan, noise, timesteps)
+        diff_sum, diff_count = self.continuous.loss(h, plan, continuous)
         return LossOutput(out.loss_sum + diff_sum, out.token_count + diff_count)
 
     def loss(self, logits: torch.Tensor, plan: RoutingPlan, labels: torch.Tensor,
@@ -187,5 +187,4 @@ class MoTModel(nn.Module):
                 self.activation_checkpoint(layer, x, plan, rope)
         if not self.post_process:
             return x
-        return self.head(x, plan, labels, label_modalities, loss_mask, [c[2] for c in continuous],
-                         [c[1] for c in continuous])
+        return self.head(x, plan, labels, label_modalities, loss_mask, continuous)

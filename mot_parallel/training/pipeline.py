@@ -9,8 +9,8 @@ shapes, integer tensors passed through, no None):
 A model with continuous modalities (Transfusion) gives the first stage, after those, each continuous
 modality's noised patches and timesteps; the embedding consumes them, so they never cross a stage (their
 sizes vary per micro-batch). The noise targets ride with the labels, which only the last stage reads. A
-U-Net decoder (model/unet.py) is conditioned on the timesteps: they cross the stages as one fixed-shape
-integer tensor after the plan's (continuous.timestep_grid), which the head reads back.
+U-Net decoder (model/unet.py) reads the timesteps and the noised patches: they cross the stages as
+fixed-shape integer tensors after the plan's (continuous.decoder_grids), which the head reads back.
 
 Each stage turns those tensors back into the host-side plan once per micro-batch (`StagePlans`: one
 small device->host read when a micro-batch enters the stage; the layers never synchronise). Modules of
@@ -29,7 +29,7 @@ from torch import nn
 from ..config.layout import ParallelLayout
 from ..distributed.collectives import group_rank, group_size
 from ..model.layer import MoTLayer
-from ..model.continuous import diffusion_loss, timestep_grid, timesteps_from_grid
+from ..model.continuous import decoder_grids, diffusion_loss, inputs_from_grids
 from ..model.model import LossOutput, MoTEmbedding, MoTHead, modality_loss, objective_weights
 from ..model.rope import rope_cos_sin
 from ..model.routing import PLAN_TENSORS, RoutingPlan
@@ -94,7 +94,7 @@ class EmbeddingPipe(_StageIO, MoTEmbedding):
         continuous = [(rest[2 * k], rest[2 * k + 1]) for k in range(len(rest) // 2)]
         out = (MoTEmbedding.forward(self, inputs[0], plan, continuous),) + tuple(inputs[1:1 + PLAN_TENSORS])
         if any(c.unet for c in self.settings.continuous):
-            out += (timestep_grid(self.settings, plan, [c[1] for c in continuous]),)
+            out += decoder_grids(self.settings, plan, continuous)
         return out
 
 
@@ -118,9 +118,9 @@ class HeadPipe(_StageIO, MoTHead):
 
     def forward(self, inputs):
         plan, _ = self.plans(inputs)
-        grid = inputs[1 + PLAN_TENSORS:]
-        timesteps = timesteps_from_grid(self.settings, plan, grid[0]) if grid else ()
-        out = MoTHead.forward(self, inputs[0], plan, timesteps=timesteps)
+        grids = inputs[1 + PLAN_TENSORS:]
+        out = MoTHead.forward(self, inputs[0], plan,
+                              continuous=inputs_from_grids(self.settings, plan, grids) if grids else ())
         if self.continuous is None:
             return (out,) + tuple(inputs[1:1 + PLAN_TENSORS])
         logits, preds = out
