@@ -32,9 +32,12 @@ for seed in ${SEEDS:-1 2}; do
           > "$out/$run.log" 2>&1 || { echo "training $run failed: $out/$run.log"; exit 1; }
         touch "$out/$run.done"
       fi
-      [ -f "$out/$run/score.json" ] || "$MOT_PY" tools/sample.py --checkpoint "$out/$run" --score "${SCORE:-96}" \
-        --steps 25 --json --out "$out/$run/samples.png" > "$out/$run/score.json.tmp" 2> "$out/$run.sample.log" \
-        && mv "$out/$run/score.json.tmp" "$out/$run/score.json"
+      if [ ! -f "$out/$run/score.json" ]; then
+        "$MOT_PY" tools/sample.py --checkpoint "$out/$run" --score "${SCORE:-96}" --steps 25 --json \
+          --out "$out/$run/samples.png" > "$out/$run/score.json.tmp" 2> "$out/$run.sample.log" \
+          || { echo "sampling $run failed: $out/$run.sample.log"; exit 1; }
+        mv "$out/$run/score.json.tmp" "$out/$run/score.json"
+      fi
     done
     runs=("$out/${encoder}_dense_s$seed" "$out/${encoder}_mot_s$seed")
     "$MOT_PY" tools/compare_runs.py "${runs[@]}" --labels dense,mot --json > "$out/compare_${encoder}_s$seed.json"
