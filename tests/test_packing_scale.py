@@ -3,10 +3,11 @@ serving does (and resumes exactly), the bulk document cuts equal the per-documen
 counts equal the corpus's own queries (per-modality tokens and training targets, continuous modalities
 included), a rank's own cells are the global plan's, large layouts meet the balance targets on every
 shipped mix, the lane path (splittable items cut into lanes by modality) meets the targets or says why on
-random corpora at up to 64 cells.
+random corpora at up to 64 cells, and the scaling and loader-thread reports run.
 
 Targets as in tests/test_packing.py: splittable max/mean <= 1.05, atomic at the step's bound, padding <= 2%.
 """
+import importlib.util
 import json
 import os
 import warnings
@@ -156,3 +157,41 @@ def test_lane_path_on_random_corpora(seed):
 @pytest.mark.parametrize("seed", range(6, 206))
 def test_lane_path_on_random_corpora_slow(seed):
     check_example(1000 + seed, steps=8, mix=random_lane_mix, seconds=60.0)
+
+
+# ------------------------------------------------------------------------------------------ the reports
+def _tool_main(name):
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", os.path.join(ROOT, "tools", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_scaling_report(capsys):
+    """--scaling: per data-parallel size, plan ms per rank (mean <= worst, wall and CPU), the worst balance
+    of the steps (on the heavy mix: at the targets), the carry-over in batches and its memory; a table too."""
+    args = ["--scaling", "1,4", "--steps", "2", "--documents", "1500", "--seq-len", "1024", "--micro-batches", "4"]
+    main = _tool_main("balance_report")
+    main(args + ["--json"])
+    points = json.loads(capsys.readouterr().out)["scaling"]
+    assert [p["layout"]["dp"] for p in points] == [1, 4]
+    for p in points:
+        assert 0 < p["plan_ms"]["mean"] <= p["plan_ms"]["max"] and 0 < p["plan_cpu_ms"]["mean"]
+        assert max(p["max_over_mean"].values()) <= 1.05 and p["padding_fraction"] <= 0.02
+        assert p["carry"]["max_in_batches"] <= 4.5 and p["carry"]["worst_memory"]["json_bytes"] > 0
+    main(args)
+    assert "plan ms" in capsys.readouterr().out
+
+
+def test_loader_thread_simulation(capsys):
+    """--simulate: host and whole-step times with and without the loader thread, their ratios, the loader's
+    own time per step; a table too."""
+    args = ["--simulate", "--dp", "4", "--micro-batches", "2", "--seq-len", "512", "--documents", "1000",
+            "--steps", "2", "--host-ms", "5", "--device-ms", "1"]
+    main = _tool_main("bench_loader")
+    main(args + ["--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert r["host_slowdown"] > 0 and r["step_slowdown"] > 0 and r["loader_ms_per_step"] > 0
+    assert r["layout"]["dp"] == 4
+    main(args)
+    assert "host ms per step" in capsys.readouterr().out
