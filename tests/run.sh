@@ -38,13 +38,24 @@ if [ -n "$megatron" ]; then
   if [ ! -f "$lane/.complete" ]; then
     echo "[run.sh] installing megatron-core $megatron into $lane"
     rm -rf "$lane"
-    "$MOT_PY" -m pip install -q --no-deps --only-binary=:all: --python-version 3.12 --target "$lane" \
-      "megatron-core==$megatron"
+    "$MOT_PY" -m pip install -q --no-deps --only-binary=:all: --python-version 3.12 --ignore-requires-python \
+      --target "$lane" "megatron-core==$megatron"
     "$MOT_PY" -m pip install -q --no-deps --target "$lane/triton" ${MOT_CONSTRAINTS:+-c "$MOT_CONSTRAINTS"} triton
     touch "$lane/.complete"
   fi
   export PYTHONPATH="$lane:$lane/triton${PYTHONPATH:+:$PYTHONPATH}"
-  found="$("$MOT_PY" -c 'import megatron.core as m; print(m.__version__)')"
+  # the release's own requirements (torch, numpy, packaging) must hold in this environment, since --no-deps
+  found="$("$MOT_PY" - <<'PY'
+from importlib.metadata import distribution, version
+from packaging.requirements import Requirement
+from packaging.version import Version
+import megatron.core as m
+for r in map(Requirement, distribution("megatron-core").requires or []):
+    if (r.marker is None or r.marker.evaluate({"extra": ""})) and version(r.name) not in r.specifier:
+        raise SystemExit(f"error: megatron-core {m.__version__} needs {r}; installed {version(r.name)}")
+print(Version(m.__version__).public)  # 0.19 appends the commit of the working directory's git repository
+PY
+)"
   [ "$found" = "$megatron" ] || { echo "error: megatron.core reports $found, not $megatron" >&2; exit 1; }
   echo "[run.sh] megatron-core $found from $lane"
   tests=(tests/test_megatron*.py)

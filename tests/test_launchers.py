@@ -2,7 +2,8 @@
 each trains 4 steps of a tiny model on the demo corpus and writes metrics with falling-or-finite loss;
 SIGKILL of the deepspeed launcher and its workers mid-run, then a relaunch, reproduces the uninterrupted
 run exactly; SIGTERM to the deepspeed launcher alone makes the workers checkpoint and exit, and a relaunch
-reproduces the run; bad configs fail before any process group exists, naming the key."""
+reproduces the run; bad configs fail before any process group exists, naming the key. The default suite runs
+the deepspeed launcher and the bad config; the other launchers and the kill/SIGTERM relaunches are `slow`."""
 import json
 import os
 import shutil
@@ -46,7 +47,8 @@ LAUNCHERS = {
 }
 
 
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+@pytest.mark.parametrize("launcher", [l if l == "deepspeed" else pytest.param(l, marks=pytest.mark.slow)
+                                      for l in LAUNCHERS])  # the README's launcher in the default suite
 def test_pretrain_under_launcher(launcher, tmp_path):
     if launcher == "mpirun" and (shutil.which("mpirun") is None or pytest.importorskip("mpi4py") is None):
         pytest.skip("no mpirun")
@@ -96,6 +98,7 @@ def _wait_for_line(log_path, line, proc, timeout=300):
     assert line in log_path.read_text(), log_path.read_text()[-4000:]
 
 
+@pytest.mark.slow  # fast instances: test_training.py (kill, resume), test_supervision.py (launcher gone)
 def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path, reference_run):
     """`deepspeed --num_gpus 2` with checkpoints every 2 steps is SIGKILLed (launcher and workers, as a
     node failure or `scancel -s KILL` would) once step 5 is logged; the same command again resumes from
@@ -116,6 +119,7 @@ def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path, referen
     _relaunch_reproduces(reference_run, run_dir, resumed_at=4)
 
 
+@pytest.mark.slow  # fast instances: test_training.py (kill, resume), test_supervision.py (launcher gone)
 def test_sigterm_to_the_launcher_checkpoints_and_stops_the_workers(tmp_path, reference_run):
     """SIGTERM to the `deepspeed` runner alone (the process launch/demo.sh execs) while the workers hold
     after step 5. DeepSpeed's runner dies at once without telling launch.py or the workers (before the fix
