@@ -112,6 +112,7 @@ BAD_ARGUMENTS = [
     ("preprocess_data", TI + ["--eod-token", "5"], ["--eod-token", "--tokenizer"]),
     ("preprocess_data", TI + ["--image-tokenizer", "{tmp}"], ["--image-tokenizer", "no config.json", "VQModel"]),
     ("inspect_corpus", ["--corpus", "{tmp}/nowhere"], ["nowhere.idx", "not found"]),
+    ("bench_preprocess", ["--documents", "0"], ["--documents"]),
     ("inspect_corpus", ["--corpus", "{tmp}/nowhere", "--doc", "-1"], ["--doc"]),
     ("balance_report", ["--docs", "{tmp}/profiles.jsonl"], ["profiles.jsonl:2", "UTF-8", "0xff"]),
     ("balance_report", ["--docs", "{tmp}/profiles_huge.jsonl"], ["profiles_huge.jsonl:1"]),

@@ -294,6 +294,34 @@ def test_random_documents_round_trip_through_corpus_and_decoder(world, tmp_path)
             assert np.ravel(have["codes"]).tolist() == want["codes"], d
 
 
+def test_the_same_records_as_jsonl_parquet_and_tar_give_the_same_corpus(world, tmp_path):
+    """80 random records (caption text, a list of image codes, sometimes a second caption) written as JSONL lines,
+    parquet rows (row groups of 7) and webdataset samples (key.txt + key.json): byte-identical .bin/.idx, with
+    one and with two workers."""
+    rng = np.random.default_rng(11)
+    records = [{"caption": _random_text(rng), "codes": rng.integers(0, CODES, 4).tolist(),
+                "note": _random_text(rng)} for _ in range(80)]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    pq.write_table(pa.table({k: [r[k] for r in records] for k in records[0]}), tmp_path / "r.parquet",
+                   row_group_size=7)
+    write_shard(tmp_path / "r.tar", [(f"{i:05d}", {"txt": r["caption"].encode(), "json": json.dumps(
+        {"codes": r["codes"], "note": r["note"]}).encode()}) for i, r in enumerate(records)])
+    corpora = []
+    for name, workers in [("r.jsonl", 1), ("r.parquet", 2), ("r.tar", 2), ("r.tar", 1)]:
+        prefix = tmp_path / f"{name}.{workers}"
+        keys = ["txt" if name.endswith("tar") else "caption", "codes:image", "note"]
+        preprocess(["--input", str(tmp_path / name), "--output-prefix", str(prefix), "--modalities", "text", "image",
+                    "--tokenizer", str(world["tmp"] / "tok.json"), "--codebook-size", f"image={CODES}",
+                    "--json-keys"] + keys + ["--chunk", "5"], workers=workers)
+        corpora.append([(tmp_path / f"{prefix.name}{ext}").read_bytes() for ext in (".bin", ".idx")])
+    assert all(c == corpora[0] for c in corpora[1:])
+    dec = CorpusDecoder(str(tmp_path / "r.tar.2"))
+    for d in (0, 41, 79):
+        text, image, note = dec.document(d)
+        assert (text["text"], image["codes"], note["text"]) == (records[d]["caption"], records[d]["codes"],
+                                                                records[d]["note"])
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.fixture(scope="module")
 def bad(world, tmp_path_factory):
@@ -305,6 +333,7 @@ def bad(world, tmp_path_factory):
         members = t.getmembers()
     (tmp / "cut_mid.tar").write_bytes(full[:members[1].offset_data + 100])   # inside the first picture's bytes
     (tmp / "cut_end.tar").write_bytes(full[:members[2].offset])              # exactly after the first sample
+    write_shard(tmp / "split.tar", [("k0", {"txt": b"a"}), ("k1", {"txt": b"b"}), ("k0", {"png": png})])
     write_shard(tmp / "noimage.tar", [("k0", {"txt": b"hello", "png": png}), ("k1", {"txt": b"no picture"})])
     pq.write_table(pa.table({"caption": ["a", "b"]}), tmp / "nocol.parquet")
     (tmp / "t.jsonl").write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"txt": "wrong key"}) + "\n")
@@ -332,6 +361,8 @@ BAD_INPUT = [  # (input, options, words)
     ("missing.jsonl", T + ["--modalities", "text", "image"] + VQ_ARGS, ["missing.jsonl:2", "segments[0].image",
                                                                          "nope.png", "file not found"]),
     ("noimage.tar", T + ["--json-keys", "txt", "png:image"] + VQ_ARGS, ["noimage.tar", "sample 'k1'", "no field 'png'"]),
+    ("split.tar", T + ["--json-keys", "txt", "png:image"] + VQ_ARGS, ["split.tar", "sample 'k0' appears again",
+                                                                       "adjacent"]),
     ("cut_mid.tar", T + ["--json-keys", "txt", "png:image"] + VQ_ARGS, ["cut_mid.tar", "truncated"]),
     ("cut_end.tar", T + ["--json-keys", "txt", "png:image"] + VQ_ARGS, ["cut_end.tar", "truncated"]),
     ("nocol.parquet", T + ["--json-keys", "caption", "png:image"] + VQ_ARGS, ["nocol.parquet", "no column 'png'",

@@ -43,7 +43,7 @@ def _line(seg):
     head = f"{seg['modality']} ({seg['length']} tokens)"
     if "text" in seg:
         marks = seg["marks"]
-        return f"{head}: {''.join(marks['before'])}{seg['text']!r}{''.join(marks['after'])}"
+        return f"{head}: {''.join(marks['before'])}{repr(seg['text']) if seg['text'] else ''}{''.join(marks['after'])}"
     if "file" in seg:
         return f"{head}: {seg['file']}"
     if "patches" in seg:

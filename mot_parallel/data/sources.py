@@ -84,7 +84,7 @@ def _parquet_rows(path: str, size: int, columns: Optional[List[str]]):
 
 def _tar_samples(path: str):
     """One {extension: value} record per webdataset sample, streamed."""
-    key, sample, last = None, {}, None
+    key, sample, last, seen = None, {}, None, set()
     try:
         with tarfile.open(path, "r|*") as tar:
             for member in tar:
@@ -97,8 +97,13 @@ def _tar_samples(path: str):
                 base = os.path.basename(name)
                 stem, dot, ext = base.partition(".")
                 this = os.path.join(os.path.dirname(name), stem)
-                if this != key and key is not None:
-                    yield _sample(path, key, sample)
+                if this != key:
+                    if this in seen:  # its files are not adjacent: webdataset readers would split the sample too
+                        raise DataError(f"{path}: sample {this!r} appears again at member {name!r}; the files of a "
+                                        "sample must be adjacent in the shard")
+                    seen.add(this)
+                    if key is not None:
+                        yield _sample(path, key, sample)
                     sample = {}
                 key, last = this, name
                 data = tar.extractfile(member).read()
