@@ -153,6 +153,37 @@ def test_text_records_are_megatrons_ids_and_decode_back(which, world, tmp_path, 
                                                                                   which != "tokenizer.json" else [])
 
 
+def test_megatron_command_line_runs_unchanged(world, tmp_path):
+    """Megatron's own flags (--tokenizer-type HuggingFaceTokenizer --tokenizer-model DIR --append-eod) are accepted;
+    the corpus equals the one of --tokenizer DIR."""
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": c}) + "\n" for c in CAPTIONS))
+    preprocess(["--input", str(tmp_path / "t.jsonl"), "--output-prefix", str(tmp_path / "m"), "--json-keys", "text",
+                "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", world["llama"], "--append-eod"])
+    preprocess(["--input", str(tmp_path / "t.jsonl"), "--output-prefix", str(tmp_path / "o"), "--tokenizer",
+                world["llama"]])
+    assert all((tmp_path / f"m{e}").read_bytes() == (tmp_path / f"o{e}").read_bytes() for e in (".bin", ".idx"))
+
+
+def test_sample_finds_the_tokenizer_of_the_training_corpus(world, tmp_path):
+    """tools/sample.py decodes with the tokenizer of the checkpoint's data.path (or --corpus, or --tokenizer)."""
+    import argparse
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    preprocess(["--input", str(tmp_path / "t.jsonl"), "--output-prefix", str(tmp_path / "c"), "--tokenizer",
+                world["llama"]])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"data:\n  path: {tmp_path / 'c'}\n")
+    spec = importlib.util.spec_from_file_location("_byo_sample", os.path.join(ROOT, "tools", "sample.py"))
+    sample = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample)
+    ask = (lambda **kw: sample.text_tokenizer(argparse.Namespace(**dict(dict(checkpoint=str(run), corpus=None,
+                                                                                tokenizer=None), **kw))))
+    for tok in (ask(), ask(corpus=str(tmp_path / "c"), checkpoint=str(tmp_path)), ask(tokenizer=world["llama"])):
+        assert tok.path == os.path.abspath(world["llama"]) and tok.eod == tok.specials["eos"]
+        assert sample._ids("hello", None, tok) == [tok.specials["bos"]] + tok.encode("hello")
+    assert ask(checkpoint=str(tmp_path)) is None          # no config, no corpus: demo words as before
+
+
 # ------------------------------------------------------------------------------------------------ images
 def test_webdataset_shard_through_a_vq_round_trips_text_codes_and_pixels(world, tmp_path, capsys):
     """key.txt / key.json caption + key.png / key.jpg picture -> caption [BOI] codes [EOI] EOD; inspect_corpus gives

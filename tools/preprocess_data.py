@@ -336,6 +336,8 @@ def _arguments(argv):
     text = ap.add_argument_group("text and records (Megatron's preprocess_data options)")
     text.add_argument("--tokenizer", "--tokenizer-model", metavar="PATH",
                       help="a local Hugging Face tokenizer: a tokenizer.json file or a tokenizer directory")
+    text.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer"],
+                      help="accepted for Megatron command lines; the only kind is a Hugging Face tokenizer")
     text.add_argument("--json-keys", nargs="+", metavar="FIELD[:MODALITY]",
                       help="record fields (JSON keys, parquet columns, tar member extensions) that form a document, "
                            "in order; FIELD may be a,b (the first present); default: text")
