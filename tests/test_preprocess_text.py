@@ -404,6 +404,8 @@ BAD_INPUT = [  # (input, options, words)
     ("t.jsonl", T + ["--codebook-size", "image"], ["--codebook-size image", "MODALITY=SIZE"]),
     ("t.jsonl", T + ["--json-keys", "text:video"], ["--json-keys text:video", "not one of"]),
     ("t.jsonl", T + ["--vocab-size", "100"], ["the tokenizer", "--vocab-size"]),
+    ("t.jsonl", T + ["--codebook-size", "text=8"], ["codes for 'text'", "text modality"]),
+    ("t.jsonl", T + ["--image-modality", "pics"], ["--image-modality", "neither is given"]),
 ]
 
 

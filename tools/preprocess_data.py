@@ -103,7 +103,7 @@ def _settings(args):
         mods, vocab = mods or cfg.model.modalities, vocab or cfg.model.vocab_size
     if not mods and args.tokenizer:  # Megatron's case: text, and the images the options name
         mods = list(dict.fromkeys(["text"] + (args.continuous or []) +
-                                  ([args.image_modality] if args.image_tokenizer else [])))
+                                  ([args.image_modality or "image"] if args.image_tokenizer else [])))
     if not mods or not (vocab or args.tokenizer):
         raise DataError("give --modalities and --vocab-size (or --config, or --tokenizer)")
     if len(set(mods)) != len(mods):
@@ -346,7 +346,7 @@ def _arguments(argv):
     text.add_argument("--eod-token", metavar="TOKEN", help="EOD: an id or a token (default: the tokenizer's EOS)")
     codes = ap.add_argument_group("discrete codes (the Chameleon setting: image codes in the one vocabulary)")
     codes.add_argument("--image-tokenizer", metavar="DIR", help="a diffusers VQModel directory (save_pretrained)")
-    codes.add_argument("--image-modality", default="image", help="the discrete modality its codes are (image)")
+    codes.add_argument("--image-modality", help="the discrete modality of the image codes (default: image)")
     codes.add_argument("--codebook-size", nargs="+", metavar="MODALITY=K",
                        help="codes per modality given as codes (.npy grids, speech units); a VQ gives its own")
     images = ap.add_argument_group("continuous (image) modalities, the Transfusion setting")

@@ -125,7 +125,13 @@ def build_layout(args, cfg, modalities: Sequence[str], continuous: Sequence[str]
     --grid, --image-size, BOI/EOI resolved to ids, --eod-token / --no-append-eod) and --config's ranges."""
     discrete = [m for m in modalities if m not in continuous]
     text_mode = modalities.index(discrete[0]) if discrete else None
-    sizes, image = parse_sizes(args.codebook_size), args.image_modality
+    sizes, image = parse_sizes(args.codebook_size), args.image_modality or "image"
+    if args.image_modality is not None and args.image_tokenizer is None and args.grid is None:
+        raise DataError("--image-modality names the modality of --image-tokenizer or --grid codes; neither is given")
+    text = modalities[text_mode] if text_mode is not None else None
+    if text in sizes or text in (cfg.data.modality_token_ranges if cfg is not None else {}):
+        raise DataError(f"codes for {text!r}: it is the text modality (the tokenizer's ids, from 0); give codes "
+                        "ranges only to the other discrete modalities")
     vq = None
     if args.image_tokenizer is not None:
         from . import image_tokenizer as vq_lib
