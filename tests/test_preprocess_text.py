@@ -69,18 +69,19 @@ def tiny_vq(path):
     torch.manual_seed(0)
     vq = diffusers.VQModel(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
                            up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, num_vq_embeddings=CODES,
-                           norm_num_groups=4, layers_per_block=1, sample_size=SIZE)
+                           norm_num_groups=4, layers_per_block=1, sample_size=SIZE, mid_block_add_attention=False)
     with torch.no_grad():  # a spread-out codebook, so random pictures use many codes
         vq.quantize.embedding.weight.normal_(0, 0.3)
     vq.save_pretrained(str(path))
     return vq.eval()
 
 
-def direct_codes(vq, rgb):
-    x = torch.tensor(rgb.transpose(2, 0, 1)[None].astype(np.float32) / 127.5 - 1.0)
+def direct_codes(vq, pictures):
+    """[N, h, w] codes of uint8 pictures [N, H, W, 3]."""
+    x = torch.tensor(np.stack(pictures).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
     with torch.no_grad():
         h = vq.encode(x).latents
-        return vq.quantize(h)[2][2].reshape(h.shape[2], h.shape[3]).numpy()
+        return vq.quantize(h)[2][2].reshape(len(x), h.shape[2], h.shape[3]).numpy()
 
 
 def direct_picture(vq, codes):
@@ -203,20 +204,30 @@ def test_webdataset_shard_through_a_vq_round_trips_text_codes_and_pixels(world, 
     first = meta["token_ranges"]["image"][0]
     assert meta["token_ranges"] == {"image": [tok.get_vocab_size(), tok.get_vocab_size() + CODES]}
     assert meta["image_codes"]["image"]["grid"] == [8, 8] and meta["vocab_size"] == first + CODES
-    used = set()
-    for i, caption in enumerate(CAPTIONS):
-        ext = "png" if i % 2 else "jpg"
-        rgb = read_image(str(world["tmp"] / f"p{i}.{ext}"), (SIZE, SIZE))
-        codes = direct_codes(world["vq"], rgb)
-        used |= set(codes.ravel().tolist())
-        out = tmp_path / f"inspect{i}"
-        got = inspect(["--corpus", str(tmp_path / "c"), "--doc", str(i), "--out", str(out)], capsys)
-        text, image, end = got["segments"]
+    all_codes = direct_codes(world["vq"], [read_image(str(world["tmp"] / f"p{i}.{'png' if i % 2 else 'jpg'}"),
+                                                      (SIZE, SIZE)) for i in range(len(CAPTIONS))])
+    assert len(set(all_codes.ravel().tolist())) > 4, "the tiny VQ should use several codes"
+    for i, (caption, codes) in enumerate(zip(CAPTIONS, all_codes)):
+        out = ["--out", str(tmp_path / f"inspect{i}")] if i < 2 else []      # a JPEG and a PNG through the VQ
+        text, image, end = inspect(["--corpus", str(tmp_path / "c"), "--doc", str(i)] + out, capsys)["segments"]
         assert text["ids"] == tok.encode(caption).ids + [boi] and text["text"] == caption
         assert image["ids"] == (codes.ravel() + first).tolist() and image["codes"] == codes.tolist()
         assert end["ids"] == [eoi, eod] and end["marks"] == {"before": ["<eoi>"], "after": ["<eod>"]}
-        np.testing.assert_array_equal(np.asarray(Image.open(image["file"])), direct_picture(world["vq"], codes))
-    assert len(used) > 4, "the tiny VQ should use several codes"
+        if out:
+            np.testing.assert_array_equal(np.asarray(Image.open(image["file"])), direct_picture(world["vq"], codes))
+
+
+def test_continuous_pixels_round_trip_exactly_through_inspect_corpus(world, tmp_path, capsys):
+    """The Transfusion setting's pixel source: caption text + a PNG -> patches -> inspect_corpus's PNG is the very
+    picture, and the caption decodes back around its BOI/EOI."""
+    (tmp_path / "p.jsonl").write_text(json.dumps([{"modality": "text", "text": CAPTIONS[2]},
+                                                  {"modality": "image", "image": str(world["tmp"] / "p3.png")}]) + "\n")
+    preprocess(["--input", str(tmp_path / "p.jsonl"), "--output-prefix", str(tmp_path / "c"), "--modalities", "text",
+                "image", "--tokenizer", str(world["tmp"] / "tok.json"), "--continuous", "image", "--source", "pixels",
+                "--image-size", str(SIZE), "--patch", "4", "--boi-token", "<|boi|>", "--eoi-token", "<|eoi|>"])
+    text, image, end = inspect(["--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "o")], capsys)["segments"]
+    assert text["text"] == CAPTIONS[2] and text["marks"]["after"] == ["<boi>"] and end["marks"]["before"] == ["<eoi>"]
+    np.testing.assert_array_equal(np.asarray(Image.open(image["file"])), world["pics"][3])
 
 
 def test_parquet_columns_and_precomputed_code_grids_with_chameleon_ranges(world, tmp_path, capsys):
@@ -242,9 +253,10 @@ def test_parquet_columns_and_precomputed_code_grids_with_chameleon_ranges(world,
     preprocess(["--input", str(tmp_path / "t.parquet"), "--output-prefix", str(tmp_path / "v"), "--config",
                 str(tmp_path / "cfg.yaml"), "--tokenizer", tok, "--json-keys", "caption", "picture:image",
                 "--image-tokenizer", str(world["tmp"] / "vq"), "--image-size", str(SIZE)])
-    for i in (0, 3):
+    expected = direct_codes(world["vq"], [world["pics"][0], world["pics"][3]])
+    for i, codes in zip((0, 3), expected):
         _, image, _ = inspect(["--corpus", str(tmp_path / "v"), "--doc", str(i)], capsys)["segments"]
-        assert image["codes"] == direct_codes(world["vq"], world["pics"][i]).tolist()
+        assert image["codes"] == codes.tolist()
 
 
 @pytest.fixture(scope="module")
