@@ -249,13 +249,19 @@ def test_resuming_into_another_model_is_refused_naming_the_setting(run, change, 
     assert _resume(run, "model.max_seq_len=32").tag == "step_00000008"  # a training setting may change
 
 
-def test_a_universal_checkpoint_resumes_only_into_its_model(tmp_path):
+def test_a_universal_checkpoint_resumes_only_into_its_model_and_from_inside_itself(tmp_path):
     from mot_parallel.convert.universal import write_universal
     universal = tmp_path / "universal"
     write_universal(str(universal), _cfg(tmp_path), [], {"step": 8, "has_optimizer": False}, {"step": 8})
     with pytest.raises(CheckpointError, match="model.num_layers: the checkpoint has 2, this run 1"):
         _resume(tmp_path / "run", f"checkpoint.resume={universal}", "model.num_layers=1")
     assert _resume(tmp_path / "run", f"checkpoint.resume={universal}").universal
+    (tmp_path / "outside.safetensors").write_bytes(b"")
+    (universal / "index.json").write_text(json.dumps({"embedding.word_embeddings.weight": "../outside.safetensors"}))
+    (universal / "model-00000.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    with pytest.raises(CheckpointError, match="(?s)model-00000.safetensors: a symbolic link.*index.json names "
+                                              "'../outside.safetensors', not a file of the checkpoint"):
+        _resume(tmp_path / "run", f"checkpoint.resume={universal}")
 
 
 def test_a_checkpoint_of_an_earlier_release_resumes_with_a_warning(run, capsys):

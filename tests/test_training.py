@@ -77,6 +77,27 @@ def test_ctrl_c_checkpoints_and_stops_like_sigterm(tmp_path):
     assert open(tmp_path / "checkpoints" / "latest").read() == "step_00000003"
 
 
+def test_a_second_ctrl_c_stops_at_once_unsaved():
+    """SIGTERM then Ctrl-C: one stop request (SIGTERM's); Ctrl-C again: KeyboardInterrupt, no more waiting."""
+    import time
+
+    from mot_parallel.training.supervision import StopRequest
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = StopRequest()
+        stop.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signal == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def test_ctrl_c_before_training_is_one_error_line(tmp_path, monkeypatch, capsys):
     import importlib.util
     spec = importlib.util.spec_from_file_location("pretrain", os.path.join(os.path.dirname(__file__), "..", "launch",

@@ -124,12 +124,14 @@ def _validated(cfg: Config, directory: str, tag: str, layout: ParallelLayout) ->
 def _universal(cfg: Config, path: str) -> ResumeTarget:
     from ..convert.universal import Universal
     try:
-        saved = Universal(path).config
+        uni = Universal(path)
     except Exception as e:  # noqa: BLE001 - any unreadable universal checkpoint is named, not loaded
         raise CheckpointError(f"checkpoint.resume={path}: not a readable universal checkpoint ({type(e).__name__}: "
                               f"{e})") from None
-    links = regular_files(path)[1]  # its shards are safetensors (data only), but read only from inside it
-    problem = "\n  - ".join(links) or model_problem(path, model_record(saved), cfg, deepspeed=False)
+    files, bad = regular_files(path)  # its shards are safetensors (data only), read only from inside it
+    shards = {str(f) for f in uni.index.values()} if isinstance(uni.index, dict) else {"(index.json is no mapping)"}
+    bad += [f"{path}/index.json names {f!r}, not a file of the checkpoint" for f in sorted(shards) if f not in files]
+    problem = "\n  - ".join(bad) or model_problem(path, model_record(uni.config), cfg, deepspeed=False)
     if problem:
         raise CheckpointError(problem)
     return ResumeTarget(True, path)
