@@ -1,7 +1,8 @@
 """mot_parallel: Mixture-of-Transformers pretraining with tensor, sequence, pipeline and ZeRO data parallelism.
 
 torch is a *range*: a GPU cluster keeps its own CUDA build; `launch/setup_env.sh` installs the CPU wheel
-(torch==2.13.0) only when no torch is importable.
+(torch==2.13.0) only when no torch is importable. The versions CI tests together are pinned in
+tests/constraints.txt (`pip install -e .[megatron] -c tests/constraints.txt`); README.md's table lists both.
 """
 from setuptools import find_packages, setup
 
@@ -23,7 +24,9 @@ setup(
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1"],
-        "megatron": ["megatron-core>=0.12,<0.17"],
+        # the releases the plug-in is tested with (mot_parallel/megatron/version.py checks it at import; CI runs
+        # 0.16.1, the newest pip offers Python 3.11, and 0.19.2 in `tests/run.sh --megatron 0.19.2`)
+        "megatron": ["megatron-core>=0.16,<0.20"],
         # transformers: the hf-to-mot conversion tests build a tiny Llama (test-only).
         # scikit-learn, tokenizers: tests/test_real_corpus.py builds a tiny real-data corpus (see "study").
         # diffusers, Pillow: tests/test_preprocess_images.py builds a tiny VAE and PNGs (see "transfusion").
