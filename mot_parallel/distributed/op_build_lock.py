@@ -60,8 +60,8 @@ def check_op_build_locks(root: Optional[str] = None, stale_after_s: float = STAL
         while True:
             try:
                 age = clock() - os.stat(lock).st_mtime
-            except FileNotFoundError:
-                break  # the build finished
+            except OSError:
+                break  # the build finished (or the lock is not ours to judge: torch will say)
             stale = holder_on_this_host(lock) is None and max(age, clock() - waited_since) > stale_after_s
             unheld = unheld + 1 if stale else 0
             if unheld == 2:  # seen twice: a finishing build closes the lock just before removing it
