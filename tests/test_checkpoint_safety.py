@@ -218,19 +218,22 @@ def test_an_op_build_lock_left_by_a_dead_build_is_refused_with_the_file_to_remov
 
 
 def test_a_live_or_finishing_op_build_is_waited_for(tmp_path):
-    """A lock held open by a builder on this host is waited on even when old; a young one that nobody here
-    holds (a build on another host sharing the directory) is waited on until it goes."""
+    """An old lock with a builder working in its directory on this host is waited on; a young one that no
+    process here builds (a build on another host sharing the directory) is waited on until it goes."""
+    import subprocess
     import threading
 
     from mot_parallel.distributed.op_build_lock import check_op_build_locks
     lock = tmp_path / "deepspeed_shm_comm" / "lock"
     lock.parent.mkdir()
-    fd = os.open(lock, os.O_CREAT | os.O_EXCL)  # as torch's FileBaton holds it during the build
-    os.utime(lock, (time.time() - 3600, time.time() - 3600))
-    threading.Timer(0.3, lambda: (os.close(fd), os.remove(lock))).start()
-    check_op_build_locks(str(tmp_path), stale_after_s=60, poll_s=0.01)
     lock.touch()
-    threading.Timer(0.3, lambda: os.remove(lock)).start()
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    ninja = subprocess.Popen(["sleep", "30"], cwd=lock.parent)  # as torch runs ninja in the build directory
+    threading.Timer(0.5, lambda: (os.remove(lock), ninja.kill())).start()
+    check_op_build_locks(str(tmp_path), stale_after_s=60, poll_s=0.01)
+    ninja.wait()
+    lock.touch()
+    threading.Timer(0.5, lambda: os.remove(lock)).start()
     check_op_build_locks(str(tmp_path), stale_after_s=60, poll_s=0.01)
 
 
