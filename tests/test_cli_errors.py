@@ -17,6 +17,7 @@ TOOLS = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, "tools"))  # script
 CONFIG_COMMANDS = {
     "balance_report": ([], ["--steps", "1"]),
     "bench_loader": ([], ["--steps", "1"]),
+    "bench_checkpoint_hash": ([], ["--sample-mib", "1"]),
     "bench_train": ([], ["--steps", "2", "--skip", "0"]),
     "flops": ([], []),
     "plan": ([], []),
@@ -128,6 +129,8 @@ BAD_ARGUMENTS = [
      ["--skip"]),
     ("profile_step", ["--config", os.path.join(ROOT, "configs", "demo_cpu.yaml"), "--steps", "0"], ["--steps"]),
     ("bench_loader", ["--config", os.path.join(ROOT, "configs", "demo_cpu.yaml"), "--dp", "0"], ["--dp"]),
+    ("bench_checkpoint_hash", ["--sample-mib", "0"], ["--sample-mib"]),
+    ("bench_checkpoint_hash", ["--dir", "{tmp}/a_file"], ["--dir", "a_file"]),
     ("convert_checkpoint", ["export", "--universal", "{tmp}/nowhere", "--out", "{tmp}/x"], ["nowhere"]),
     ("convert_checkpoint", ["hf-to-mot", "--hf", "{tmp}/nowhere", "--out", "{tmp}/x", "--modalities", "text"],
      ["nowhere"]),
