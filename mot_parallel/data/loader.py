@@ -1,7 +1,7 @@
 """Per-rank data loader: one balanced global batch per optimizer step, this rank's micro-batches only.
 
 Every rank runs the same deterministic packer on metadata (so all agree on the global batch without
-communicating; numpy over the batch's pieces, DESIGN §17), then reads tokens only for its own cells: cells
+communicating; numpy over the batch's pieces, DESIGN §20), then reads tokens only for its own cells: cells
 are indexed [dp_rank][micro], so DP rank r gets cells r * accum ... r * accum + accum - 1; TP peers of a
 DP rank read the same cells.
 A background thread plans and reads `prefetch` steps ahead and, when given a `plan_builder`, builds each

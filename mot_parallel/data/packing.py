@@ -30,7 +30,7 @@ best value those pieces allow (balance.py), and packed as well as it can be. Det
 stream's seeded order) and computed from metadata only, so every rank plans the same global batch and
 reads just its own cells; in numpy over piece arrays, O(pieces), so that costs a rank about as much at 512
 DP ranks as at 8 (step 5 excepted, on corpora that need it). `pack_sequential` is the usual baseline:
-concatenate in stream order and cut every S tokens. Why this shape: mot_parallel/DESIGN.md §9, §17.
+concatenate in stream order and cut every S tokens. Why this shape: mot_parallel/DESIGN.md §9, §20.
 """
 from __future__ import annotations
 

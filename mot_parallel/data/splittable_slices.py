@@ -13,7 +13,7 @@ of tokens, cut into K consecutive slices, one per cell (`lanes`):
     where they can move (down) instead.
 Items mixing more are water-filled before (mixed_items.py). Cutting is a few searchsorted / cumsum passes
 over the lanes' runs, O(pieces) numpy whatever K is, where placing items one at a time into the cell that
-fits best cost O(pieces x K) (DESIGN §17). Within a cell the slices are laid into its sequences in order,
+fits best cost O(pieces x K) (DESIGN §20). Within a cell the slices are laid into its sequences in order,
 cut at sequence ends.
 """
 from __future__ import annotations
