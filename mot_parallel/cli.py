@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from typing import Iterator, Optional, Sequence, Tuple, Type
 
@@ -20,6 +21,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
+
+
+def positive_int_list(text: str) -> list:
+    """'8,32,128' -> [8, 32, 128]: positive integers, comma-separated, at least one."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(re.fullmatch("[0-9]{1,9}", t) and int(t) > 0 for t in items):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive integers (e.g. 8,32,128)")
+    return [int(t) for t in items]
 
 
 def non_negative_int(text: str) -> int:

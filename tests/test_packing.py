@@ -225,7 +225,7 @@ def test_balance_bound_of_a_batch():
     table = SegmentTable.from_profiles([[("image", 1024)]] * 3 + [[("text", 3000)]], MODS, atomic=["image"])
     cells = [[[Piece(0, 0, 1024, 0), Piece(1, 0, 1024, 0), Piece(3, 0, 1500, 0)]],
              [[Piece(2, 0, 1024, 0), Piece(3, 1500, 3000, 0)]]]
-    bound = balance_bound(GlobalBatch(cells, 4096), table)
+    bound = balance_bound(GlobalBatch.from_cells(cells, 4096), table)
     assert bound == {"text": 1.0, "image": pytest.approx(2048 / 1536), "speech": 1.0}
 
 
@@ -281,13 +281,14 @@ def check_coverage(stream, placed):
         assert [a for a, _ in got] == ends[:-1] and ends[-1] == table.doc_len[doc], (doc, epoch, got)
 
 
-def check_example(seed, steps=6):
+def check_example(seed, steps=6, mix=None, seconds=10.0):
+    """The properties of test_random_mixes on the corpus and layout `mix(rng)` draws (random_mix)."""
     rng = np.random.default_rng(seed)
-    table, n_cells, seqs, seq_len = random_mix(rng)
+    table, n_cells, seqs, seq_len = (mix or random_mix)(rng)
     capacity = n_cells * seqs * seq_len
     stream = CountingStream(table, seq_len, seed=seed)
     placed = []
-    with deadline(10.0), warnings.catch_warnings(record=True) as said:
+    with deadline(seconds), warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         for step in range(steps):
             before = stream.taken

@@ -6,6 +6,7 @@
     python tools/balance_report.py --docs my_profiles.jsonl --dp 16 --micro-batches 4 --seq-len 8192
     python tools/balance_report.py --config configs/demo_cpu.yaml   # the config's corpus and layout
     python tools/balance_report.py --json | --plot balance.png
+    python tools/balance_report.py --scaling 8,32,128,512 --steps 4   # plan cost per rank as DP grows
 
 --docs takes length profiles, one document per line: {"segments": [["text", 37], ["image", 1024]]},
 so a corpus mix can be studied without tokens. Synthetic mixes (--mix, mot_parallel/data/profiles.py):
@@ -25,6 +26,12 @@ Reported per packer, over --steps consecutive global batches:
   carry             tokens waiting in the stream's carry-over after a step: max over all steps and over the
                     last half (no growth: the two stay alike), in tokens and in global batches;
   plan ms           wall time to plan one global batch (mean, max), what the loader's thread spends per step.
+
+--scaling DP1,DP2,...: the balanced packer alone at each data-parallel size (the other layout values as
+given): plan ms per rank per step (mean and worst over --steps; wall and CPU time: planning the global batch,
+counting its training targets, taking out the rank's own cells), the worst max/mean, bound, padding and
+step time of those steps, the worst carry-over (tokens, global batches) and its memory (arrays; the JSON
+the loader state takes in a checkpoint). mot_parallel/benchmarks/packing_scale.py.
 """
 import argparse
 import json
@@ -37,14 +44,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from mot_parallel.data.balance import batch_stats  # noqa: E402
-from mot_parallel.cli import positive_int, user_errors  # noqa: E402
+from mot_parallel.cli import positive_int, positive_int_list, user_errors  # noqa: E402
 from mot_parallel.data.corpus import SegmentTable  # noqa: E402
 from mot_parallel.data.packing import pack_balanced, pack_sequential  # noqa: E402
-from mot_parallel.data.profiles import (heavy_tailed_mix, long_image_mix, modalities_of, read_profiles,  # noqa: E402
-                                        skewed_mix)
+from mot_parallel.data.profiles import MIXES, modalities_of, read_profiles  # noqa: E402
 from mot_parallel.data.stream import DocumentStream  # noqa: E402
 
-MIXES = {"heavy": heavy_tailed_mix, "skewed": skewed_mix, "long-images": long_image_mix}
 
 
 def attention_weight(hidden: int, ffn: int, heads_dim_total: int = None) -> float:
@@ -129,6 +134,25 @@ def print_table(result, mods, layout, steps, source):
               f" {r['carry_tokens']['max_last_half']:>10} {r['plan_ms']['mean']:>8.1f}")
 
 
+MAX_SCALING_DP = 65536
+
+
+def print_scaling(points, mods, source, steps):
+    lay = points[0]["layout"]
+    print(f"{source}: balanced packer, DP x {lay['micro_batches']} micro-batches x {lay['micro_batch_size']} seq x "
+          f"{lay['seq_len']} tokens, worst of {steps} global batches; plan ms per rank per step")
+    cols = [f"max/mean {m}" for m in mods] + [f"over bound {m}" for m in mods]
+    print(f"{'DP':>6} {'cells':>6} {'plan ms':>8} {'worst':>8} {'cpu ms':>7} {'worst':>7} " +
+          " ".join(f"{c:>17}" for c in cols) + f" {'padding':>8} {'carry max':>10} {'batches':>8} {'carry MB':>9}")
+    for p in points:
+        lay, carry = p["layout"], p["carry"]
+        vals = [p["max_over_mean"][m] for m in mods] + [p["over_bound"][m] for m in mods]
+        print(f"{lay['dp']:>6} {lay['dp'] * lay['micro_batches']:>6} {p['plan_ms']['mean']:>8.1f} "
+              f"{p['plan_ms']['max']:>8.1f} {p['plan_cpu_ms']['mean']:>7.1f} {p['plan_cpu_ms']['max']:>7.1f} " +
+              " ".join(f"{v:>17.3f}" for v in vals) + f" {p['padding_fraction']:>8.2%} {carry['max_tokens']:>10} "
+              f"{carry['max_in_batches']:>8.3f} {carry['worst_memory']['json_bytes'] / 2 ** 20:>9.2f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="take the corpus, modalities and layout defaults from a config")
@@ -144,9 +168,17 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", help="write per-cell stacked bar charts and the carry-over curve (PNG)")
+    ap.add_argument("--scaling", type=positive_int_list, metavar="DP,DP,...",
+                    help="plan cost per rank and balance at each of these data-parallel sizes (e.g. 8,32,128,512)")
     args = ap.parse_args(argv)
     if args.steps < 1:
         sys.exit("error: --steps must be at least 1")
+    if args.scaling and (args.dp or args.plot):
+        sys.exit(f"error: --scaling {','.join(map(str, args.scaling))} sets the data-parallel sizes itself; "
+                 "leave out " + ("--dp" if args.dp else "--plot"))
+    if args.scaling and max(args.scaling) > MAX_SCALING_DP:
+        sys.exit(f"error: --scaling: {max(args.scaling)} ranks is more than this report plans "
+                 f"({MAX_SCALING_DP}); give smaller data-parallel sizes")
     layout = {"dp": 8, "micro_batches": 8, "micro_batch_size": 1, "seq_len": 4096}
     weight = attention_weight(4096, 11008)
     cfg = None
@@ -181,6 +213,14 @@ def main(argv=None):
         mods = ["text", "image", "speech"]
         table = SegmentTable.from_profiles(docs, mods, atomic=["image"])
         source = f"{args.mix} mix ({args.documents} documents, seed={args.seed})"
+    if args.scaling:
+        from mot_parallel.benchmarks.packing_scale import scaling
+        points = scaling(table, layout, args.scaling, args.steps, args.seed, weight)
+        if args.json:
+            print(json.dumps({"scaling": points, "source": source, "steps": args.steps}, indent=1))
+        else:
+            print_scaling(points, mods, source, args.steps)
+        return
     result, extras = run(table, layout, args.steps, args.seed, weight)
     if args.plot:
         plot(extras, mods, args.plot)

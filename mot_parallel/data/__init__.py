@@ -1,7 +1,8 @@
 """Data pipeline: Megatron-compatible indexed corpora (indexed.py), modality segments (corpus.py), token ids
 against the vocabulary, once per corpus (token_ids.py),
-the document stream (stream.py), per-modality balanced packing (packing.py: pool.py, cells.py,
-atomic_units.py, splittable_fill.py; metrics and bounds in balance.py), micro-batches (batch.py),
+the document stream (stream.py, doc_cuts.py), pieces as arrays (pieces.py), per-modality balanced packing
+(packing.py: pool.py, cells.py, atomic_units.py, mixed_items.py, splittable_slices.py; the plan in
+global_batch.py; metrics and bounds in balance.py), micro-batches (batch.py),
 the per-rank loader (loader.py), several corpora or document subsets as one table (corpus_set.py), blends
 with weights (blend.py), the training/validation data of a config (datasets.py) and the offline demo
 corpus (demo_corpus.py)."""

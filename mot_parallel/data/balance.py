@@ -5,7 +5,7 @@ a report can show how far a packer is from the best possible split rather than f
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 
@@ -46,22 +46,15 @@ def max_load_lower_bound(lumps: Sequence[int], loose: int, n_cells: int) -> int:
 def balance_bound(batch, corpus: SegmentTable) -> Dict[str, float]:
     """Per modality: the lower bound on max over cells / mean over cells for this batch's pieces
     (see max_load_lower_bound); 1.0 where the modality is absent."""
-    M, K = len(corpus.modalities), len(batch.cells)
-    lumps: List[List[int]] = [[] for _ in range(M)]
-    loose = np.zeros(M, np.int64)
-    for cell in batch.cells:
-        for seq in cell:
-            for p in seq:
-                vec = corpus.vector(p.doc, p.start, p.end)
-                if corpus.atomic_spans(p.doc, p.start, p.end):
-                    for m in np.flatnonzero(vec):
-                        lumps[m].append(int(vec[m]))
-                else:
-                    loose += vec
+    vec = batch.piece_vectors(corpus)
+    atomic = np.asarray(corpus.atomic, dtype=bool)
+    whole = vec[:, atomic].sum(axis=1) > 0  # pieces holding an atomic segment land whole in one cell
     out = {}
     for m, name in enumerate(corpus.modalities):
-        total = sum(lumps[m]) + int(loose[m])
-        out[name] = max_load_lower_bound(lumps[m], int(loose[m]), K) * K / total if total else 1.0
+        lumps = vec[whole, m]
+        lumps, loose = lumps[lumps > 0].tolist(), int(vec[~whole, m].sum())
+        total = sum(lumps) + loose
+        out[name] = max_load_lower_bound(lumps, loose, batch.n_cells) * batch.n_cells / total if total else 1.0
     return out
 
 
@@ -80,8 +73,8 @@ def batch_stats(batch, corpus: SegmentTable, gemm_overhead_tokens: float = 128.0
     mean = vec.mean(axis=0)
     ratio = {name: (float(vec[:, m].max() / mean[m]) if mean[m] > 0 else 1.0)
              for m, name in enumerate(corpus.modalities)}
-    attn = np.array([sum(float(p.length) ** 2 for seq in cell for p in seq) for cell in batch.cells])
+    attn = np.bincount(batch.cell_ids, weights=batch.pieces.length.astype(np.float64) ** 2, minlength=batch.n_cells)
     cost = (vec + gemm_overhead_tokens * (vec > 0)).sum(axis=1) + attention_weight * attn
-    total = len(batch.cells) * len(batch.cells[0]) * batch.seq_len
+    total = batch.n_cells * batch.seqs_per_cell * batch.seq_len
     return {"max_over_mean": ratio, "bound": balance_bound(batch, corpus),
             "padding_fraction": batch.padding() / total, "step_time_ratio": float(cost.max() / cost.mean())}

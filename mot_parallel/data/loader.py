@@ -1,8 +1,9 @@
 """Per-rank data loader: one balanced global batch per optimizer step, this rank's micro-batches only.
 
 Every rank runs the same deterministic packer on metadata (so all agree on the global batch without
-communicating), then reads tokens only for its own cells: cells are indexed [dp_rank][micro], so DP
-rank r gets cells r * accum ... r * accum + accum - 1; TP peers of a DP rank read the same cells.
+communicating; numpy over the batch's pieces, DESIGN §20), then reads tokens only for its own cells: cells
+are indexed [dp_rank][micro], so DP rank r gets cells r * accum ... r * accum + accum - 1; TP peers of a
+DP rank read the same cells.
 A background thread plans and reads `prefetch` steps ahead and, when given a `plan_builder`, builds each
 micro-batch's routing plan on the host (the model never synchronises to find it).
 
@@ -12,7 +13,6 @@ sources: a blend, or one corpus) it also counts the documents started and tokens
 """
 from __future__ import annotations
 
-import copy
 import time
 import queue
 import threading
@@ -58,7 +58,7 @@ class MoTDataLoader:
         self._queue: Optional[queue.Queue] = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self._state = self.state_dict()
+        self._state = self._snapshot()
 
     # ------------------------------------------------------------------------------------- producing
     def _make(self, pool: ThreadPoolExecutor) -> tuple:
@@ -72,25 +72,23 @@ class MoTDataLoader:
         mine = range(self.dp_rank * self.accum, (self.dp_rank + 1) * self.accum)
 
         def one(k):
-            mb = build_micro_batch(self.corpus, batch.cells[mine[k]], self.seq_len, counts, step, k,
+            mb = build_micro_batch(self.corpus, batch.cell(mine[k]), self.seq_len, counts, step, k,
                                    self.noiser, self.train)
             if self.plan_builder is not None:
                 mb.plan = self.plan_builder(mb)
             return mb.to(self.device) if self.device is not None else mb
         micro = list(pool.map(one, range(self.accum)))
         self._count_sources(batch)
-        state = self.state_dict(live=True)
+        state = self._snapshot()
         return StepBatch(step, micro, torch.as_tensor(counts, dtype=torch.float32), time.perf_counter() - t,
                          list(self.source_docs) or None, list(self.source_tokens) or None), state
 
     def _count_sources(self, batch) -> None:
         if not self.sources:
             return
-        pieces = [p for cell in batch.cells for seq in cell for p in seq]
-        docs = np.fromiter((p.doc for p in pieces), np.int64, len(pieces))
-        src = self.corpus.source_of(docs)
-        lengths = np.fromiter((p.length for p in pieces), np.int64, len(pieces))
-        starts = np.fromiter((p.start == 0 for p in pieces), bool, len(pieces))
+        pieces = batch.pieces
+        src = self.corpus.source_of(pieces.doc)
+        lengths, starts = pieces.length, pieces.start == 0
         tokens = np.bincount(src, lengths, minlength=self.sources).astype(np.int64)
         started = np.bincount(src[starts], minlength=self.sources)
         self.source_tokens = [a + int(b) for a, b in zip(self.source_tokens, tokens)]
@@ -132,13 +130,14 @@ class MoTDataLoader:
         self._thread = None
 
     # ------------------------------------------------------------------------------------- checkpointing
-    def state_dict(self, live: bool = False) -> dict:
-        """Where the *consumer* is: the state after the last step returned by `next()` (`live`: where the
-        producer is, for the producer's own bookkeeping)."""
-        if self._thread is not None and not live:
-            return copy.deepcopy(self._state)
-        return {"stream": copy.deepcopy(self.stream.state_dict()), "step": self.step,
-                "source_docs": list(self.source_docs), "source_tokens": list(self.source_tokens)}
+    def _snapshot(self) -> tuple:
+        """The producer's state now, cheap to take every step (made into JSON-able lists only when asked)."""
+        return self.stream.snapshot(), self.step, list(self.source_docs), list(self.source_tokens)
+
+    def state_dict(self) -> dict:
+        """Where the *consumer* is: the state after the last step returned by `next()`."""
+        stream, step, docs, tokens = self._state if self._thread is not None else self._snapshot()
+        return {"stream": stream.to_dict(), "step": step, "source_docs": list(docs), "source_tokens": list(tokens)}
 
     def load_state_dict(self, state: dict) -> None:
         if self._thread is not None:
@@ -147,4 +146,4 @@ class MoTDataLoader:
         self.step = int(state["step"])
         if self.sources and len(state.get("source_docs", ())) == self.sources:
             self.source_docs, self.source_tokens = list(state["source_docs"]), list(state["source_tokens"])
-        self._state = self.state_dict()
+        self._state = self._snapshot()

@@ -1,76 +1,25 @@
-"""The packer's pool: the pieces drawn from the stream for one global batch, as named items.
+"""The packer's pool: the pieces drawn from the stream for one global batch, as arrays.
 
-Each item knows its modality runs (so any prefix's per-modality counts are known without asking the
-corpus again), whether it holds an atomic segment (then it is placed whole or not at all), and its
-position in the stream order, which is the order unplaced items go back to the carry-over. The pool
-never holds more than `max_tokens` + `max_aside` (plus one piece): the packer's memory is bounded whatever
-the corpus.
+Item i (stream order) has its modality runs and per-modality vector, whether it holds an atomic segment
+(then it is placed whole or not at all), and how many of its tokens are placed (a splittable item is
+placed head first: what is left is always a tail). Unplaced items and tails return to the carry-over in
+stream order. The pool never holds more than `max_tokens` + `max_aside` (plus one piece): the packer's
+memory is bounded whatever the corpus. Drawing is the same piece-by-piece rule as ever (draw while the
+goal is unmet and the pool is not full), decided for a whole peeked chunk of the stream at once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 
-from .corpus import SegmentTable
-from .stream import Held, Piece, PieceSource
-
-Runs = List[Tuple[int, int]]  # (modality id, tokens), in document order
+from .pieces import Pieces, Runs
+from .stream import PieceSource
 
 
-def piece_runs(corpus: SegmentTable, piece: Piece) -> Runs:
-    runs, pos = [], 0
-    for n, m in zip(*corpus.segments(piece.doc)):
-        lo, hi = max(piece.start, pos), min(piece.end, pos + int(n))
-        if hi > lo:
-            runs.append((int(m), hi - lo))
-        pos += int(n)
-        if pos >= piece.end:
-            break
-    return runs
-
-
-def runs_vector(runs: Runs, n_modalities: int) -> np.ndarray:
-    out = np.zeros(n_modalities, np.int64)
-    for m, n in runs:
-        out[m] += n
-    return out
-
-
-@dataclass
-class PoolItem:
-    index: int        # position in the stream order of this pool
-    piece: Piece      # what is still unplaced (a splittable item shrinks as heads are cut off)
-    deferrals: int    # how often the packer handed it back before
-    runs: Runs
-    vector: np.ndarray
-    atomic: bool      # holds an atomic segment: placed whole or not at all
-    placed: bool = False
-
-    @property
-    def length(self) -> int:
-        return self.piece.length
-
-    def cut_head(self, n: int) -> Tuple[Piece, np.ndarray]:
-        """Split off the first n tokens (splittable items only); this item keeps the tail."""
-        assert not self.atomic and 0 < n <= self.length
-        p = self.piece
-        head = Piece(p.doc, p.start, p.start + n, p.epoch)
-        head_runs, tail_runs, left = [], [], n
-        for m, k in self.runs:
-            take = min(k, left)
-            if take:
-                head_runs.append((m, take))
-            if k > take:
-                tail_runs.append((m, k - take))
-            left -= take
-        head_vec = runs_vector(head_runs, len(self.vector))
-        self.piece, self.runs = Piece(p.doc, p.start + n, p.end, p.epoch), tail_runs
-        self.vector = self.vector - head_vec
-        if not self.length:
-            self.placed = True
-        return head, head_vec
+def _before(values: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sums."""
+    return np.cumsum(values) - values
 
 
 class Pool:
@@ -78,69 +27,102 @@ class Pool:
                  max_aside: int = 0):
         self.stream, self.corpus, self.max_tokens = stream, stream.corpus, max_tokens
         self.oversized_above, self.max_aside = oversized_above, max_aside
-        self.items: List[PoolItem] = []
+        self.n_modalities = len(self.corpus.modalities)
+        self.atomic_modality = np.asarray(self.corpus.atomic, dtype=bool)
+        self.pieces = Pieces.empty()
+        self.runs = Runs(*(np.zeros(0, np.int64) for _ in range(4)))
+        self.vector = np.zeros((0, self.n_modalities), np.int64)
+        self.atomic = np.zeros(0, bool)
+        self.placed = np.zeros(0, bool)        # atomic items: placed whole
+        self.done = np.zeros(0, np.int64)      # splittable items: tokens placed from the head
         self.tokens = 0  # drawn so far, the oversized atomic items set aside excepted
         self.aside = 0   # tokens of oversized atomic items set aside (at most max_aside, plus one piece)
-        self._atomic = np.asarray(self.corpus.atomic, dtype=bool)
+        self._typical = max(1, int(self.corpus.doc_len.mean()))  # tokens per piece, to size the peeks
 
-    def draw(self) -> Optional[PoolItem]:
-        """One more piece from the stream, or None once the pool holds max_tokens."""
-        if self.tokens >= self.max_tokens:
-            return None
-        piece, deferrals = self.stream.take()
-        runs = piece_runs(self.corpus, piece)
-        atomic = bool(self.corpus.atomic_spans(piece.doc, piece.start, piece.end))
-        item = PoolItem(len(self.items), piece, deferrals, runs, runs_vector(runs, len(self.corpus.modalities)),
-                        atomic)
-        self.items.append(item)
-        # An oversized atomic item (more atomic tokens than any cell's quota may hold, e.g. an image as long
-        # as a sequence) waits for a step of its own kind (atomic_units.candidate_quotas): the carry-over holds
-        # up to a batch of them, and counting them here would let them crowd everything else out of the pool.
-        # Bounded too: past max_aside they count like any piece.
-        if atomic and self.oversized_above is not None and self.aside < self.max_aside \
-                and int(item.vector[self._atomic].sum()) > self.oversized_above:
-            self.aside += piece.length
-        else:
-            self.tokens += piece.length
-        return item
+    @property
+    def length(self) -> np.ndarray:
+        return self.pieces.length
+
+    def _draw(self, metric: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], goal: float,
+              cap: int, expect: float) -> float:
+        """Draw piece after piece while the metric drawn so far is under `goal` and the counted tokens
+        under `cap`; the metric drawn. `expect`: about how many tokens that takes (to size the peeks)."""
+        got, want = 0.0, int(1.1 * expect / self._typical) + 16
+        while got < goal and self.tokens < cap:
+            chunk = self.stream.peek(want)
+            runs = Runs.of(self.corpus, chunk.doc, chunk.start, chunk.end)
+            vec = runs.vectors(len(chunk), self.n_modalities)
+            atomic = np.bincount(runs.piece[self.atomic_modality[runs.mode]], minlength=len(chunk)) > 0
+            length = chunk.length
+            aside = np.zeros(len(chunk), bool)
+            if self.oversized_above is not None:  # an image as long as a sequence waits for a step of its own kind
+                big = atomic & (vec[:, self.atomic_modality].sum(axis=1) > self.oversized_above)
+                aside = big & (self.aside + _before(np.where(big, length, 0)) < self.max_aside)
+            counted = np.where(aside, 0, length)
+            value = metric(vec, atomic, length).astype(np.float64)
+            ok = (got + _before(value) < goal) & (self.tokens + _before(counted) < cap)
+            n = int(np.argmin(ok)) if not ok.all() else len(chunk)
+            self.stream.consume(n)
+            self._append(chunk.take(slice(0, n)), runs, vec[:n], atomic[:n])
+            got += float(value[:n].sum())
+            self.tokens += int(counted[:n].sum())
+            self.aside += int(length[:n][aside[:n]].sum())
+            if len(self.pieces) >= 64:
+                self._typical = max(1, int(self.length.mean()))
+            if n < len(chunk):
+                break
+            want *= 2
+        return got
+
+    def _append(self, chunk: Pieces, runs: Runs, vec: np.ndarray, atomic: np.ndarray) -> None:
+        n, base = len(chunk), len(self.pieces)
+        keep = runs.piece < n
+        self.runs = Runs(*(np.concatenate([a, b[keep] + (base if f == "piece" else 0)])
+                           for f, a, b in ((f, getattr(self.runs, f), getattr(runs, f))
+                                           for f in ("piece", "mode", "length", "offset"))))
+        self.pieces = Pieces.concat([self.pieces, chunk])
+        self.vector = np.concatenate([self.vector, vec])
+        self.atomic = np.concatenate([self.atomic, atomic])
+        self.placed = np.concatenate([self.placed, np.zeros(n, bool)])
+        self.done = np.concatenate([self.done, np.zeros(n, np.int64)])
 
     def fill_to(self, tokens: int) -> None:
-        while self.tokens < tokens and self.draw() is not None:
-            pass
+        cap = min(tokens, self.max_tokens)
+        self._draw(lambda vec, atomic, length: np.zeros(len(length)), 1.0, cap, cap - self.tokens)
 
     def draw_splittable(self, tokens: int) -> None:
-        """Draw until the unplaced splittable pieces hold `tokens` (or the pool is full); atomic pieces
+        """Draw until the unplaced splittable tokens reach `tokens` (or the pool is full); atomic pieces
         drawn meanwhile wait in the pool and go back to the carry-over."""
-        have = sum(it.length for it in self.splittable())
-        while have < tokens:
-            item = self.draw()
-            if item is None:
-                return
-            if not item.atomic:
-                have += item.length
+        have = int(self.left()[~self.atomic].sum())
+        self._draw(lambda vec, atomic, length: np.where(atomic, 0, length), tokens - have, self.max_tokens,
+                   2 * (tokens - have))
 
     def draw_units(self, atomic_tokens: int, max_tokens: int) -> bool:
         """Draw until newly drawn atomic items hold `atomic_tokens` atomic-modality tokens (or the pool
         holds max_tokens); whether any atomic item came."""
-        got = 0
-        while got < atomic_tokens and self.tokens < max_tokens:
-            item = self.draw()
-            if item is None:
-                break
-            if item.atomic:
-                got += int(item.vector[self._atomic].sum())
+        mask = self.atomic_modality
+        got = self._draw(lambda vec, atomic, length: np.where(atomic, vec[:, mask].sum(axis=1), 0),
+                         atomic_tokens, min(max_tokens, self.max_tokens), 3 * atomic_tokens)
         return got > 0
 
-    def units(self) -> List[PoolItem]:
-        """Unplaced atomic items, in stream order."""
-        return [it for it in self.items if it.atomic and not it.placed]
+    def left(self) -> np.ndarray:
+        """[N] tokens of each item not placed yet."""
+        return np.where(self.placed, 0, self.length - self.done)
 
-    def splittable(self) -> List[PoolItem]:
-        """Unplaced splittable items (or their unplaced tails), in stream order."""
-        return [it for it in self.items if not it.atomic and not it.placed]
+    def units(self) -> np.ndarray:
+        """Unplaced atomic items, in stream order."""
+        return np.flatnonzero(self.atomic & ~self.placed)
+
+    def splittable(self) -> np.ndarray:
+        """Splittable items with tokens left, in stream order."""
+        return np.flatnonzero(~self.atomic & (self.done < self.length))
 
     def hand_back(self) -> int:
-        """Return every unplaced item (or tail) to the stream's carry-over, in stream order; its count."""
-        left = [Held(it.piece, it.deferrals) for it in self.items if not it.placed and it.length]
-        self.stream.defer(left)
+        """Return every unplaced item (or tail) to the stream's carry-over, in stream order, one deferral
+        more; their count."""
+        left = np.flatnonzero(self.left() > 0)
+        back = self.pieces.take(left)
+        back.start = back.start + self.done[left]
+        back.deferrals = back.deferrals + 1
+        self.stream.hand_back(back)
         return len(left)

@@ -76,6 +76,9 @@ def long_image_mix(n_docs: int, seed: int = 0, seq_len: int = 4096) -> List[Prof
     return docs
 
 
+MIXES = {"heavy": heavy_tailed_mix, "skewed": skewed_mix, "long-images": long_image_mix}  # by --mix name
+
+
 def read_profiles(path: str) -> List[Profile]:
     """Read a profile JSONL; DataError names file:line for anything else (not UTF-8, not a profile, a length
     outside [1, 2**31))."""
