@@ -121,10 +121,15 @@ class DocumentStream:
 
     # ------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "pending": [list(p) for p in self.pending],
-                "carry": [[list(p), d] for p, d in self._carry]}
+        state = {"epoch": self.epoch, "pos": self.pos, "pending": [list(p) for p in self.pending],
+                 "carry": [[list(p), d] for p, d in self._carry]}
+        if hasattr(self._order, "cursor"):  # a blend: where it is, so a resume need not recount (blend.py)
+            state["order_cursor"] = self._order.cursor(self.epoch)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        if "order_cursor" in state and hasattr(self._order, "restore"):
+            self._order.restore(state["order_cursor"])
         self.pending = [Piece(*p) for p in state["pending"]]
         self._carry = deque(Held(Piece(*p), int(d)) for p, d in state["carry"])
