@@ -11,7 +11,8 @@ import torch
 
 from mot_parallel.config import ConfigError, load_config, validate
 from mot_parallel.testing import DistributedTestError, run_distributed
-from mot_parallel.training.checkpoint_files import CheckpointError, read_manifest
+from mot_parallel.config.layout import ParallelLayout
+from mot_parallel.training.checkpoint_files import CheckpointError, read_manifest, write_manifest
 from mot_parallel.training.resume import resolve_resume
 from train_utils import TINY, losses, train_body
 
@@ -78,8 +79,24 @@ def test_a_missing_rng_file_is_named(run):
 
 @pytest.mark.parametrize("change", ["parallel.zero_stage=3", "parallel.tensor_parallel=2"])
 def test_another_layout_points_to_the_reshard_tool(run, change):
+    cfg = _cfg(run, change, "checkpoint.reshard_on_resume=refuse")
+    with pytest.raises(CheckpointError, match="convert_checkpoint.py reshard.*reshard_on_resume=auto"):
+        resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
+
+
+@pytest.mark.parametrize("change", ["parallel.zero_stage=3", "parallel.tensor_parallel=2"])
+def test_another_layout_is_resharded_by_default_and_unreadable_files_are_named(run, change):
+    """checkpoint.reshard_on_resume=auto (the default) resumes it through a reshard (test_reshard.py); one
+    whose DeepSpeed files are gone is refused before any process group, naming the file."""
     cfg = _cfg(run, change)
-    with pytest.raises(CheckpointError, match="convert_checkpoint.py reshard"):
+    target = resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
+    assert target.tag == "step_00000008" and target.reshard_from == read_manifest(target.path)["layout"]
+    _step_file(run, "step_00000008", "optim_states").unlink()  # gone, the manifest rewritten to match
+    write_manifest(target.path, 8, ParallelLayout(zero_stage=1))
+    with pytest.raises(CheckpointError, match="cannot reshard it: 1 of its DeepSpeed files are missing, e.g. zero_pp"):
+        resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
+    write_manifest(target.path, 8, ParallelLayout(zero_stage=0))  # fp32 without ZeRO: torch's own optimizer state
+    with pytest.raises(CheckpointError, match="cannot reshard it: it was written without ZeRO in fp32"):
         resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
 
 

@@ -7,7 +7,9 @@
     <dir>       a DeepSpeed checkpoint directory (or one step_* inside it) of this layout
     <universal> a universal checkpoint (another layout, an upcycled model): starts the run unless the run
                 has checkpoints of its own, which then win (a requeued job must not start over)
-A newest checkpoint that is not complete stops the run with what is wrong, unless
+A checkpoint of another layout (DP, TP, PP or ZeRO stage) is resharded into this run's layout as it is
+loaded when checkpoint.reshard_on_resume=auto (reshard.py), and refused, naming the conversion command,
+when it is `refuse`. A newest checkpoint that is not complete stops the run with what is wrong, unless
 checkpoint.on_corrupt=previous asks to fall back to the previous complete one. Resuming is refused when
 the run would later overwrite a checkpoint it did not load (a newer one in the same directory).
 """
@@ -20,7 +22,7 @@ from typing import List, Optional, Tuple
 from ..config import Config
 from ..config.layout import ParallelLayout
 from .checkpoint import note
-from .checkpoint_files import STEP_DIR, CheckpointError, layout_problem, problems, step_dirs
+from .checkpoint_files import STEP_DIR, CheckpointError, layout_problem, problems, read_manifest, step_dirs
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,11 @@ class ResumeTarget:
     universal: bool
     directory: str             # the universal checkpoint, or the directory holding the step_* tag
     tag: Optional[str] = None  # step_XXXXXXXX (DeepSpeed checkpoints)
+    reshard_from: Optional[dict] = None  # the checkpoint's layout record, when it is not this run's
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, self.tag) if self.tag else self.directory
 
     @property
     def step(self) -> int:
@@ -49,14 +56,15 @@ def resolve_resume(cfg: Config, layout: ParallelLayout) -> Optional[ResumeTarget
                                   "or resume them with checkpoint.resume=auto")
         return None
     if resume == "auto" or (is_universal(resume) and own):
-        return _validated(own_dir, _newest_complete(own_dir, own, cfg.checkpoint.on_corrupt), layout) if own else None
+        return _validated(own_dir, _newest_complete(own_dir, own, cfg.checkpoint.on_corrupt), layout,
+                          cfg.checkpoint.reshard_on_resume) if own else None
     if is_universal(resume):
         return ResumeTarget(True, os.path.abspath(resume))
     directory, tag = _explicit(os.path.abspath(resume), cfg.checkpoint.on_corrupt)
     if own and os.path.abspath(directory) != os.path.abspath(own_dir):
         raise CheckpointError(f"checkpoint.resume={resume} is another run's checkpoint, but {own_dir} already holds "
                               f"{_tags(own)}: saving here would mix two runs. Use a new run.output_dir")
-    target = _validated(directory, tag, layout)
+    target = _validated(directory, tag, layout, cfg.checkpoint.reshard_on_resume)
     newer = [t for s, t in own if s > target.step]
     if newer:
         raise CheckpointError(f"resuming {tag} would later overwrite the newer checkpoints {newer} in {own_dir}, "
@@ -95,11 +103,19 @@ def _newest_complete(directory: str, steps: List[Tuple[int, str]], on_corrupt: s
     raise CheckpointError(f"{directory}: no complete checkpoint among {_tags(steps)}")
 
 
-def _validated(directory: str, tag: str, layout: ParallelLayout) -> ResumeTarget:
-    problem = layout_problem(os.path.join(directory, tag), layout)
-    if problem:
-        raise CheckpointError(problem)
-    return ResumeTarget(False, directory, tag)
+def _validated(directory: str, tag: str, layout: ParallelLayout, reshard: str) -> ResumeTarget:
+    path = os.path.join(directory, tag)
+    problem = layout_problem(path, layout)
+    if not problem:
+        return ResumeTarget(False, directory, tag)
+    if reshard != "auto":
+        raise CheckpointError(problem + "; or let the run reshard it as it resumes: checkpoint.reshard_on_resume=auto")
+    from ..convert.deepspeed_files import unsupported
+    saved = read_manifest(path)["layout"]
+    why = unsupported(path, saved)
+    if why:
+        raise CheckpointError(f"{problem}. checkpoint.reshard_on_resume=auto cannot reshard it: {why}")
+    return ResumeTarget(False, directory, tag, reshard_from=saved)
 
 
 def _read_latest(directory: str) -> Optional[str]:
