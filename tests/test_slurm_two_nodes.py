@@ -2,7 +2,7 @@
 and address, and a controller, in network namespaces on a private bridge): launch/submit.py --nodes 2 runs
 the demo config at TP=2 x DP=2 (ZeRO-1), 2 processes per node, and
 - in srun mode (one Slurm task per rank, ranks from SLURM_PROCID) and in deepspeed mode (one
-  `deepspeed --no_ssh --node_rank $SLURM_NODEID` per node) trains to the same per-step training and
+  `deepspeed --hostfile ... --no_ssh --node_rank $SLURM_NODEID` per node) trains to the same per-step training and
   validation losses, bit for bit, as the same global layout on one node (4 tasks on node1);
 - the job's log maps every rank to its node and says every TP group lies inside one node;
 - a running two-node job preempted by `scontrol requeue` (Slurm's own SIGTERM, then the requeue)
@@ -14,21 +14,20 @@ The pdsh mode needs sshd on every node and ssh keys for the submitting user; it 
 command line is checked stub-wise in test_sbatch_args.py). Skipped, with the reason, where network
 namespaces cannot be created or Slurm cannot be installed. Slow: each job starts 4 processes on 2 cores.
 """
-import json
 import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
+from slurm_jobs import finished, loss_keys, records, submit, wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "demo_cpu.yaml")
 STEPS = 10
 TRAIN = ["parallel.tensor_parallel=2", f"train.steps={STEPS}", "train.eval_interval=5", "train.eval_iters=2",
-         "logging.interval=1", "logging.tensorboard=false", "checkpoint.interval=3", "checkpoint.keep_last=0", "data.demo_documents=1000"]
+         "logging.interval=1", "logging.tensorboard=false", "checkpoint.interval=3", "checkpoint.keep_last=0",
+         "data.demo_documents=1000"]
 pytestmark = pytest.mark.slow
 
 
@@ -37,42 +36,6 @@ def cluster(two_nodes):
     if isinstance(two_nodes, str):
         pytest.skip(two_nodes)
     return two_nodes
-
-
-def submit(cluster, run, nodes, procs, *extra, mode="srun", config=CONFIG, train=TRAIN):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "submit.py"), "--config", config, "--nodes", str(nodes),
-           "--gpus-per-node", "0", "--procs-per-node", str(procs), "--time", "00:30:00", "--mode", mode,
-           "--python", sys.executable, f"run.output_dir={run}", *train, *extra]
-    out = cluster.run(cmd)
-    assert out.returncode == 0 and "Submitted batch job" in out.stdout, out.stdout + out.stderr
-    return out.stdout.split()[-1]
-
-
-def wait(predicate, timeout, what, run=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
-    logs = "".join(open(os.path.join(run, f)).read()[-3000:] for f in os.listdir(run or ".") if f.startswith("slurm-")) \
-        if run else ""
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
-
-
-def finished(cluster, run, job, timeout=900) -> str:
-    wait(lambda: os.path.exists(os.path.join(run, "COMPLETED")) and not cluster.squeue(job), timeout, f"job {job}",
-         run=run)
-    return open(os.path.join(run, f"slurm-{job}.out")).read()
-
-
-def records(run, kind="train"):
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        return {r["step"]: r for r in map(json.loads, f) if r.get("kind", "train") == kind}
-
-
-def loss_keys(record):
-    """The total and per-modality losses of a training or validation record."""
-    return [k for k in record if k in ("loss", "valid/loss") or k.startswith(("loss/", "valid/loss/"))]
 
 
 def assert_same_losses(got_run, want_run, steps):
@@ -87,7 +50,7 @@ def assert_same_losses(got_run, want_run, steps):
 def one_node(cluster, tmp_path_factory):
     """The same global layout (TP=2 x DP=2) as 4 tasks on node1: the reference."""
     run = str(tmp_path_factory.mktemp("one_node"))
-    log = finished(cluster, run, submit(cluster, run, 1, 4))
+    log = finished(cluster, run, submit(cluster, run, 1, 4, *TRAIN))
     assert "node1: ranks 0-3 (1 node, 4 ranks)" in log, log[-3000:]
     return run
 
@@ -95,7 +58,7 @@ def one_node(cluster, tmp_path_factory):
 @pytest.mark.parametrize("mode", ["srun", "deepspeed"])
 def test_two_nodes_train_like_one(cluster, one_node, tmp_path, mode):
     run = str(tmp_path / mode)
-    log = finished(cluster, run, submit(cluster, run, 2, 2, mode=mode))
+    log = finished(cluster, run, submit(cluster, run, 2, 2, *TRAIN, mode=mode))
     assert "on 2 node(s)" in log and "[mot] training completed" in log, log[-3000:]
     assert "placement: node1: ranks 0-1 | node2: ranks 2-3 (2 nodes, 4 ranks)" in log, log[-3000:]
     assert "every TP group lies inside one node (TP2: [0-1] [2-3]); DP groups cross nodes" in log
@@ -120,7 +83,7 @@ def _start_now(cluster, job):
 
 def test_requeued_two_node_job_resumes_exactly(cluster, one_node, tmp_path):
     run = str(tmp_path / "requeued")
-    job = submit(cluster, run, 2, 2)
+    job = submit(cluster, run, 2, 2, *TRAIN)
     _requeue_when(cluster, run, job, 4)
     log = finished(cluster, run, job)
     assert "(restart 1)" in log and "resumed from" in log, log[-4000:]
@@ -131,12 +94,14 @@ def test_requeued_two_node_job_resumes_exactly(cluster, one_node, tmp_path):
 
 def test_requeued_onto_one_node_reshards_as_the_explicit_tool_does(cluster, tmp_path):
     run = str(tmp_path / "shrunk")
-    job = submit(cluster, run, 2, 1, "parallel.tensor_parallel=1")  # DP=2, one rank per node
+    job = submit(cluster, run, 2, 1, *TRAIN, "parallel.tensor_parallel=1")  # DP=2, one rank per node
     wait(lambda: os.path.exists(os.path.join(run, "checkpoints", "step_00000003", "checkpoint.json")), 600,
          "the step-3 checkpoint", run=run)
     assert cluster.run(["scontrol", "requeuehold", job]).returncode == 0
     wait(lambda: cluster.squeue(job) == "PENDING", 300, "the held job")
-    out = cluster.run(["scontrol", "update", f"JobId={job}", "NumNodes=1"])
+    # (Slurm keeps 2 nodes for 2 tasks; with 1 it gives 1 node, yet SLURM_NTASKS still says 2: the batch
+    # script derives the task count from the nodes it got)
+    out = cluster.run(["scontrol", "update", f"JobId={job}", "NumNodes=1", "NumTasks=1"])
     assert out.returncode == 0, out.stderr
     assert cluster.run(["scontrol", "release", job]).returncode == 0
     _start_now(cluster, job)
@@ -150,7 +115,7 @@ def test_requeued_onto_one_node_reshards_as_the_explicit_tool_does(cluster, tmp_
                           "--config", os.path.join(run, "submit", "config.yaml"), "--checkpoint", ckpt,
                           "--out", universal], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    log = finished(cluster, explicit, submit(cluster, explicit, 1, 1, "parallel.tensor_parallel=1",
-                                             f"checkpoint.resume={universal}"))
+    finished(cluster, explicit, submit(cluster, explicit, 1, 1, *TRAIN, "parallel.tensor_parallel=1",
+                                      f"checkpoint.resume={universal}"))
     step = int(tag.split("_")[1])
     assert_same_losses(run, explicit, range(step + 1, STEPS + 1))

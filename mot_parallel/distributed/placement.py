@@ -37,7 +37,7 @@ def placement_lines(hosts: Sequence[str], layout: ParallelLayout) -> List[str]:
     for rank, host in enumerate(hosts):
         nodes.setdefault(host, []).append(rank)
     lines = [" | ".join(f"{h}: ranks {_ranges(r)}" for h, r in nodes.items())
-             + f" ({len(nodes)} node{'s' * (len(nodes) > 1)}, {len(hosts)} ranks)"]
+             + f" ({len(nodes)} node{'s' * (len(nodes) > 1)}, {len(hosts)} rank{'s' * (len(hosts) > 1)})"]
     split = [g for g in layout.tp_groups() if len({hosts[r] for r in g}) > 1]
     crossing = [name for name, groups in (("DP", layout.dp_groups()), ("PP", layout.pp_groups()))
                 if any(len({hosts[r] for r in g}) > 1 for g in groups)]
