@@ -5,8 +5,10 @@
     python tools/sample.py --checkpoint runs/demo_transfusion --score 64 [--out grid.png] [--json]
 
 --checkpoint: a run directory (its newest checkpoint is exported to a universal checkpoint next to it first),
-a universal checkpoint, or a single-file export. Captions and prompts are demo-world words
-(mot_parallel/data/demo_corpus.py); other vocabularies pass token ids (--caption-ids 3,17,5).
+a universal checkpoint, or a single-file export. Captions and prompts are text for the tokenizer the training
+corpus was built with (tools/preprocess_data.py --tokenizer records it in the corpus sidecar: found through the
+checkpoint's data.path, or --corpus PREFIX, or given as --tokenizer PATH; generation stops at its EOD), else
+demo-world words (mot_parallel/data/demo_corpus.py); any vocabulary takes token ids (--caption-ids 3,17,5).
 --score N draws N random demo captions, samples a picture for each, and checks the colour of the drawn
 pixels and the half of the picture they occupy against the caption (data/demo_pictures.py score_picture):
 it prints the accuracy of each next to chance (1/8 for the colour, 1/2 for the half).
@@ -92,9 +94,27 @@ def _save(pictures, path):
     fig.savefig(path, dpi=100)
 
 
-def _ids(text, ids):
+def text_tokenizer(args):
+    """The TextTokenizer of --tokenizer, of --corpus's sidecar, or of the checkpoint's data.path sidecar; or None."""
+    from mot_parallel.data.indexed import SIDECAR, read_sidecar
+    from mot_parallel.data.text_tokenizer import load_tokenizer, tokenizer_from_record
+    if args.tokenizer:
+        return load_tokenizer(args.tokenizer)
+    prefix = args.corpus
+    if prefix is None and os.path.isfile(os.path.join(args.checkpoint, "config.yaml")):
+        import yaml
+        with open(os.path.join(args.checkpoint, "config.yaml"), encoding="utf-8") as f:
+            data = (yaml.safe_load(f) or {}).get("data") or {}
+        prefix = data.get("path") if isinstance(data.get("path"), str) and " " not in data["path"] else None
+    record = read_sidecar(prefix + SIDECAR).get("tokenizer") if prefix else None
+    return tokenizer_from_record(record, prefix + SIDECAR) if record else None
+
+
+def _ids(text, ids, tok=None):
     if ids:
         return [int(x) for x in ids.split(",")]
+    if tok is not None:
+        return list(tok.prefix) + tok.encode(text)
     from mot_parallel.data.demo_corpus import W
     words = text.replace(".", " .").split()
     unknown = [w for w in words if w not in W]
@@ -116,20 +136,27 @@ def main(argv=None):
     ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae", help="a local diffusers VAE directory (latent models)")
+    ap.add_argument("--corpus", help="a corpus prefix whose sidecar names the text tokenizer")
+    ap.add_argument("--tokenizer", help="a local text tokenizer (tokenizer.json or a tokenizer directory)")
     ap.add_argument("--out", help="PNG to write")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not (args.caption or args.caption_ids or args.prompt or args.prompt_ids or args.score):
         sys.exit("error: give --caption, --prompt or --score")
     with user_errors():
+        tok = text_tokenizer(args)
         model = _model(args.checkpoint)
         if args.prompt or args.prompt_ids:
             from mot_parallel.generation import generate_text
             from mot_parallel.data.demo_corpus import WORDS
-            out = generate_text(model, _ids(args.prompt, args.prompt_ids), args.tokens)
-            print(" ".join(WORDS[i] if i < len(WORDS) else str(i) for i in out) if args.prompt else out)
+            out = generate_text(model, _ids(args.prompt, args.prompt_ids, tok), args.tokens,
+                                stop_token=tok.eod if tok is not None else None)
+            if tok is not None and args.prompt:
+                print(tok.decode([i for i in out if i < tok.vocab_size]))
+            else:
+                print(" ".join(WORDS[i] if i < len(WORDS) else str(i) for i in out) if args.prompt else out)
         if args.caption or args.caption_ids:
-            rgb = _picture(model, _ids(args.caption, args.caption_ids), args, args.seed)
+            rgb = _picture(model, _ids(args.caption, args.caption_ids, tok), args, args.seed)
             _save([rgb], args.out or "sample.png")
             print(f"wrote {args.out or 'sample.png'}")
         if args.score:

@@ -109,6 +109,16 @@ def convert(step_dir: str, rec: Dict[str, int], out: str, cfg, settings, engine,
     barrier_if_distributed()
 
 
+def load_universal(trainer, path: str) -> None:
+    """Load the universal checkpoint `path` into the trainer's engine (any layout) and its stateful parts."""
+    from ..convert import import_engine
+    state = import_engine(path, trainer.engine, trainer.topo, trainer.settings)
+    trainer.state.load_state_dict(state.get("train", {"step": state.get("step", 0)}))
+    for part, key in ((trainer.scheduler, "scheduler"), (trainer.loader, "loader")):
+        if key in state:
+            part.load_state_dict(state[key])
+
+
 def _layout_text(rec: Dict[str, int]) -> str:
     return f"TP{rec['tp']} PP{rec['pp']} DP{rec['dp']} ZeRO-{rec['zero_stage']}"
 
@@ -120,6 +130,9 @@ def resharded(target, trainer) -> Iterator[str]:
     from .resume import checkpoint_dir
     t, step_dir = trainer, target.path
     parent = os.path.join(checkpoint_dir(t.cfg), RESHARD_DIR)
+    if os.path.islink(parent) or (os.path.exists(parent) and not os.path.isdir(parent)):
+        raise CheckpointError(f"{parent} is not a directory this run created (a symbolic link or a file): "
+                              "resharding writes there, so remove it")
     out = os.path.join(parent, target.tag)
     rank = dist.get_rank() if dist.is_initialized() else 0
     reset_peak_rss()
