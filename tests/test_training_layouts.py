@@ -36,9 +36,9 @@ def reference(tmp_path_factory):
     return ref
 
 
-# the default suite trains the demo's layout, ZeRO-3, TP with SP, and TP+SP+PP with recompute (4 processes);
-# --slow adds ZeRO-2, recompute alone, TP without SP and PP alone
-DEFAULT_LAYOUTS = ("dp2-zero1", "dp2-zero3", "tp2-sp", "tp2-sp-pp2")
+# the default suite trains the demo's layout, ZeRO-3, TP with SP, TP+SP+PP with recompute (4 processes) and
+# 3-D (8 processes); --slow adds ZeRO-2, recompute alone, TP without SP and PP alone
+DEFAULT_LAYOUTS = ("dp2-zero1", "dp2-zero3", "tp2-sp", "tp2-sp-pp2", "tp2-sp-pp2-dp2")
 
 
 def _slow_unless_default(names, default=DEFAULT_LAYOUTS):
