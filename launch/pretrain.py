@@ -71,11 +71,14 @@ def run(argv=None):
         from mot_parallel.training.dry_run import dry_run
         sys.exit(1 if dry_run(cfg, world, args.rank, args.all_ranks) else 0)
     from mot_parallel.data.indexed import DataError
+    from mot_parallel.distributed.placement import log_placement
     from mot_parallel.training import Trainer
     from mot_parallel.training.checkpoint_files import CheckpointError
     from mot_parallel.training.supervision import collective_timeout_message, is_collective_timeout
     try:  # what can still go wrong is named too (a file changed since the preflight, a failed save)
-        Trainer(cfg, env).train()
+        trainer = Trainer(cfg, env)
+        log_placement(trainer.topo)  # the job's log: which node ran which rank, TP groups inside a node
+        trainer.train()
     except (CheckpointError, DataError, ConfigError) as e:
         sys.exit(f"error: {e}")
     except RuntimeError as e:  # a peer that stopped answering: say so, and which key bounds the wait

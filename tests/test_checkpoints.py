@@ -80,8 +80,28 @@ def test_a_missing_rng_file_is_named(run):
 
 @pytest.mark.parametrize("change", ["parallel.zero_stage=3", "parallel.tensor_parallel=2"])
 def test_another_layout_points_to_the_reshard_tool(run, change):
+    cfg = _cfg(run, change, "checkpoint.reshard_on_resume=refuse")
+    with pytest.raises(CheckpointError, match="convert_checkpoint.py reshard.*reshard_on_resume=auto"):
+        resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
+
+
+@pytest.mark.parametrize("change", ["parallel.zero_stage=3", "parallel.tensor_parallel=2"])
+def test_another_layout_is_resharded_by_default_and_unreadable_files_are_named(run, change):
+    """checkpoint.reshard_on_resume=auto (the default) resumes it through a reshard (test_reshard.py); one
+    whose DeepSpeed files are gone is refused before any process group, naming the file."""
     cfg = _cfg(run, change)
-    with pytest.raises(CheckpointError, match="convert_checkpoint.py reshard"):
+    target = resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
+    assert target.tag == "step_00000008" and target.reshard_from == read_manifest(target.path)["layout"]
+    optim = _step_file(run, "step_00000008", "optim_states")
+    optim.unlink()  # gone, and the manifest edited to match: complete, yet not readable by the reshard
+    meta = read_manifest(target.path)
+    del meta["files"][optim.name]
+    (run / "checkpoints" / "step_00000008" / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot reshard it: 1 of its DeepSpeed files are missing, e.g. zero_pp"):
+        resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
+    meta["layout"]["zero_stage"] = 0  # fp32 without ZeRO: torch's own optimizer state, no ZeRO files
+    (run / "checkpoints" / "step_00000008" / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot reshard it: it was written without ZeRO in fp32"):
         resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
 
 

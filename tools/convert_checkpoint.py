@@ -10,7 +10,8 @@
     python tools/convert_checkpoint.py to-universal --config cfg.yaml --checkpoint runs/x/checkpoints --out u
     # universal -> a DeepSpeed checkpoint of another layout (in <run.output_dir>/checkpoints)
     python tools/convert_checkpoint.py from-universal --config cfg.yaml --universal u parallel.tensor_parallel=1
-    # both at once
+    # both at once (a run does this itself when it resumes a checkpoint of another layout, in parallel on
+    # its own ranks: checkpoint.reshard_on_resume=auto, the default; this is for doing it ahead of time)
     python tools/convert_checkpoint.py reshard --config cfg.yaml --checkpoint runs/x/checkpoints \
         --src parallel.tensor_parallel=2 parallel.pipeline_parallel=2 --dst parallel.tensor_parallel=1 \
         --run-dir runs/x_tp1

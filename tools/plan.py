@@ -22,6 +22,7 @@ from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.flops import forward_flops_per_token, param_counts  # noqa: E402
 from mot_parallel.model import ModelSettings  # noqa: E402
 from mot_parallel.planner import GB, GPUS, evaluate, rank_params, search  # noqa: E402
+from mot_parallel.planner.reshard import reshard_cost  # noqa: E402
 
 
 def plan_dict(p):
@@ -43,7 +44,7 @@ def main(argv=None):
     ap.add_argument("--top", type=positive_int, default=10)
     ap.add_argument("--json", action="store_true")
     for field in ("memory_gb", "peak_tflops", "hbm_gbps", "nvlink_gbps", "inter_gbps", "gemm_efficiency",
-                  "attention_efficiency", "dp_overlap", "reserve_gb"):
+                  "attention_efficiency", "dp_overlap", "reserve_gb", "storage_gbps"):
         ap.add_argument("--" + field.replace("_", "-"), type=float, default=None, help="override the assumption")
     ap.add_argument("--gpus-per-node", type=positive_int, default=None)
     ap.add_argument("overrides", nargs="*")
@@ -51,7 +52,7 @@ def main(argv=None):
     hw = GPUS[args.gpu].with_(**{k: getattr(args, k) for k in ("memory_gb", "peak_tflops", "hbm_gbps",
                                                                 "nvlink_gbps", "inter_gbps", "gemm_efficiency",
                                                                 "attention_efficiency", "dp_overlap",
-                                                                "reserve_gb", "gpus_per_node")})
+                                                                "reserve_gb", "gpus_per_node", "storage_gbps")})
     try:
         cfg = load_config(args.config, args.overrides)
         mp = cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel
@@ -79,6 +80,7 @@ def main(argv=None):
         "config_layout": dict(plan_dict(own), params_per_stage_rank=[
             rank_params(s, lay.tp, lay.pp, st).total for st in range(lay.pp)]),
         "ranked": [plan_dict(p) for p in ranked],
+        "reshard_on_resume": dataclasses.asdict(reshard_cost(s, lay, hw)),
     }
     if args.json:
         print(json.dumps(report, indent=1, default=float))
@@ -99,6 +101,11 @@ def main(argv=None):
     print(f"  {e.tokens_per_s_per_gpu:,.0f} tokens/s/GPU, {e.model_tflops_per_gpu:.0f} TFLOP/s/GPU, MFU {e.mfu:.1%}")
     for name, c in e.comm_bytes.items():
         print(f"  comm {name}: {c['bytes'] / GB:.2f} GB per GPU per step over {c['link']}")
+    r = reshard_cost(s, lay, hw)
+    print(f"  resuming a checkpoint of another layout into this one (checkpoint.reshard_on_resume=auto): "
+          f"{r.universal_bytes / GB:.3g} GB universal copy on disk, +{r.peak_bytes_per_rank / GB:.3g} GB host "
+          f"memory per rank, ~{r.convert_s:.2g} s to convert + ~{r.load_s:.2g} s to load at "
+          f"{hw.storage_gbps:g} GB/s per node")
     print(f"\ntop {len(ranked)} layouts that fit, by estimated tokens/s/GPU:")
     print(f"  {'layout':44} {'mem GB':>7} {'step s':>7} {'tok/s/GPU':>10} {'MFU':>6}")
     for p in ranked:

@@ -199,6 +199,10 @@ class CheckpointConfig:
         "refuse", "When the newest checkpoint is incomplete or corrupt: 'refuse' to start (say what is wrong), or "
         "fall back to the 'previous' complete one.")
     save_on_sigterm: bool = opt(True, "On SIGTERM (Slurm preemption) or SIGINT (Ctrl-C) save a checkpoint and exit.")
+    reshard_on_resume: Literal["auto", "refuse"] = opt(
+        "auto", "A checkpoint written by another layout (DP, TP, PP, ZeRO stage; e.g. a job requeued onto other "
+        "nodes): 'auto' reshards it into this run's layout as it loads (exact: the same state the explicit "
+        "tools/convert_checkpoint.py reshard gives), 'refuse' stops with that command.")
 
 
 @dataclass
