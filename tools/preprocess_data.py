@@ -43,10 +43,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from mot_parallel.cli import checked_config, positive_int  # noqa: E402
+from mot_parallel.cli import add_overwrite, checked_config, int_in, non_negative_int, positive_int  # noqa: E402
 from mot_parallel.config.validate import MAX_VOCAB  # noqa: E402
 from mot_parallel.data.indexed import SIDECAR, DataError, IndexedWriter, token_dtype  # noqa: E402
 from mot_parallel.data.jsonl import ImageToEncode, parse_document  # noqa: E402
+from mot_parallel.outputs import OutputError, check_corpus  # noqa: E402
 
 _MODS, _VOCAB, _IMAGES, _MARKER = (), 0, {}, None
 
@@ -112,6 +113,11 @@ def _settings(args):
             sys.exit(f"error: {path}: input file not found")
         if not os.access(path, os.R_OK):
             sys.exit(f"error: {path}: not readable (permissions)")
+    try:  # a new prefix, or an earlier corpus of ours with --overwrite; never one of the inputs
+        check_corpus("--output-prefix", args.output_prefix, [("--input", p) for p in args.input] + [
+            ("--config", args.config), ("--vae", args.vae)], args.overwrite, [f".{m}.patches" for m in mods])
+    except OutputError as e:
+        sys.exit(f"error: {e}")
     return list(mods), vocab, cfg
 
 
@@ -208,33 +214,36 @@ def _write_all(args, writer, pool, vae):
 
 def _writer(args, vocab):
     if not args.specs:
-        return IndexedWriter(args.output_prefix, token_dtype(vocab), multimodal=True)
+        return IndexedWriter(args.output_prefix, token_dtype(vocab), multimodal=True, overwrite=args.overwrite)
     from mot_parallel.data.continuous import ContinuousWriter
     continuous = {args.mods.index(n): (n, s.sidecar()) for n, s in args.specs.items()}
-    return ContinuousWriter(args.output_prefix, token_dtype(vocab), continuous, args.continuous_dtype)
+    return ContinuousWriter(args.output_prefix, token_dtype(vocab), continuous, args.continuous_dtype,
+                            overwrite=args.overwrite)
 
 
 def _arguments(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", nargs="+", required=True, help="JSONL files, concatenated in order")
     ap.add_argument("--output-prefix", required=True)
+    add_overwrite(ap)
     ap.add_argument("--config", help="take modalities, vocab size and model.continuous from this config")
     ap.add_argument("--modalities", nargs="+")
     ap.add_argument("--vocab-size", type=positive_int)
-    ap.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 1))
-    ap.add_argument("--chunk", type=positive_int, help="lines per work item (default 256; 16 with images)")
+    ap.add_argument("--workers", type=int_in(1, 1024), default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--chunk", type=int_in(1, 1 << 20), help="lines per work item (default 256; 16 with images)")
     images = ap.add_argument_group("continuous (image) modalities, the Transfusion setting")
     images.add_argument("--continuous", nargs="+", metavar="MODALITY", help="modalities stored as patch vectors")
     images.add_argument("--source", choices=["latents", "pixels"], help="VAE latents (default with --vae) or RGB")
     images.add_argument("--vae", metavar="DIR", help="a diffusers AutoencoderKL directory (save_pretrained)")
-    images.add_argument("--image-size", nargs="+", type=positive_int, metavar="PX", help="height [width] in pixels")
+    images.add_argument("--image-size", nargs="+", type=positive_int, metavar="PX",
+                        help="height [width] in pixels (at most 8192)")
     images.add_argument("--patch", type=positive_int, help="patch side, in latent cells (or pixels)")
-    images.add_argument("--channels", type=positive_int, help="latent channels (precomputed latents without --vae)")
+    images.add_argument("--channels", type=int_in(1, 4096), help="latent channels (precomputed latents without --vae)")
     images.add_argument("--grid", nargs="+", type=positive_int, metavar="N", help="patches per image, rows [cols]")
-    images.add_argument("--boi-token", type=int, help="id inserted before every image (as a text token)")
-    images.add_argument("--eoi-token", type=int, help="id inserted after every image")
+    images.add_argument("--boi-token", type=non_negative_int, help="id inserted before every image (as a text token)")
+    images.add_argument("--eoi-token", type=non_negative_int, help="id inserted after every image")
     images.add_argument("--continuous-dtype", choices=["float16", "float32"], default="float16")
-    images.add_argument("--vae-batch", type=positive_int, default=16, help="images per VAE forward")
+    images.add_argument("--vae-batch", type=int_in(1, 4096), default=16, help="images per VAE forward")
     return ap.parse_args(argv)
 
 
@@ -252,6 +261,8 @@ def main(argv=None):
         writer = _writer(args, vocab)
     except OSError as e:
         sys.exit(f"error: cannot write {args.output_prefix}.bin: {e.strerror}; choose a writable --output-prefix")
+    except OutputError as e:  # appeared since the check
+        sys.exit(f"error: {e}")
     try:
         with mp.get_context("fork").Pool(args.workers, initializer=_init,
                                          initargs=(list(args.mods), vocab, args.specs, marker)) as pool:

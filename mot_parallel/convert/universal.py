@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Dict, Iterable, Optional
 
 import torch
@@ -21,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..config import Config, dump_config, load_config
+from ..outputs import UNIVERSAL, fresh_staging, replace_dir, staging_dir as temp_dir
 
 FORMAT = "mot_parallel.universal/1"
 SHARD_BYTES = 2 * 2**30
@@ -44,22 +44,13 @@ class ShardWriter:
             self.n, self.buf, self.size = self.n + 1, {}, 0
 
 
-def temp_dir(path: str) -> str:
-    return os.path.abspath(path) + ".writing"
+def fresh_temp_dir(path: str, kind: str = UNIVERSAL) -> str:
+    """An empty staging directory for `path`, marked as a `kind` (a leftover is removed only if ours)."""
+    return fresh_staging(path, kind)
 
 
-def fresh_temp_dir(path: str) -> str:
-    """An empty staging directory for `path` (leftovers of an interrupted write removed)."""
-    tmp = temp_dir(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    return tmp
-
-
-def move_into_place(tmp: str, path: str) -> None:
-    """Replace `path` by the finished staging directory `tmp` (one rename)."""
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+# the finished staging directory -> `path` (one rename); an existing `path` is replaced only if it is ours
+move_into_place = replace_dir
 
 
 def publish(path: str, cfg: Config, meta: Dict, state: Dict) -> None:

@@ -132,10 +132,12 @@ def documents(n_docs: int, seed: int = 0, variant: str = "caption") -> Iterator[
             yield [(np.array(_prose(rng, table, int(rng.integers(20, 120)))), t)]
 
 
-def write_demo_corpus(prefix: str, n_docs: int = 4000, seed: int = 0, variant: str = "caption") -> str:
-    """Build the demo corpus as a multimodal Megatron indexed dataset at `prefix` (atomic write)."""
+def write_demo_corpus(prefix: str, n_docs: int = 4000, seed: int = 0, variant: str = "caption",
+                      overwrite: bool = False) -> str:
+    """Build the demo corpus as a multimodal Megatron indexed dataset at `prefix` (atomic write; an existing corpus
+    there is replaced only with `overwrite`, and only one this project wrote)."""
     from .indexed import IndexedWriter, token_dtype
-    with IndexedWriter(prefix, token_dtype(VOCAB_SIZE), multimodal=True) as w:
+    with IndexedWriter(prefix, token_dtype(VOCAB_SIZE), multimodal=True, overwrite=overwrite) as w:
         n_tok = 0
         for doc in documents(n_docs, seed, variant):
             w.add_document(doc)

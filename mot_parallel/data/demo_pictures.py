@@ -86,11 +86,11 @@ def documents(n_docs: int, seed: int = 0) -> Iterator[List[Tuple[np.ndarray, int
             yield [(np.array(_prose(rng, table, int(rng.integers(20, 60)))), 0)]
 
 
-def write_demo_pictures(prefix: str, n_docs: int = 4000, seed: int = 0) -> str:
+def write_demo_pictures(prefix: str, n_docs: int = 4000, seed: int = 0, overwrite: bool = False) -> str:
     from .continuous import ContinuousWriter
     from .indexed import token_dtype
     info = {k: v for k, v in CONTINUOUS["image"].items() if k not in ("boi_token", "eoi_token")}
-    w = ContinuousWriter(prefix, token_dtype(VOCAB_SIZE), {1: ("image", info)}, dtype="float32")
+    w = ContinuousWriter(prefix, token_dtype(VOCAB_SIZE), {1: ("image", info)}, dtype="float32", overwrite=overwrite)
     try:
         for doc in documents(n_docs, seed):
             w.add_document(doc)

@@ -111,7 +111,7 @@ def open_corpus(cfg: Config) -> Corpus:
         prefix = demo_prefix(cfg)
         if not os.path.isfile(prefix + ".idx"):
             writer = demo_pictures.write_demo_pictures if cfg.model.continuous else demo_corpus.write_demo_corpus
-            writer(prefix, cfg.data.demo_documents, seed=0)
+            writer(prefix, cfg.data.demo_documents, seed=0, overwrite=True)  # ours: rank racing rank, or a crash
     else:
         check_corpus_files(prefix)
     corpus = _corpus(prefix, cfg)

@@ -56,11 +56,26 @@ def _as_tokens(tokens, dtype, doc: int) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
-class IndexedWriter:
-    """Stream documents into <prefix>.bin/.idx; `close()` publishes atomically, errors leave nothing."""
+def _missing_dirs(path: str) -> List[str]:
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    while path and not os.path.exists(path):
+        out.append(path)
+        path = os.path.dirname(path)
+    return out
 
-    def __init__(self, prefix: str, dtype=np.uint16, multimodal: bool = True):
+
+class IndexedWriter:
+    """Stream documents into <prefix>.bin/.idx; `close()` publishes atomically, errors leave nothing.
+    An existing corpus at `prefix` is replaced only with `overwrite` and only if this project wrote it
+    (mot_parallel/outputs.py; `extra`: more suffixes the corpus consists of)."""
+
+    def __init__(self, prefix: str, dtype=np.uint16, multimodal: bool = True, overwrite: bool = False,
+                 extra: Sequence[str] = ()):
+        from ..outputs import check_corpus
+        check_corpus("output prefix", prefix, overwrite=overwrite, extra=extra)
         self.prefix, self.dtype, self.multimodal = prefix, np.dtype(dtype).type, multimodal
+        self._made = _missing_dirs(os.path.dirname(os.path.abspath(prefix)))  # removed again by abort()
         os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
         self._tmp = f".tmp.{os.getpid()}"
         self._bin = open(prefix + ".bin" + self._tmp, "wb")
@@ -115,6 +130,11 @@ class IndexedWriter:
                 os.remove(self.prefix + ext + self._tmp)
             except FileNotFoundError:
                 pass
+        for d in self._made:  # the directories this writer created, deepest first, if nothing else is in them
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
 
     def __enter__(self):
         return self
