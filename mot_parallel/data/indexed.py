@@ -193,7 +193,9 @@ class IndexedDataset:
                             f"({'truncated' if actual < expected else 'trailing bytes'}; first document "
                             f"affected: {max(doc, 0)} of {self.num_docs}); rebuild it with tools/preprocess_data.py")
         self._bin = np.memmap(bin_path, mode="r", dtype=self.dtype) if expected else np.zeros(0, self.dtype)
+        from .sidecar import check_against_index, read_sidecar  # (imports this module)
         self.meta = read_sidecar(prefix + SIDECAR)
+        check_against_index(self.meta, self, prefix + SIDECAR)
 
     def stamp(self) -> np.ndarray:
         """Identifies the files' current contents (size, modification time, inode of .bin and .idx): caches
@@ -263,24 +265,3 @@ def _check_index(ds: IndexedDataset, path: str) -> None:
                 seg = a + int(bad[0])
                 raise DataError(f"{path}: segment {seg} (document {ds.document_of(seg)}) has modality id "
                                 f"{int(ds.modes[seg])}; ids are 0, 1, ... in model.modalities order; {fix}")
-
-
-def read_sidecar(path: str) -> Dict:
-    """The <prefix>.mot.json record ({} when absent), its fields type-checked."""
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, "rb") as f:
-            meta = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: bad JSON, and bytes that are not UTF-8
-        raise DataError(f"{path}: unreadable sidecar ({e}); rebuild the corpus with tools/preprocess_data.py, "
-                        "or delete the file to use the corpus without it") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: the sidecar must be a JSON object, got {type(meta).__name__}")
-    names = meta.get("modalities")
-    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        raise DataError(f"{path}: 'modalities' must be a list of names, got {names!r:.80}")
-    vocab = meta.get("vocab_size")
-    if vocab is not None and not (isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0):
-        raise DataError(f"{path}: 'vocab_size' must be a positive integer, got {vocab!r:.80}")
-    return meta
