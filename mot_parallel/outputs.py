@@ -219,6 +219,18 @@ def replace_dir(tmp: str, path: str) -> None:
     os.replace(tmp, path)
 
 
+def fresh_dir(path: str, kind: str) -> str:
+    """An empty directory marked `kind` at a path `check_dir` accepted: an earlier output of ours there (--overwrite)
+    is removed first; anything else is refused (the last guard)."""
+    if os.path.isdir(path) and os.listdir(path):
+        if written_by(path) != kind or os.path.islink(path):
+            raise OutputError(f"{path}: exists and is not a {kind} of this project; nothing was removed")
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
+    mark(path, kind)
+    return path
+
+
 def check_own_dir(flag: str, path: str, kind: str) -> None:
     """A directory a tool keeps using across runs (a work directory, a study it continues): new, empty, or marked
     as its `kind`; anything else is refused."""

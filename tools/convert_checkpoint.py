@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from mot_parallel.cli import add_overwrite, checked_config, existing_path, int_in, user_errors  # noqa: E402
 from mot_parallel.config import load_config_or_exit  # noqa: E402
-from mot_parallel.outputs import EXPORT, HF, MEGATRON, UNIVERSAL, OutputError, check_dir, mark  # noqa: E402
+from mot_parallel.outputs import EXPORT, HF, MEGATRON, UNIVERSAL, OutputError, check_dir, fresh_dir  # noqa: E402
 
 RESHARD, SCRATCH = "reshard run directory", "export scratch run"  # output marks (mot_parallel/outputs.py)
 INPUT_ERRORS = {"ConfigError", "ConversionError", "DataError", "CheckpointError", "OutputError"}
@@ -255,15 +255,12 @@ def main(argv=None):
 
 def _reshard(args):
     """Universal (in <run-dir>/universal), then the target layout's checkpoint (in <run-dir>/checkpoints)."""
-    import shutil
     run_dir = os.path.abspath(args.run_dir)
     src, nproc = _source_layout(args.checkpoint, args.src)
     checked_config(args.config, src)
     checked_config(args.config, args.dst)
-    if os.path.isdir(run_dir) and os.listdir(run_dir):  # --overwrite of an earlier reshard (checked: ours)
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    mark(run_dir, RESHARD)
+    with user_errors():
+        fresh_dir(run_dir, RESHARD)  # an earlier reshard there (--overwrite, checked: ours) is removed first
     universal = os.path.join(run_dir, "universal")
     _run(args.config, src + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"], "export", universal, nproc,
          ("--checkpoint", args.checkpoint))

@@ -28,7 +28,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mot_parallel.cli import add_overwrite, checked_config, int_in, user_errors  # noqa: E402
-from mot_parallel.outputs import check_dir, mark  # noqa: E402
+from mot_parallel.outputs import check_dir, fresh_dir  # noqa: E402
 from mot_parallel.testing import run_distributed  # noqa: E402
 
 TRACES = "profile_step traces"  # the output mark of a trace directory
@@ -125,9 +125,7 @@ def main(argv=None):
         if args.out:
             check_dir("--out", args.out, TRACES, [("--config", args.config), ("run.output_dir", cfg.run.output_dir)],
                       args.overwrite)
-    out = args.out or tempfile.mkdtemp(prefix="mot_profile_")
-    os.makedirs(out, exist_ok=True)
-    mark(out, TRACES)
+    out = fresh_dir(args.out or tempfile.mkdtemp(prefix="mot_profile_"), TRACES)  # an earlier one of ours: replaced
     res = run_distributed(_profiled_train, args.nproc, args=(args.config, args.overrides, out, args.warmup,
                                                              args.steps), timeout=3600)[0]
     cats, step = res["categories_s"], res["measured_step_s"]
