@@ -6,8 +6,8 @@
     python launch/pretrain.py --config ...        (one process)
 
 Writes <run.output_dir>/: config.yaml, deepspeed_config.json, metrics.jsonl, tensorboard/, checkpoints/.
-Resumes from the latest checkpoint there (checkpoint.resume=auto); SIGTERM checkpoints and exits, and so
-does the death of the launcher above the process. A rank that waits longer than
+Resumes from the latest checkpoint there (checkpoint.resume=auto); SIGTERM or Ctrl-C (SIGINT) checkpoints
+and exits (Ctrl-C twice: exits at once, unsaved), and so does the death of the launcher above the process. A rank that waits longer than
 parallel.collective_timeout_s for the others exits with an error saying so.
 Before any process group: the config is validated and the preflight checks the corpus (structure, fit,
 every token id, cached per corpus) and checkpoint.resume; any problem is one `error:` message, exit 1.
@@ -30,6 +30,15 @@ from mot_parallel.distributed import detect_launch_env  # noqa: E402
 
 
 def main(argv=None):
+    try:
+        run(argv)
+    except KeyboardInterrupt:  # before training started, or Ctrl-C twice (once checkpoints and stops)
+        print("error: interrupted (SIGINT) before a checkpoint could be written; the run's newest checkpoint is "
+              "unchanged", file=sys.stderr)
+        sys.exit(130)
+
+
+def run(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="YAML config (may inherit with base:)")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by deepspeed

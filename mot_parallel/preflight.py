@@ -10,9 +10,11 @@ instead of as a traceback after the process group exists:
     corpus and is cached next to it (data/token_ids.py); rank 0 scans, the other ranks check metadata only,
     so ranks do not read the same files at once (the Trainer's rank 0 opens the corpus before the others,
     which then hit the cache);
-  * checkpoints (training/resume.py): checkpoint.resume names a usable checkpoint of this layout, the
-    newest checkpoint of the run is complete, nothing newer would be overwritten; checkpoint.dir is
-    writable.
+  * checkpoints (training/resume.py): checkpoint.resume names a usable checkpoint of this layout and
+    model, the newest checkpoint of the run is complete, nothing newer would be overwritten;
+  * the run directory (training/run_dir.py): rank 0 takes the run's lock for the time of the check (no
+    other run is using the directory), removes the run's own unpublished staging leftovers, and checks
+    checkpoint.dir is writable (naming ENOSPC).
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ from .data.indexed import DataError
 
 def preflight(cfg: Config, layout: ParallelLayout, rank: int = 0) -> None:
     """Raise ConfigError listing every problem found; `rank` is the launched rank (0 scans the corpus)."""
-    from .training.checkpoint import check_writable
     from .training.checkpoint_files import CheckpointError
-    from .training.resume import checkpoint_dir, resolve_resume
+    from .training.resume import resolve_resume
+    from .training.run_dir import claim_run_dir
     problems = []
     try:
         check_data(cfg, full=rank == 0)
@@ -33,7 +35,7 @@ def preflight(cfg: Config, layout: ParallelLayout, rank: int = 0) -> None:
         problems.append(str(e))
     try:
         resolve_resume(cfg, layout)
-        check_writable(checkpoint_dir(cfg))
+        claim_run_dir(cfg, rank, hold=False)
     except CheckpointError as e:
         problems.append(str(e))
     if problems:

@@ -1,8 +1,10 @@
-"""Checkpoints and resume lose nothing and replace nothing silently (issue: hardening §2).
+"""Checkpoints and resume lose nothing, replace nothing silently and execute nothing.
 
 One short run (1 process, checkpoints at steps 4 and 8) is copied into each test, which then damages it
 the way a crash, a full disk or a hostile file would. Resume decisions are made before any process group
 (training/resume.py), so most checks call them directly; the rest train on gloo processes."""
+import hashlib
+import json
 import os
 import shutil
 
@@ -11,7 +13,7 @@ import torch
 
 from mot_parallel.config import ConfigError, load_config, validate
 from mot_parallel.testing import DistributedTestError, run_distributed
-from mot_parallel.training.checkpoint_files import CheckpointError, read_manifest
+from mot_parallel.training.checkpoint_files import CheckpointError, read_manifest, unsafe_pickles
 from mot_parallel.training.resume import resolve_resume
 from train_utils import TINY, losses, train_body
 
@@ -111,8 +113,8 @@ def test_a_crafted_deepspeed_file_is_refused_not_executed(run):
     state["evil"] = _Exploit()
     torch.save(state, shard)
     manifest = read_manifest(str(step))  # a consistent manifest: the size check alone would not catch it
-    manifest["files"][shard.name] = os.path.getsize(shard)
-    import json
+    manifest["files"][shard.name].update(bytes=os.path.getsize(shard), sha256=hashlib.sha256(shard.read_bytes())
+                                         .hexdigest())
     (step / "checkpoint.json").write_text(json.dumps(manifest))
     with pytest.raises(DistributedTestError, match="refused.*os.system|refused.*posix.system"):
         run_distributed(train_body, 1, args=([f"run.output_dir={run}", "checkpoint.interval=4"],), timeout=300)
@@ -151,8 +153,8 @@ def _disk_full_body(run):
 
 
 def test_disk_full_during_save_names_the_path_and_enospc(tmp_path):
-    with pytest.raises(DistributedTestError, match=r"writing checkpoint .*step_00000004 failed \(.* GiB free\): "
-                                                   r"the disk is full \(ENOSPC\)"):
+    with pytest.raises(DistributedTestError, match=r"writing checkpoint .*step_00000004 failed: the disk is full "
+                                                   r"\(ENOSPC, .* GiB free\)"):
         run_distributed(_disk_full_body, 1, args=(str(tmp_path / "run"),), timeout=300)
     assert not (tmp_path / "run" / "checkpoints" / "step_00000004").exists()
 
@@ -161,3 +163,132 @@ def test_bad_resume_values_are_refused_before_training(run):
     with pytest.raises(ConfigError, match="checkpoint.on_corrupt"):
         _cfg(run, "checkpoint.on_corrupt=maybe")
     assert losses(run)[8]["loss"] > 0  # the copied run itself is intact
+
+
+def _rewrite_manifest(step, change):
+    meta = read_manifest(str(step))
+    change(meta)
+    (step / "checkpoint.json").write_text(json.dumps(meta))
+
+
+def _crafted_pickle(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": _Exploit()}, path)
+
+
+def _damage(run, how):
+    """Damage step 8 the way a hostile or careless hand would; returns the name the refusal must give."""
+    step = run / "checkpoints" / "step_00000008"
+    if how == "symlinked directory":  # DeepSpeed's universal loader would unpickle what it finds in zero/
+        _crafted_pickle(run / "elsewhere" / "optimizer_state.pt")
+        (step / "zero").symlink_to(run / "elsewhere")
+        return "zero: a symbolic link"
+    if how == "symlinked rng file":
+        (step / "rng_rank_0.pt").unlink()
+        (step / "rng_rank_0.pt").symlink_to(run / "checkpoints" / "step_00000004" / "rng_rank_0.pt")
+        return "rng_rank_0.pt: a symbolic link"
+    if how == "stranger":
+        (step / "notes.txt").write_text("hello")
+        return "notes.txt: not listed in the manifest"
+    if how == "entry removed with its file":
+        (step / "rng_rank_0.pt").unlink()
+        _rewrite_manifest(step, lambda m: m["files"].pop("rng_rank_0.pt"))
+        return "rng_rank_0.pt: not in the manifest, but every rank of its layout writes one"
+    if how == "entry outside":
+        _rewrite_manifest(step, lambda m: m["files"].update({"../step_00000004/rng_rank_0.pt": {"bytes": 1}}))
+        return "entry '../step_00000004/rng_rank_0.pt' is not a path inside the checkpoint"
+    if how == "symlinked step directory":
+        shutil.move(step, run / "moved")
+        step.symlink_to(run / "moved")
+        return "step_00000008: not a directory"
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["symlinked directory", "symlinked rng file", "stranger", "entry removed with its file",
+                                 "entry outside", "symlinked step directory"])
+def test_a_checkpoint_is_exactly_the_regular_files_its_manifest_lists(run, how):
+    """Links are never followed, strangers and missing entries are named, before any process group."""
+    name = _damage(run, how)
+    with pytest.raises(CheckpointError, match=f"(?s)not complete.*{name}"):
+        _resume(run)
+
+
+def test_every_listed_file_is_scanned_whatever_its_name_or_directory(run):
+    step = run / "checkpoints" / "step_00000008"
+    for rel in ("zero/layers.0.weight/fp32.pt", "ds_state.bin"):
+        _crafted_pickle(step / rel)
+    _rewrite_manifest(step, lambda m: m["files"].update(
+        {rel: {"bytes": os.path.getsize(step / rel), "sha256": "", "rank": 0} for rel in
+         ("zero/layers.0.weight/fp32.pt", "ds_state.bin")}))
+    found = unsafe_pickles(str(step))
+    assert any("fp32.pt: posix.system" in f or "fp32.pt: os.system" in f for f in found)
+    assert any("ds_state.bin: posix.system" in f or "ds_state.bin: os.system" in f for f in found)
+
+
+def test_the_manifest_records_each_files_hash_and_writer_and_the_model(run):
+    """DeepSpeed's own files go through its checkpoint engine, so the rank that wrote each one hashed it."""
+    from mot_parallel.training.model_record import model_record
+    step = run / "checkpoints" / "step_00000008"
+    meta = read_manifest(str(step))
+    assert len(meta["files"]) == 3
+    for rel, rec in meta["files"].items():
+        assert rec == {"bytes": os.path.getsize(step / rel), "sha256": hashlib.sha256((step / rel).read_bytes())
+                       .hexdigest(), "rank": 0}, rel
+    assert meta["model"] == model_record(_cfg(run))
+
+
+@pytest.mark.parametrize("change, named", [
+    ("model.num_layers=1", "model.num_layers: the checkpoint has 2, this run 1"),
+    ("model.modalities=[image,text,speech]", "model.modalities: the checkpoint has \\['text', 'image', 'speech'\\]"),
+    ("model.norm_placement=post", "model.norm_placement"),
+    ("model.make_vocab_size_divisible_by=128", "model.make_vocab_size_divisible_by"),
+])
+def test_resuming_into_another_model_is_refused_naming_the_setting(run, change, named):
+    with pytest.raises(CheckpointError, match=f"(?s)written for another model.*{named}"):
+        _resume(run, change)
+    assert _resume(run, "model.max_seq_len=32").tag == "step_00000008"  # a training setting may change
+
+
+def test_a_universal_checkpoint_resumes_only_into_its_model_and_from_inside_itself(tmp_path):
+    from mot_parallel.convert.universal import write_universal
+    universal = tmp_path / "universal"
+    write_universal(str(universal), _cfg(tmp_path), [], {"step": 8, "has_optimizer": False}, {"step": 8})
+    with pytest.raises(CheckpointError, match="model.num_layers: the checkpoint has 2, this run 1"):
+        _resume(tmp_path / "run", f"checkpoint.resume={universal}", "model.num_layers=1")
+    assert _resume(tmp_path / "run", f"checkpoint.resume={universal}").universal
+    (tmp_path / "outside.safetensors").write_bytes(b"")
+    (universal / "index.json").write_text(json.dumps({"embedding.word_embeddings.weight": "../outside.safetensors"}))
+    (universal / "model-00000.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    with pytest.raises(CheckpointError, match="(?s)model-00000.safetensors: a symbolic link.*index.json names "
+                                              "'../outside.safetensors', not a file of the checkpoint"):
+        _resume(tmp_path / "run", f"checkpoint.resume={universal}")
+
+
+def test_a_checkpoint_of_an_earlier_release_resumes_with_a_warning(run, capsys):
+    """Format 1 (sizes only): accepted, saying what cannot be checked (its hashes and model settings)."""
+    step = run / "checkpoints" / "step_00000008"
+    _rewrite_manifest(step, lambda m: (m.update(format="mot_parallel.checkpoint/1", files={
+        rel: rec["bytes"] for rel, rec in m["files"].items()}), m.pop("model")))
+    assert _resume(run, "model.num_layers=2").tag == "step_00000008"
+    assert "format-1 manifest" in capsys.readouterr().err
+
+
+def test_a_swapped_file_stops_the_real_resume(run):
+    """End to end on DeepSpeed's files: step 4's model states copied over step 8's (same size) are refused."""
+    step8, step4 = (run / "checkpoints" / t for t in ("step_00000008", "step_00000004"))
+    shard = _step_file(run, "step_00000008", "model_states")
+    shutil.copy(step4 / shard.name, shard)
+    _rewrite_manifest(step8, lambda m: m["files"][shard.name].update(bytes=os.path.getsize(shard)))
+    with pytest.raises(DistributedTestError, match="its content differs from the manifest's SHA-256"):
+        run_distributed(train_body, 1, args=([f"run.output_dir={run}", "checkpoint.interval=4"],), timeout=300)
+
+
+def test_the_planners_checkpoint_sizes_are_deepspeeds(run):
+    """The sizes the hash cost is quoted for (tools/bench_checkpoint_hash.py) are the files DeepSpeed writes."""
+    from mot_parallel.model import ModelSettings
+    from mot_parallel.planner.checkpoint import checkpoint_files
+    cfg = _cfg(run)
+    files = checkpoint_files(ModelSettings.from_config(cfg), validate(cfg, 1), 4)
+    for planned, pattern in ((files.model_file, "model_states"), (files.optimizer_file, "optim_states")):
+        actual = os.path.getsize(_step_file(run, "step_00000008", pattern))
+        assert planned <= actual <= planned * 1.02 + 64 * 1024, (pattern, planned, actual)

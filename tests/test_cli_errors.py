@@ -362,6 +362,13 @@ BAD_FILES = [
     ("preprocess_data", TI + ["--continuous", "image", "--source", "pixels", "--channels", "4", "--patch", "4",
                               "--image-size", "8"], ["--channels gives 4", "RGB pixels gives 3"]),
     ("preprocess_data", TI + ["--continuous", "image", "--source", "latents", "--patch", "2"], ["--channels"]),
+    # your own data: a tokenizer that is not there, options that cannot describe a layout
+    ("preprocess_data", ["--input", "{good_jsonl}", "--tokenizer", "{tmp}/nowhere"], ["--tokenizer", "nowhere"]),
+    ("preprocess_data", TI + ["--codebook-size", "image"], ["--codebook-size image", "MODALITY=SIZE"]),
+    ("preprocess_data", TI + ["--json-keys", "text:video"], ["--json-keys text:video", "not one of"]),
+    ("preprocess_data", TI + ["--eod-token", "5"], ["--eod-token", "--tokenizer"]),
+    ("preprocess_data", TI + ["--image-tokenizer", "{tmp}"], ["--image-tokenizer", "no config.json", "VQModel"]),
+    ("inspect_corpus", ["--corpus", "{tmp}/nowhere"], ["nowhere.idx", "not found"]),
     ("balance_report", ["--docs", "{tmp}/profiles.jsonl"], ["profiles.jsonl:2", "UTF-8", "0xff"]),
     ("balance_report", ["--docs", "{tmp}/profiles_huge.jsonl"], ["profiles_huge.jsonl:1"]),
     ("build_real_corpus", ["--output-prefix", "{tmp}/real/r", "--espeak", "no-such-espeak-program"], ["espeak-ng"]),

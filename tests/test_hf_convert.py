@@ -59,7 +59,8 @@ HF_CASES = {  # name: (HF model keywords, extra hf-to-mot overrides, through the
 }
 
 
-@pytest.mark.parametrize("case", list(HF_CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "llama-mha-theta1e6" else c
+                                  for c in HF_CASES])  # MHA: GQA's path with kv = heads
 def test_hf_to_mot_matches_hf_logits(case, tmp_path):
     kwargs, overrides, through_tool, tp2 = HF_CASES[case]
     hf = hf_model(tmp_path / "hf", **kwargs)

@@ -2,7 +2,9 @@
 each trains 4 steps of a tiny model on the demo corpus and writes metrics with falling-or-finite loss;
 SIGKILL of the deepspeed launcher and its workers mid-run, then a relaunch, reproduces the uninterrupted
 run exactly; SIGTERM to the deepspeed launcher alone makes the workers checkpoint and exit, and a relaunch
-reproduces the run; bad configs fail before any process group exists, naming the key."""
+reproduces the run; Ctrl-C to the launcher's group checkpoints too; bad configs fail before any process group
+exists, naming the key. The default suite runs the deepspeed launcher and the bad config; the other launchers and
+the kill/SIGTERM/Ctrl-C relaunches are `slow`."""
 import json
 import os
 import shutil
@@ -46,7 +48,8 @@ LAUNCHERS = {
 }
 
 
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+@pytest.mark.parametrize("launcher", [l if l == "deepspeed" else pytest.param(l, marks=pytest.mark.slow)
+                                      for l in LAUNCHERS])  # the README's launcher in the default suite
 def test_pretrain_under_launcher(launcher, tmp_path):
     if launcher == "mpirun" and (shutil.which("mpirun") is None or pytest.importorskip("mpi4py") is None):
         pytest.skip("no mpirun")
@@ -96,6 +99,7 @@ def _wait_for_line(log_path, line, proc, timeout=300):
     assert line in log_path.read_text(), log_path.read_text()[-4000:]
 
 
+@pytest.mark.slow  # fast instances: test_training.py (kill, resume), test_supervision.py (launcher gone)
 def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path, reference_run):
     """`deepspeed --num_gpus 2` with checkpoints every 2 steps is SIGKILLed (launcher and workers, as a
     node failure or `scancel -s KILL` would) once step 5 is logged; the same command again resumes from
@@ -116,23 +120,19 @@ def test_sigkill_the_launcher_then_relaunch_reproduces_the_run(tmp_path, referen
     _relaunch_reproduces(reference_run, run_dir, resumed_at=4)
 
 
-def test_sigterm_to_the_launcher_checkpoints_and_stops_the_workers(tmp_path, reference_run):
-    """SIGTERM to the `deepspeed` runner alone (the process launch/demo.sh execs) while the workers hold
-    after step 5. DeepSpeed's runner dies at once without telling launch.py or the workers (before the fix
-    they trained on, unsupervised); now the workers notice, save step 5 (not an interval step) and exit,
-    and launch.py after them, all within 60 s; a relaunch resumes at step 5 and every step's losses, grad
-    norm and LR equal the uninterrupted run's exactly (CPU fp32)."""
-    run_dir, log_path = tmp_path / "stopped", tmp_path / "stopped.log"
+def _stop_while_held_at_step_5(tmp_path, name, stop):
+    """Launch under `deepspeed` with the workers holding after step 5, call `stop(runner, processes below
+    it)`, then check launch.py and the workers are gone within 60 s; returns (run dir, the log)."""
+    run_dir, log_path = tmp_path / name, tmp_path / f"{name}.log"
     args, env = _command(LAUNCHERS["deepspeed"](), run_dir, RESUMABLE, MOT_FAULT="hold_after_step:5")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True)  # the launcher leads a process group with its workers
         try:
             _wait_for_line(log_path, "step 5/8", proc)
             below = psutil.Process(proc.pid).children(recursive=True)  # launch.py and the two workers
             assert len(below) == 3, [p.cmdline() for p in below]
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == -signal.SIGTERM  # the runner has no handler on one node
+            stop(proc, below)
             _, alive = psutil.wait_procs(below, timeout=60)
             assert not alive, (alive, log_path.read_text()[-4000:])
         finally:
@@ -140,7 +140,34 @@ def test_sigterm_to_the_launcher_checkpoints_and_stops_the_workers(tmp_path, ref
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:  # nothing left of the group: the expected outcome
                 pass
-    log = log_path.read_text()
+    return run_dir, log_path.read_text()
+
+
+@pytest.mark.slow  # fast instances: test_training.py (kill, resume), test_supervision.py (launcher gone)
+def test_sigterm_to_the_launcher_checkpoints_and_stops_the_workers(tmp_path, reference_run):
+    """SIGTERM to the `deepspeed` runner alone (the process launch/demo.sh execs) while the workers hold
+    after step 5. DeepSpeed's runner dies at once without telling launch.py or the workers (before the fix
+    they trained on, unsupervised); now the workers notice, save step 5 (not an interval step) and exit,
+    and launch.py after them, all within 60 s; a relaunch resumes at step 5 and every step's losses, grad
+    norm and LR equal the uninterrupted run's exactly (CPU fp32)."""
+    def sigterm_the_runner(proc, below):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == -signal.SIGTERM  # the runner has no handler on one node
+    run_dir, log = _stop_while_held_at_step_5(tmp_path, "stopped", sigterm_the_runner)
     assert "is gone; stopping as on SIGTERM" in log and "SIGTERM: checkpointing at step 5" in log, log[-4000:]
     assert open(run_dir / "checkpoints" / "latest").read() == "step_00000005"
     _relaunch_reproduces(reference_run, run_dir, resumed_at=5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_launchers_group_checkpoints_and_exits_without_tracebacks(tmp_path):
+    """Ctrl-C in the terminal: SIGINT to the whole foreground group (the runner, launch.py, the workers)
+    while the workers hold after step 5. The workers save step 5 and exit, with no traceback of theirs.
+    (launch.py SIGKILLs workers 30 s after forwarding the signal: a save must fit in that.)"""
+    run_dir, log = _stop_while_held_at_step_5(tmp_path, "interrupted", lambda proc, _: os.killpg(proc.pid,
+                                                                                                  signal.SIGINT))
+    assert "SIGINT: checkpointing at step 5" in log, log[-4000:]
+    # the only traceback is DeepSpeed's own runner's (on one node it has no SIGINT handler), never a worker's
+    for block in log.split("Traceback (most recent call last):")[1:]:
+        assert "deepspeed/launcher/runner.py" in block and "mot_parallel" not in block, block
+    assert open(run_dir / "checkpoints" / "latest").read() == "step_00000005"

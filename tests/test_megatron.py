@@ -202,6 +202,7 @@ def test_megatron_model_on_gpu(tmp_path):
     assert 3.0 < loss < 7.0 and same
 
 
+@pytest.mark.slow  # 3 processes importing megatron; the fast instance: test_megatron_model_equals_mot_parallel
 def test_megatron_example_tp2_matches_tp1(tmp_path):
     """launch/megatron_example.py (a Megatron training loop with the MoT spec swapped in) trains the same
     loss curve on TP=2 (2 processes) as on TP=1 (1 process): 4 steps, fp32, |diff| <= 1e-4."""

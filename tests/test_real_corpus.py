@@ -58,6 +58,7 @@ def _docs(prefix):
 
 
 # ----------------------------------------------------------------------------------- determinism
+@pytest.mark.slow  # a second build in a new process; the fast instance: the prefix test below rebuilds in-process
 @needs_espeak
 def test_fresh_process_rebuild_is_byte_identical(tiny, tmp_path):
     """Same arguments -> the same bytes in every file, from a new interpreter with another hash seed and

@@ -1,4 +1,4 @@
-"""Training behaviour: exact kill-and-resume, atomic checkpoints under a crash mid-save, SIGTERM,
+"""Training behaviour: exact kill-and-resume, atomic checkpoints under a crash mid-save, SIGTERM and Ctrl-C,
 keep-last-K, ZeRO-3 with micro-batches lacking a modality, optimizer groups (weight decay, per-modality
 LR, freezing), the LR schedule, the DeepSpeed JSON and the metrics files."""
 import json
@@ -49,24 +49,68 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path):
     assert sorted(p for p in os.listdir(ckpt) if p.startswith("step_")) == ["step_00000004", "step_00000008"]
 
 
-def _sigterm_body(overrides):
-    """Send ourselves SIGTERM from a timer during step 3; the trainer must checkpoint and stop early."""
+def _signal_body(overrides, sig="SIGTERM", ranks=(1,)):
+    """Send `sig` to ourselves on `ranks` during step 3; the trainer must checkpoint and stop early."""
     import torch.distributed as dist
     from mot_parallel.config import load_config
     from mot_parallel.training import Trainer
     cfg = load_config(None, TINY + list(overrides))
     def begin(step):
-        if step == 3 and dist.get_rank() == 1:  # only one rank gets it: they must still agree
-            os.kill(os.getpid(), signal.SIGTERM)
+        if step == 3 and dist.get_rank() in ranks:
+            os.kill(os.getpid(), getattr(signal, sig))
     trainer = Trainer(cfg, on_step_begin=begin)
     trainer.train()
     return trainer.step
 
 
 def test_sigterm_checkpoints_and_stops(tmp_path):
-    steps = run_distributed(_sigterm_body, 2, args=([f"run.output_dir={tmp_path}"],), timeout=300)
+    """Only one rank gets the signal: they must still agree, save step 3 and stop there."""
+    steps = run_distributed(_signal_body, 2, args=([f"run.output_dir={tmp_path}"],), timeout=300)
     assert steps == [3, 3]
     assert open(tmp_path / "checkpoints" / "latest").read() == "step_00000003"
+
+
+def test_ctrl_c_checkpoints_and_stops_like_sigterm(tmp_path):
+    """SIGINT (Ctrl-C reaches every process of the group): a checkpoint at the step reached, a clean exit."""
+    steps = run_distributed(_signal_body, 1, args=([f"run.output_dir={tmp_path}"], "SIGINT", (0,)), timeout=300)
+    assert steps == [3]
+    assert open(tmp_path / "checkpoints" / "latest").read() == "step_00000003"
+
+
+def test_a_second_ctrl_c_stops_at_once_unsaved():
+    """SIGTERM then Ctrl-C: one stop request (SIGTERM's); Ctrl-C again: KeyboardInterrupt, no more waiting."""
+    import time
+
+    from mot_parallel.training.supervision import StopRequest
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = StopRequest()
+        stop.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signal == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def test_ctrl_c_before_training_is_one_error_line(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pretrain", os.path.join(os.path.dirname(__file__), "..", "launch",
+                                                                           "pretrain.py"))
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pretrain, "load_config", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        pretrain.main(["--config", "configs/demo_cpu.yaml"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 130 and err.startswith("error: interrupted (SIGINT)") and "Traceback" not in err
 
 
 def test_keep_last(tmp_path):

@@ -5,7 +5,8 @@ PP=2 (ZeRO-1); and 4 processes mixing TP=2 + SP with PP=2. The loss is normalise
 loss tokens, so DP=2 reproduces DP=1 with 2 accumulation steps.
 The same for the Transfusion setting (continuous images trained by diffusion, on the picture demo): its
 input/output projections are replicated over TP (partial gradients under SP), the noise is drawn per image,
-never per rank, so every layout trains the same model."""
+never per rank, so every layout trains the same model. The default suite trains a representative subset
+(DEFAULT_LAYOUTS); `tests/run.sh --slow` trains every layout."""
 import pytest
 
 from mot_parallel.testing import run_distributed
@@ -32,7 +33,16 @@ def reference(tmp_path_factory):
     return ref
 
 
-@pytest.mark.parametrize("name", list(LAYOUTS))
+# the default suite trains the demo's layout, ZeRO-3, TP with SP, and TP+SP+PP with recompute (4 processes);
+# --slow adds ZeRO-2, recompute alone, TP without SP and PP alone
+DEFAULT_LAYOUTS = ("dp2-zero1", "dp2-zero3", "tp2-sp", "tp2-sp-pp2")
+
+
+def _slow_unless_default(names, default=DEFAULT_LAYOUTS):
+    return [n if n in default else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+@pytest.mark.parametrize("name", _slow_unless_default(LAYOUTS))
 def test_layout_matches_single_process(name, reference, tmp_path):
     world, overrides = LAYOUTS[name]
     got = run_distributed(train_body, world, args=(overrides + [f"run.output_dir={tmp_path}"],), timeout=300)[0]
@@ -61,7 +71,7 @@ def transfusion_reference(tmp_path_factory):
     return ref
 
 
-@pytest.mark.parametrize("name", TRANSFUSION_LAYOUTS)
+@pytest.mark.parametrize("name", _slow_unless_default(TRANSFUSION_LAYOUTS, ("dp2-zero3", "tp2-sp-pp2")))
 def test_transfusion_layout_matches_single_process(name, transfusion_reference, tmp_path):
     world, overrides = LAYOUTS[name]
     got = run_distributed(train_body, world, args=(TRANSFUSION + overrides + [f"run.output_dir={tmp_path}"],),

@@ -60,7 +60,8 @@ def single(tmp_path_factory):
     return losses(run, "valid")
 
 
-@pytest.mark.parametrize("name", list(LAYOUTS))
+@pytest.mark.parametrize("name", [n if n == "pp2" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in LAYOUTS])  # PP evaluates through its own engine path: default suite
 def test_validation_losses_equal_across_layouts(name, single, tmp_path):
     world, extra = LAYOUTS[name]
     run_distributed(train_body, world, args=([f"run.output_dir={tmp_path}"] + EVAL + extra,), timeout=300)

@@ -9,13 +9,14 @@
     python tools/gpu_check.py --cpu-smoke --out /tmp/gpu_check_smoke
 
 What --prepare-wheels downloads (pure-python or manylinux x86-64 wheels for each --python-version, default
-3.12 (the GPU image's) and this interpreter's; ~6 MB per version): deepspeed built with DS_BUILD_OPS=0 (no
-compiled ops: the trainer uses torch's fused AdamW), pyyaml, safetensors, pytest, and everything they require
-(hjson, pydantic, pydantic-core, annotated-types, typing-inspection, typing-extensions, py-cpuinfo, msgpack,
-psutil, ninja, packaging, tqdm, einops, pluggy, iniconfig, pygments, ...: read from this environment's package
-metadata), NOT torch, numpy or triton; versions pinned to this environment's, listed in DIR/manifest.json.
---wheels installs, with `pip install --no-index --no-deps --target <work-dir>/site`, only those the GPU
-machine's python lacks (its environment is not modified; the parts see them on PYTHONPATH).
+3.12 (what current GPU containers ship) and this interpreter's; ~6 MB per version): deepspeed built with
+DS_BUILD_OPS=0 (no compiled ops: the trainer uses torch's fused AdamW), pyyaml, safetensors, pytest, and
+everything they require (hjson, pydantic, pydantic-core, annotated-types, typing-inspection,
+typing-extensions, py-cpuinfo, msgpack, psutil, ninja, packaging, tqdm, einops, pluggy, iniconfig, pygments,
+...: read from this environment's package metadata), NOT torch, numpy or triton; versions pinned to this
+environment's, listed in DIR/manifest.json. --wheels installs, with `pip install --no-index --no-deps --target
+<work-dir>/site`, only those the GPU machine's python lacks (its environment is not modified; the parts see
+them on PYTHONPATH).
 
 Parts, in order, each in its own process with its own time limit (a failure or timeout is recorded and
 the next part runs; the report is rewritten after every part):

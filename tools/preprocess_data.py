@@ -1,5 +1,10 @@
-"""Tokenised JSONL documents (and images) -> a Megatron indexed dataset (<prefix>.bin/.idx + .mot.json) for MoT.
+"""Documents (text, images, ids) -> a Megatron indexed dataset (<prefix>.bin/.idx + .mot.json) for MoT.
 
+    # Megatron's way: raw text through a local Hugging Face tokenizer, EOD appended per document
+    python tools/preprocess_data.py --input a.jsonl --json-keys text --tokenizer tok_dir/ --output-prefix data/c
+    # image-caption data (Chameleon setting): webdataset shards or parquet, pictures through a VQModel
+    python tools/preprocess_data.py --input shard-000.tar shard-001.tar --json-keys txt png,jpg:image \
+        --tokenizer tok_dir/ --image-tokenizer vq_dir/ --image-size 256 --output-prefix data/pairs
     python tools/preprocess_data.py --input a.jsonl b.jsonl --output-prefix data/corpus \
         --modalities text image speech --vocab-size 65536 --workers 8
     python tools/preprocess_data.py --input a.jsonl --output-prefix data/corpus --config configs/x.yaml
@@ -9,11 +14,23 @@
         --boi-token 65534 --eoi-token 65535
 
 Each line is one document: a list of segments, or {"segments": [...]}, each segment
-{"modality": name, "tokens": [ids]}. Every segment becomes one Megatron "sequence" whose mode is the
+{"modality": name, "tokens": [ids]} (or "text", "codes", "image", "latents": mot_parallel/data/documents.py), or a
+record whose --json-keys fields are its segments (mot_parallel/data/fields.py). Inputs ending in .parquet are
+read with pyarrow (columns mapped by --json-keys), .tar/.tar.gz shards as webdataset samples (key.txt/key.json +
+key.png/key.jpg, fields named by extension: mot_parallel/data/sources.py), anything else as JSONL.
+
+Text ("text" segments, or string fields of the text modality) is encoded by --tokenizer, a tokenizer.json file or
+a tokenizer directory (AutoTokenizer), with its own special tokens (BOS) at the document's start and EOD (its EOS,
+or --eod-token) at its end, as Megatron's --append-eod does; the sidecar records the tokenizer (name, path, vocab
+size, sha256 of its files, special ids) so tools/inspect_corpus.py and tools/sample.py decode. Codes of the other
+discrete modalities (VQ codes of --image-tokenizer, .npy code grids, speech units) are offset into their token
+range: data.modality_token_ranges of --config (Chameleon), or their own slice after the tokenizer's vocabulary
+(--codebook-size NAME=K; mot_parallel/data/token_layout.py). Every segment becomes one Megatron "sequence" whose mode is the
 modality id (readable with megatron-core's IndexedDataset(prefix, multimodal=True)). Lines are
 validated in parallel workers (token ids inside the vocabulary, known modality names, no empty
 documents or segments, UTF-8 text); the first error stops the run with file:line and the field, and nothing
-is left behind (the output appears only when complete). Bad arguments or inputs give one `error:` line.
+is left behind (the output appears only when complete). Bad arguments or inputs give one `error:` line. The
+summary line gives the throughput (documents/s).
 
 Continuous modalities (--continuous NAME, or model.continuous of --config) take image segments instead,
 {"modality": "image", "image": "a.png"} or {"modality": "image", "latents": "a.npy"}, paths relative to
@@ -37,48 +54,35 @@ import os
 import re
 import sys
 import time
-from itertools import islice
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import numpy as np  # noqa: E402
 
-from mot_parallel.cli import add_overwrite, checked_config, int_in, non_negative_int, positive_int  # noqa: E402
+from mot_parallel.cli import add_overwrite, checked_config, int_in, positive_int  # noqa: E402
 from mot_parallel.config.validate import MAX_VOCAB  # noqa: E402
 from mot_parallel.data.indexed import SIDECAR, DataError, IndexedWriter, token_dtype  # noqa: E402
-from mot_parallel.data.jsonl import ImageToEncode, parse_document  # noqa: E402
+from mot_parallel.data.jsonl import ImageToEncode  # noqa: E402
 from mot_parallel.outputs import OutputError, check_corpus  # noqa: E402
 
-_MODS, _VOCAB, _IMAGES, _MARKER = (), 0, {}, None
+_PARSER = None
 
 
-def _init(mods, vocab, images, marker):
-    global _MODS, _VOCAB, _IMAGES, _MARKER  # per-worker constants, set once by the pool initializer
-    _MODS, _VOCAB, _IMAGES, _MARKER = mods, vocab, images, marker
+def _init(parser):
+    global _PARSER  # the per-worker DocumentParser, set once by the pool initializer (inherited by fork)
+    _PARSER = parser
 
 
 def _parse(work):
-    """(directory of the JSONL file, [(where, line)]) -> [segments] or the first DataError message."""
+    """(directory of the input file, [(where, raw)]) -> [segments] or the first DataError message."""
     base_dir, chunk = work
     out = []
-    for where, line in chunk:
+    for where, raw in chunk:
         try:
-            out.append(parse_document(line, where, _MODS, _VOCAB, _IMAGES, base_dir, _MARKER))
+            out.append(_PARSER.parse(raw, where, base_dir))
         except DataError as e:
             return str(e)
     return out
-
-
-def _chunks(paths, size):
-    for path in paths:
-        base_dir = os.path.dirname(os.path.abspath(path))
-        with open(path, "rb") as f:  # bytes: the workers decode each line, naming file:line if it is not UTF-8
-            lines = ((f"{path}:{n}", line) for n, line in enumerate(f, 1) if line.strip())
-            while True:
-                chunk = list(islice(lines, size))
-                if not chunk:
-                    break
-                yield base_dir, chunk
 
 
 def _in_order(pool, work, ahead):
@@ -93,40 +97,66 @@ def _in_order(pool, work, ahead):
 
 
 def _settings(args):
-    """(modalities, vocab size, config or None) from the arguments or --config; exits with 'error: ...'."""
+    """(modalities, vocab size or None, config or None) from the arguments or --config; DataError if wrong."""
     mods, vocab, cfg = args.modalities, args.vocab_size, None
     if args.config:
         cfg, _ = checked_config(args.config)
         mods, vocab = mods or cfg.model.modalities, vocab or cfg.model.vocab_size
-    if not mods or not vocab:
-        sys.exit("error: give --modalities and --vocab-size (or --config)")
+    if not mods and args.tokenizer:  # Megatron's case: text, and the images the options name
+        mods = list(dict.fromkeys(["text"] + (args.continuous or []) +
+                                  ([args.image_modality or "image"] if args.image_tokenizer else [])))
+    if not mods or not (vocab or args.tokenizer):
+        raise DataError("give --modalities and --vocab-size (or --config, or --tokenizer)")
     if len(set(mods)) != len(mods):
-        sys.exit(f"error: --modalities {' '.join(mods)} lists a modality twice")
+        raise DataError(f"--modalities {' '.join(mods)} lists a modality twice")
     if len(mods) > 128:
-        sys.exit(f"error: {len(mods)} modalities; a corpus stores modality ids as int8 (at most 128)")
-    if vocab > MAX_VOCAB:
-        sys.exit(f"error: --vocab-size {vocab} exceeds {MAX_VOCAB}, the largest id an int32 corpus holds")
+        raise DataError(f"{len(mods)} modalities; a corpus stores modality ids as int8 (at most 128)")
+    if vocab and vocab > MAX_VOCAB:
+        raise DataError(f"--vocab-size {vocab} exceeds {MAX_VOCAB}, the largest id an int32 corpus holds")
     for path in args.input:
         if os.path.isdir(path):
-            sys.exit(f"error: {path}: is a directory; give JSONL files")
+            raise DataError(f"{path}: is a directory; give JSONL, parquet or tar files")
         if not os.path.isfile(path):
-            sys.exit(f"error: {path}: input file not found")
+            raise DataError(f"{path}: input file not found")
         if not os.access(path, os.R_OK):
-            sys.exit(f"error: {path}: not readable (permissions)")
+            raise DataError(f"{path}: not readable (permissions)")
     try:  # a new prefix, or an earlier corpus of ours with --overwrite; never one of the inputs
         check_corpus("--output-prefix", args.output_prefix, [("--input", p) for p in args.input] + [
-            ("--config", args.config), ("--vae", args.vae)], args.overwrite, [f".{m}.patches" for m in mods])
+            ("--config", args.config), ("--vae", args.vae), ("--tokenizer", args.tokenizer),
+            ("--image-tokenizer", args.image_tokenizer)], args.overwrite, [f".{m}.patches" for m in mods])
     except OutputError as e:
-        sys.exit(f"error: {e}")
+        raise DataError(str(e)) from None
     return list(mods), vocab, cfg
 
 
+def _tokenizer(args):
+    """The TextTokenizer of --tokenizer (None without), with --boi-token/--eoi-token resolved to ids."""
+    tok = None
+    if args.tokenizer is not None:
+        from mot_parallel.data.text_tokenizer import load_tokenizer
+        tok = load_tokenizer(args.tokenizer, args.eod_token)
+    elif args.eod_token is not None:
+        raise DataError("--eod-token is for --tokenizer (text ids come with no EOD otherwise)")
+    for option in ("boi_token", "eoi_token"):
+        value = getattr(args, option)
+        if value is not None:
+            flag = "--" + option.replace("_", "-")
+            if tok is not None:
+                setattr(args, option, tok.token_id(value, flag) if not value.lstrip("-").isdigit() else int(value))
+            elif value.lstrip("-").isdigit():
+                setattr(args, option, int(value))
+            else:
+                raise DataError(f"{flag} {value}: a token string needs --tokenizer; give an id")
+    return tok
+
+
 def _image_settings(args, cfg, mods, vocab):
-    """({modality: ImageSpec}, marker modality id, VAE or None); DataError on options that do not fit."""
+    """({modality: ImageSpec}, VAE or None) of the continuous modalities; DataError on options that do not fit."""
     from mot_parallel.data import image_specs
-    names = image_specs.continuous_names(args, cfg, mods)
+    code_images = args.image_tokenizer is not None or (args.codebook_size is not None and args.grid is not None)
+    names = image_specs.continuous_names(args, cfg, mods, code_images)
     if not names:
-        return {}, None, None
+        return {}, None
     vae = None
     if args.vae is not None:
         from mot_parallel.data.vae import load_vae
@@ -134,7 +164,44 @@ def _image_settings(args, cfg, mods, vocab):
     specs = {n: image_specs.resolve(args, cfg, n, vae) for n in names}
     if vae is not None and not any(s.encode for s in specs.values()):
         raise DataError("--vae given, but no continuous modality holds latents")
-    return specs, image_specs.marker_modality(specs, mods, vocab), vae
+    image_specs.marker_modality(specs, mods, vocab)
+    return specs, vae
+
+
+def _parser(args):
+    """The DocumentParser of the arguments (and the tokenizer, VAE and VQ it needs); DataError if they do not fit."""
+    from mot_parallel.data.documents import DocumentParser
+    from mot_parallel.data.fields import parse_fields
+    from mot_parallel.data.token_layout import build_layout
+    args.mods, vocab, cfg = _settings(args)
+    args.tokenizer_ = _tokenizer(args)
+    continuous = _continuous_names(args, cfg, args.mods)
+    layout, args.vq = build_layout(args, cfg, args.mods, continuous, args.tokenizer_, vocab)
+    args.vocab = layout.vocab_size
+    args.specs, args.vae = _image_settings(args, cfg, args.mods, args.vocab)
+    text = args.mods[layout.text_mode] if layout.text_mode is not None else None
+    fields = parse_fields(args.json_keys, args.mods, text)
+    args.columns = _parquet_columns(args.input, fields)
+    args.layout = layout
+    return DocumentParser(args.mods, args.vocab, layout, args.specs, fields, args.tokenizer_)
+
+
+def _continuous_names(args, cfg, mods):
+    if args.continuous is not None:
+        return list(args.continuous)
+    return list(cfg.model.continuous) if cfg is not None else []
+
+
+def _parquet_columns(paths, fields):
+    """{parquet path: the columns to read}, checked before any work."""
+    from mot_parallel.data.sources import input_kind, parquet_columns
+    parquet = [p for p in paths if input_kind(p) == "parquet"]
+    if parquet:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise DataError(f"{parquet[0]}: parquet input needs pyarrow: pip install -e '.[data]'") from None
+    return {p: parquet_columns(p, [f.names for f in fields]) for p in parquet}
 
 
 def remove_stale_temp_files(prefix, modalities):
@@ -165,13 +232,26 @@ def _alive(pid):
     return True
 
 
-def _encode(vae, queue, args):
-    """Encode the queued (document, segment, ImageToEncode) images in place as patch rows."""
+def _encode(queue, args):
+    """Encode the queued (document, segment, ImageToEncode) pictures in place: VAE patch rows for continuous
+    modalities, VQ codes (offset into the modality's range) for discrete ones."""
+    by_mode = collections.defaultdict(list)
+    for item in queue:
+        by_mode[item[0][item[1]][1]].append(item)
+    for mode, items in by_mode.items():
+        if args.mods[mode] in args.specs:
+            _encode_latents(items, args)
+        else:
+            _encode_codes(items, args, args.layout.codes[mode])
+    queue.clear()
+
+
+def _encode_latents(items, args):
     from mot_parallel.data.images import bad_values, patchify, pixels_to_unit
     from mot_parallel.data.vae import encode
-    pixels = np.stack([pixels_to_unit(img.pixels) for _, _, img in queue])
-    latents = encode(vae, pixels, args.vae_batch)
-    for (doc, k, img), z in zip(queue, latents):
+    pixels = np.stack([pixels_to_unit(img.pixels) for _, _, img in items])
+    latents = encode(args.vae, pixels, args.vae_batch)
+    for (doc, k, img), z in zip(items, latents):
         spec = args.specs[args.mods[doc[k][1]]]
         if z.shape != spec.array_shape:
             raise DataError(f"{img.where}: {img.field}: the VAE gave latents {list(z.shape)}, expected "
@@ -180,29 +260,45 @@ def _encode(vae, queue, args):
         if problem:
             raise DataError(f"{img.where}: {img.field}: its latents {problem}")
         doc[k] = (patchify(z, spec.patch).astype(np.float32), doc[k][1])
-    queue.clear()
 
 
-def _write_all(args, writer, pool, vae):
+def _encode_codes(items, args, spec):
+    from mot_parallel.data.image_tokenizer import encode_codes
+    codes = encode_codes(args.vq, np.stack([img.pixels for _, _, img in items]), args.vae_batch)
+    for (doc, k, img), c in zip(items, codes):
+        if tuple(c.shape) != spec.grid:
+            raise DataError(f"{img.where}: {img.field}: the VQ gave a {list(c.shape)} code grid, expected "
+                            f"{list(spec.grid)}")
+        doc[k] = (c.reshape(-1) + spec.first, doc[k][1])
+
+
+def _length(values, mode, args):
+    if not isinstance(values, ImageToEncode):
+        return len(values)
+    name = args.mods[mode]
+    return args.specs[name].num_patches if name in args.specs else int(np.prod(args.layout.codes[mode].grid))
+
+
+def _write_all(args, writer, pool):
     """Parse, encode and write every document in order; returns (documents, tokens per modality)."""
+    from mot_parallel.data.sources import work_items
     n_docs, per_mod = 0, np.zeros(len(args.mods), np.int64)
     waiting, queue = [], []  # documents whose images are not encoded yet (in order), and those images
 
     def flush():
         if queue:
-            _encode(vae, queue, args)
+            _encode(queue, args)
         for doc in waiting:
             writer.add_document(doc)
         waiting.clear()
 
-    for result in _in_order(pool, _chunks(args.input, args.chunk), 2 * args.workers):
+    for result in _in_order(pool, work_items(args.input, args.chunk, args.columns), 2 * args.workers):
         if isinstance(result, str):
             raise DataError(result)
         for doc in result:
             n_docs += 1
             for k, (values, m) in enumerate(doc):
-                per_mod[m] += args.specs[args.mods[m]].num_patches if isinstance(values, ImageToEncode) \
-                    else len(values)
+                per_mod[m] += _length(values, m, args)
                 if isinstance(values, ImageToEncode):
                     queue.append((doc, k, values))
             waiting.append(doc)
@@ -212,25 +308,56 @@ def _write_all(args, writer, pool, vae):
     return n_docs, per_mod
 
 
-def _writer(args, vocab):
+def _writer(args):
     if not args.specs:
-        return IndexedWriter(args.output_prefix, token_dtype(vocab), multimodal=True, overwrite=args.overwrite)
+        return IndexedWriter(args.output_prefix, token_dtype(args.vocab), multimodal=True, overwrite=args.overwrite)
     from mot_parallel.data.continuous import ContinuousWriter
     continuous = {args.mods.index(n): (n, s.sidecar()) for n, s in args.specs.items()}
-    return ContinuousWriter(args.output_prefix, token_dtype(vocab), continuous, args.continuous_dtype,
+    return ContinuousWriter(args.output_prefix, token_dtype(args.vocab), continuous, args.continuous_dtype,
                             overwrite=args.overwrite)
+
+
+def _sidecar(args, n_docs, per_mod):
+    meta = {"format": "mot_parallel/1", "modalities": list(args.mods), "vocab_size": args.vocab,
+            "documents": n_docs, "tokens": int(per_mod.sum()),
+            "tokens_per_modality": dict(zip(args.mods, per_mod.tolist())), "sources": args.input}
+    if args.tokenizer_ is not None:
+        meta["tokenizer"] = args.tokenizer_.record()
+    if args.layout.codes:
+        meta["token_ranges"] = args.layout.token_ranges(args.mods)
+        images = {s.name: s.sidecar() for s in args.layout.codes.values() if s.grid}
+        if images:
+            meta["image_codes"] = images
+    return meta
 
 
 def _arguments(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", nargs="+", required=True, help="JSONL files, concatenated in order")
+    ap.add_argument("--input", nargs="+", required=True, help="JSONL, parquet or webdataset .tar files, in order")
     ap.add_argument("--output-prefix", required=True)
     add_overwrite(ap)
-    ap.add_argument("--config", help="take modalities, vocab size and model.continuous from this config")
+    ap.add_argument("--config", help="take modalities, vocab size, model.continuous and data.modality_token_ranges "
+                                     "from this config")
     ap.add_argument("--modalities", nargs="+")
-    ap.add_argument("--vocab-size", type=positive_int)
+    ap.add_argument("--vocab-size", type=positive_int, help="default with --tokenizer: the layout's end")
     ap.add_argument("--workers", type=int_in(1, 1024), default=max(1, (os.cpu_count() or 2) - 1))
-    ap.add_argument("--chunk", type=int_in(1, 1 << 20), help="lines per work item (default 256; 16 with images)")
+    ap.add_argument("--chunk", type=int_in(1, 1 << 20), help="documents per work item (default 256; 16 with images)")
+    text = ap.add_argument_group("text and records (Megatron's preprocess_data options)")
+    text.add_argument("--tokenizer", "--tokenizer-model", metavar="PATH",
+                      help="a local Hugging Face tokenizer: a tokenizer.json file or a tokenizer directory")
+    text.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer"],
+                      help="accepted for Megatron command lines; the only kind is a Hugging Face tokenizer")
+    text.add_argument("--json-keys", nargs="+", metavar="FIELD[:MODALITY]",
+                      help="record fields (JSON keys, parquet columns, tar member extensions) that form a document, "
+                           "in order; FIELD may be a,b (the first present); default: text")
+    text.add_argument("--append-eod", action=argparse.BooleanOptionalAction, default=True,
+                      help="end every document with EOD (with --tokenizer; default on, as Megatron's --append-eod)")
+    text.add_argument("--eod-token", metavar="TOKEN", help="EOD: an id or a token (default: the tokenizer's EOS)")
+    codes = ap.add_argument_group("discrete codes (the Chameleon setting: image codes in the one vocabulary)")
+    codes.add_argument("--image-tokenizer", metavar="DIR", help="a diffusers VQModel directory (save_pretrained)")
+    codes.add_argument("--image-modality", help="the discrete modality of the image codes (default: image)")
+    codes.add_argument("--codebook-size", nargs="+", metavar="MODALITY=K",
+                       help="codes per modality given as codes (.npy grids, speech units); a VQ gives its own")
     images = ap.add_argument_group("continuous (image) modalities, the Transfusion setting")
     images.add_argument("--continuous", nargs="+", metavar="MODALITY", help="modalities stored as patch vectors")
     images.add_argument("--source", choices=["latents", "pixels"], help="VAE latents (default with --vae) or RGB")
@@ -239,40 +366,36 @@ def _arguments(argv):
                         help="height [width] in pixels (at most 8192)")
     images.add_argument("--patch", type=positive_int, help="patch side, in latent cells (or pixels)")
     images.add_argument("--channels", type=int_in(1, 4096), help="latent channels (precomputed latents without --vae)")
-    images.add_argument("--grid", nargs="+", type=positive_int, metavar="N", help="patches per image, rows [cols]")
-    images.add_argument("--boi-token", type=non_negative_int, help="id inserted before every image (as a text token)")
-    images.add_argument("--eoi-token", type=non_negative_int, help="id inserted after every image")
+    images.add_argument("--grid", nargs="+", type=positive_int, metavar="N",
+                        help="patches (or codes) per image, rows [cols]")
+    images.add_argument("--boi-token", help="id (or, with --tokenizer, token) inserted before every image")
+    images.add_argument("--eoi-token", help="id (or token) inserted after every image")
     images.add_argument("--continuous-dtype", choices=["float16", "float32"], default="float16")
-    images.add_argument("--vae-batch", type=int_in(1, 4096), default=16, help="images per VAE forward")
+    images.add_argument("--vae-batch", type=int_in(1, 4096), default=16, help="images per VAE/VQ forward")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = _arguments(argv)
-    args.mods, vocab, cfg = _settings(args)
     try:
-        args.specs, marker, vae = _image_settings(args, cfg, args.mods, vocab)
+        parser = _parser(args)
     except DataError as e:
         sys.exit(f"error: {e}")
-    args.chunk = args.chunk or (16 if args.specs else 256)
+    args.chunk = args.chunk or (16 if args.specs or args.vq is not None else 256)
     remove_stale_temp_files(args.output_prefix, args.mods)
     t0 = time.time()
     try:
-        writer = _writer(args, vocab)
+        writer = _writer(args)
     except OSError as e:
         sys.exit(f"error: cannot write {args.output_prefix}.bin: {e.strerror}; choose a writable --output-prefix")
     except OutputError as e:  # appeared since the check
         sys.exit(f"error: {e}")
     try:
-        with mp.get_context("fork").Pool(args.workers, initializer=_init,
-                                         initargs=(list(args.mods), vocab, args.specs, marker)) as pool:
-            n_docs, per_mod = _write_all(args, writer, pool, vae)
+        with mp.get_context("fork").Pool(args.workers, initializer=_init, initargs=(parser,)) as pool:
+            n_docs, per_mod = _write_all(args, writer, pool)
         if n_docs == 0:
             raise DataError(f"{', '.join(args.input)}: no documents")
-        meta = {"format": "mot_parallel/1", "modalities": list(args.mods), "vocab_size": vocab,
-                "documents": n_docs, "tokens": int(per_mod.sum()),
-                "tokens_per_modality": dict(zip(args.mods, per_mod.tolist())), "sources": args.input}
-        writer.close(meta)
+        writer.close(_sidecar(args, n_docs, per_mod))
     except DataError as e:
         writer.abort()
         sys.exit(f"error: {e}")
@@ -284,7 +407,8 @@ def main(argv=None):
         raise
     dt = time.time() - t0
     print(f"{args.output_prefix}: {n_docs} documents, {int(per_mod.sum())} tokens "
-          f"({', '.join(f'{m} {k}' for m, k in zip(args.mods, per_mod))}) in {dt:.1f} s")
+          f"({', '.join(f'{m} {k}' for m, k in zip(args.mods, per_mod))}) in {dt:.1f} s "
+          f"({n_docs / max(dt, 1e-9):.0f} documents/s, {args.workers} workers)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
     python tools/sample.py --checkpoint runs/demo_transfusion --score 64 [--out grid.png] [--json]
 
 --checkpoint: a run directory (its newest checkpoint is exported to a universal checkpoint next to it first),
-a universal checkpoint, or a single-file export. Captions and prompts are demo-world words
-(mot_parallel/data/demo_corpus.py); other vocabularies pass token ids (--caption-ids 3,17,5).
+a universal checkpoint, or a single-file export. Captions and prompts are text for the tokenizer the training
+corpus was built with (tools/preprocess_data.py --tokenizer records it in the corpus sidecar: found through the
+checkpoint's data.path, or --corpus PREFIX, or given as --tokenizer PATH; generation stops at its EOD), else
+demo-world words (mot_parallel/data/demo_corpus.py); any vocabulary takes token ids (--caption-ids 3,17,5).
 --score N draws N random demo captions, samples a picture for each, and checks the colour of the drawn
 pixels and the half of the picture they occupy against the caption (data/demo_pictures.py score_picture):
 it prints the accuracy of each next to chance (1/8 for the colour, 1/2 for the half).
@@ -21,8 +23,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from mot_parallel.cli import (add_overwrite, existing_dir, float_in, input_errors, int_in, int_list,  # noqa: E402
-                               seed, user_errors)
+from mot_parallel.cli import (add_overwrite, existing_dir, existing_path, float_in, input_errors,  # noqa: E402
+                               int_in, int_list, seed, user_errors)
 from mot_parallel.outputs import check_png, make_parent, png_metadata  # noqa: E402
 from mot_parallel.sampling_checks import SamplingError  # noqa: E402
 
@@ -114,9 +116,31 @@ def _save(pictures, path):
     fig.savefig(make_parent(path), dpi=100, metadata=png_metadata("sample.py picture"))
 
 
-def _ids(text, ids, flag):
+def text_tokenizer(args):
+    """The TextTokenizer of --tokenizer, of --corpus's sidecar, or of the checkpoint's data.path sidecar; or None."""
+    from mot_parallel.config.schema import DEMO_CORPUS
+    from mot_parallel.data.indexed import SIDECAR, read_sidecar
+    from mot_parallel.data.text_tokenizer import load_tokenizer, tokenizer_from_record
+    if args.tokenizer:
+        return load_tokenizer(args.tokenizer)
+    prefix = args.corpus
+    if prefix is None and os.path.isfile(os.path.join(args.checkpoint, "config.yaml")):
+        import yaml
+        with open(os.path.join(args.checkpoint, "config.yaml"), encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        data = (data.get("data") if isinstance(data, dict) else None) or {}
+        path = data.get("path") if isinstance(data, dict) else None
+        # one corpus prefix (not a blend, not the demo corpus) may name the tokenizer in its sidecar
+        prefix = path if isinstance(path, str) and " " not in path and path != DEMO_CORPUS else None
+    record = read_sidecar(prefix + SIDECAR).get("tokenizer") if prefix else None
+    return tokenizer_from_record(record, prefix + SIDECAR) if record else None
+
+
+def _ids(text, ids, flag, tok=None):
     if ids:
         return ids
+    if tok is not None:
+        return list(tok.prefix) + tok.encode(text)
     from mot_parallel.data.demo_corpus import W
     words = text.replace(".", " .").split()
     unknown = [w for w in words if w not in W]
@@ -141,6 +165,9 @@ def main(argv=None):
                     help="classifier-free guidance scale (1 = none)")
     ap.add_argument("--seed", type=seed, default=0)
     ap.add_argument("--vae", type=existing_dir, help="a local diffusers VAE directory (latent models)")
+    ap.add_argument("--corpus", help="a corpus prefix whose sidecar names the text tokenizer")
+    ap.add_argument("--tokenizer", type=existing_path,
+                    help="a local text tokenizer (tokenizer.json or a tokenizer directory)")
     ap.add_argument("--out", help="PNG to write (default sample.png for --caption)")
     add_overwrite(ap)
     ap.add_argument("--json", action="store_true")
@@ -150,7 +177,8 @@ def main(argv=None):
     out = args.out or ("sample.png" if args.caption or args.caption_ids else None)
     with user_errors():  # a picture goes to a new file (or an earlier one of ours, with --overwrite)
         if out:
-            check_png("--out", out, [("--checkpoint", args.checkpoint), ("--vae", args.vae)], args.overwrite)
+            check_png("--out", out, [("--checkpoint", args.checkpoint), ("--vae", args.vae),
+                                     ("--tokenizer", args.tokenizer), ("--corpus", args.corpus)], args.overwrite)
     try:
         _sample(args, out)
     except SamplingError as e:
@@ -158,15 +186,20 @@ def main(argv=None):
 
 
 def _sample(args, out):
-    prompt = _ids(args.prompt, args.prompt_ids, "--prompt") if args.prompt or args.prompt_ids else None
-    caption = _ids(args.caption, args.caption_ids, "--caption") if args.caption or args.caption_ids else None
+    with user_errors():
+        tok = text_tokenizer(args)
+    prompt = _ids(args.prompt, args.prompt_ids, "--prompt", tok) if args.prompt or args.prompt_ids else None
+    caption = _ids(args.caption, args.caption_ids, "--caption", tok) if args.caption or args.caption_ids else None
     with user_errors():
         model = _model(args.checkpoint)
         if prompt is not None:
             from mot_parallel.generation import generate_text
             from mot_parallel.data.demo_corpus import WORDS
-            ids = generate_text(model, prompt, args.tokens)
-            print(" ".join(WORDS[i] if i < len(WORDS) else str(i) for i in ids) if args.prompt else ids)
+            ids = generate_text(model, prompt, args.tokens, stop_token=tok.eod if tok is not None else None)
+            if tok is not None and args.prompt:
+                print(tok.decode([i for i in ids if i < tok.vocab_size]))
+            else:
+                print(" ".join(WORDS[i] if i < len(WORDS) else str(i) for i in ids) if args.prompt else ids)
         if caption is not None:
             rgb = _picture(model, caption, args, args.seed)
             _save([rgb], out)

@@ -200,7 +200,7 @@ class CheckpointConfig:
     on_corrupt: Literal["refuse", "previous"] = opt(
         "refuse", "When the newest checkpoint is incomplete or corrupt: 'refuse' to start (say what is wrong), or "
         "fall back to the 'previous' complete one.")
-    save_on_sigterm: bool = opt(True, "On SIGTERM (Slurm preemption) save a checkpoint and exit.")
+    save_on_sigterm: bool = opt(True, "On SIGTERM (Slurm preemption) or SIGINT (Ctrl-C) save a checkpoint and exit.")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .layout import ParallelLayout
 from .loader import ConfigError
 from .continuous_checks import continuous_errors
+from .deepspeed_checkpoint_keys import deepspeed_checkpoint_errors
 from .deepspeed_checks import deepspeed_conflicts
 from .deepspeed_schema import deepspeed_schema_errors
 from .schema import DEMO_CORPUS, UNTIE_PARTS, Config
@@ -267,7 +268,7 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> Optional[Parallel
     numbers = _number_errors(cfg, "")
     bad_keys = {_key_of(e) for e in numbers}
     errors = _model_errors(cfg) + _parallel_errors(cfg, world_size) + _train_errors(cfg) + _io_errors(cfg) + \
-        continuous_errors(cfg)
+        continuous_errors(cfg) + deepspeed_checkpoint_errors(cfg)
     if world_size is not None and not any(e.startswith("world size") for e in errors):
         errors += _batch_errors(cfg, world_size)
     errors = [e for e in errors if _key_of(e) not in bad_keys]  # a NaN fails range checks too: name it once

@@ -48,7 +48,8 @@ class ImageSpec:
         """The corpus sidecar's continuous entry (ContinuousWriter adds dtype and rows)."""
         return {"patch_dim": self.patch_dim, "channels": self.channels, "patch": self.patch,
                 "grid": list(self.grid), "source": self.source, "vae": self.vae,
-                "image_size": list(self.image_size) if self.image_size else None}
+                "image_size": list(self.image_size) if self.image_size else None,
+                "boi_token": self.boi, "eoi_token": self.eoi}
 
 
 def _agree(what: str, candidates: Sequence[Tuple[str, object]]):
@@ -71,8 +72,9 @@ def _size_pair(values: Optional[Sequence[int]], option: str) -> Optional[Tuple[i
     return (int(values[0]), int(values[-1]))
 
 
-def continuous_names(args, cfg, modalities: Sequence[str]) -> List[str]:
-    """The continuous modalities: --continuous, or the config's model.continuous (both: the same set)."""
+def continuous_names(args, cfg, modalities: Sequence[str], code_images: bool = False) -> List[str]:
+    """The continuous modalities: --continuous, or the config's model.continuous (both: the same set).
+    `code_images`: a discrete image modality takes --grid, --image-size and the BOI/EOI options too."""
     configured = list(cfg.model.continuous) if cfg is not None else None
     names = args.continuous if args.continuous is not None else (configured or [])
     if args.continuous is not None and configured is not None and set(args.continuous) != set(configured):
@@ -83,8 +85,8 @@ def continuous_names(args, cfg, modalities: Sequence[str]) -> List[str]:
             raise DataError(f"--continuous {name}: not one of the modalities {list(modalities)}")
     if len(set(names)) != len(names):
         raise DataError(f"--continuous {' '.join(names)} lists a modality twice")
-    image_options = [o for o in ("source", "channels", "patch", "grid", "image_size", "vae", "boi_token",
-                                 "eoi_token") if getattr(args, o) is not None]
+    shared = () if code_images else ("grid", "image_size", "boi_token", "eoi_token")
+    image_options = [o for o in ("source", "channels", "patch", "vae") + shared if getattr(args, o) is not None]
     if image_options and not names:
         raise DataError(f"--{image_options[0].replace('_', '-')} is for continuous modalities, and none is "
                         "declared (--continuous NAME or model.continuous in --config)")

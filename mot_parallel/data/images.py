@@ -56,9 +56,9 @@ def unit_to_pixels(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def read_image(path: str, size: Tuple[int, int]) -> np.ndarray:
-    """uint8 RGB [height, width, 3] of an image file, scaled to cover `size` (height, width) and centre-cropped.
-    Raises ValueError with a one-line reason for a file Pillow cannot read."""
+def read_image(path, size: Tuple[int, int]) -> np.ndarray:
+    """uint8 RGB [height, width, 3] of an image file (a path or a binary file object), scaled to cover `size`
+    (height, width) and centre-cropped. Raises ValueError with a one-line reason for a file Pillow cannot read."""
     from PIL import Image, ImageOps
     try:
         with Image.open(path) as img:
@@ -73,21 +73,28 @@ def read_image(path: str, size: Tuple[int, int]) -> np.ndarray:
                          ) from None
 
 
-def read_latents(path: str, shape: Tuple[int, int, int]) -> np.ndarray:
-    """float32 [C, H, W] from a .npy file (never unpickled); ValueError names what is wrong."""
+def read_latents(path, shape: Tuple[int, int, int]) -> np.ndarray:
+    """float32 [C, H, W] from a .npy file (a path or a binary file object; never unpickled); ValueError names
+    what is wrong."""
+    x = read_npy(path)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"holds {x.dtype} values; latents are floating point")
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"has shape {list(x.shape)}, expected [channels, height, width] = {list(shape)}")
+    return np.asarray(x, dtype=np.float32)
+
+
+def read_npy(path) -> np.ndarray:
+    """One array from a .npy file (a path: memory-mapped; or a binary file object), never unpickled."""
     try:
-        x = np.load(path, allow_pickle=False, mmap_mode="r")
+        x = np.load(path, allow_pickle=False, mmap_mode="r" if isinstance(path, str) else None)
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"not a readable .npy array ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                          ) from None
     if not isinstance(x, np.ndarray):  # an .npz archive
         x.close()
         raise ValueError("is an .npz archive; give one .npy array per image")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"holds {x.dtype} values; latents are floating point")
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"has shape {list(x.shape)}, expected [channels, height, width] = {list(shape)}")
-    return np.asarray(x, dtype=np.float32)
+    return x
 
 
 def bad_values(x: np.ndarray, dtype: str) -> Optional[str]:

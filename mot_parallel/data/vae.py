@@ -25,36 +25,41 @@ from .indexed import DataError
 
 def load_vae(directory: str):
     """AutoencoderKL.from_pretrained(directory), float32, eval mode, on the CPU; DataError if it is not one."""
+    return load_diffusers_model(directory, "AutoencoderKL", "--vae", "transfusion")
+
+
+def load_diffusers_model(directory: str, kind: str, option: str, extra: str):
+    """diffusers' `kind` (a class name) from a local save_pretrained directory, float32, eval mode, on the CPU;
+    DataError naming `option` if the directory is not one (`extra`: the setup.py extra that installs diffusers)."""
     config = os.path.join(directory, "config.json")
     if not os.path.isdir(directory):
-        raise DataError(f"--vae {directory}: not a directory (give a diffusers AutoencoderKL saved with "
-                        "save_pretrained)")
+        raise DataError(f"{option} {directory}: not a directory (give a diffusers {kind} saved with save_pretrained)")
     if not os.path.isfile(config):
-        hint = (f"; it looks like a pipeline: give {os.path.join(directory, 'vae')}"
-                if os.path.isfile(os.path.join(directory, "vae", "config.json")) else "")
-        raise DataError(f"--vae {directory}: no config.json, not a diffusers AutoencoderKL directory{hint}")
+        sub = os.path.join(directory, "vqvae" if kind == "VQModel" else "vae")
+        hint = f"; it looks like a pipeline: give {sub}" if os.path.isfile(os.path.join(sub, "config.json")) else ""
+        raise DataError(f"{option} {directory}: no config.json, not a diffusers {kind} directory{hint}")
     try:
         with open(config, encoding="utf-8") as f:
-            kind = json.load(f).get("_class_name")
+            found = json.load(f).get("_class_name")
     except (OSError, ValueError, AttributeError) as e:
-        raise DataError(f"--vae {config}: not a readable diffusers config ({type(e).__name__})") from None
-    if kind != "AutoencoderKL":
-        raise DataError(f"--vae {directory}: config.json describes a {kind!r}, not a diffusers AutoencoderKL")
+        raise DataError(f"{option} {config}: not a readable diffusers config ({type(e).__name__})") from None
+    if found != kind:
+        raise DataError(f"{option} {directory}: config.json describes a {found!r}, not a diffusers {kind}")
     try:
-        from diffusers import AutoencoderKL
+        import diffusers
         from diffusers.utils import logging as diffusers_logging
     except ImportError:
-        raise DataError("--vae needs diffusers: pip install -e '.[transfusion]'") from None
+        raise DataError(f"{option} needs diffusers: pip install -e '.[{extra}]'") from None
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # no advice about optional packages on every run
     try:
-        vae = AutoencoderKL.from_pretrained(directory, local_files_only=True, low_cpu_mem_usage=False)
+        model = getattr(diffusers, kind).from_pretrained(directory, local_files_only=True, low_cpu_mem_usage=False)
     except Exception as e:  # noqa: BLE001 - missing or mismatched weights surface as many types
-        raise DataError(f"--vae {directory}: AutoencoderKL.from_pretrained failed "
+        raise DataError(f"{option} {directory}: {kind}.from_pretrained failed "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     finally:
         diffusers_logging.set_verbosity(verbosity)
-    return vae.float().eval()
+    return model.float().eval()
 
 
 def downsampling(vae) -> int:

@@ -5,12 +5,21 @@
     <checkpoint.dir>/latest           the tag of the newest checkpoint (a hint; resume trusts manifests)
 
 The manager is given what it saves: the DeepSpeed engine, named stateful parts (`state_dict()` /
-`load_state_dict()`: the training step, the data loader) that go into DeepSpeed's client state, and this
-rank's RNG streams (their own file per rank, tensors and plain values only). A save writes into
-<dir>/.staging/<tag>; when every rank has written, rank 0 adds the manifest, renames the directory into
-place (atomic on one filesystem) and then moves `latest`; keep_last prunes older ones. A crash leaves the
-previous checkpoint untouched, and the next run removes the staging leftovers. A failed write (disk full,
-read-only directory) stops every rank with the path and the free space, never a bare C++ message.
+`load_state_dict()`: the training step, the data loader) that go into DeepSpeed's client state, this
+rank's RNG streams (their own file per rank, tensors and plain values only), and the model settings the
+manifest records. A save writes into <dir>/.staging/<tag>; every rank hashes the files it wrote
+(checkpoint_hashes.py); rank 0 gathers the hashes, adds the manifest, renames the directory into place
+(atomic on one filesystem) and then moves `latest` (through a fresh temporary name: an existing file or
+link is never written through). A crash leaves the previous checkpoint untouched, and the next start
+removes the staging leftovers (run_dir.py). A failed write (disk full, read-only directory) stops every
+rank with the path, the free space and the errno, never a bare C++ message.
+
+Pruning (keep_last) counts only complete checkpoints and never removes the one just written or the one
+this run resumed from (the last one known to load), so an incomplete newer directory (skipped with
+checkpoint.on_corrupt=previous) can neither push good checkpoints out nor be deleted as evidence; it is
+replaced when the run writes that step again.
+A load checks the checkpoint is still complete, scans every file for objects that are not data, checks
+every file's hash (each rank a share), then lets DeepSpeed load only what the manifest lists.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import errno
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Dict, Optional, Protocol
 
@@ -26,9 +36,10 @@ import torch.distributed as dist
 
 from ..distributed.startup import barrier_if_distributed
 from . import rng
-from .checkpoint_files import CheckpointError, step_dirs, unsafe_pickles, write_manifest
-
-STAGING = ".staging"
+from .checkpoint_files import (FORMAT_1, CheckpointError, problems, read_manifest, regular_files, rng_file, step_dirs,
+                               tag_for, unsafe_pickles, write_manifest)
+from .checkpoint_hashes import FileGuard, file_record, verify_share
+from .run_dir import STAGING, disk_full, filesystem_error, free_space, unwritable
 
 
 class Stateful(Protocol):
@@ -65,10 +76,14 @@ class TrainState:
         self.train_time_s = float(state.get("train_time_s", 0.0))
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def agree(failure: Optional[BaseException], what: str) -> None:
     """Every rank raises if any rank failed (MAX over the world), so no rank waits in a later collective."""
     flag = torch.tensor([1.0 if failure is not None else 0.0])
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if failure is not None:
         raise failure
@@ -76,76 +91,103 @@ def agree(failure: Optional[BaseException], what: str) -> None:
         raise CheckpointError(f"{what} failed on another rank (its message is in that rank's log)")
 
 
+_SHORT_WRITE = ("No space left", "write failed", "unexpected pos")  # torch's zip writer on a full disk
+
+
 def write_failure(path: str, e: BaseException) -> CheckpointError:
-    """A clear error for a failed checkpoint write: the path, the free space, ENOSPC named."""
-    target = path if os.path.exists(path) else os.path.dirname(path) or "."
-    try:
-        free = f"{shutil.disk_usage(target).free / 2**30:.2f} GiB free"
-    except OSError:
-        free = "free space unknown"
-    full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or "write failed" in str(e)
-    hint = "the disk is full (ENOSPC): free space or point checkpoint.dir elsewhere" if full else \
-        "check that checkpoint.dir is writable"
-    return CheckpointError(f"writing checkpoint {path} failed ({free}): {hint}. "
-                           f"Original error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    """A clear error for a failed checkpoint write: the path, the errno, the free space. The filesystem is
+    asked (a small synced write) what the failed write met, since torch's C++ writer does not say."""
+    directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    met = e if isinstance(e, OSError) and e.errno else filesystem_error(directory)
+    if met is None and any(s in str(e) for s in _SHORT_WRITE):
+        met = OSError(errno.ENOSPC, "No space left on device")
+    if met is not None and met.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = disk_full(directory, met)
+    elif met is not None:
+        why = unwritable(directory, met)
+    else:
+        why = f"{directory} accepts writes again ({free_space(directory)})"
+    first = str(e).splitlines()[0] if str(e) else ""
+    return CheckpointError(f"writing checkpoint {path} failed: {why}. Original error: {type(e).__name__}: {first}")
 
 
 class CheckpointManager:
     def __init__(self, directory: str, keep_last: int, rank: int, engine, parts: Dict[str, Stateful],
-                 rng_streams: rng.RNGStreams, layout, fault=None):
-        self.dir, self.keep_last, self.rank, self.layout = directory, keep_last, rank, layout
+                 rng_streams: rng.RNGStreams, layout, fault=None, model: Optional[dict] = None):
+        self.dir, self.keep_last, self.rank, self.layout, self.model = directory, keep_last, rank, layout, model
         self.engine, self.parts, self.rng_streams, self.fault = engine, parts, rng_streams, fault
-        if rank == 0:  # a save interrupted by a crash left its files here; they were never published
-            shutil.rmtree(os.path.join(directory, STAGING), ignore_errors=True)
-        barrier_if_distributed()
+        self.guard = FileGuard(engine.checkpoint_engine, rank)
+        engine.checkpoint_engine = self.guard
+        self.resumed: Optional[str] = None  # the tag loaded from this directory: never pruned by this run
 
     def save(self, step: int) -> str:
-        tag = f"step_{step:08d}"
+        tag = tag_for(step)
         staging = os.path.join(self.dir, STAGING)
         if self.rank == 0:
-            shutil.rmtree(os.path.join(staging, tag), ignore_errors=True)
+            _remove(os.path.join(staging, tag))
             os.makedirs(staging, exist_ok=True)
         barrier_if_distributed()
-        failure = None
+        failure, written = None, {}
         try:
             client = {name: part.state_dict() for name, part in self.parts.items()}
             self.engine.save_checkpoint(staging, tag=tag, client_state=client, save_latest=False)
-            path = os.path.join(staging, tag, f"rng_rank_{self.rank}.pt")
+            path = os.path.join(staging, tag, rng_file(self.rank))
             rng.save(path + ".tmp", self.rng_streams.state_dict())
             os.replace(path + ".tmp", path)
+            written = self.guard.take_written(os.path.join(staging, tag))
+            written[rng_file(self.rank)] = file_record(path, self.rank)
         except (OSError, RuntimeError) as e:
             failure = write_failure(os.path.join(staging, tag), e)
         agree(failure, f"writing checkpoint {tag}")
         if self.fault is not None:
             self.fault.at("crash_in_save")
-        barrier_if_distributed()
+        gathered = [written]
+        if _distributed():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, written)
+        failure = None
         if self.rank == 0:
-            self._publish(staging, tag, step)
-        barrier_if_distributed()
+            try:
+                self._publish(staging, tag, step, {k: v for w in gathered for k, v in w.items()})
+            except (OSError, CheckpointError) as e:
+                failure = e if isinstance(e, CheckpointError) else write_failure(os.path.join(self.dir, tag), e)
+        agree(failure, f"publishing checkpoint {tag}")
         return tag
 
-    def _publish(self, staging: str, tag: str, step: int) -> None:
-        write_manifest(os.path.join(staging, tag), step, self.layout)
+    def _publish(self, staging: str, tag: str, step: int, records: Dict[str, dict]) -> None:
+        src = os.path.join(staging, tag)
+        found, bad = regular_files(src)
+        if bad:
+            raise CheckpointError(f"refusing to publish {src}: " + "; ".join(bad))
+        # a file DeepSpeed wrote other than through its checkpoint engine is hashed here
+        files = {rel: records.get(rel) or file_record(os.path.join(src, rel), None) for rel in sorted(found)}
+        write_manifest(src, step, self.layout, self.model, files)
         final = os.path.join(self.dir, tag)
-        shutil.rmtree(final, ignore_errors=True)  # only an unpublished leftover can be here (see resume)
-        os.replace(os.path.join(staging, tag), final)
-        with open(os.path.join(self.dir, "latest.tmp"), "w") as f:
-            f.write(tag)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(os.path.join(self.dir, "latest.tmp"), os.path.join(self.dir, "latest"))  # moves last
+        _remove(final)  # only an incomplete checkpoint of this step can be here (see the module docstring)
+        os.replace(src, final)
+        write_latest(self.dir, tag)
         if self.keep_last > 0:
-            for _, old in step_dirs(self.dir)[:-self.keep_last]:
+            self._prune(tag)
+
+    def _prune(self, written: str) -> None:
+        complete = [t for _, t in step_dirs(self.dir) if not problems(os.path.join(self.dir, t))]
+        keep = set(complete[-self.keep_last:]) | {written, self.resumed}
+        for old in complete:
+            if old not in keep:
                 shutil.rmtree(os.path.join(self.dir, old), ignore_errors=True)
 
     def load(self, directory: str, tag: str) -> None:
         """Restore the engine, every part and this rank's RNG streams from a validated checkpoint."""
         path = os.path.join(directory, tag)
-        unsafe = unsafe_pickles(path) if self.rank == 0 else []
-        agree(CheckpointError(f"{path}: refused, it would build objects that are not tensors, plain values or "
-                              f"DeepSpeed records when loaded: {unsafe[:5]}") if unsafe else None,
-              f"checking {path}")
         failure = None
+        try:
+            meta = read_manifest(path)
+            self._check(path, meta)
+        except Exception as e:  # noqa: BLE001 - a garbled manifest too: every rank must hear of it
+            failure = e if isinstance(e, CheckpointError) else CheckpointError(f"{path}: unreadable "
+                                                                               f"({type(e).__name__}: {e})")
+        agree(failure, f"checking {path}")
+        self.guard.allowed = {os.path.realpath(os.path.join(path, rel)) for rel in meta["files"]}
         try:
             _, client = self.engine.load_checkpoint(directory, tag=tag)
             if client is None:
@@ -154,25 +196,58 @@ class CheckpointManager:
                 if name not in client:
                     raise CheckpointError(f"{path}: no {name!r} state in the checkpoint (written by another tool?)")
                 part.load_state_dict(client[name])
-            self.rng_streams.load_state_dict(rng.load(os.path.join(path, f"rng_rank_{self.rank}.pt")))
+            self.rng_streams.load_state_dict(rng.load(os.path.join(path, rng_file(self.rank))))
         except CheckpointError as e:
             failure = e
         except Exception as e:  # noqa: BLE001 - DeepSpeed's errors become one message naming the checkpoint
             failure = CheckpointError(f"{path}: loading failed on rank {self.rank}: {type(e).__name__}: {e}")
+        finally:
+            self.guard.allowed = None
         agree(failure, f"loading {path}")
+        if os.path.realpath(directory) == os.path.realpath(self.dir):
+            self.resumed = tag
+
+    def _check(self, path: str, meta: dict) -> None:
+        """Rank 0: still complete, nothing but data in any file; every rank: its share of the hashes."""
+        if self.rank == 0:
+            bad = problems(path)
+            if bad:
+                raise CheckpointError(f"{path} is no longer a complete checkpoint:\n  - " + "\n  - ".join(bad))
+            unsafe = unsafe_pickles(path)
+            if unsafe:
+                raise CheckpointError(f"{path}: refused, it would build objects that are not tensors, plain values "
+                                      f"or DeepSpeed records when loaded: {unsafe[:5]}")
+        if meta.get("format") == FORMAT_1:
+            return  # no hashes to check (resume warned)
+        world = dist.get_world_size() if _distributed() else 1
+        bad = verify_share(path, meta["files"], self.rank, world)
+        if bad:
+            raise CheckpointError(f"{path}: refused:\n  - " + "\n  - ".join(bad) + "\nResume another checkpoint "
+                                  "(checkpoint.resume=<its directory>), or restore this one's files")
 
 
-def check_writable(directory: str) -> None:
-    """Fail at start-up, not at the first save, when checkpoints cannot be written."""
-    probe = os.path.join(directory, f".write_test.{os.uname().nodename}.{os.getpid()}")
+def write_latest(directory: str, tag: str) -> None:
+    """Point `latest` at `tag`: written under a fresh name (O_EXCL: never through an existing file or
+    link), then renamed over `latest` (which replaces a link, never its target)."""
+    fd, tmp = tempfile.mkstemp(prefix=".latest.", dir=directory)
     try:
-        os.makedirs(directory, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise CheckpointError(f"checkpoint.dir {directory} is not writable ({e.strerror}); fix its permissions "
-                              "or point checkpoint.dir (or run.output_dir) elsewhere") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(tag)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(directory, "latest"))
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _remove(path: str) -> None:
+    """Remove a directory of ours, or a link put in its place (never what the link points to)."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def note(message: str) -> None:

@@ -1,32 +1,42 @@
 """What a complete checkpoint is, and which one a run resumes from.
 
     <checkpoint.dir>/step_00000120/checkpoint.json   the manifest, written last inside the staging directory:
-        {"format", "step", "layout": {tp, pp, dp, zero_stage}, "files": {relative path: bytes}}
+        {"format", "step", "layout": {tp, pp, dp, zero_stage}, "model": {architecture settings},
+         "files": {relative path: {"bytes", "sha256", "rank": the rank that wrote it}}}
 
-A checkpoint directory is complete when its manifest parses, names its own step and every file it lists
-exists with exactly the listed size (a truncated shard or a missing RNG file fails here, naming the
-file). `latest` is only a hint: resume takes the newest step directory, and refuses, with the reason and
-the fix, when that one is not complete (falling back to the previous complete one only when
-`checkpoint.on_corrupt=previous` asks for it), when it was written by another layout (pointing at
-tools/convert_checkpoint.py reshard), or when resuming would let this run overwrite a newer checkpoint
-it did not load. All of this reads only file metadata, so it runs before any process group exists.
+A checkpoint is a closed set of regular files named by its manifest. It is complete when the manifest
+parses and names its own step, and the step directory holds exactly the files it lists, each of the
+listed size: nothing missing (a truncated shard, a lost RNG file), no stranger (a file the manifest does
+not list), no symbolic link, FIFO or device anywhere below the step directory (entries are read with
+lstat, never followed, so no file's real path can leave it), and an RNG file for every rank of the
+recorded layout. All of this reads only file metadata, so it runs before any process group exists;
+contents are checked against the hashes when the checkpoint is loaded (checkpoint_hashes.py).
+`latest` is only a hint: resume takes the newest step directory (resume.py).
 
-DeepSpeed reads its own files with torch.load(weights_only=False); `unsafe_pickles` scans them first
-(the pickle opcodes only, no tensor data is read) and refuses any object but the few plain DeepSpeed
-records its checkpoints hold, so a crafted file cannot run code on resume.
+Tags are step_<step, 8 digits or more>: step 10^8 and later get 9 digits, and resume and pruning still see
+them; a tag with extra leading zeros is not ours and is ignored.
+
+DeepSpeed reads its own files with torch.load(weights_only=False); `unsafe_pickles` scans every listed file
+first (the pickle opcodes only, no tensor data is read) and refuses any object but the few plain DeepSpeed
+records its checkpoints hold, so a crafted file cannot run code on resume, whatever its name or directory.
+
+Manifests of format 1 (sizes only: no hashes, no model record) are still read: resume accepts them with a
+warning that says what cannot be checked (resume.py).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import stat
 from typing import Dict, List, Optional, Tuple
 
 from ..config.layout import ParallelLayout
 
 MANIFEST = "checkpoint.json"
-FORMAT = "mot_parallel.checkpoint/1"
-STEP_DIR = re.compile(r"^step_(\d{8})$")
+FORMAT = "mot_parallel.checkpoint/2"
+FORMAT_1 = "mot_parallel.checkpoint/1"   # sizes only (earlier releases): read, never written
+STEP_DIR = re.compile(r"^step_(\d{8,})$")
 # objects DeepSpeed 0.19 pickles into its checkpoints besides tensors and plain values (fields only)
 DEEPSPEED_RECORDS = {"deepspeed.utils.tensor_fragment.fragment_address",
                      "deepspeed.runtime.fp16.loss_scaler.LossScaler",
@@ -39,57 +49,109 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used as asked; the message names the path and the fix."""
 
 
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_of(name: str) -> Optional[int]:
+    """The step of a tag this project writes (`tag_for`), else None."""
+    m = STEP_DIR.match(name)
+    return int(m.group(1)) if m and tag_for(int(m.group(1))) == name else None
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_rank_{rank}.pt"
+
+
 def layout_record(layout: ParallelLayout) -> Dict[str, int]:
     return {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "zero_stage": layout.zero_stage}
 
 
-def write_manifest(path: str, step: int, layout: ParallelLayout) -> None:
-    """Record every file under `path` (the finished staging directory) with its size."""
-    files = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(root, name)
-            files[os.path.relpath(full, path)] = os.path.getsize(full)
-    files.pop(MANIFEST, None)
+def regular_files(path: str) -> Tuple[Dict[str, int], List[str]]:
+    """(relative path -> bytes of every regular file below `path`, what is wrong with anything else there).
+    Nothing is followed: a symbolic link anywhere (file or directory) is reported, not entered."""
+    files, bad, pending = {}, [], [""]
+    while pending:
+        rel_dir = pending.pop()
+        with os.scandir(os.path.join(path, rel_dir)) as entries:
+            for entry in entries:
+                rel = os.path.join(rel_dir, entry.name)
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    pending.append(rel)
+                elif stat.S_ISREG(mode):
+                    files[rel] = entry.stat(follow_symlinks=False).st_size
+                else:
+                    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+                    bad.append(f"{os.path.join(path, rel)}: {kind}; a checkpoint holds only the regular files it "
+                               "wrote (it was put there by hand: remove it, or resume another checkpoint)")
+    return files, bad
+
+
+def write_manifest(path: str, step: int, layout: ParallelLayout, model: dict, files: Dict[str, dict]) -> None:
+    """Record `files` (relative path -> {"bytes", "sha256", "rank"}: every file under `path`, the finished
+    staging directory), the layout and the model settings."""
     tmp = os.path.join(path, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
-        json.dump({"format": FORMAT, "step": step, "layout": layout_record(layout), "files": files}, f, indent=0)
+        json.dump({"format": FORMAT, "step": step, "layout": layout_record(layout), "model": model, "files": files},
+                  f, indent=0)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, os.path.join(path, MANIFEST))
 
 
 def step_dirs(directory: str) -> List[Tuple[int, str]]:
-    """(step, tag) of every step_* directory, oldest first."""
+    """(step, tag) of every step_* entry (directory or not: `problems` says what is wrong), oldest first."""
     if not os.path.isdir(directory):
         return []
-    found = [(int(m.group(1)), name) for name in os.listdir(directory) if (m := STEP_DIR.match(name))
-             and os.path.isdir(os.path.join(directory, name))]
-    return sorted(found)
+    return sorted((s, name) for name in os.listdir(directory) if (s := step_of(name)) is not None)
+
+
+def listed_files(meta: dict) -> Dict[str, int]:
+    """relative path -> bytes, from a manifest of either format."""
+    return {rel: (v if isinstance(v, int) else v["bytes"]) for rel, v in meta["files"].items()}
 
 
 def problems(path: str) -> List[str]:
     """Why `path` is not a complete checkpoint ([] when it is)."""
     manifest = os.path.join(path, MANIFEST)
+    if os.path.islink(path) or not os.path.isdir(path):
+        return [f"{path}: not a directory (a symbolic link or a file where a checkpoint should be)"]
     try:
         with open(manifest) as f:
             meta = json.load(f)
-        files, step = meta["files"], int(meta["step"])
+        listed, step = listed_files(meta), int(meta["step"])
     except FileNotFoundError:
         return [f"{manifest}: missing (an interrupted save, or not written by mot_parallel)"]
-    except (ValueError, KeyError, TypeError) as e:
-        return [f"{manifest}: unreadable ({e})"]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return [f"{manifest}: unreadable ({type(e).__name__}: {e})"]
     out = []
-    m = STEP_DIR.match(os.path.basename(path.rstrip("/")))
-    if meta.get("format") != FORMAT or (m and int(m.group(1)) != step):
+    if meta.get("format") not in (FORMAT, FORMAT_1) or step_of(os.path.basename(path.rstrip("/"))) != step:
         out.append(f"{manifest}: format {meta.get('format')!r} / step {step} do not match {FORMAT!r} and the directory")
-    for rel, size in sorted(files.items()):
+    found, out_bad = regular_files(path)
+    out += out_bad
+    found.pop(MANIFEST, None)
+    for rel in sorted(set(listed) | set(found)):
         full = os.path.join(path, rel)
-        if not os.path.isfile(full):
-            out.append(f"{full}: missing")
-        elif os.path.getsize(full) != size:
-            out.append(f"{full}: {os.path.getsize(full)} bytes, the manifest says {size} (truncated or overwritten)")
-    return out
+        if rel not in found:
+            out.append(f"{full}: missing" if _inside(rel) else f"{manifest}: entry {rel!r} is not a path inside "
+                       "the checkpoint")
+        elif rel not in listed:
+            out.append(f"{full}: not listed in the manifest (a stranger: remove it, or resume another checkpoint)")
+        elif found[rel] != listed[rel]:
+            out.append(f"{full}: {found[rel]} bytes, the manifest says {listed[rel]} (truncated or overwritten)")
+    try:
+        world = int(meta["layout"]["tp"]) * int(meta["layout"]["pp"]) * int(meta["layout"]["dp"])
+    except (KeyError, TypeError, ValueError):
+        return out + [f"{manifest}: no readable layout record"]
+    if world > len(listed):  # (a garbled layout must not make this loop for ever)
+        return out + [f"{manifest}: lists {len(listed)} files, fewer than the {world} RNG files of its layout"]
+    return out + [f"{os.path.join(path, rng_file(r))}: not in the manifest, but every rank of its layout writes "
+                  "one (an entry removed with its file?)" for r in range(world) if rng_file(r) not in listed]
+
+
+def _inside(rel: str) -> bool:
+    return rel == os.path.normpath(rel) and not os.path.isabs(rel) and not rel.startswith("..") and rel != "."
 
 
 def read_manifest(path: str) -> dict:
@@ -115,17 +177,18 @@ def layout_overrides(rec: Dict[str, int]) -> str:
 
 
 def unsafe_pickles(path: str) -> List[str]:
-    """'<file>: <global>' for every object a *.pt file under `path` would build besides tensors, plain
-    values and DeepSpeed's own records (torch's weights_only allow-list plus DEEPSPEED_RECORDS)."""
+    """'<file>: <global>' for every object a listed file of the checkpoint at `path` would build besides
+    tensors, plain values and DeepSpeed's own records (torch's weights_only allow-list plus DEEPSPEED_RECORDS).
+    Every listed file is scanned, whatever its name: DeepSpeed's loaders (the universal one included) pick
+    files by patterns of their own. A file torch cannot read as a checkpoint is reported too."""
     from torch.serialization import get_unsafe_globals_in_checkpoint
     out = []
-    for root, _, names in os.walk(path):
-        for name in sorted(n for n in names if n.endswith(".pt")):
-            full = os.path.join(root, name)
-            try:
-                found = get_unsafe_globals_in_checkpoint(full)
-            except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not loaded
-                out.append(f"{full}: unreadable as a torch checkpoint ({e})")
-                continue
-            out += [f"{full}: {g}" for g in found if g not in DEEPSPEED_RECORDS]
+    for rel in sorted(listed_files(read_manifest(path))):
+        full = os.path.join(path, rel)
+        try:
+            found = get_unsafe_globals_in_checkpoint(full)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not loaded
+            out.append(f"{full}: unreadable as a torch checkpoint ({type(e).__name__}: {e})")
+            continue
+        out += [f"{full}: {g}" for g in found if g not in DEEPSPEED_RECORDS]
     return out

@@ -9,7 +9,14 @@
                 has checkpoints of its own, which then win (a requeued job must not start over)
 A newest checkpoint that is not complete stops the run with what is wrong, unless
 checkpoint.on_corrupt=previous asks to fall back to the previous complete one. Resuming is refused when
-the run would later overwrite a checkpoint it did not load (a newer one in the same directory).
+the run would later overwrite a checkpoint it did not load (a newer one in the same directory), and when
+the checkpoint, DeepSpeed's or universal, was written for another model (model_record.py: every
+architecture setting is compared, and each difference named by its config key).
+A checkpoint with a format-1 manifest (earlier releases: sizes only) is resumed with a warning: its
+contents cannot be checked against hashes nor its model settings compared. Refusing it would strand every
+run in flight at the upgrade, and nothing could restore the missing records but the user's word; its
+files are still checked for completeness, symbolic links, strangers and non-data objects, DeepSpeed's
+strict load still refuses another shape, and the run's next save writes the full record.
 """
 from __future__ import annotations
 
@@ -20,7 +27,9 @@ from typing import List, Optional, Tuple
 from ..config import Config
 from ..config.layout import ParallelLayout
 from .checkpoint import note
-from .checkpoint_files import STEP_DIR, CheckpointError, layout_problem, problems, step_dirs
+from .checkpoint_files import (FORMAT_1, CheckpointError, layout_problem, problems, read_manifest, regular_files,
+                               step_dirs, step_of)
+from .model_record import model_problem, model_record
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ class ResumeTarget:
 
     @property
     def step(self) -> int:
-        return int(STEP_DIR.match(self.tag).group(1)) if self.tag else 0
+        return step_of(self.tag) if self.tag else 0
 
 
 def checkpoint_dir(cfg: Config) -> str:
@@ -49,14 +58,15 @@ def resolve_resume(cfg: Config, layout: ParallelLayout) -> Optional[ResumeTarget
                                   "or resume them with checkpoint.resume=auto")
         return None
     if resume == "auto" or (is_universal(resume) and own):
-        return _validated(own_dir, _newest_complete(own_dir, own, cfg.checkpoint.on_corrupt), layout) if own else None
+        return _validated(cfg, own_dir, _newest_complete(own_dir, own, cfg.checkpoint.on_corrupt), layout) \
+            if own else None
     if is_universal(resume):
-        return ResumeTarget(True, os.path.abspath(resume))
+        return _universal(cfg, os.path.abspath(resume))
     directory, tag = _explicit(os.path.abspath(resume), cfg.checkpoint.on_corrupt)
     if own and os.path.abspath(directory) != os.path.abspath(own_dir):
         raise CheckpointError(f"checkpoint.resume={resume} is another run's checkpoint, but {own_dir} already holds "
                               f"{_tags(own)}: saving here would mix two runs. Use a new run.output_dir")
-    target = _validated(directory, tag, layout)
+    target = _validated(cfg, directory, tag, layout)
     newer = [t for s, t in own if s > target.step]
     if newer:
         raise CheckpointError(f"resuming {tag} would later overwrite the newer checkpoints {newer} in {own_dir}, "
@@ -66,7 +76,7 @@ def resolve_resume(cfg: Config, layout: ParallelLayout) -> Optional[ResumeTarget
 
 
 def _explicit(path: str, on_corrupt: str) -> Tuple[str, str]:
-    if os.path.isdir(path) and STEP_DIR.match(os.path.basename(path)):
+    if os.path.isdir(path) and step_of(os.path.basename(path)) is not None:
         bad = problems(path)
         if bad:
             raise CheckpointError(f"checkpoint.resume={path} is not a complete checkpoint:\n  - " + "\n  - ".join(bad))
@@ -95,11 +105,36 @@ def _newest_complete(directory: str, steps: List[Tuple[int, str]], on_corrupt: s
     raise CheckpointError(f"{directory}: no complete checkpoint among {_tags(steps)}")
 
 
-def _validated(directory: str, tag: str, layout: ParallelLayout) -> ResumeTarget:
-    problem = layout_problem(os.path.join(directory, tag), layout)
+def _validated(cfg: Config, directory: str, tag: str, layout: ParallelLayout) -> ResumeTarget:
+    path = os.path.join(directory, tag)
+    problem = layout_problem(path, layout)
+    if problem:
+        raise CheckpointError(problem)
+    meta = read_manifest(path)
+    if meta.get("format") == FORMAT_1:
+        note(f"warning: {path} has a format-1 manifest (an earlier release): its files' contents cannot be checked "
+             "against hashes, nor its model settings compared with this run's; resuming it as it is")
+        return ResumeTarget(False, directory, tag)
+    problem = model_problem(path, meta.get("model") or {}, cfg, deepspeed=True)
     if problem:
         raise CheckpointError(problem)
     return ResumeTarget(False, directory, tag)
+
+
+def _universal(cfg: Config, path: str) -> ResumeTarget:
+    from ..convert.universal import Universal
+    try:
+        uni = Universal(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable universal checkpoint is named, not loaded
+        raise CheckpointError(f"checkpoint.resume={path}: not a readable universal checkpoint ({type(e).__name__}: "
+                              f"{e})") from None
+    files, bad = regular_files(path)  # its shards are safetensors (data only), read only from inside it
+    shards = {str(f) for f in uni.index.values()} if isinstance(uni.index, dict) else {"(index.json is no mapping)"}
+    bad += [f"{path}/index.json names {f!r}, not a file of the checkpoint" for f in sorted(shards) if f not in files]
+    problem = "\n  - ".join(bad) or model_problem(path, model_record(uni.config), cfg, deepspeed=False)
+    if problem:
+        raise CheckpointError(problem)
+    return ResumeTarget(True, path)
 
 
 def _read_latest(directory: str) -> Optional[str]:

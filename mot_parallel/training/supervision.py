@@ -76,6 +76,28 @@ def stop_as_on_sigterm(why: str) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+class StopRequest:
+    """SIGTERM (preemption, the launcher forwarding a stop, the launcher's death above) and SIGINT (Ctrl-C,
+    sent to the whole process group) ask the trainer to checkpoint and stop at the next step; `signal` is
+    the name of the first one. SIGINT again while stopping stops at once, unsaved (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.signal: Optional[str] = None
+        self.interrupted = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                raise KeyboardInterrupt
+            self.interrupted = True
+        self.signal = self.signal or signal.Signals(signum).name
+
+
 def watch_launcher(launcher: str, on_gone: Callable[[str], None] = stop_as_on_sigterm,
                    interval_s: float = 1.0) -> Optional[threading.Thread]:
     """Start a daemon thread that calls `on_gone(why)` once, when a supervising process is gone."""

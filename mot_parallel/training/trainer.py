@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 import warnings
@@ -39,6 +38,7 @@ from ..data.datasets import open_datasets
 from ..distributed import ParallelTopology, detect_launch_env, init_distributed
 from ..distributed import device as dev
 from ..distributed.launch_env import LaunchEnv
+from ..distributed.op_build_lock import check_op_build_locks
 from ..flops import peak_tflops, training_flops_per_token
 from ..model import MoTLayer, MoTModel, ModelSettings, plan_for
 from ..model.diffusion import noiser_for
@@ -46,17 +46,19 @@ from ..model.model import objective_weights
 from ..model.settings import DTYPES
 from ..tensor_parallel import register_tp_grad_hooks, tp_partial_grad_params
 from . import rng
-from .checkpoint import CheckpointManager, TrainState, check_writable
+from .checkpoint import CheckpointManager, TrainState
 from .ds_config import deepspeed_config
 from .diagnostics import Diagnostics
 from .evaluate import Evaluator
 from .faults import FaultInjector
 from .metrics import MetricsLogger, step_record, valid_record
+from .model_record import model_record
 from .optim import WarmupDecayLR, lr_factor, param_groups
 from .pipeline import build_pipeline_module
 from .resume import checkpoint_dir, resolve_resume
+from .run_dir import claim_run_dir
 from .steps import StepRunner
-from .supervision import watch_launcher
+from .supervision import StopRequest, watch_launcher
 
 # DeepSpeed's own collectives call torch APIs renamed in torch 2.13; the warning is theirs, not ours
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
@@ -83,7 +85,8 @@ class Trainer:
         watch_launcher(env.launcher)  # launcher gone (e.g. SIGTERMed `deepspeed` runner): stop as on SIGTERM
         self.layout = L = validate(cfg, world_size=env.world_size)                   # 1
         self.resume_target = resolve_resume(cfg, L)
-        check_writable(checkpoint_dir(cfg))
+        claim_run_dir(cfg, env.rank)  # one run per directory; staging leftovers removed; writable
+        check_op_build_locks()
         self.ctx = init_distributed(env, require_process_group=True,                  # 2
                                     timeout_s=cfg.parallel.collective_timeout_s)
         deepspeed.init_distributed(dist_backend=self.ctx.backend)
@@ -107,7 +110,7 @@ class Trainer:
         self.fault = FaultInjector.from_env()
         self.ckpt = CheckpointManager(checkpoint_dir(cfg), cfg.checkpoint.keep_last, self.rank, self.engine,
                                       {"train": self.state, "loader": self.loader},
-                                      rng.RNGStreams(self.device, self.tracker), L, self.fault)
+                                      rng.RNGStreams(self.device, self.tracker), L, self.fault, model_record(cfg))
         self._resume()
         self.diagnostics = Diagnostics(self.model, self.topo, cfg.model.modalities, cfg.model.num_layers,
                                        cfg.logging.interval, cfg.train.steps) if cfg.logging.diagnostics else None
@@ -123,9 +126,9 @@ class Trainer:
                                                         recompute=cfg.train.activation_checkpointing)
         self.model_flops_per_token = training_flops_per_token(self.settings, cfg.model.max_seq_len)
         self.peak = cfg.logging.peak_tflops or peak_tflops(dev.device_name(self.device))
-        self._stop_requested = False
+        self.stop = StopRequest()
         if cfg.checkpoint.save_on_sigterm:
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+            self.stop.install()
 
     @property
     def step(self) -> int:
@@ -198,13 +201,10 @@ class Trainer:
         if self.rank == 0:  # every rank has loaded (the manager agrees on success before returning)
             print(f"[mot_parallel] resumed from {where} at step {self.step}", flush=True)
 
-    def _on_sigterm(self, signum, frame) -> None:
-        self._stop_requested = True
-
     # ------------------------------------------------------------------------------------------ steps
     def _stop_agreed(self) -> bool:
         """SIGTERM may reach ranks at different steps: agree (MAX over the world) before acting on it."""
-        flag = torch.tensor([1.0 if self._stop_requested else 0.0], device=self.device)
+        flag = torch.tensor([1.0 if self.stop.signal else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -278,13 +278,14 @@ class Trainer:
                 if self._eval_due():
                     self.evaluate()
                 if self.fault is not None:
-                    self.fault.after_step(self.step, lambda: self._stop_requested)
+                    self.fault.after_step(self.step, lambda: self.stop.signal)
                 if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                     self.save()
                     last_saved = self.step
                 if self._stop_agreed():
                     if self.rank == 0:
-                        print(f"[mot_parallel] SIGTERM: checkpointing at step {self.step} and exiting", flush=True)
+                        print(f"[mot_parallel] {self.stop.signal or 'a stop signal on another rank'}: "
+                              f"checkpointing at step {self.step} and exiting", flush=True)
                     if last_saved != self.step:
                         self.save()
                     return
