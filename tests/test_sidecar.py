@@ -72,7 +72,15 @@ def _counts(prefix, names):
     ({"tokens": 7}, "says 7 tokens, but the index holds"),
     ({"tokens_per_modality": {"text": -1}}, "'tokens_per_modality' must map names to integers >= 0"),
     ({"modalities": ["text", "image"]}, "has modality id 2, but"),
-    ({"tokenizer": "gpt2"}, "'tokenizer' must be an object"),
+    ({"tokenizer": "gpt2"}, "tokenizer must be an object"),
+    ({"tokenizer": {"path": "t.json", "special_ids": ["eod"]}}, "tokenizer.special_ids must be an object"),
+    ({"tokenizer": {"path": "t.json", "special_ids": {"eod": "x"}}}, "tokenizer.special_ids.eod must be a token id"),
+    ({"tokenizer": {"path": "t.json", "document_prefix": "<s>"}}, "tokenizer.document_prefix must be a list"),
+    ({"image_codes": {"image": {"first": -1, "codebook_size": 16}}}, "image_codes.image.first must be an integer"),
+    ({"image_codes": {"image": {"first": 4, "grid": [2, "x"]}}}, "image_codes.image.grid must be [rows, cols]"),
+    ({"image_codes": {"video": {"first": 4}}}, "'image_codes' names ['video']"),
+    ({"continuous": {"image": {"patch_dim": 4, "boi_token": "<boi>"}}}, "continuous.image.boi_token must be a token"),
+    ({"token_ranges": {"image": [9, 4]}}, "token_ranges.image must be [first, end) integers with first < end"),
 ])
 def test_fields_of_the_wrong_type_or_count_are_named(demo, fields, words):
     prefix, _, with_fields = demo
@@ -83,20 +91,28 @@ def test_fields_of_the_wrong_type_or_count_are_named(demo, fields, words):
 
 
 def test_optional_records_are_accepted(demo):
-    """A tokenizer record (what tools/preprocess_data.py tokenised text with) and unknown keys are kept."""
+    """The records tools/preprocess_data.py writes (the tokenizer, VQ image codes, token ranges; continuous
+    entries with markers are checked by the preprocessing tests) and unknown keys are kept."""
     prefix, meta, with_fields = demo
-    ds = IndexedDataset(with_fields(tokenizer={"kind": "huggingface", "name": "gpt2", "vocab_size": 50257},
-                                    written_by_a_newer_version=[1, 2]))
-    assert ds.meta["tokenizer"]["name"] == "gpt2"
+    tokenizer = {"name": "tok", "library": "tokenizers", "path": "/models/tok.json", "vocab_size": 300,
+                 "sha256": "ab" * 32, "special_ids": {"bos": None, "eos": 0, "pad": None, "unk": None, "eod": 0},
+                 "document_prefix": [], "document_suffix": [0], "kind": "huggingface"}
+    codes = {"first": 300, "codebook_size": 256, "grid": [4, 4], "image_size": [32, 32], "vq": "/models/vq",
+             "vq_sha256": "cd" * 32, "boi_token": 1, "eoi_token": 2}
+    ds = IndexedDataset(with_fields(tokenizer=tokenizer, image_codes={"image": codes},
+                                    token_ranges={"image": [300, 556]}, written_by_a_newer_version=[1, 2]))
+    assert ds.meta["tokenizer"]["name"] == "tok" and ds.meta["image_codes"]["image"]["first"] == 300
 
 
 def test_random_sidecars_never_crash_the_reader():
     """Any JSON value in any field: a problem string or none, never an exception."""
     rng = np.random.default_rng(0)
     values = [None, True, -1, 0, 3, 2.5, "x", "", [], ["text"], ["text", "text"], [1, 2], {}, {"image": 5},
-              {"image": {"patch_dim": "abc", "grid": [0, 1]}}, {"text": [1]}, [[1]], {"a": {"b": None}}]
+              {"image": {"patch_dim": "abc", "grid": [0, 1]}}, {"text": [1]}, [[1]], {"a": {"b": None}},
+              {"special_ids": 5, "path": "t"}, {"special_ids": {"eod": [1]}}, {"image": {"first": -1, "vq": 3}},
+              {"document_prefix": "ab"}, {"image": [5, 2]}]
     fields = ["format", "modalities", "vocab_size", "documents", "tokens", "tokens_per_modality", "token_ranges",
-              "continuous", "tokenizer", "source", "sources"]
+              "continuous", "tokenizer", "source", "sources", "image_codes"]
     for _ in range(2000):
         meta = {f: values[rng.integers(len(values))] for f in fields if rng.random() < 0.5}
         assert isinstance(schema_problem(meta), str)

@@ -10,8 +10,12 @@ have no sidecar, or an older one); a field that is present must have its type:
     documents, tokens    int >= 0                 equal to the index's documents and tokens
     tokens_per_modality  {name: int >= 0}         names among `modalities`; equal to the index's count per id
     token_ranges         {name: [int, int]}
-    continuous           {name: {patch_dim, rows, channels, patch: int > 0, grid: [int, int], source, dtype, ...}}
-    tokenizer            {...}                    how text was tokenised (a record of the tool that wrote it)
+    continuous           {name: {patch_dim, rows, channels, patch: int > 0, grid: [int, int], source, dtype, vae,
+                                 image_size: [int, int] | null, boi_token, eoi_token: int >= 0 | null}}
+    image_codes          {name: {first: int >= 0, codebook_size: int > 0, grid, image_size: [int, int] | null,
+                                 vq, vq_sha256: str | null, boi_token, eoi_token: int >= 0 | null}}
+    tokenizer            {path: str, name, library, sha256: str, vocab_size: int > 0,
+                          special_ids: {str: int >= 0 | null}, document_prefix, document_suffix: [int >= 0]}
     source               str; sources: [str] or {str: ...}
 Other keys are kept and ignored (a newer writer may add some). Errors are DataErrors naming the file, the field
 and the fix; the counts are compared in one vectorised pass over the index (bounded chunks).
@@ -38,21 +42,52 @@ def _names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(n, str) and n for n in value)
 
 
-def _continuous_problem(name: str, info: Any) -> str:
+def _pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_count(v, positive=True) for v in value)
+
+
+def _field_problem(where: str, info: Dict, key: str, kind: str) -> str:
+    """'' if info[key] (when present) is of `kind`: count, positive, pair, pair|null, str|null, id|null, ids."""
+    if key not in info:
+        return ""
+    value = info[key]
+    ok = {"count": _count(value), "positive": _count(value, positive=True), "pair": _pair(value),
+          "pair|null": value is None or _pair(value), "str|null": value is None or isinstance(value, str),
+          "id|null": value is None or _count(value), "ids": isinstance(value, list) and all(map(_count, value))}[kind]
+    wanted = {"count": "an integer >= 0", "positive": "a positive integer", "pair": "[rows, cols] of positive "
+              "integers", "pair|null": "[rows, cols] of positive integers or null", "str|null": "a string or null",
+              "id|null": "a token id (an integer >= 0) or null", "ids": "a list of token ids"}[kind]
+    return "" if ok else f"{where}.{key} must be {wanted}, got {value!r:.60}"
+
+
+_CONTINUOUS = {"patch_dim": "positive", "channels": "positive", "patch": "positive", "rows": "count", "grid": "pair",
+               "source": "str|null", "dtype": "str|null", "vae": "str|null", "image_size": "pair|null",
+               "boi_token": "id|null", "eoi_token": "id|null"}
+_IMAGE_CODES = {"first": "count", "codebook_size": "positive", "grid": "pair|null", "image_size": "pair|null",
+                "vq": "str|null", "vq_sha256": "str|null", "boi_token": "id|null", "eoi_token": "id|null"}
+_TOKENIZER = {"path": "str|null", "name": "str|null", "library": "str|null", "sha256": "str|null",
+              "vocab_size": "positive", "document_prefix": "ids", "document_suffix": "ids"}
+
+
+def _record_problem(where: str, info: Any, fields: Dict[str, str]) -> str:
+    """The first field of an object entry (continuous.<m>, image_codes.<m>, tokenizer) not of its type."""
     if not isinstance(info, dict):
-        return f"continuous.{name} must be an object, got {info!r:.60}"
-    for key in ("patch_dim", "channels", "patch"):
-        if key in info and not _count(info[key], positive=True):
-            return f"continuous.{name}.{key} must be a positive integer, got {info[key]!r:.60}"
-    if "rows" in info and not _count(info["rows"]):
-        return f"continuous.{name}.rows must be an integer >= 0, got {info['rows']!r:.60}"
-    if "grid" in info and not (isinstance(info["grid"], list) and len(info["grid"]) == 2
-                               and all(_count(g, positive=True) for g in info["grid"])):
-        return f"continuous.{name}.grid must be [rows, cols] of positive integers, got {info['grid']!r:.60}"
-    for key in ("source", "dtype", "vae"):
-        if info.get(key) is not None and not isinstance(info[key], str):
-            return f"continuous.{name}.{key} must be a string, got {info[key]!r:.60}"
+        return f"{where} must be an object, got {info!r:.60}"
+    for key, kind in fields.items():
+        problem = _field_problem(where, info, key, kind)
+        if problem:
+            return problem
     return ""
+
+
+def _tokenizer_problem(record: Any) -> str:
+    problem = _record_problem("tokenizer", record, _TOKENIZER)
+    if problem or "special_ids" not in record:
+        return problem
+    special = record["special_ids"]
+    if not isinstance(special, dict):
+        return f"tokenizer.special_ids must be an object, got {special!r:.60}"
+    return next((p for k in special if (p := _field_problem("tokenizer.special_ids", special, k, "id|null"))), "")
 
 
 def schema_problem(meta: Dict) -> str:
@@ -77,7 +112,7 @@ def schema_problem(meta: Dict) -> str:
     per = meta.get("tokens_per_modality")
     if per is not None and not (isinstance(per, dict) and all(_count(v) for v in per.values())):
         return f"'tokens_per_modality' must map names to integers >= 0, got {per!r:.80}"
-    for key in ("tokens_per_modality", "continuous", "token_ranges"):
+    for key in ("tokens_per_modality", "continuous", "token_ranges", "image_codes"):
         value = meta.get(key)
         if value is None:
             continue
@@ -86,15 +121,18 @@ def schema_problem(meta: Dict) -> str:
         strangers = [n for n in value if names is not None and n not in names]
         if strangers:
             return f"'{key}' names {strangers}, which 'modalities' {names} lacks"
-    for name, info in (meta.get("continuous") or {}).items():
-        problem = _continuous_problem(name, info)
+    for key, fields in (("continuous", _CONTINUOUS), ("image_codes", _IMAGE_CODES)):
+        for name, info in (meta.get(key) or {}).items():
+            problem = _record_problem(f"{key}.{name}", info, fields)
+            if problem:
+                return problem
+    for name, lo_hi in (meta.get("token_ranges") or {}).items():
+        if not (isinstance(lo_hi, list) and len(lo_hi) == 2 and all(_count(v) for v in lo_hi) and lo_hi[0] < lo_hi[1]):
+            return f"token_ranges.{name} must be [first, end) integers with first < end, got {lo_hi!r:.60}"
+    if meta.get("tokenizer") is not None:
+        problem = _tokenizer_problem(meta["tokenizer"])
         if problem:
             return problem
-    for name, lo_hi in (meta.get("token_ranges") or {}).items():
-        if not (isinstance(lo_hi, list) and len(lo_hi) == 2 and all(_count(v) for v in lo_hi)):
-            return f"token_ranges.{name} must be [first, end) integers, got {lo_hi!r:.60}"
-    if meta.get("tokenizer") is not None and not isinstance(meta["tokenizer"], dict):
-        return f"'tokenizer' must be an object, got {meta['tokenizer']!r:.80}"
     if meta.get("sources") is not None and not isinstance(meta["sources"], (list, dict)):
         return f"'sources' must be a list or an object, got {meta['sources']!r:.80}"
     return ""
