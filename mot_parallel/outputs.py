@@ -36,8 +36,9 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
-def refuse_overlap(flag: str, out: str, inputs: Inputs) -> None:
-    """Rule 1 for one output path."""
+def refuse_overlap(flag: str, out: str, inputs: Inputs, what: str = "the input") -> None:
+    """Rule 1 for one output path (`what`: how the message calls the other paths; two outputs must not overlap
+    either)."""
     real = os.path.realpath(out)
     for in_flag, path in inputs:
         if not path:
@@ -46,7 +47,7 @@ def refuse_overlap(flag: str, out: str, inputs: Inputs) -> None:
         how = "is" if real == other else "lies inside" if _inside(real, other) else \
             "contains" if _inside(other, real) else None
         if how:
-            raise OutputError(f"{flag} {out} {how} the input {path} ({in_flag}); write the output elsewhere")
+            raise OutputError(f"{flag} {out} {how} {what} {path} ({in_flag}); write the output elsewhere")
 
 
 def _check_creatable(flag: str, path: str) -> None:
@@ -166,22 +167,30 @@ def corpus_files(prefix: str, extra: Sequence[str] = ()) -> list:
     return [prefix + ext for ext in (".bin", ".idx", ".mot.json", *extra)]
 
 
-def corpus_is_ours(prefix: str) -> bool:
-    """A corpus prefix whose sidecar this project wrote (format 'mot_parallel/<n>')."""
+def corpus_is_ours(prefix: str, kind: Optional[str] = None) -> bool:
+    """A corpus prefix whose sidecar this project wrote (format 'mot_parallel/<n>'), and, given a `kind`, whose
+    sidecar says it was written by that kind of writer ("written_by": CORPUS_* below)."""
     try:
         with open(prefix + ".mot.json", "rb") as f:
-            fmt = json.loads(f.read().decode("utf-8")).get("format")
-    except (OSError, ValueError, AttributeError):
+            meta = json.loads(f.read().decode("utf-8"))
+        fmt = meta.get("format")
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
-    return isinstance(fmt, str) and fmt.startswith("mot_parallel/")
+    return isinstance(fmt, str) and fmt.startswith("mot_parallel/") and (kind is None or meta.get("written_by") == kind)
+
+
+# the corpus writers, by the "written_by" of their sidecars (a tool's --overwrite replaces only its own kind)
+CORPUS_PREPROCESSED, CORPUS_DEMO, CORPUS_PICTURES, CORPUS_REAL = "preprocess_data", "demo corpus", "demo pictures", \
+    "real corpus"
 
 
 def check_corpus(flag: str, prefix: str, inputs: Inputs = (), overwrite: bool = False,
-                 extra: Sequence[str] = ()) -> None:
-    """A corpus prefix (<prefix>.bin/.idx/.mot.json and `extra` suffixes)."""
+                 extra: Sequence[str] = (), kind: Optional[str] = None) -> None:
+    """A corpus prefix (<prefix>.bin/.idx/.mot.json and `extra` suffixes); with a `kind`, only a corpus of that
+    writer is ours to replace (the library writers pass none: any corpus this project wrote)."""
     if not os.path.basename(prefix):
         raise OutputError(f"{flag} {prefix}: a prefix names files (e.g. data/corpus), not a directory")
-    check_files(flag, corpus_files(prefix, extra), lambda: corpus_is_ours(prefix), inputs, overwrite)
+    check_files(flag, corpus_files(prefix, extra), lambda: corpus_is_ours(prefix, kind), inputs, overwrite)
 
 
 # ------------------------------------------------------------------------------------------ writing directories

@@ -65,8 +65,10 @@ FREE = ()  # any text is a value: a label, a name checked against what the tool 
 # the arguments a valid run of each tool or subcommand needs; the value under test is appended ("{x}": files)
 BASE = {
     "balance_report": ["--steps", "1", "--documents", "100"],
+    "bench_checkpoint_hash": ["--sample-mib", "1", "--dir", "{tmp}"],
     "bench_layer": [],
     "bench_loader": ["--config", DEMO],
+    "bench_preprocess": ["--documents", "10", "--pairs", "2"],
     "bench_train": ["--config", DEMO, "--steps", "2", "--skip", "0"],
     "build_real_corpus": ["--output-prefix", "{tmp}/real/r"],
     "compare_runs": ["{run}", "{run}"],
@@ -82,6 +84,7 @@ BASE = {
     "fidelity_study": ["{suite}", "--dry-run", "--out", "{tmp}/study_new"],
     "flops": ["--config", DEMO],
     "gpu_check": ["--cpu-smoke", "--out", "{tmp}/gc_new", "--work-dir", "{tmp}/gc_work_new"],
+    "inspect_corpus": ["--corpus", "{corpus}"],
     "make_demo_corpus": ["--output-prefix", "{tmp}/demo_new/d"],
     "plan": ["--config", DEMO],
     "preprocess_data": ["--input", "{good_jsonl}", "--output-prefix", "{tmp}/pp_new/c", "--modalities", "text",
@@ -100,6 +103,10 @@ ARGUMENTS = {
         "--config": CONFIG, "--docs": IN_FILE, "--mix": CHOICE, "--dp": POSITIVE, "--micro-batches": POSITIVE,
         "--micro-batch-size": POSITIVE, "--seq-len": POSITIVE + ("one",), "--steps": POSITIVE,
         "--documents": POSITIVE, "--seed": SEED, "--json": FLAG, "--plot": OUT_PNG, "--overwrite": FLAG},
+    "bench_checkpoint_hash": {"--config": CONFIG, "--world-size": POSITIVE + ("=3",),
+                              "--sample-mib": POSITIVE + ("=100000",), "--dir": ("missing", "file"), "--json": FLAG},
+    "bench_preprocess": {"--documents": POSITIVE + ("=100000000",), "--pairs": POSITIVE + ("=100000000",),
+                         "--workers": POSITIVE + ("=2000",), "--json": FLAG},
     "bench_layer": {
         "--hidden": POSITIVE, "--heads": POSITIVE + ("=3",), "--kv-heads": POSITIVE + ("=3",), "--ffn": POSITIVE,
         "--seq": POSITIVE, "--batch": POSITIVE, "--modalities": POSITIVE, "--rounds": POSITIVE,
@@ -138,9 +145,13 @@ ARGUMENTS = {
         "--report": FLAG, "--dry-run": FLAG},
     "flops": {"--config": CONFIG, "--json": FLAG, "overrides": OVERRIDES + ("=model.num_heads=3",)},
     "gpu_check": {
-        "--out": OUT_DIR, "--work-dir": OUT_DIR, "--cpu-smoke": FLAG, "--parts": ("=device,nope",),
+        "--out": OUT_DIR, "--work-dir": OUT_DIR + ("={tmp}/gc_new", "={tmp}/gc_new/w"), "--cpu-smoke": FLAG, "--parts": ("=device,nope",),
         "--budget-s": ("negative", "nan", "inf", "word", "huge"), "--wheels": IN_DIR, "--prepare-wheels": OUT_DIR,
         "--python-version": ("word", "=2"), "--overwrite": FLAG},
+    "inspect_corpus": {
+        "--corpus": ("missing", "dir"), "--doc": NON_NEGATIVE + ("=999",), "--json": FLAG, "--overwrite": FLAG,
+        "--out": OUT_DIR + ("={corpus_dir}", "={corpus}.bin", "={corpus}.idx/x"), "--tokenizer": ("missing",),
+        "--image-tokenizer": ("missing", "file"), "--vae": ("missing", "file")},
     "make_demo_corpus": {"--output-prefix": OUT_PREFIX, "--jsonl": ("file", "dir", "under_file"),
                          "--documents": POSITIVE, "--seed": SEED, "--variant": CHOICE, "--overwrite": FLAG},
     "plan": {
@@ -156,14 +167,18 @@ ARGUMENTS = {
         "--workers": POSITIVE, "--chunk": POSITIVE, "--continuous": ("=video",), "--source": CHOICE,
         "--vae": ("missing",), "--image-size": POSITIVE, "--patch": POSITIVE, "--channels": POSITIVE,
         "--grid": POSITIVE, "--boi-token": NON_NEGATIVE, "--eoi-token": NON_NEGATIVE, "--continuous-dtype": CHOICE,
-        "--vae-batch": POSITIVE},
+        "--vae-batch": POSITIVE, "--tokenizer": ("missing", "file", "dir"), "--tokenizer-type": CHOICE,
+        "--json-keys": ("=text:video", "=,text"), "--append-eod": FLAG, "--eod-token": ("=5", "word"),
+        "--image-tokenizer": ("missing", "file", "dir"), "--image-modality": ("=video", "=text"),
+        "--codebook-size": ("=image", "=image=0", "=image=x", "=video=4")},
     "profile_step": {"--config": CONFIG, "--nproc": POSITIVE, "--steps": POSITIVE, "--warmup": NON_NEGATIVE,
                      "--out": OUT_DIR, "--overwrite": FLAG, "--json": FLAG, "overrides": OVERRIDES},
     "sample": {
         "--checkpoint": IN_DIR, "--caption": ("=purple unicorn",), "--caption-ids": ("word", "=3,x", "negative"),
         "--prompt": ("=zzz",), "--prompt-ids": ("word", "=1,,2"), "--tokens": POSITIVE, "--score": POSITIVE,
         "--steps": POSITIVE, "--cfg": ("nan", "inf", "negative", "word", "=1000"), "--seed": SEED, "--vae": IN_DIR,
-        "--out": OUT_PNG, "--overwrite": FLAG, "--json": FLAG},
+        "--out": OUT_PNG + ("={a_dir}/x.png",), "--overwrite": FLAG, "--json": FLAG,
+        "--corpus": ("missing", "={corpus}"), "--tokenizer": ("missing", "file")},
     "pretrain": {"--config": CONFIG, "--check": FLAG, "--dry-run": FLAG, "--world-size": POSITIVE,
                  "--rank": NON_NEGATIVE + ("=5",), "--all-ranks": FLAG, "overrides": OVERRIDES},
     "submit": {
@@ -200,11 +215,14 @@ def files(tmp_path_factory):
     (run / "metrics.jsonl").write_text("".join(
         f'{{"kind": "valid", "step": {s}, "valid/loss": {3 - s}, "tokens_total": {s}, "flops_total": {s}, '
         f'"train_time_s": {s}}}\n' for s in (1, 2)))
+    from mot_parallel.data.demo_corpus import write_demo_corpus
+    (tmp / "corpus").mkdir()
+    corpus = write_demo_corpus(str(tmp / "corpus" / "demo"), 4)  # a demo corpus: its sidecar names no tokenizer
     ckpt = tmp / "ckpt_run" / "checkpoints"
     (ckpt / "step_00000002").mkdir(parents=True)
     (ckpt / "step_00000002" / "checkpoint.json").write_text("{}")
     return {"tmp": str(tmp), "a_dir": str(tmp / "a_dir"), "good_jsonl": str(tmp / "good.jsonl"), "run": str(run),
-            "ckpt": str(ckpt)}
+            "ckpt": str(ckpt), "corpus": corpus, "corpus_dir": str(tmp / "corpus")}
 
 
 def _tree(top):
@@ -327,6 +345,7 @@ CONFIG_COMMANDS = {  # argv before and after --config <file>
     "flops": ([], []), "plan": ([], []), "profile_step": ([], []), "pretrain": ([], []), "submit": ([], []),
     "preprocess_data": (["--input", "{good_jsonl}", "--output-prefix", "{tmp}/out/c"], []),
     "convert_checkpoint": (["from-universal"], ["--universal", "{a_dir}"]),
+    "bench_checkpoint_hash": ([], ["--sample-mib", "1", "--dir", "{tmp}"]),
 }
 BAD_CONFIG_WORDS = {"latin1": ["not UTF-8", "line 3"], "nan": ["train.optimizer.lr=nan", "model.max_seq_len=1"]}
 
@@ -367,7 +386,9 @@ BAD_FILES = [
     ("preprocess_data", TI + ["--codebook-size", "image"], ["--codebook-size image", "MODALITY=SIZE"]),
     ("preprocess_data", TI + ["--json-keys", "text:video"], ["--json-keys text:video", "not one of"]),
     ("preprocess_data", TI + ["--eod-token", "5"], ["--eod-token", "--tokenizer"]),
-    ("preprocess_data", TI + ["--image-tokenizer", "{tmp}"], ["--image-tokenizer", "no config.json", "VQModel"]),
+    ("preprocess_data", TI + ["--image-tokenizer", "{a_dir}"], ["--image-tokenizer", "no config.json", "VQModel"]),
+    ("preprocess_data", TI + ["--image-tokenizer", "{tmp}"], ["--output-prefix", "lies inside the input", "(--image-tokenizer)"]),
+    ("preprocess_data", TI + ["--tokenizer", "{tmp}"], ["--output-prefix", "lies inside the input", "(--tokenizer)"]),
     ("inspect_corpus", ["--corpus", "{tmp}/nowhere"], ["nowhere.idx", "not found"]),
     ("balance_report", ["--docs", "{tmp}/profiles.jsonl"], ["profiles.jsonl:2", "UTF-8", "0xff"]),
     ("balance_report", ["--docs", "{tmp}/profiles_huge.jsonl"], ["profiles_huge.jsonl:1"]),

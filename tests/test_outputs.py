@@ -21,6 +21,7 @@ def tool(name):
     if name not in _TOOLS:
         spec = importlib.util.spec_from_file_location(f"_outputs_{name}", os.path.join(ROOT, "tools", name + ".py"))
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # workers of a multiprocessing pool find the tool's functions by module name
         spec.loader.exec_module(module)
         _TOOLS[name] = module.main
     return _TOOLS[name]
@@ -114,7 +115,8 @@ def test_library_writers_never_replace_a_directory_they_did_not_write(tmp_path, 
 
 
 def test_corpus_prefixes_are_replaced_only_when_ours(tmp_path):
-    """make_demo_corpus / preprocess_data / IndexedWriter: a prefix's files are ours when its sidecar is."""
+    """make_demo_corpus / preprocess_data / IndexedWriter: a prefix's files are ours when its sidecar is, and a
+    tool's --overwrite replaces only a corpus its own kind of writer made (the sidecar's written_by)."""
     from mot_parallel.data.indexed import IndexedWriter
     prefix = tmp_path / "c"
     tool("make_demo_corpus")(["--output-prefix", str(prefix), "--documents", "5"])
@@ -132,6 +134,15 @@ def test_corpus_prefixes_are_replaced_only_when_ours(tmp_path):
     refused("make_demo_corpus", ["--jsonl", jsonl, "--documents", "3"], "--overwrite")
     tool("make_demo_corpus")(["--jsonl", str(jsonl), "--documents", "4", "--overwrite"])
     assert len(open(jsonl).readlines()) == 4
+    other = tmp_path / "pre"  # a corpus of another writer (preprocess_data) is not make_demo_corpus's to replace
+    tool("preprocess_data")(["--input", str(jsonl), "--output-prefix", str(other), "--modalities", "text", "image",
+                             "speech", "--vocab-size", "512", "--workers", "1"])
+    refused("make_demo_corpus", ["--output-prefix", other, "--overwrite"], "pre.bin", "not written by this tool")
+    refused("preprocess_data", ["--input", jsonl, "--output-prefix", prefix, "--overwrite", "--modalities", "text",
+                                "--vocab-size", "512"], "c.bin", "not written by this tool")
+    assert json.load(open(f"{other}.mot.json"))["written_by"] == "preprocess_data"
+    refused("make_demo_corpus", ["--output-prefix", tmp_path / "d", "--jsonl", tmp_path / "d.bin"], "--jsonl")
+    assert not os.path.exists(tmp_path / "d.bin")
     vae = tmp_path / "vae"  # an output inside an input directory
     users_dir(vae)
     refused("preprocess_data", ["--input", jsonl, "--output-prefix", vae / "c", "--modalities", "text", "image",
@@ -185,3 +196,28 @@ def test_overlap_is_decided_on_real_paths(tmp_path, universal):
     link = tmp_path / "link"
     os.symlink(universal, link)
     refused("convert_checkpoint", ["export", "--universal", universal, "--out", link / "x"], "lies inside the input")
+
+
+def test_inspect_corpus_writes_pictures_into_a_directory_of_its_own(tmp_path, capsys):
+    """--out DIR: new, or an earlier --out of this tool; a picture there is replaced only with --overwrite and never
+    through a link; a directory of the user's, the corpus's own directory and a link are refused, nothing written."""
+    from mot_parallel.data.demo_pictures import write_demo_pictures
+    prefix = write_demo_pictures(str(tmp_path / "data" / "pics"), 3)
+    out = tmp_path / "inspect"
+    tool("inspect_corpus")(["--corpus", prefix, "--doc", "1", "--out", str(out)])
+    pictures = sorted(n for n in os.listdir(out) if n.endswith(".png"))
+    assert pictures and os.path.isfile(out / MARKER) and str(out / pictures[0]) in capsys.readouterr().out
+    refused("inspect_corpus", ["--corpus", prefix, "--doc", "1", "--out", out], pictures[0], "--overwrite")
+    tool("inspect_corpus")(["--corpus", prefix, "--doc", "1", "--out", str(out), "--overwrite"])
+    tool("inspect_corpus")(["--corpus", prefix, "--doc", "2", "--out", str(out)])  # another document: new files
+    (out / pictures[0]).unlink()
+    (out / pictures[0]).symlink_to(tmp_path / "elsewhere.png")
+    refused("inspect_corpus", ["--corpus", prefix, "--doc", "1", "--out", out, "--overwrite"], "symbolic link")
+    assert not (tmp_path / "elsewhere.png").exists()
+    users = tmp_path / "users"
+    intact = users_dir(users)
+    refused("inspect_corpus", ["--corpus", prefix, "--doc", "1", "--out", users, "--overwrite"], "users")
+    assert intact()
+    before = sorted(os.listdir(tmp_path / "data"))
+    refused("inspect_corpus", ["--corpus", prefix, "--out", tmp_path / "data"], "contains the input")
+    assert sorted(os.listdir(tmp_path / "data")) == before

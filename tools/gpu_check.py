@@ -256,6 +256,7 @@ def main(argv=None):
     with user_errors():  # the report directory is new (or an earlier report, with --overwrite); the scratch ours
         check_dir("--out", args.out, REPORT, [("--wheels", args.wheels)], args.overwrite)
         refuse_overlap("--work-dir", args.work_dir, [("--wheels", args.wheels)])
+        refuse_overlap("--work-dir", args.work_dir, [("--out", args.out)], "the report directory")
         claim_scratch(args.work_dir, SCRATCH, "--work-dir")
     os.makedirs(args.out, exist_ok=True)
     mark(args.out, REPORT)

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from mot_parallel.cli import add_overwrite, int_in, seed  # noqa: E402
 from mot_parallel.data.demo_corpus import MODALITIES, VARIANTS, documents, write_demo_corpus  # noqa: E402
-from mot_parallel.outputs import OutputError, check_corpus, check_files  # noqa: E402
+from mot_parallel.outputs import CORPUS_DEMO, OutputError, check_corpus, check_files, corpus_files  # noqa: E402
 
 SOURCE = "mot_parallel demo_corpus"  # every JSONL line carries it: the mark --overwrite recognises
 
@@ -42,7 +42,10 @@ def main(argv=None):
         sys.exit("error: give --output-prefix and/or --jsonl")
     try:
         if args.output_prefix:
-            check_corpus("--output-prefix", args.output_prefix, overwrite=args.overwrite)
+            check_corpus("--output-prefix", args.output_prefix, overwrite=args.overwrite, kind=CORPUS_DEMO)
+        if args.jsonl and args.output_prefix and os.path.abspath(args.jsonl) in map(os.path.abspath, corpus_files(
+                args.output_prefix)):
+            raise OutputError(f"--jsonl {args.jsonl} is one of the --output-prefix files; give another name")
         if args.jsonl:
             check_files("--jsonl", [args.jsonl], lambda: _jsonl_is_ours(args.jsonl), overwrite=args.overwrite)
     except OutputError as e:

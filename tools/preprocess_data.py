@@ -63,7 +63,7 @@ from mot_parallel.cli import add_overwrite, checked_config, int_in, positive_int
 from mot_parallel.config.validate import MAX_VOCAB  # noqa: E402
 from mot_parallel.data.indexed import SIDECAR, DataError, IndexedWriter, token_dtype  # noqa: E402
 from mot_parallel.data.jsonl import ImageToEncode  # noqa: E402
-from mot_parallel.outputs import OutputError, check_corpus  # noqa: E402
+from mot_parallel.outputs import CORPUS_PREPROCESSED, OutputError, check_corpus  # noqa: E402
 
 _PARSER = None
 
@@ -123,7 +123,8 @@ def _settings(args):
     try:  # a new prefix, or an earlier corpus of ours with --overwrite; never one of the inputs
         check_corpus("--output-prefix", args.output_prefix, [("--input", p) for p in args.input] + [
             ("--config", args.config), ("--vae", args.vae), ("--tokenizer", args.tokenizer),
-            ("--image-tokenizer", args.image_tokenizer)], args.overwrite, [f".{m}.patches" for m in mods])
+            ("--image-tokenizer", args.image_tokenizer)], args.overwrite, [f".{m}.patches" for m in mods],
+                     kind=CORPUS_PREPROCESSED)
     except OutputError as e:
         raise DataError(str(e)) from None
     return list(mods), vocab, cfg
@@ -318,7 +319,8 @@ def _writer(args):
 
 
 def _sidecar(args, n_docs, per_mod):
-    meta = {"format": "mot_parallel/1", "modalities": list(args.mods), "vocab_size": args.vocab,
+    meta = {"format": "mot_parallel/1", "written_by": CORPUS_PREPROCESSED, "modalities": list(args.mods),
+            "vocab_size": args.vocab,
             "documents": n_docs, "tokens": int(per_mod.sum()),
             "tokens_per_modality": dict(zip(args.mods, per_mod.tolist())), "sources": args.input}
     if args.tokenizer_ is not None:

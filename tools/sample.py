@@ -119,7 +119,8 @@ def _save(pictures, path):
 def text_tokenizer(args):
     """The TextTokenizer of --tokenizer, of --corpus's sidecar, or of the checkpoint's data.path sidecar; or None."""
     from mot_parallel.config.schema import DEMO_CORPUS
-    from mot_parallel.data.indexed import SIDECAR, read_sidecar
+    from mot_parallel.data.indexed import SIDECAR, DataError
+    from mot_parallel.data.sidecar import read_sidecar
     from mot_parallel.data.text_tokenizer import load_tokenizer, tokenizer_from_record
     if args.tokenizer:
         return load_tokenizer(args.tokenizer)
@@ -132,7 +133,13 @@ def text_tokenizer(args):
         path = data.get("path") if isinstance(data, dict) else None
         # one corpus prefix (not a blend, not the demo corpus) may name the tokenizer in its sidecar
         prefix = path if isinstance(path, str) and " " not in path and path != DEMO_CORPUS else None
+    if args.corpus is not None and not os.path.isfile(prefix + SIDECAR):
+        raise DataError(f"--corpus {prefix}: no {prefix}{SIDECAR}; give the prefix of the corpus the model was "
+                        "trained on")
     record = read_sidecar(prefix + SIDECAR).get("tokenizer") if prefix else None
+    if args.corpus is not None and not record:
+        raise DataError(f"--corpus {prefix}: its sidecar records no tokenizer (built without --tokenizer); pass "
+                        "token ids (--caption-ids, --prompt-ids), or demo-world words without --corpus")
     return tokenizer_from_record(record, prefix + SIDECAR) if record else None
 
 

@@ -27,6 +27,8 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
+from ..outputs import CORPUS_DEMO
+
 MODALITIES = ("text", "image", "speech")
 VOCAB_SIZE = 512
 TEXT, IMAGE, SPEECH = (0, 256), (256, 448), (448, 512)
@@ -142,7 +144,8 @@ def write_demo_corpus(prefix: str, n_docs: int = 4000, seed: int = 0, variant: s
         for doc in documents(n_docs, seed, variant):
             w.add_document(doc)
             n_tok += sum(len(x) for x, _ in doc)
-        w.close({"format": "mot_parallel/1", "modalities": list(MODALITIES), "vocab_size": VOCAB_SIZE,
+        w.close({"format": "mot_parallel/1", "written_by": CORPUS_DEMO, "modalities": list(MODALITIES),
+                 "vocab_size": VOCAB_SIZE,
                  "documents": n_docs, "tokens": n_tok, "source": f"demo_corpus(seed={seed})" if variant == "caption" else
                  f"demo_corpus(seed={seed}, variant={variant})"})
     return prefix

@@ -14,6 +14,7 @@ from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 
+from ..outputs import CORPUS_PICTURES
 from .demo_corpus import _COLORS, _PLACES, TEXT, W, _caption, _markov, _prose
 from .images import patchify, unpatchify
 
@@ -94,7 +95,8 @@ def write_demo_pictures(prefix: str, n_docs: int = 4000, seed: int = 0, overwrit
     try:
         for doc in documents(n_docs, seed):
             w.add_document(doc)
-        w.close({"modalities": list(MODALITIES), "vocab_size": VOCAB_SIZE, "documents": n_docs,
+        w.close({"written_by": CORPUS_PICTURES, "modalities": list(MODALITIES), "vocab_size": VOCAB_SIZE,
+                 "documents": n_docs,
                  "source": f"demo_pictures(seed={seed})"})
     except BaseException:
         w.abort()

@@ -16,7 +16,8 @@ have no sidecar, or an older one); a field that is present must have its type:
                                  vq, vq_sha256: str | null, boi_token, eoi_token: int >= 0 | null}}
     tokenizer            {path: str, name, library, sha256: str, vocab_size: int > 0,
                           special_ids: {str: int >= 0 | null}, document_prefix, document_suffix: [int >= 0]}
-    source               str; sources: [str] or {str: ...}
+    source, written_by   str                      written_by: the writer (mot_parallel/outputs.py CORPUS_*)
+    sources              [str] or {str: ...}
 Other keys are kept and ignored (a newer writer may add some). Errors are DataErrors naming the file, the field
 and the fix; the counts are compared in one vectorised pass over the index (bounded chunks).
 """
@@ -106,7 +107,7 @@ def schema_problem(meta: Dict) -> str:
     for key in ("documents", "tokens"):
         if key in meta and not _count(meta[key]):
             return f"'{key}' must be an integer >= 0, got {meta[key]!r:.80}"
-    for key in ("format", "source"):
+    for key in ("format", "source", "written_by"):
         if key in meta and not isinstance(meta[key], str):
             return f"'{key}' must be a string, got {meta[key]!r:.80}"
     per = meta.get("tokens_per_modality")

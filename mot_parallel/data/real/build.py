@@ -19,7 +19,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from ...outputs import check_corpus
+from ...outputs import CORPUS_REAL, check_corpus
 from ..indexed import SIDECAR, IndexedDataset, IndexedWriter, token_dtype
 from . import digits, plan, prose, speech, tokenizer, units
 from .errors import RealCorpusError
@@ -159,14 +159,14 @@ def build_real_corpus(prefix: str, opts: RealCorpusOptions = RealCorpusOptions()
     """Build (or find up to date) the corpus at `prefix`; returns its sidecar. `workers` (synthesis threads)
     does not change the output. Another corpus at `prefix` is replaced only with `overwrite` (or `force`), and
     only one this project wrote (mot_parallel/outputs.py: OutputError otherwise)."""
-    check_corpus("--output-prefix", prefix, overwrite=True, extra=AUX)  # files not ours: refused before any work
+    check_corpus("--output-prefix", prefix, overwrite=True, extra=AUX, kind=CORPUS_REAL)  # files not ours: refused before any work
     env = preflight(opts, program)
     key = build_key(opts, env)
     if not force and up_to_date(prefix, key):
         log(f"{prefix}: up to date (build key {key}); nothing to do")
         with open(prefix + SIDECAR) as f:
             return json.load(f)
-    check_corpus("--output-prefix", prefix, overwrite=overwrite or force, extra=AUX)
+    check_corpus("--output-prefix", prefix, overwrite=overwrite or force, extra=AUX, kind=CORPUS_REAL)
     t0 = time.perf_counter()
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     scans = digits.load_scans()
@@ -198,7 +198,8 @@ def _sidecar(opts, env, key, the_plan, docs, n_sentences, n_chunks) -> Dict:
         for toks, m in doc:
             per_mod[m] += len(toks)
     reused = dict(the_plan.reused)
-    return {"format": "mot_parallel/1", "modalities": list(MODALITIES), "vocab_size": opts.vocab_size(),
+    return {"format": "mot_parallel/1", "written_by": CORPUS_REAL, "modalities": list(MODALITIES),
+            "vocab_size": opts.vocab_size(),
             "documents": len(docs), "tokens": int(per_mod.sum()),
             "source": f"real_corpus(documents={opts.documents}, seed={opts.seed})",
             "token_ranges": opts.token_ranges(),
