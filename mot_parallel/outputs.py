@@ -129,6 +129,17 @@ def check_png(flag: str, path: str, inputs: Inputs = (), overwrite: bool = False
     return path
 
 
+def new_file(path: str, mode: str = "wb"):
+    """Open a temporary file that must not exist yet, never through a symbolic link (O_EXCL | O_NOFOLLOW): a link
+    planted at a predictable name like <prefix>.bin.tmp.<pid> would make the writer truncate its target."""
+    exclusive = os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return open(path, mode, opener=lambda p, flags: os.open(p, flags | exclusive, 0o644))
+    except FileExistsError:
+        raise OutputError(f"{path}: exists (a link, or a leftover temporary file of this process id); remove it "
+                          "and run again") from None
+
+
 def make_parent(path: str) -> str:
     """Create the directories above a checked output file (right before writing it); returns `path`."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

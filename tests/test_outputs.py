@@ -221,3 +221,28 @@ def test_inspect_corpus_writes_pictures_into_a_directory_of_its_own(tmp_path, ca
     before = sorted(os.listdir(tmp_path / "data"))
     refused("inspect_corpus", ["--corpus", prefix, "--out", tmp_path / "data"], "contains the input")
     assert sorted(os.listdir(tmp_path / "data")) == before
+
+
+def test_corpus_writers_never_write_through_a_link_at_their_temporary_names(tmp_path):
+    """<prefix>.bin.tmp.<pid> (and the .idx, sidecar and .patches ones) are predictable names: a link planted
+    there is refused, its target untouched (it used to be truncated and written)."""
+    from mot_parallel.data.continuous import ContinuousWriter
+    from mot_parallel.data.indexed import IndexedWriter
+    target = tmp_path / "precious.txt"
+    target.write_text("weeks of work")
+    for suffix, make in ((".bin", lambda p: IndexedWriter(p)),
+                         (".image.patches", lambda p: ContinuousWriter(p, np.uint16, {1: ("image", {})}))):
+        prefix = str(tmp_path / f"c{len(suffix)}")
+        link = f"{prefix}{suffix}.tmp.{os.getpid()}"
+        os.symlink(target, link)
+        with pytest.raises(OutputError, match="exists"):
+            make(prefix)
+        assert target.read_text() == "weeks of work" and os.path.islink(link)
+        os.remove(link)
+    w = IndexedWriter(str(tmp_path / "ok"))
+    w.add_document([(np.arange(3), 0)])
+    os.symlink(target, str(tmp_path / "ok.idx.tmp.") + str(os.getpid()))
+    with pytest.raises(OutputError, match="exists"):
+        w.close({"format": "mot_parallel/1"})
+    w.abort()
+    assert target.read_text() == "weeks of work" and not os.path.exists(tmp_path / "ok.bin")

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..outputs import OutputError, new_file
 from .indexed import SIDECAR, DataError, IndexedDataset, IndexedWriter
 
 FORMAT = "mot_parallel/2"
@@ -39,8 +40,13 @@ class ContinuousWriter:
         self.tokens = IndexedWriter(prefix, token_dtype, multimodal=True, overwrite=overwrite,
                                     extra=[f".{name}.patches" for name, _ in continuous.values()])
         self.prefix, self.continuous, self.dtype = prefix, continuous, dtype
-        self._files = {m: open(patches_path(prefix, name) + f".tmp.{os.getpid()}", "wb")
-                       for m, (name, _) in continuous.items()}
+        self._files = {}
+        try:
+            for m, (name, _) in continuous.items():
+                self._files[m] = new_file(patches_path(prefix, name) + f".tmp.{os.getpid()}")
+        except OutputError:
+            self.abort()
+            raise
         self.rows = {m: 0 for m in continuous}
 
     def add_document(self, segments: Sequence[Tuple[np.ndarray, int]]) -> None:

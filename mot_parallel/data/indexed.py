@@ -26,6 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..outputs import check_corpus, new_file
+
 HEADER = b"MMIDIDX\x00\x00"
 _CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6, np.float32: 7,
           np.uint16: 8}
@@ -72,13 +74,12 @@ class IndexedWriter:
 
     def __init__(self, prefix: str, dtype=np.uint16, multimodal: bool = True, overwrite: bool = False,
                  extra: Sequence[str] = ()):
-        from ..outputs import check_corpus
         check_corpus("output prefix", prefix, overwrite=overwrite, extra=extra)
         self.prefix, self.dtype, self.multimodal = prefix, np.dtype(dtype).type, multimodal
         self._made = _missing_dirs(os.path.dirname(os.path.abspath(prefix)))  # removed again by abort()
         os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
         self._tmp = f".tmp.{os.getpid()}"
-        self._bin = open(prefix + ".bin" + self._tmp, "wb")
+        self._bin = new_file(prefix + ".bin" + self._tmp)
         self.lengths: List[int] = []
         self.modes: List[int] = []
         self.doc_index: List[int] = [0]
@@ -103,7 +104,7 @@ class IndexedWriter:
         pointers = np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) > 1:
             pointers[1:] = np.cumsum(lengths[:-1], dtype=np.int64) * itemsize
-        with open(self.prefix + ".idx" + self._tmp, "wb") as f:
+        with new_file(self.prefix + ".idx" + self._tmp) as f:
             f.write(HEADER)
             f.write(struct.pack("<Q", 1))
             f.write(struct.pack("<B", _CODES[self.dtype]))
@@ -117,7 +118,7 @@ class IndexedWriter:
             f.flush()
             os.fsync(f.fileno())
         if meta is not None:
-            with open(self.prefix + SIDECAR + self._tmp, "w") as f:
+            with new_file(self.prefix + SIDECAR + self._tmp, "w") as f:
                 json.dump(meta, f, indent=1)
             os.replace(self.prefix + SIDECAR + self._tmp, self.prefix + SIDECAR)
         os.replace(self.prefix + ".bin" + self._tmp, self.prefix + ".bin")
