@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.cli import non_negative_int, positive_int  # noqa: E402
+from mot_parallel.cli import int_in  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.distributed import detect_launch_env  # noqa: E402
 
@@ -46,8 +46,8 @@ def run(argv=None):
                     help="validate the config and run the preflight (corpus, token ids, checkpoints), then exit")
     ap.add_argument("--dry-run", action="store_true",
                     help="build rank --rank of a --world-size layout on the meta device, check shapes, report")
-    ap.add_argument("--world-size", type=positive_int, default=None, help="dry run: the world to plan for")
-    ap.add_argument("--rank", type=non_negative_int, default=0, help="dry run: the rank to build")
+    ap.add_argument("--world-size", type=int_in(1, 1 << 20), default=None, help="dry run: the world to plan for")
+    ap.add_argument("--rank", type=int_in(0, 1 << 20), default=0, help="dry run: the rank to build")
     ap.add_argument("--all-ranks", action="store_true", help="dry run: check one rank per (stage, TP rank)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=10")
     args = ap.parse_args(argv)

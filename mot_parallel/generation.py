@@ -19,6 +19,7 @@ import torch
 
 from .model.diffusion import cosine_alpha_bar, ddim_sample
 from .model.model import MoTModel
+from .sampling_checks import check_ids, check_image_request
 
 
 def _device(model: MoTModel) -> torch.device:
@@ -30,6 +31,7 @@ def generate_text(model: MoTModel, prompt: Sequence[int], max_new_tokens: int, t
                   modality: int = 0, seed: int = 0, stop_token: int = None) -> List[int]:
     """Continue `prompt` (token ids of `modality`) by up to max_new_tokens tokens of that modality."""
     model.eval()
+    check_ids(model.settings, prompt, "the prompt")
     g = torch.Generator().manual_seed(seed)
     ids = list(prompt)
     vocab = model.settings.vocab_size
@@ -69,9 +71,8 @@ def generate_image(model: MoTModel, caption: Sequence[int], modality: str = "ima
     """Patches [P, patch_dim] of an image of `modality` for the caption token ids (DDIM, CFG)."""
     model.eval()
     s = model.settings
+    check_image_request(s, caption, modality, steps, cfg_scale)  # SamplingError (a ValueError) names the argument
     spec = s.spec(modality)
-    if spec is None:
-        raise ValueError(f"{modality!r} is not a continuous modality of this model ({[c.name for c in s.continuous]})")
     m = s.modalities.index(modality)
     boi = [spec.boi_token] if spec.boi_token is not None else []
     g = torch.Generator().manual_seed(seed)

@@ -25,7 +25,7 @@ def parse_blend(value, key: str) -> List[Tuple[float, str]]:
         raise ValueError(f"{key}: expected a corpus prefix or a blend 'weight prefix weight prefix ...', got {value!r}")
     if not items:
         raise ValueError(f"{key} is empty; give a corpus prefix (<prefix>.bin/.idx), a blend 'weight prefix "
-                         "weight prefix ...', or null for the demo corpus")
+                         f"weight prefix ...', or {'demo for the demo corpus' if key == 'data.path' else 'null'}")
     if len(items) == 1:
         return [(1.0, str(items[0]))]
     if len(items) % 2:

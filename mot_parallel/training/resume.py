@@ -29,7 +29,7 @@ from typing import List, Optional, Tuple
 from ..config import Config
 from ..config.layout import ParallelLayout
 from .checkpoint import note
-from .checkpoint_files import (FORMAT_1, CheckpointError, layout_problem, problems, read_manifest, regular_files,
+from .checkpoint_files import (FORMAT_1, CheckpointError, layout_problem, problems, read_manifest,
                                step_dirs, step_of)
 from .model_record import model_problem, model_record
 
@@ -136,15 +136,14 @@ def _validated(cfg: Config, directory: str, tag: str, layout: ParallelLayout) ->
 
 def _universal(cfg: Config, path: str) -> ResumeTarget:
     from ..convert.universal import Universal
-    try:
+    try:  # its shards are safetensors (data only), read only from inside it (Universal's closed file set)
         uni = Universal(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint.resume={path}: {e}") from None
     except Exception as e:  # noqa: BLE001 - any unreadable universal checkpoint is named, not loaded
         raise CheckpointError(f"checkpoint.resume={path}: not a readable universal checkpoint ({type(e).__name__}: "
                               f"{e})") from None
-    files, bad = regular_files(path)  # its shards are safetensors (data only), read only from inside it
-    shards = {str(f) for f in uni.index.values()} if isinstance(uni.index, dict) else {"(index.json is no mapping)"}
-    bad += [f"{path}/index.json names {f!r}, not a file of the checkpoint" for f in sorted(shards) if f not in files]
-    problem = "\n  - ".join(bad) or model_problem(path, model_record(uni.config), cfg, deepspeed=False)
+    problem = model_problem(path, model_record(uni.config), cfg, deepspeed=False)
     if problem:
         raise CheckpointError(problem)
     return ResumeTarget(True, path)
