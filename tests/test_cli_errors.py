@@ -102,7 +102,8 @@ ARGUMENTS = {
     "balance_report": {
         "--config": CONFIG, "--docs": IN_FILE, "--mix": CHOICE, "--dp": POSITIVE, "--micro-batches": POSITIVE,
         "--micro-batch-size": POSITIVE, "--seq-len": POSITIVE + ("one",), "--steps": POSITIVE,
-        "--documents": POSITIVE, "--seed": SEED, "--json": FLAG, "--plot": OUT_PNG, "--overwrite": FLAG},
+        "--documents": POSITIVE, "--seed": SEED, "--json": FLAG, "--plot": OUT_PNG, "--overwrite": FLAG,
+        "--scaling": POSITIVE},
     "bench_checkpoint_hash": {"--config": CONFIG, "--world-size": POSITIVE + ("=3",),
                               "--sample-mib": POSITIVE + ("=100000",), "--dir": ("missing", "file"), "--json": FLAG},
     "bench_preprocess": {"--documents": POSITIVE + ("=100000000",), "--pairs": POSITIVE + ("=100000000",),
@@ -113,7 +114,9 @@ ARGUMENTS = {
         "--split": ("word", "nan", "=0.5,0.4", "=-0.5,1.5"), "--warmup": NON_NEGATIVE, "--dtype": CHOICE,
         "--device": CHOICE, "--no-naive": FLAG, "--peak-tflops": POSITIVE_FLOAT, "--json": FLAG},
     "bench_loader": {"--config": CONFIG, "--steps": POSITIVE, "--dp": POSITIVE, "--json": FLAG,
-                     "overrides": OVERRIDES},
+                     "overrides": OVERRIDES, "--simulate": FLAG, "--mix": CHOICE, "--documents": POSITIVE,
+                     "--micro-batches": POSITIVE, "--micro-batch-size": POSITIVE, "--seq-len": POSITIVE,
+                     "--host-ms": ("negative", "nan", "inf", "word"), "--device-ms": ("negative", "nan", "inf", "word")},
     "bench_train": {"--config": CONFIG, "--nproc": POSITIVE, "--steps": POSITIVE, "--skip": NON_NEGATIVE + ("=2",),
                     "--eval-iters": NON_NEGATIVE, "--json": FLAG, "overrides": OVERRIDES},
     "build_real_corpus": {
@@ -160,7 +163,7 @@ ARGUMENTS = {
         "--nvlink-gbps": POSITIVE_FLOAT, "--inter-gbps": POSITIVE_FLOAT, "--gemm-efficiency": EFFICIENCY,
         "--attention-efficiency": EFFICIENCY, "--dp-overlap": FRACTION, "--reserve-gb": ("negative", "nan", "inf",
                                                                                           "word", "=100"),
-        "--gpus-per-node": POSITIVE, "overrides": OVERRIDES},
+        "--gpus-per-node": POSITIVE, "--storage-gbps": POSITIVE_FLOAT, "overrides": OVERRIDES},
     "preprocess_data": {
         "--input": IN_FILE, "--output-prefix": OUT_PREFIX, "--overwrite": FLAG,
         "--config": CONFIG, "--modalities": ("=text|text",), "--vocab-size": POSITIVE + ("=3000000000",),
@@ -407,7 +410,7 @@ BAD_FILES = [
     ("bench_loader", ["--simulate", "--device-ms", "nan"], ["--device-ms"]),
     ("bench_loader", ["--simulate", "--config", os.path.join(ROOT, "configs", "demo_cpu.yaml")],
      ["--simulate", "--config"]),
-    ("bench_loader", ["--simulate", "--dp", str(10 ** 9)], ["--dp", "2**34"]),
+    ("bench_loader", ["--simulate", "--dp", "60000", "--seq-len", "1000000"], ["--dp 60000", "2**34"]),
 ]
 
 
