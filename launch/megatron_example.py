@@ -27,6 +27,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from mot_parallel.cli import add_overwrite, int_in, user_errors  # noqa: E402
+from mot_parallel.outputs import check_dir, mark  # noqa: E402
+
+OUT_KIND = "megatron_example run"  # the output mark of --out
+
 
 def cpu_forward_backward(*, forward_step_func, data_iterator, model, num_microbatches, forward_only=False,
                          **_unused):
@@ -43,10 +48,13 @@ def cpu_forward_backward(*, forward_step_func, data_iterator, model, num_microba
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--tp", type=int_in(1, 64), default=1)
+    ap.add_argument("--steps", type=int_in(1, 10 ** 6), default=10)
     ap.add_argument("--out", default="runs/megatron_example")
+    add_overwrite(ap)
     args = ap.parse_args(argv)
+    with user_errors():  # a new directory, or an earlier one of this example with --overwrite
+        check_dir("--out", args.out, OUT_KIND, overwrite=args.overwrite)
 
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -60,7 +68,10 @@ def main(argv=None):
     from mot_parallel.megatron import MoTGPTModel, MoTOptions, get_mot_layer_spec          # MoT
     from mot_parallel.tensor_parallel import allreduce_tp_partial_grads, tp_partial_grad_params
 
-    ctx = init_distributed(require_process_group=True)
+    ctx = init_distributed(require_process_group=True)  # a rendezvous: every rank checked --out before any writes
+    if ctx.rank == 0:
+        os.makedirs(args.out, exist_ok=True)
+        mark(args.out, OUT_KIND)
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=args.tp)
     on_gpu = dev.is_accelerator(ctx.device)
     if on_gpu:

@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.cli import non_negative_int, positive_int  # noqa: E402
+from mot_parallel.cli import int_in  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.distributed import detect_launch_env  # noqa: E402
 
@@ -46,8 +46,8 @@ def run(argv=None):
                     help="validate the config and run the preflight (corpus, token ids, checkpoints), then exit")
     ap.add_argument("--dry-run", action="store_true",
                     help="build rank --rank of a --world-size layout on the meta device, check shapes, report")
-    ap.add_argument("--world-size", type=positive_int, default=None, help="dry run: the world to plan for")
-    ap.add_argument("--rank", type=non_negative_int, default=0, help="dry run: the rank to build")
+    ap.add_argument("--world-size", type=int_in(1, 1 << 20), default=None, help="dry run: the world to plan for")
+    ap.add_argument("--rank", type=int_in(0, 1 << 20), default=0, help="dry run: the rank to build")
     ap.add_argument("--all-ranks", action="store_true", help="dry run: check one rank per (stage, TP rank)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=10")
     args = ap.parse_args(argv)
@@ -71,11 +71,14 @@ def run(argv=None):
         from mot_parallel.training.dry_run import dry_run
         sys.exit(1 if dry_run(cfg, world, args.rank, args.all_ranks) else 0)
     from mot_parallel.data.indexed import DataError
+    from mot_parallel.distributed.placement import log_placement
     from mot_parallel.training import Trainer
     from mot_parallel.training.checkpoint_files import CheckpointError
     from mot_parallel.training.supervision import collective_timeout_message, is_collective_timeout
     try:  # what can still go wrong is named too (a file changed since the preflight, a failed save)
-        Trainer(cfg, env).train()
+        trainer = Trainer(cfg, env)
+        log_placement(trainer.topo)  # the job's log: which node ran which rank, TP groups inside a node
+        trainer.train()
     except (CheckpointError, DataError, ConfigError) as e:
         sys.exit(f"error: {e}")
     except RuntimeError as e:  # a peer that stopped answering: say so, and which key bounds the wait

@@ -12,6 +12,7 @@ re-submits the same run; it resumes from the run's latest checkpoint.
 """
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -19,7 +20,18 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mot_parallel.config import dump_config, load_config_or_exit  # noqa: E402
+from mot_parallel.cli import checked_config, int_in  # noqa: E402
+from mot_parallel.config import dump_config  # noqa: E402
+from mot_parallel.outputs import OutputError, claim_scratch  # noqa: E402
+
+SNAPSHOT = "submit.py snapshot"  # the output mark of <run>/submit
+SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")
+
+
+def slurm_time(text):
+    if not SLURM_TIME.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Slurm time limit (minutes, HH:MM:SS or D-HH:MM:SS)")
+    return text
 
 
 def _git(*args):
@@ -30,13 +42,13 @@ def _git(*args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--nodes", type=int, default=1)
-    ap.add_argument("--gpus-per-node", type=int, default=8, help="0 for CPU-only tasks (tests)")
-    ap.add_argument("--procs-per-node", type=int, default=None,
+    ap.add_argument("--nodes", type=int_in(1, 1 << 16), default=1)
+    ap.add_argument("--gpus-per-node", type=int_in(0, 64), default=8, help="0 for CPU-only tasks (tests)")
+    ap.add_argument("--procs-per-node", type=int_in(1, 1024), default=None,
                     help="training processes per node (default: GPUs per node); srun mode starts them as Slurm "
                          "tasks, deepspeed/pdsh modes as the launcher's --num_gpus under one task per node")
-    ap.add_argument("--cpus-per-task", type=int, default=None)
-    ap.add_argument("--time", default="24:00:00")
+    ap.add_argument("--cpus-per-task", type=int_in(1, 4096), default=None)
+    ap.add_argument("--time", type=slurm_time, default="24:00:00", help="Slurm's time limit: [D-]HH:MM[:SS] or minutes")
     ap.add_argument("--partition")
     ap.add_argument("--account")
     ap.add_argument("--mode", choices=["srun", "deepspeed", "pdsh"], default="srun")
@@ -44,10 +56,14 @@ def main(argv=None):
     ap.add_argument("--no-submit", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    cfg = load_config_or_exit(args.config, args.overrides)
+    procs = args.procs_per_node or args.gpus_per_node or 1
+    cfg, _ = checked_config(args.config, args.overrides, world=args.nodes * procs)  # what the job would refuse
     run_dir = os.path.abspath(cfg.run.output_dir)
     snap = os.path.join(run_dir, "submit")
-    os.makedirs(snap, exist_ok=True)
+    try:  # the snapshot of the latest submission (resubmitting continues the run), never a directory not ours
+        claim_scratch(snap, SNAPSHOT, "run.output_dir")
+    except OutputError as e:
+        sys.exit(f"error: {e}")
     cfg.run.output_dir = run_dir
     dump_config(cfg, os.path.join(snap, "config.yaml"))
     rev, status = _git("rev-parse", "HEAD").strip(), _git("status", "--porcelain")
@@ -56,7 +72,6 @@ def main(argv=None):
     if status.strip():
         with open(os.path.join(snap, "uncommitted.patch"), "w") as f:
             f.write(_git("diff", "HEAD"))
-    procs = args.procs_per_node or args.gpus_per_node or 1
     tasks = procs if args.mode == "srun" else 1
     sbatch = [f"--job-name=mot-{os.path.basename(run_dir)}", f"--nodes={args.nodes}", f"--ntasks-per-node={tasks}",
               f"--time={args.time}", f"--output={run_dir}/slurm-%j.out", f"--chdir={ROOT}"]

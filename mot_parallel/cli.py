@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import sys
 from typing import Iterator, Optional, Sequence, Tuple, Type
 
 
-def positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+INT64_MAX = 2 ** 63 - 1
+
+
+def _int(text: str, lo: int, hi: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{text} is not {what}")
     return value
 
 
@@ -31,18 +38,53 @@ def positive_int_list(text: str) -> list:
     return [int(t) for t in items]
 
 
+def positive_int(text: str) -> int:
+    return _int(text, 1, INT64_MAX, "a positive integer (below 2**63)")
+
+
 def non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 0")
+    return _int(text, 0, INT64_MAX, ">= 0 (and below 2**63)")
+
+
+def seed(text: str) -> int:
+    return _int(text, 0, 2 ** 32 - 1, "a seed in [0, 2**32)")
+
+
+def int_in(lo: int, hi: int):
+    """An argparse type for integers in [lo, hi]."""
+    def parse(text: str) -> int:
+        return _int(text, lo, hi, f"in [{lo}, {hi}]")
+    return parse
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
     return value
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+def float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    """An argparse type for finite numbers in [lo, hi] (a bound excluded where `*_open`; inf = none)."""
+    hi_open = hi_open or hi == math.inf
+
+    def parse(text: str) -> float:
+        value = _float(text)
+        if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'(' if lo_open else '['}{lo:g}, {hi:g}"
+                                             f"{')' if hi_open else ']'}")
+        return value
+    return parse
+
+
+positive_float = float_in(0.0, math.inf, lo_open=True)
+non_negative_float = float_in(0.0, math.inf)
+fraction = float_in(0.0, 1.0)          # [0, 1]
+efficiency = float_in(0.0, 1.0, lo_open=True)  # (0, 1]
+finite_float = float_in(-math.inf, math.inf)
 
 
 def existing_path(text: str) -> str:
@@ -51,17 +93,51 @@ def existing_path(text: str) -> str:
     return text
 
 
+def existing_file(text: str) -> str:
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: is a directory; give a file")
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text}: file not found")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: is a file; give a directory")
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: directory not found")
+    return text
+
+
+def int_list(text: str) -> list:
+    """'3,17,5' -> [3, 17, 5] (non-negative ids)."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if any(not 0 <= v <= INT64_MAX for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: ids must be >= 0")
+    return values
+
+
+def add_overwrite(ap: argparse.ArgumentParser) -> None:
+    """The one --overwrite flag of every writing tool (mot_parallel/outputs.py says what it may replace)."""
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier output of this tool at the same place (never anything else)")
+
+
 def input_errors() -> Tuple[Type[BaseException], ...]:
     """The project's error types for bad input, among the modules loaded so far (an error type whose module
     was never imported cannot have been raised, and importing it here would cost seconds)."""
     names = (("mot_parallel.config.loader", "ConfigError"), ("mot_parallel.data.indexed", "DataError"),
-             ("mot_parallel.training.checkpoint_files", "CheckpointError"))
+             ("mot_parallel.training.checkpoint_files", "CheckpointError"), ("mot_parallel.outputs", "OutputError"))
     return tuple(getattr(sys.modules[m], n) for m, n in names if m in sys.modules)
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """`with user_errors(): ...` exits with 'error: <message>' on a ConfigError, DataError or CheckpointError."""
+    """`with user_errors(): ...` exits with 'error: <message>' on a ConfigError, DataError, CheckpointError or
+    OutputError."""
     try:
         yield
     except Exception as e:  # noqa: BLE001 - re-raised below unless it is an input error

@@ -25,6 +25,7 @@ import torch
 from .model.diffusion import cosine_alpha_bar, ddim_sample
 from .model.model import MoTModel
 from .model.unet import image_order
+from .sampling_checks import check_ids, check_image_request
 
 
 def _device(model: MoTModel) -> torch.device:
@@ -36,6 +37,7 @@ def generate_text(model: MoTModel, prompt: Sequence[int], max_new_tokens: int, t
                   modality: int = 0, seed: int = 0, stop_token: int = None) -> List[int]:
     """Continue `prompt` (token ids of `modality`) by up to max_new_tokens tokens of that modality."""
     model.eval()
+    check_ids(model.settings, prompt, "the prompt")
     g = torch.Generator().manual_seed(seed)
     ids = list(prompt)
     vocab = model.settings.vocab_size
@@ -94,9 +96,9 @@ def generate_images(model: MoTModel, captions: Sequence[Sequence[int]], modality
     CFG); picture i starts from the noise of seed seeds[i] (default i), as generate_image(seed=seeds[i])."""
     model.eval()
     s = model.settings
+    for caption in captions:  # SamplingError (a ValueError) names the argument
+        check_image_request(s, caption, modality, steps, cfg_scale)
     spec = s.spec(modality)
-    if spec is None:
-        raise ValueError(f"{modality!r} is not a continuous modality of this model ({[c.name for c in s.continuous]})")
     boi = [spec.boi_token] if spec.boi_token is not None else []
     guided = cfg_scale != 1.0
     contexts = [ctx for c in captions for ctx in ([list(c) + boi, boi] if guided else [list(c) + boi])]

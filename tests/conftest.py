@@ -28,3 +28,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="slow: run with tests/run.sh --slow"))
         if item.get_closest_marker("gpu") and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device here"))
+
+
+@pytest.fixture(scope="session")
+def two_nodes(tmp_path_factory):
+    """A two-node Slurm cluster on this machine (slurm_cluster.TwoNodeSlurm), or, where network namespaces
+    or Slurm are unavailable, the reason (a str)."""
+    from slurm_cluster import TwoNodeSlurm, ensure_slurm_installed, namespaces_unavailable
+    why = namespaces_unavailable() or ensure_slurm_installed()
+    if why:
+        yield why
+        return
+    cluster = TwoNodeSlurm(str(tmp_path_factory.mktemp("slurm2"))).start()
+    cluster.env["OMP_NUM_THREADS"] = "1"  # 4 processes per node on 2 cores: more threads only contend
+    yield cluster
+    cluster.stop()

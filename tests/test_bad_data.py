@@ -17,7 +17,11 @@ MODS = ["text", "image", "speech"]
 
 
 def write(prefix, docs, dtype=np.uint16, sidecar=None, multimodal=True):
-    """docs: per document a list of (tokens, modality id) segments."""
+    """docs: per document a list of (tokens, modality id) segments. A corpus already at `prefix` (this test's
+    own, without the sidecar that would mark it) is removed first: writers never replace an unmarked one."""
+    for ext in (".bin", ".idx", ".mot.json"):
+        if os.path.exists(f"{prefix}{ext}"):
+            os.remove(f"{prefix}{ext}")
     with IndexedWriter(str(prefix), dtype, multimodal=multimodal) as w:
         for doc in docs:
             w.add_document([(np.asarray(t), m) for t, m in doc])

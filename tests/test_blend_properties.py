@@ -162,3 +162,53 @@ def test_weights_that_would_starve_or_break_a_source_are_refused_by_name(value):
 def test_weights_near_the_float_range_normalise(value, want):
     got = [w for w, _ in parse_blend(value, "data.path")]
     assert np.allclose(got, want, rtol=1e-6, atol=0) and abs(sum(got) - 1) < 1e-12, got
+
+
+# ------------------------------------------------------------------------------------------ O(1) resume
+def _served(stream, n):
+    return [stream.take() for _ in range(n)]
+
+
+def _blend_stream(sizes, weights, chunk, seed=11):
+    rng = np.random.default_rng(seed)
+    return _stream(_table(rng, sizes), sizes, weights, chunk, seed)
+
+
+def test_a_resume_restores_the_blend_cursor_instead_of_recounting_every_chunk(monkeypatch):
+    """Thousands of chunks in, a resumed stream draws only the chunk it is in (the cursor travels in the
+    state), and serves exactly what the uninterrupted stream serves."""
+    sizes, weights = [7, 3, 12], [0.5, 0.2, 0.3]
+    full = _blend_stream(sizes, weights, chunk=2)
+    _served(full, 6000)
+    state = json.loads(json.dumps(full.state_dict()))
+    assert state["order_cursor"]["chunk"] == full.epoch and sum(state["order_cursor"]["draws"]) == 2 * full.epoch
+    want = _served(full, 300)
+    resumed = _blend_stream(sizes, weights, chunk=2)
+    drawn = []
+    real = BlendOrder._sources
+    monkeypatch.setattr(BlendOrder, "_sources", lambda self, e: drawn.append(e) or real(self, e))
+    resumed.load_state_dict(state)
+    assert _served(resumed, 300) == want
+    assert min(drawn) == state["epoch"], f"recounted from chunk {min(drawn)}"
+
+
+@pytest.mark.parametrize("cursor", ["absent", "another blend", "inconsistent", "garbled"])
+def test_a_state_without_a_usable_cursor_still_resumes_exactly_by_recounting(cursor):
+    """A checkpoint written before cursors were stored (no cursor), a cursor of another blend, or one that
+    does not add up resumes as before: by recounting the chunks (the position is the same either way)."""
+    sizes, weights = [5, 9], [0.3, 0.7]
+    full = _blend_stream(sizes, weights, chunk=4)
+    _served(full, 500)
+    state = json.loads(json.dumps(full.state_dict()))
+    if cursor == "absent":
+        del state["order_cursor"]
+    elif cursor == "another blend":  # its draws differ: were they used, the documents would too
+        state["order_cursor"] = BlendOrder(sizes, [0.9, 0.1], 11, chunk=4).cursor(state["epoch"])
+    elif cursor == "inconsistent":
+        state["order_cursor"]["draws"][0] += 1
+    else:
+        state["order_cursor"] = {"chunk": "x"}
+    want = _served(full, 200)
+    resumed = _blend_stream(sizes, weights, chunk=4)
+    resumed.load_state_dict(state)
+    assert _served(resumed, 200) == want

@@ -80,8 +80,28 @@ def test_a_missing_rng_file_is_named(run):
 
 @pytest.mark.parametrize("change", ["parallel.zero_stage=3", "parallel.tensor_parallel=2"])
 def test_another_layout_points_to_the_reshard_tool(run, change):
+    cfg = _cfg(run, change, "checkpoint.reshard_on_resume=refuse")
+    with pytest.raises(CheckpointError, match="convert_checkpoint.py reshard.*reshard_on_resume=auto"):
+        resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
+
+
+@pytest.mark.parametrize("change", ["parallel.zero_stage=3", "parallel.tensor_parallel=2"])
+def test_another_layout_is_resharded_by_default_and_unreadable_files_are_named(run, change):
+    """checkpoint.reshard_on_resume=auto (the default) resumes it through a reshard (test_reshard.py); one
+    whose DeepSpeed files are gone is refused before any process group, naming the file."""
     cfg = _cfg(run, change)
-    with pytest.raises(CheckpointError, match="convert_checkpoint.py reshard"):
+    target = resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
+    assert target.tag == "step_00000008" and target.reshard_from == read_manifest(target.path)["layout"]
+    optim = _step_file(run, "step_00000008", "optim_states")
+    optim.unlink()  # gone, and the manifest edited to match: complete, yet not readable by the reshard
+    meta = read_manifest(target.path)
+    del meta["files"][optim.name]
+    (run / "checkpoints" / "step_00000008" / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot reshard it: 1 of its DeepSpeed files are missing, e.g. zero_pp"):
+        resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
+    meta["layout"]["zero_stage"] = 0  # fp32 without ZeRO: torch's own optimizer state, no ZeRO files
+    (run / "checkpoints" / "step_00000008" / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot reshard it: it was written without ZeRO in fp32"):
         resolve_resume(cfg, validate(cfg, 2 if "tensor" in change else 1))
 
 
@@ -257,11 +277,58 @@ def test_a_universal_checkpoint_resumes_only_into_its_model_and_from_inside_itse
         _resume(tmp_path / "run", f"checkpoint.resume={universal}", "model.num_layers=1")
     assert _resume(tmp_path / "run", f"checkpoint.resume={universal}").universal
     (tmp_path / "outside.safetensors").write_bytes(b"")
+    index = (universal / "index.json").read_text()
     (universal / "index.json").write_text(json.dumps({"embedding.word_embeddings.weight": "../outside.safetensors"}))
-    (universal / "model-00000.safetensors").symlink_to(tmp_path / "outside.safetensors")
-    with pytest.raises(CheckpointError, match="(?s)model-00000.safetensors: a symbolic link.*index.json names "
+    with pytest.raises(CheckpointError, match="index.json: tensor 'embedding.word_embeddings.weight' is in "
                                               "'../outside.safetensors', not a file of the checkpoint"):
         _resume(tmp_path / "run", f"checkpoint.resume={universal}")
+    (universal / "index.json").write_text(index)
+    (universal / "model-00000.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    with pytest.raises(CheckpointError, match="model-00000.safetensors: a symbolic link"):
+        _resume(tmp_path / "run", f"checkpoint.resume={universal}")
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("index_outside", "is in '../outside.safetensors', not a file of the checkpoint"),
+    ("index_absolute", "not a file of the checkpoint"),
+    ("shard_link", "model-00000.safetensors: a symbolic link"),
+    ("meta_link", "state.json: a symbolic link"),
+    ("stranger", "optim-00009.safetensors: not listed by the universal checkpoint"),
+    ("index_list", "index.json: expected a JSON dict"),
+])
+def test_every_reader_of_a_universal_checkpoint_opens_only_its_listed_regular_files(tmp_path, damage, named):
+    """Universal (read by export, to-hf, to-megatron, sample.py and resume) is a closed set of regular files:
+    the metadata files and the shards index.json names, inside the directory; links, names outside it and
+    unlisted files are refused before any tensor is read."""
+    from mot_parallel.convert.export import export_universal
+    from mot_parallel.convert.universal import Universal, write_universal
+    universal = tmp_path / "universal"
+    write_universal(str(universal), _cfg(tmp_path), [("w", torch.ones(2))], {"step": 8, "has_optimizer": False},
+                    {"step": 8})
+    assert Universal(str(universal)).get("w").tolist() == [1.0, 1.0]
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes((universal / "model-00000.safetensors").read_bytes())
+    index = universal / "index.json"
+    if damage == "index_outside":
+        index.write_text(json.dumps({"w": "../outside.safetensors"}))
+    elif damage == "index_absolute":
+        index.write_text(json.dumps({"w": str(outside)}))
+    elif damage == "shard_link":
+        (universal / "model-00000.safetensors").unlink()
+        (universal / "model-00000.safetensors").symlink_to(outside)
+    elif damage == "meta_link":
+        (tmp_path / "state.json").write_text((universal / "state.json").read_text())
+        (universal / "state.json").unlink()
+        (universal / "state.json").symlink_to(tmp_path / "state.json")
+    elif damage == "stranger":
+        (universal / "optim-00009.safetensors").write_bytes(outside.read_bytes())
+    elif damage == "index_list":
+        index.write_text("[]")
+    with pytest.raises(CheckpointError, match=named):
+        Universal(str(universal))
+    with pytest.raises(CheckpointError, match=named):
+        export_universal(str(universal), str(tmp_path / "export"))
+    assert not (tmp_path / "export").exists() and not (tmp_path / "export.writing").exists()
 
 
 def test_a_checkpoint_of_an_earlier_release_resumes_with_a_warning(run, capsys):

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from mot_parallel.analysis import compare_runs, first_crossing, load_run
 from mot_parallel.analysis.run_curves import Evaluation
@@ -291,6 +292,24 @@ def test_bad_inputs_are_one_error_line(tmp_path, capsys):
     assert "config.yaml not found" in tool_error(capsys, ref, str(tmp_path / "nocfg"))
     assert "at least two run dirs" in tool_error(capsys, ref)
     assert "3 labels for 2 run dirs" in tool_error(capsys, "--labels", "a,b,c", ref, ref)
+
+
+def test_hostile_metrics_and_configs_are_one_error_line_or_read(tmp_path, capsys):
+    """Bytes that are not UTF-8, a "kind" that is not a string, a section that is not a mapping: one error line
+    naming the file and line. An old run's `train: null` means the defaults (as load_config reads it)."""
+    ref = dense_reference(tmp_path)
+    latin = make_run(tmp_path, "latin", [], text='{"kind": "valid", "step": 1, "valid/loss": 1.0}\n\xff\n')
+    with open(os.path.join(latin, "metrics.jsonl"), "wb") as f:
+        f.write(b'{"kind": "valid", "step": 1, "valid/loss": 1.0}\n{"step": 2, "note": "caf\xe9"}\n')
+    assert "metrics.jsonl:2: not UTF-8 (byte 0xe9" in tool_error(capsys, ref, latin)
+    listed = make_run(tmp_path, "listed", [], text='{"kind": ["valid"], "step": 1, "valid/loss": 1.0}\n')
+    assert "metrics.jsonl:1: a metrics record's \"kind\" must be a string" in tool_error(capsys, ref, listed)
+    old = make_run(tmp_path, "old", [valid(50, 1.4, totals=False)], untie=[])
+    cfg = yaml.safe_load(open(os.path.join(old, "config.yaml")))
+    for train_section, words in ((None, "global batch is unknown"), ([1], "section 'train' must be a mapping")):
+        with open(os.path.join(old, "config.yaml"), "w") as f:
+            yaml.safe_dump(dict(cfg, train=train_section), f)
+        assert words in tool_error(capsys, ref, old)  # named, not an AttributeError
 
 
 def test_the_command_line_exits_non_zero_with_one_error_line(tmp_path):

@@ -119,6 +119,18 @@ MALFORMED = [
     (["deepspeed={zero_optimization: 2}"], None, ["deepspeed.zero_optimization must be a mapping"]),
     (["deepspeed={wall_clock_breakdown: .nan}"], None, ["deepspeed.wall_clock_breakdown=nan"]),
     (["model.hidden_size=1000000007", "model.num_heads=8"], None, ["model.hidden_size=1000000007"]),  # no stall
+    # DeepSpeed's own config model, before any process group: a nested key it does not know, a wrong type, a
+    # top-level key it would silently ignore
+    (["deepspeed={zero_optimization: {stagee: 2}}"], None, ["deepspeed.zero_optimization.stagee: Extra inputs"]),
+    (["deepspeed={zero_optimization: {offload_optimizer: {device: gpu}}}"], None,
+     ["deepspeed.zero_optimization.offload_optimizer.device"]),
+    (["deepspeed={zero_optimisation: {stage: 1}}"], None, ["deepspeed.zero_optimisation: not a key DeepSpeed",
+                                                           "did you mean deepspeed.zero_optimization?"]),
+    # an unset variable in a job script must not train on the demo corpus; it is asked for by name
+    (["data.path="], None, ["data.path is empty", "data.path=demo"]),
+    (["data.path=null"], None, ["data.path is empty"]),
+    (["data.valid_path=demo"], None, ["data.valid_path=demo", "data.valid_fraction"]),
+    (["model.max_seq_len=1000000000000"], None, ["model.max_seq_len=1000000000000 exceeds 4194304"]),
 ]
 
 

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from mot_parallel.outputs import MARKER
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,7 +49,7 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     assert ds["tokens_per_s"] > 0 and ds["planner"]["total"] > 0
     table = open(out / "gpu_check.md").read()
     assert all(f"| **{n}** |" in table for n in names) and "pytest -m gpu" in table
-    assert sorted(os.listdir(out)) == ["gpu_check.json", "gpu_check.log", "gpu_check.md"]
+    assert sorted(os.listdir(out)) == [MARKER, "gpu_check.json", "gpu_check.log", "gpu_check.md"]
 
 
 def test_a_failing_part_is_recorded_and_the_next_runs(tmp_path):

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from mot_parallel.outputs import MARKER
 from mot_parallel.testing import run_distributed
 
 pytest.importorskip("megatron.core")
@@ -112,7 +113,7 @@ def test_universal_to_megatron_and_back(tmp_path):
                           "--universal", universal, "--out", megatron_dir], capture_output=True, text=True,
                          timeout=300, env={**os.environ, "PYTHONPATH": root})
     assert run.returncode == 0, run.stderr[-3000:]
-    assert sorted(os.listdir(megatron_dir)) == ["megatron.json", "model.safetensors"]
+    assert sorted(os.listdir(megatron_dir)) == [MARKER, "megatron.json", "model.safetensors"]  # the mark: ours
     results = run_distributed(_megatron_body, 1, args=(1, universal, megatron_dir, None), timeout=300)
     results += run_distributed(_megatron_body, 2, args=(2, universal, megatron_dir, back), timeout=300)
     for r in results:

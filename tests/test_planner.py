@@ -180,3 +180,16 @@ def test_layer_saved_activations_match_the_memory_model():
     (on, pred_on), = set(run_distributed(_layer_saved_bytes, 2, args=(True,)))
     assert abs(off / pred_off - 1) <= 0.10 and abs(on / pred_on - 1) <= 0.10, (off, pred_off, on, pred_on)
     assert abs((off - on) / (pred_off - pred_on) - 1) <= 0.10, (off, pred_off, on, pred_on)
+
+
+def test_the_reshard_cost_moves_twelve_bytes_a_parameter():
+    """Resuming onto a new layout moves fp32 weights and both Adam moments; per rank it holds at most its
+    share of the shard being written plus the largest parameter (tools/plan.py prints it)."""
+    from mot_parallel.planner import GPUS
+    from mot_parallel.planner.reshard import largest_param, reshard_cost
+    cfg = load_config(os.path.join(ROOT, "configs", "mot_7b_chameleon.yaml"), [])
+    s, hw = ModelSettings.from_config(cfg), GPUS["a100-80gb"]
+    on_256, on_64 = (reshard_cost(s, validate(cfg, n), hw) for n in (256, 64))
+    assert on_256.universal_bytes == 12 * model_params(s) and largest_param(s) == s.padded_vocab(1) * s.hidden_size
+    assert 4e9 < on_256.peak_bytes_per_rank < 8e9 and on_256.convert_s * 4 == pytest.approx(on_64.convert_s)
+    assert on_256.load_s == pytest.approx(12 * model_params(s) / (hw.storage_gbps * 1e9))  # PP=1: all of it

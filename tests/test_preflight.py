@@ -71,7 +71,7 @@ def test_every_file_problem_is_listed_before_any_process_group(tmp_path):
     (["data.path={big}"], ["corpus vocabulary 1000 exceeds model.vocab_size=512", "model.vocab_size >= 1000"]),
     (["data.path={two}"], ["holds modalities ['video'] that model.modalities", "lacks"]),
     (["data.path={bad}"], ["bad.bin: document 7 has token id 520 at position 3", "model.vocab_size >= 521"]),
-    (["data.path=null", "model.modalities=[text,image]"], ["demo corpus", "model.modalities"]),
+    (["data.path=demo", "model.modalities=[text,image]"], ["demo corpus", "model.modalities"]),
 ])
 def test_corpus_that_does_not_fit_the_model(tmp_path, overrides, words):
     files = {"tmp": str(tmp_path), "big": corpus(tmp_path / "big", GOOD, vocab=1000),
@@ -119,6 +119,21 @@ def test_pretrain_refuses_deepspeed_keys_that_contradict_the_layout(tmp_path):
                           "deepspeed={train_batch_size: 32}", f"run.output_dir={tmp_path}"])
     assert "deepspeed.train_batch_size=32 contradicts train.global_batch_size (which gives 4)" in str(e.value.code)
     _not_started(tmp_path)
+
+
+def test_pretrain_check_refuses_an_unknown_nested_deepspeed_key(tmp_path):
+    """DeepSpeed's own config model runs in validation: the key is named before any process group exists."""
+    with pytest.raises(SystemExit) as e:
+        _pretrain_main()(["--config", os.path.join(ROOT, "configs", "demo_cpu.yaml"), "--check", *TINY,
+                          "deepspeed={zero_optimization: {stagee: 2}}", f"run.output_dir={tmp_path}"])
+    assert "deepspeed.zero_optimization.stagee" in str(e.value.code)
+    _not_started(tmp_path)
+
+
+def test_a_missing_validation_corpus_is_named_as_such(tmp_path):
+    cfg = cfg_for(tmp_path, f"data.valid_path={tmp_path / 'nowhere'}", "data.valid_fraction=0")
+    with pytest.raises(ConfigError, match=r"data.valid_path=\S*nowhere has no corpus"):
+        preflight(cfg, validate(cfg, 1))
 
 
 def test_pretrain_check_only(tmp_path, capsys):

@@ -328,3 +328,16 @@ def test_the_writer_refuses_values_that_overflow_its_dtype(tmp_path):
         writer.add_document([(np.full((2, 4), 1e5), 1)])
     writer.abort()
     assert os.listdir(tmp_path) == []
+
+
+def test_running_out_of_memory_is_not_called_an_unreadable_image(tmp_path, monkeypatch):
+    """A size too large to scale to is the request's fault, and says so (it was reported as 'not a readable
+    image'); --image-size itself is bounded before any work (tests/test_cli_errors.py)."""
+    from PIL import Image, ImageOps
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+    monkeypatch.setattr(ImageOps, "fit", no_memory)
+    with pytest.raises(ValueError, match="out of memory scaling it to 40000 x 40000 pixels; use a smaller --image-size"):
+        read_image(str(tmp_path / "a.png"), (40000, 40000))

@@ -182,7 +182,7 @@ def test_sample_finds_the_tokenizer_of_the_training_corpus(world, tmp_path):
                                                                                 tokenizer=None), **kw))))
     for tok in (ask(), ask(corpus=str(tmp_path / "c"), checkpoint=str(tmp_path)), ask(tokenizer=world["llama"])):
         assert tok.path == os.path.abspath(world["llama"]) and tok.eod == tok.specials["eos"]
-        assert sample._ids("hello", None, tok) == [tok.specials["bos"]] + tok.encode("hello")
+        assert sample._ids("hello", None, "--prompt", tok) == [tok.specials["bos"]] + tok.encode("hello")
     assert ask(checkpoint=str(tmp_path)) is None          # no config, no corpus: demo words as before
 
 

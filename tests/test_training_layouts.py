@@ -1,7 +1,8 @@
 """Layout equivalence: the same model, data and seed trained for 8 steps gives the same per-step loss
 (and per-modality losses) under every layout, relative error <= 1e-4 (fp32):
 single process; DP=2 with ZeRO 1, 2, 3; DP=2 with activation checkpointing; TP=2 with SP off and on;
-PP=2 (ZeRO-1); and 4 processes mixing TP=2 + SP with PP=2. The loss is normalised by the global batch's
+PP=2 (ZeRO-1); 4 processes mixing TP=2 + SP with PP=2; and 8 processes in 3-D, TP=2 + SP, PP=2, DP=2 with
+ZeRO-1 (test_three_d.py: the same at the demo size, 10 steps, 1e-5). The loss is normalised by the global batch's
 loss tokens, so DP=2 reproduces DP=1 with 2 accumulation steps.
 The same for the Transfusion setting (continuous images trained by diffusion, on the picture demo): its
 input/output projections are replicated over TP (partial gradients under SP), the noise is drawn per image,
@@ -23,6 +24,8 @@ LAYOUTS = {
     "pp2": (2, ["parallel.pipeline_parallel=2", "parallel.zero_stage=1"]),
     "tp2-sp-pp2": (4, ["parallel.tensor_parallel=2", "parallel.sequence_parallel=true",
                        "parallel.pipeline_parallel=2", "train.activation_checkpointing=true"]),
+    "tp2-sp-pp2-dp2": (8, ["parallel.tensor_parallel=2", "parallel.sequence_parallel=true",  # 3-D, 8 ranks
+                           "parallel.pipeline_parallel=2", "parallel.zero_stage=1"]),
 }
 
 
@@ -34,9 +37,9 @@ def reference(tmp_path_factory):
     return ref
 
 
-# the default suite trains the demo's layout, ZeRO-3, TP with SP, and TP+SP+PP with recompute (4 processes);
-# --slow adds ZeRO-2, recompute alone, TP without SP and PP alone
-DEFAULT_LAYOUTS = ("dp2-zero1", "dp2-zero3", "tp2-sp", "tp2-sp-pp2")
+# the default suite trains the demo's layout, ZeRO-3, TP with SP, TP+SP+PP with recompute (4 processes) and
+# 3-D (8 processes); --slow adds ZeRO-2, recompute alone, TP without SP and PP alone
+DEFAULT_LAYOUTS = ("dp2-zero1", "dp2-zero3", "tp2-sp", "tp2-sp-pp2", "tp2-sp-pp2-dp2")
 
 
 def _slow_unless_default(names, default=DEFAULT_LAYOUTS):

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from mot_parallel.config import ConfigError, load_config, validate
 from mot_parallel.data import DataError, IndexedWriter, MoTDataLoader
@@ -181,3 +182,33 @@ def test_blended_training_logs_each_source(tmp_path):
     assert rec["data/text/tokens"] > 0 and rec["data/pairs/tokens"] > 0
     assert rec["data/text/documents"] + rec["data/pairs/documents"] > 0
     assert os.path.isfile(run / "metrics.jsonl")
+
+
+def legacy_train_body(overrides):
+    """train_body as the code before blend cursors wrote its checkpoints: the stream state without one."""
+    from mot_parallel.data.stream import StreamState
+    current = StreamState.to_dict
+
+    def without_cursor(self):
+        state = current(self)
+        state.pop("order_cursor", None)
+        return state
+    StreamState.to_dict = without_cursor
+    return train_body(overrides)
+
+
+@pytest.mark.slow  # the stream-level cases are in test_blend_properties.py
+def test_a_blended_checkpoint_written_before_blend_cursors_resumes_exactly(tmp_path):
+    """A checkpoint whose loader state has no blend cursor (older code) resumes by recounting the chunks,
+    and the run continues with the uninterrupted run's losses."""
+    cfg = _blend_cfg(tmp_path)
+    old = tmp_path / "old"
+    full = run_distributed(legacy_train_body, 1, args=([f"run.output_dir={old}", f"data.path={cfg.data.path}",
+                                                         "train.steps=4", "checkpoint.interval=2"],), timeout=300)[0]
+    client = torch.load(old / "checkpoints" / "step_00000002" / "mp_rank_00_model_states.pt", weights_only=False)
+    assert "order_cursor" not in client["loader"]["stream"] and client["loader"]["stream"]["epoch"] >= 0
+    resumed = run_distributed(train_body, 1, args=([f"run.output_dir={tmp_path / 'new'}", "train.steps=4",
+                                                    f"data.path={cfg.data.path}", "checkpoint.interval=2",
+                                                    f"checkpoint.resume={old / 'checkpoints' / 'step_00000002'}"],),
+                              timeout=300)[0]
+    assert sorted(resumed) == [3, 4] and all(resumed[s]["loss"] == full[s]["loss"] for s in (3, 4))

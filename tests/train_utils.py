@@ -25,3 +25,14 @@ def train_body(overrides):
     Trainer(cfg).train()
     dist.barrier()
     return losses(cfg.run.output_dir) if dist.get_rank() == 0 else None
+
+
+def train_config_body(config, overrides):
+    """Train `config` (a YAML path) with `overrides` on the harness's ranks; rank 0 returns its run directory."""
+    import torch.distributed as dist
+    from mot_parallel.config import load_config
+    from mot_parallel.training import Trainer
+    cfg = load_config(config, list(overrides))
+    Trainer(cfg).train()
+    dist.barrier()
+    return cfg.run.output_dir if dist.get_rank() == 0 else None

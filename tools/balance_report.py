@@ -44,7 +44,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from mot_parallel.data.balance import batch_stats  # noqa: E402
-from mot_parallel.cli import positive_int, positive_int_list, user_errors  # noqa: E402
+from mot_parallel.cli import add_overwrite, int_in, positive_int_list, seed, user_errors  # noqa: E402
+from mot_parallel.outputs import check_png, make_parent, png_metadata  # noqa: E402
 from mot_parallel.data.corpus import SegmentTable  # noqa: E402
 from mot_parallel.data.packing import pack_balanced, pack_sequential  # noqa: E402
 from mot_parallel.data.profiles import MIXES, modalities_of, read_profiles  # noqa: E402
@@ -117,7 +118,7 @@ def plot(extras, modalities, path):
     axes[2].set_ylabel("tokens")
     axes[2].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(make_parent(path), dpi=100, metadata=png_metadata("balance_report plot"))
 
 
 def print_table(result, mods, layout, steps, source):
@@ -158,27 +159,29 @@ def main(argv=None):
     ap.add_argument("--config", help="take the corpus, modalities and layout defaults from a config")
     ap.add_argument("--docs", help="length-profile JSONL (else the config's corpus, else a synthetic mix)")
     ap.add_argument("--mix", choices=sorted(MIXES), default="heavy", help="the synthetic mix (default heavy)")
-    ap.add_argument("--dp", type=positive_int)
-    ap.add_argument("--micro-batches", type=positive_int,
+    ap.add_argument("--dp", type=int_in(1, 1 << 16))
+    ap.add_argument("--micro-batches", type=int_in(1, 1 << 12),
                     help="micro-batches per step per rank (gradient accumulation)")
-    ap.add_argument("--micro-batch-size", type=positive_int, help="sequences per micro-batch")
-    ap.add_argument("--seq-len", type=positive_int)
-    ap.add_argument("--steps", type=positive_int, default=16, help="global batches to pack (worst case reported)")
-    ap.add_argument("--documents", type=positive_int, default=40000, help="size of the synthetic mix")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--micro-batch-size", type=int_in(1, 1 << 12), help="sequences per micro-batch")
+    ap.add_argument("--seq-len", type=int_in(2, 1 << 22), help="tokens per sequence (a next-token target needs 2)")
+    ap.add_argument("--steps", type=int_in(1, 100000), default=16, help="global batches to pack (worst case reported)")
+    ap.add_argument("--documents", type=int_in(1, 10 ** 7), default=40000, help="size of the synthetic mix")
+    ap.add_argument("--seed", type=seed, default=0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", help="write per-cell stacked bar charts and the carry-over curve (PNG)")
     ap.add_argument("--scaling", type=positive_int_list, metavar="DP,DP,...",
                     help="plan cost per rank and balance at each of these data-parallel sizes (e.g. 8,32,128,512)")
+    add_overwrite(ap)
     args = ap.parse_args(argv)
-    if args.steps < 1:
-        sys.exit("error: --steps must be at least 1")
     if args.scaling and (args.dp or args.plot):
         sys.exit(f"error: --scaling {','.join(map(str, args.scaling))} sets the data-parallel sizes itself; "
                  "leave out " + ("--dp" if args.dp else "--plot"))
     if args.scaling and max(args.scaling) > MAX_SCALING_DP:
         sys.exit(f"error: --scaling: {max(args.scaling)} ranks is more than this report plans "
                  f"({MAX_SCALING_DP}); give smaller data-parallel sizes")
+    with user_errors():  # a new PNG (or an earlier one of ours, with --overwrite), not over an input
+        if args.plot:
+            check_png("--plot", args.plot, [("--config", args.config), ("--docs", args.docs)], args.overwrite)
     layout = {"dp": 8, "micro_batches": 8, "micro_batch_size": 1, "seq_len": 4096}
     weight = attention_weight(4096, 11008)
     cfg = None

@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.cli import positive_int, user_errors  # noqa: E402
+from mot_parallel.cli import int_in, user_errors  # noqa: E402
 from mot_parallel.config import load_config, validate  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -77,8 +77,9 @@ def costs(config: str, world: int, rates: dict) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", nargs="+", default=sorted(glob.glob(os.path.join(ROOT, "configs", "mot_7b_*.yaml"))))
-    ap.add_argument("--world-size", type=positive_int, default=256, help="GPUs (the 7B configs are laid out for 256)")
-    ap.add_argument("--sample-mib", type=positive_int, default=1024, help="size of the sample file measured")
+    ap.add_argument("--world-size", type=int_in(1, 1 << 20), default=256,
+                    help="GPUs (the 7B configs are laid out for 256)")
+    ap.add_argument("--sample-mib", type=int_in(1, 1 << 16), default=1024, help="size of the sample file measured")
     ap.add_argument("--dir", default=None, help="where to write the sample (default: the system's temp directory)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from mot_parallel.benchmarks.naive_mot import NaiveMoTLayer  # noqa: E402
-from mot_parallel.cli import non_negative_int, positive_int  # noqa: E402
+from mot_parallel.cli import int_in, positive_float  # noqa: E402
 from mot_parallel.benchmarks.timing import time_interleaved  # noqa: E402
 from mot_parallel.distributed import device as dev  # noqa: E402
 from mot_parallel.flops import forward_flops_per_token, param_counts  # noqa: E402
@@ -93,20 +93,20 @@ def _check_args(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hidden", type=positive_int, default=1024)
-    ap.add_argument("--heads", type=positive_int, default=16)
-    ap.add_argument("--kv-heads", type=positive_int, default=None)
-    ap.add_argument("--ffn", type=positive_int, default=2816)
-    ap.add_argument("--seq", type=positive_int, default=2048)
-    ap.add_argument("--batch", type=positive_int, default=1)
-    ap.add_argument("--modalities", type=positive_int, nargs="+", default=[2, 3], help="MoT variants to time")
+    ap.add_argument("--hidden", type=int_in(1, 1 << 16), default=1024)
+    ap.add_argument("--heads", type=int_in(1, 1024), default=16)
+    ap.add_argument("--kv-heads", type=int_in(1, 1024), default=None)
+    ap.add_argument("--ffn", type=int_in(1, 1 << 18), default=2816)
+    ap.add_argument("--seq", type=int_in(1, 1 << 20), default=2048)
+    ap.add_argument("--batch", type=int_in(1, 1 << 12), default=1)
+    ap.add_argument("--modalities", type=int_in(1, 128), nargs="+", default=[2, 3], help="MoT variants to time")
     ap.add_argument("--split", default=None, help="token fractions per modality, e.g. 0.7,0.3 (default even)")
-    ap.add_argument("--rounds", type=positive_int, default=7)
-    ap.add_argument("--warmup", type=non_negative_int, default=1)
+    ap.add_argument("--rounds", type=int_in(1, 10000), default=7)
+    ap.add_argument("--warmup", type=int_in(0, 10000), default=1)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--device", choices=["auto", "cpu"], default="cpu")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for of_peak (default: table)")
+    ap.add_argument("--peak-tflops", type=positive_float, default=None, help="device peak for of_peak (default: table)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
     split = _check_args(args)

@@ -23,13 +23,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.cli import positive_int, user_errors  # noqa: E402
+from mot_parallel.cli import int_in, positive_int, user_errors  # noqa: E402
 from mot_parallel.data.profiles import MIXES  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
-from mot_parallel.data import MoTDataLoader  # noqa: E402
-from mot_parallel.data.datasets import open_datasets  # noqa: E402
-from mot_parallel.model import ModelSettings, plan_for  # noqa: E402
-from mot_parallel.model.diffusion import noiser_for  # noqa: E402
 
 
 def non_negative_ms(text: str) -> float:
@@ -68,8 +64,9 @@ def simulate(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config")
-    ap.add_argument("--steps", type=positive_int, default=None, help="steps to time (default 50; --simulate: 8)")
-    ap.add_argument("--dp", type=positive_int, default=None, help="data-parallel size (default: 1; --simulate: 512)")
+    ap.add_argument("--steps", type=int_in(1, 10 ** 6), default=None, help="steps to time (default 50; --simulate: 8)")
+    ap.add_argument("--dp", type=int_in(1, 1 << 16), default=None,
+                    help="data-parallel size (default: 1; --simulate: 512)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--simulate", action="store_true", help="the loader thread against a simulated training loop")
     ap.add_argument("--mix", choices=sorted(MIXES), default="heavy", help="--simulate: the synthetic mix")
@@ -97,6 +94,10 @@ def main(argv=None):
         layout = validate(cfg, (args.dp or 1) * tp * pp)
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    from mot_parallel.data import MoTDataLoader  # torch: only once the input is good
+    from mot_parallel.data.datasets import open_datasets
+    from mot_parallel.model import ModelSettings, plan_for
+    from mot_parallel.model.diffusion import noiser_for
     s = ModelSettings.from_config(cfg)
     with user_errors():
         data = open_datasets(cfg).train

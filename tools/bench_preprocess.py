@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from mot_parallel.cli import positive_int  # noqa: E402
+from mot_parallel.cli import int_in  # noqa: E402
 
 TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preprocess_data.py")
 
@@ -86,9 +86,9 @@ def _run(tmp, kind, workers):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--documents", type=positive_int, default=20000, help="text documents")
-    ap.add_argument("--pairs", type=positive_int, default=2000, help="image-caption samples")
-    ap.add_argument("--workers", type=positive_int, default=2)
+    ap.add_argument("--documents", type=int_in(1, 10**7), default=20000, help="text documents")
+    ap.add_argument("--pairs", type=int_in(1, 10**6), default=2000, help="image-caption samples")
+    ap.add_argument("--workers", type=int_in(1, 1024), default=2)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:

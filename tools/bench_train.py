@@ -20,7 +20,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.cli import checked_config, non_negative_int, positive_int, user_errors  # noqa: E402
+from mot_parallel.cli import checked_config, int_in, user_errors  # noqa: E402
 from mot_parallel.preflight import preflight  # noqa: E402
 from mot_parallel.testing import run_distributed  # noqa: E402
 
@@ -67,10 +67,11 @@ def summarise(all_records, skip, eval_iters=0):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--nproc", type=positive_int, default=2)
-    ap.add_argument("--steps", type=positive_int, default=40)
-    ap.add_argument("--skip", type=non_negative_int, default=5, help="warm-up steps left out of the medians")
-    ap.add_argument("--eval-iters", type=non_negative_int, default=0, help="also measure evaluation of K global batches")
+    ap.add_argument("--nproc", type=int_in(1, 256), default=2)
+    ap.add_argument("--steps", type=int_in(1, 10 ** 6), default=40)
+    ap.add_argument("--skip", type=int_in(0, 10 ** 6), default=5, help="warm-up steps left out of the medians")
+    ap.add_argument("--eval-iters", type=int_in(0, 10 ** 6), default=0,
+                    help="also measure evaluation of K global batches")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)

@@ -28,6 +28,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mot_parallel.analysis import RunDataError, compare_runs, load_run  # noqa: E402
+from mot_parallel.cli import add_overwrite  # noqa: E402
+from mot_parallel.outputs import OutputError, check_png  # noqa: E402
 
 AXIS_NAMES = {"step": "steps", "tokens": "tokens", "flops": "FLOPs", "time_s": "wall-clock"}
 
@@ -105,12 +107,15 @@ def main(argv=None):
     ap.add_argument("--labels", help="comma-separated labels, one per RUN_DIR (default: dir name + untie setting)")
     ap.add_argument("--json", action="store_true", help="print the comparison as JSON")
     ap.add_argument("--plot", metavar="OUT.png", help="write the validation-loss curves (PNG)")
+    add_overwrite(ap)
     args = ap.parse_args(argv)
     try:
+        if args.plot:  # a new file (or an earlier plot of ours, with --overwrite), outside every run dir
+            check_png("--plot", args.plot, [("RUN_DIR", d) for d in args.run_dirs], args.overwrite)
         runs = [load_run(d) for d in args.run_dirs]
         labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
         result = compare_runs(runs, labels)
-    except (RunDataError, OSError) as e:
+    except (RunDataError, OutputError, OSError) as e:
         sys.exit(f"error: {e}")
     if args.plot:
         from mot_parallel.analysis.loss_plot import plot_comparison

@@ -10,7 +10,8 @@
     python tools/convert_checkpoint.py to-universal --config cfg.yaml --checkpoint runs/x/checkpoints --out u
     # universal -> a DeepSpeed checkpoint of another layout (in <run.output_dir>/checkpoints)
     python tools/convert_checkpoint.py from-universal --config cfg.yaml --universal u parallel.tensor_parallel=1
-    # both at once
+    # both at once (a run does this itself when it resumes a checkpoint of another layout, in parallel on
+    # its own ranks: checkpoint.reshard_on_resume=auto, the default; this is for doing it ahead of time)
     python tools/convert_checkpoint.py reshard --config cfg.yaml --checkpoint runs/x/checkpoints \
         --src parallel.tensor_parallel=2 parallel.pipeline_parallel=2 --dst parallel.tensor_parallel=1 \
         --run-dir runs/x_tp1
@@ -47,19 +48,30 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.cli import checked_config, existing_path, positive_int, user_errors  # noqa: E402
-from mot_parallel.model.settings import DTYPES  # noqa: E402
+from mot_parallel.cli import add_overwrite, checked_config, existing_path, int_in, user_errors  # noqa: E402
+from mot_parallel.config import load_config_or_exit  # noqa: E402
+from mot_parallel.outputs import EXPORT, HF, MEGATRON, UNIVERSAL, OutputError, check_dir, fresh_dir  # noqa: E402
+
+RESHARD, SCRATCH = "reshard run directory", "export scratch run"  # output marks (mot_parallel/outputs.py)
+INPUT_ERRORS = {"ConfigError", "ConversionError", "DataError", "CheckpointError", "OutputError"}
+DTYPE_NAMES = ["bf16", "fp16", "fp32"]  # mot_parallel.model.settings.DTYPES (not imported: torch loads slowly)
+
+
+def _scratch(out):
+    """An export reads only: its run directory is a scratch one next to the output, marked, removed afterwards."""
+    return f"{out}.export-run"
 
 
 def _with_trainer(config, overrides, action, arg):
-    """Build the trainer on this world (it loads the checkpoint named by checkpoint.resume) and act.
-    An export reads only: its run directory is a scratch one next to the output, removed afterwards."""
-    import shutil
+    """Build the trainer on this world (it loads the checkpoint named by checkpoint.resume) and act."""
     import torch.distributed as dist
     from mot_parallel.config import load_config
+    from mot_parallel.outputs import claim_scratch, remove_scratch
     from mot_parallel.training import Trainer
-    scratch = f"{arg}.export-run" if action == "export" else None
+    scratch = _scratch(arg) if action == "export" else None
     cfg = load_config(config, list(overrides) + ([f"run.output_dir={scratch}"] if scratch else []))
+    if scratch:
+        claim_scratch(scratch, SCRATCH)
     trainer = Trainer(cfg)
     try:
         if action == "export":
@@ -70,7 +82,7 @@ def _with_trainer(config, overrides, action, arg):
         trainer.loader.close()
     dist.barrier()
     if scratch and dist.get_rank() == 0:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_scratch(scratch, SCRATCH)
     return trainer.step
 
 
@@ -92,31 +104,63 @@ def _source_layout(checkpoint, src):
     return layout_overrides(rec).split(), rec["tp"] * rec["pp"] * rec["dp"]
 
 
-def _run(config, overrides, action, arg, nproc):
+def _run(config, overrides, action, arg, nproc, source):
+    """Run `action` on the layout's world; `source` = (flag, path) of the checkpoint it reads."""
     from mot_parallel.distributed import detect_launch_env
     env = detect_launch_env(resolve_mpi_master=False)
     cfg, _ = checked_config(config, overrides)
     launched = env.launcher != "none"  # started by a launcher: its world
     n = env.world_size if launched else nproc or cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel
-    scratch = [f"run.output_dir={arg}.export-run"] if action == "export" else []
+    scratch = [f"run.output_dir={_scratch(arg)}"] if action == "export" else []
     cfg, layout = checked_config(config, list(overrides) + scratch, world=n)
     with user_errors():  # the checkpoint to read is usable: checked before any process starts
-        from mot_parallel.training.resume import resolve_resume
+        from mot_parallel.outputs import check_dir, refuse_overlap
+        from mot_parallel.training.checkpoint_files import step_dirs
+        from mot_parallel.training.resume import checkpoint_dir, resolve_resume
+        if action == "save":  # the target run must be new: one with checkpoints would resume those instead
+            target = checkpoint_dir(cfg)
+            refuse_overlap("checkpoint.dir", target, [source])
+            if step_dirs(target):
+                raise OutputError(f"{target} already holds checkpoints: the run would resume them instead of "
+                                  f"{source[1]}; give a new run.output_dir (or checkpoint.dir)")
+        else:
+            check_dir("--out", _scratch(arg), SCRATCH, [source], overwrite=True)
+        from mot_parallel.data.from_config import check_data
+        check_data(cfg, full=False)  # the trainer opens the config's corpus: one it cannot open is named here
         resolve_resume(cfg, layout)
     if launched:
         return _with_trainer(config, overrides, action, arg)
-    from mot_parallel.testing import run_distributed
-    return run_distributed(_with_trainer, n, args=(config, overrides, action, arg), timeout=24 * 3600)[0]
+    from mot_parallel.outputs import remove_scratch
+    from mot_parallel.testing import DistributedTestError, run_distributed
+    try:
+        return run_distributed(_with_trainer, n, args=(config, overrides, action, arg), timeout=24 * 3600)[0]
+    except DistributedTestError as e:  # an input error met on a worker is one line; a bug keeps its traceback
+        said = [line for line in str(e).splitlines() if line.split(":")[0].rsplit(".", 1)[-1] in INPUT_ERRORS]
+        if not said:
+            raise
+        sys.exit(f"error: {action} on {n} worker process(es) failed: {said[-1].split(': ', 1)[-1]}")
+    finally:
+        if action == "export":
+            remove_scratch(_scratch(arg), SCRATCH)
+
+
+def _check_output(args):
+    """Where the subcommand writes is new (or an earlier output of its own, with --overwrite), and is not, does
+    not contain and does not lie inside what it reads (mot_parallel/outputs.py); before any work."""
+    inputs = [(f"--{k}", getattr(args, k, None)) for k in ("hf", "checkpoint", "universal", "config")]
+    if args.cmd == "reshard":
+        check_dir("--run-dir", args.run_dir, RESHARD, inputs, args.overwrite)
+    elif args.cmd != "from-universal":
+        kind = {"hf-to-mot": UNIVERSAL, "to-universal": UNIVERSAL, "to-hf": HF, "export": EXPORT,
+                "to-megatron": MEGATRON}[args.cmd]
+        check_dir("--out", args.out, kind, inputs, args.overwrite)
 
 
 def _hugging_face(args) -> str:
     from mot_parallel.convert import export_to_hf, hf_to_universal
     if args.cmd == "to-hf":
         return f"wrote {export_to_hf(args.universal, args.modality, args.out, args.dtype)} ({args.modality}'s copy)"
-    # `--modalities a b key=value` hands argparse the overrides too: modality names never contain '='
-    modalities = [m for m in args.modalities if "=" not in m]
-    overrides = [m for m in args.modalities if "=" in m] + args.overrides
-    s = hf_to_universal(args.hf, args.out, modalities, args.config, overrides)
+    s = hf_to_universal(args.hf, args.out, args.modalities, args.config, args.overrides)
     return f"wrote {args.out}: {s.num_layers} layers, modalities {list(s.modalities)} (shared start)"
 
 
@@ -128,7 +172,7 @@ def _export(universal, out, dtype):
     return export_universal(universal, out, dtype)
 
 
-def main(argv=None):
+def _parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     h = sub.add_parser("hf-to-mot")
@@ -142,12 +186,12 @@ def main(argv=None):
     t.add_argument("--checkpoint", required=True, type=existing_path,
                    help="a run's checkpoint directory (or one step_* inside it)")
     t.add_argument("--out", required=True)
-    t.add_argument("--nproc", type=positive_int, default=None)
+    t.add_argument("--nproc", type=int_in(1, 4096), default=None)
     t.add_argument("overrides", nargs="*")
     f = sub.add_parser("from-universal")
     f.add_argument("--config", required=True)
     f.add_argument("--universal", required=True, type=existing_path)
-    f.add_argument("--nproc", type=positive_int, default=None)
+    f.add_argument("--nproc", type=int_in(1, 4096), default=None)
     f.add_argument("overrides", nargs="*")
     r = sub.add_parser("reshard")
     r.add_argument("--config", required=True)
@@ -157,48 +201,73 @@ def main(argv=None):
     r.add_argument("--dst", nargs="*", default=[], help="overrides giving the target layout")
     r.add_argument("--run-dir", required=True, help="where the target layout's run and checkpoint go")
     b = sub.add_parser("to-hf")
-    b.add_argument("--universal", required=True, help="a universal checkpoint or a single-file export")
+    b.add_argument("--universal", required=True, type=existing_path,
+                   help="a universal checkpoint or a single-file export")
     b.add_argument("--modality", required=True, help="whose copy of the untied parts to export")
     b.add_argument("--out", required=True)
-    b.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    b.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
     e = sub.add_parser("export")
     e.add_argument("--universal", required=True, type=existing_path)
     e.add_argument("--out", required=True)
-    e.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    e.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
     m = sub.add_parser("to-megatron")
-    m.add_argument("--universal", required=True)
+    m.add_argument("--universal", required=True, type=existing_path)
     m.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
+    for writer in (h, t, r, b, e, m):
+        add_overwrite(writer)
+    return ap
 
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.cmd == "hf-to-mot":  # `--modalities a b key=value` hands argparse the overrides too (no name has '=')
+        args.overrides = [m for m in args.modalities if "=" in m] + args.overrides
+        args.modalities = [m for m in args.modalities if "=" not in m]
+    with user_errors():
+        _check_output(args)
+    if args.cmd in ("to-universal", "from-universal") or (args.cmd == "hf-to-mot" and args.config):
+        checked_config(args.config, args.overrides)  # the config and overrides, before any checkpoint file
+    elif args.cmd == "hf-to-mot":  # the HF config completes these: only their keys and types can be checked now
+        load_config_or_exit(None, args.overrides)
     if args.cmd in ("hf-to-mot", "to-hf"):
-        if args.cmd == "hf-to-mot" and args.config:
-            checked_config(args.config, args.overrides)
         with user_errors():
             print(_hugging_face(args))
     elif args.cmd == "to-universal":  # the checkpoint's own layout (its manifest), unless overrides say otherwise
         src, nproc = _source_layout(args.checkpoint, [o for o in args.overrides if o.startswith("parallel.")])
         step = _run(args.config, src + args.overrides + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"],
-                    "export", os.path.abspath(args.out), args.nproc or nproc)
+                    "export", os.path.abspath(args.out), args.nproc or nproc, ("--checkpoint", args.checkpoint))
         print(f"wrote {args.out} (step {step})")
     elif args.cmd == "from-universal":
         step = _run(args.config, args.overrides + [f"checkpoint.resume={os.path.abspath(args.universal)}"],
-                    "save", None, args.nproc)
+                    "save", None, args.nproc, ("--universal", args.universal))
         print(f"saved step {step} in the target layout's checkpoint directory")
     elif args.cmd == "reshard":
-        universal = os.path.join(os.path.abspath(args.run_dir), "universal")
-        src, nproc = _source_layout(args.checkpoint, args.src)
-        _run(args.config, src + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"], "export",
-             universal, nproc)
-        step = _run(args.config, args.dst + [f"checkpoint.resume={universal}",
-                                             f"run.output_dir={os.path.abspath(args.run_dir)}"], "save", None, None)
-        print(f"resharded step {step} into {args.run_dir}/checkpoints (via {universal})")
+        _reshard(args)
     elif args.cmd == "to-megatron":
         from mot_parallel.megatron import write_megatron_checkpoint
-        setup = write_megatron_checkpoint(args.universal, args.out)
+        with user_errors():
+            setup = write_megatron_checkpoint(args.universal, args.out)
         print(f"wrote {args.out}: {setup.config['num_layers']} layers, modalities {list(setup.options.modalities)}, "
               f"vocab_size={setup.model['vocab_size']} rows (megatron.json + model.safetensors)")
     else:
-        print(f"wrote {_export(args.universal, args.out, args.dtype)}")
+        with user_errors():
+            print(f"wrote {_export(args.universal, args.out, args.dtype)}")
+
+
+def _reshard(args):
+    """Universal (in <run-dir>/universal), then the target layout's checkpoint (in <run-dir>/checkpoints)."""
+    run_dir = os.path.abspath(args.run_dir)
+    src, nproc = _source_layout(args.checkpoint, args.src)
+    checked_config(args.config, src)
+    checked_config(args.config, args.dst)
+    with user_errors():
+        fresh_dir(run_dir, RESHARD)  # an earlier reshard there (--overwrite, checked: ours) is removed first
+    universal = os.path.join(run_dir, "universal")
+    _run(args.config, src + [f"checkpoint.resume={os.path.abspath(args.checkpoint)}"], "export", universal, nproc,
+         ("--checkpoint", args.checkpoint))
+    step = _run(args.config, args.dst + [f"checkpoint.resume={universal}", f"run.output_dir={run_dir}"], "save", None,
+                None, ("--checkpoint", args.checkpoint))
+    print(f"resharded step {step} into {args.run_dir}/checkpoints (via {universal})")
 
 
 if __name__ == "__main__":

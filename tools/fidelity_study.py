@@ -33,7 +33,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mot_parallel.analysis import study_report as report  # noqa: E402
-from mot_parallel.cli import positive_int  # noqa: E402
+from mot_parallel.cli import int_in, positive_float, seed  # noqa: E402
+from mot_parallel.outputs import OutputError, check_own_dir, mark  # noqa: E402
+
+STUDY_DIR = "fidelity_study directory"  # the output mark of --out
 
 MODALITIES = ["text", "image", "speech"]
 STUDY = [("dense", "configs/study/dense.yaml"), ("mot", "configs/study/mot.yaml"), ("ffn", "configs/study/ffn.yaml")]
@@ -176,14 +179,15 @@ def main(argv=None):
     ap.add_argument("suite", choices=["study", "grid"])
     ap.add_argument("--corpus", choices=sorted(CORPUS_CONFIG), default="real", help="grid: which corpus")
     ap.add_argument("--rows", help="grid: comma-separated row keys (default all): " + ",".join(r[0] for r in GRID))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--steps", type=positive_int, default=200, help="grid: training steps per run (other than 200: "
+    ap.add_argument("--seeds", type=seed, nargs="+", default=[1, 2])
+    ap.add_argument("--steps", type=int_in(1, 10 ** 6), default=200, help="grid: training steps per run (other than 200: "
                     "into <out>/grid_<corpus>_<steps>)")
     ap.add_argument("--every-seed", default=",".join(EVERY_SEED),
                     help="grid: the rows trained on every seed (the others on the first seed only)")
     ap.add_argument("--out", default="runs/fidelity")
-    ap.add_argument("--nproc", type=positive_int, default=2, help="processes per run (torchrun)")
-    ap.add_argument("--max-load", type=float, default=4.0, help="wait while the 1-min load average is above this")
+    ap.add_argument("--nproc", type=int_in(1, 256), default=2, help="processes per run (torchrun)")
+    ap.add_argument("--max-load", type=positive_float, default=4.0,
+                    help="wait while the 1-min load average is above this")
     ap.add_argument("--report", action="store_true", help="only rebuild the tables from existing runs")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = ap.parse_args(argv)
@@ -192,7 +196,20 @@ def main(argv=None):
         if unknown:
             sys.exit(f"error: unknown {flag} {unknown}; known: {','.join(r[0] for r in GRID)}")
     os.chdir(ROOT)
+    claim_out(args)
     (study if args.suite == "study" else grid)(args)
+
+
+def claim_out(args):
+    """--out is new, or a study directory this tool started (its mark), which is continued: finished runs kept,
+    interrupted ones resumed, tables rewritten. Any other non-empty directory is refused."""
+    try:
+        check_own_dir("--out", args.out, STUDY_DIR)
+    except OutputError as e:
+        sys.exit(f"error: {e}")
+    if not args.dry_run:
+        os.makedirs(args.out, exist_ok=True)
+        mark(args.out, STUDY_DIR)
 
 
 if __name__ == "__main__":

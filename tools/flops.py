@@ -14,8 +14,6 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mot_parallel.cli import checked_config  # noqa: E402
-from mot_parallel.flops import forward_flops_per_token, param_counts, training_flops_per_token  # noqa: E402
-from mot_parallel.model import ModelSettings  # noqa: E402
 
 
 def main(argv=None):
@@ -25,6 +23,8 @@ def main(argv=None):
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg, _ = checked_config(args.config, args.overrides)
+    from mot_parallel.flops import forward_flops_per_token, param_counts, training_flops_per_token  # torch
+    from mot_parallel.model import ModelSettings
     mot = ModelSettings.from_config(cfg)
     variants = {"dense": mot.with_(untie=frozenset(), untie_final_norm=False), "mot": mot,
                 "ffn_only": mot.with_(untie=frozenset({"ffn"}))}

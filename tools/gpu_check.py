@@ -36,6 +36,7 @@ get 15 s is reported as skipped). FlexAttention compiles once per shape in each 
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,17 @@ import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from mot_parallel.cli import add_overwrite, existing_dir, float_in, user_errors  # noqa: E402
+from mot_parallel.outputs import check_dir, claim_scratch, mark, refuse_overlap  # noqa: E402
+
+def python_version(text):
+    if not re.fullmatch(r"3\.\d{1,2}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Python version such as 3.12")
+    return text
+
+
+REPORT, SCRATCH, WHEELS = "gpu_check report", "gpu_check work directory", "gpu_check wheels"  # output marks
 
 PARTS = [("device", 15), ("bench_layer", 60), ("grouped_gemm", 25), ("attention", 90), ("no_sync", 50),
          ("deepspeed", 120), ("gpu_tests", 100)]  # gpu_tests last: 3 FlexAttention compiles, the least bounded
@@ -206,18 +218,26 @@ def main(argv=None):
     ap.add_argument("--work-dir", default="/tmp/mot_gpu_check", help="scratch: installed wheels, the DeepSpeed run")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (the test suite runs this)")
     ap.add_argument("--parts", default=",".join(p for p, _ in PARTS), help="comma-separated subset, in order")
-    ap.add_argument("--budget-s", type=float, default=440.0, help="wall-clock cap for all parts together")
-    ap.add_argument("--wheels", help="install the wheels of --prepare-wheels that this python lacks, first")
+    ap.add_argument("--budget-s", type=float_in(0.0, 7 * 86400.0), default=440.0,
+                    help="wall-clock cap for all parts together")
+    ap.add_argument("--wheels", type=existing_dir,
+                    help="install the wheels of --prepare-wheels that this python lacks, first")
     ap.add_argument("--prepare-wheels", metavar="DIR", help="download/build the wheels into DIR and exit")
-    ap.add_argument("--python-version", action="append", help="target python of --prepare-wheels (repeatable)")
+    ap.add_argument("--python-version", action="append", type=python_version,
+                    help="target python of --prepare-wheels (repeatable), e.g. 3.12")
     ap.add_argument("--run-part", help=argparse.SUPPRESS)
     ap.add_argument("--part-out", help=argparse.SUPPRESS)
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     ap.add_argument("--ds-child", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    add_overwrite(ap)
     args = ap.parse_args(argv)
     if args.prepare_wheels:
+        with user_errors():
+            check_dir("--prepare-wheels", args.prepare_wheels, WHEELS, overwrite=args.overwrite)
         from gpu_check_wheels import prepare
+        os.makedirs(args.prepare_wheels, exist_ok=True)
+        mark(args.prepare_wheels, WHEELS)
         return prepare(args.prepare_wheels, WHEEL_ROOTS, args.python_version)
     if args.run_part:  # child: one in-process part
         from mot_parallel.benchmarks import kernels, step_probe
@@ -230,12 +250,21 @@ def main(argv=None):
         from mot_parallel.benchmarks.step_probe import ds_child
         ds_child(args.ds_child, args.overrides)
         return 0
+    unknown = set(args.parts.split(",")) - {p for p, _ in PARTS}
+    if unknown:
+        sys.exit(f"error: --parts: unknown part(s) {sorted(unknown)}; choose from {[p for p, _ in PARTS]}")
+    with user_errors():  # the report directory is new (or an earlier report, with --overwrite); the scratch ours
+        check_dir("--out", args.out, REPORT, [("--wheels", args.wheels)], args.overwrite)
+        refuse_overlap("--work-dir", args.work_dir, [("--wheels", args.wheels)])
+        refuse_overlap("--work-dir", args.work_dir, [("--out", args.out)], "the report directory")
+        claim_scratch(args.work_dir, SCRATCH, "--work-dir")
+    os.makedirs(args.out, exist_ok=True)
+    mark(args.out, REPORT)
     return orchestrate(args)
 
 
 def orchestrate(args):
     t0 = time.time()
-    os.makedirs(args.work_dir, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
                DS_BUILD_OPS="0", TOKENIZERS_PARALLELISM="false")
     install = "none needed"
@@ -250,9 +279,6 @@ def orchestrate(args):
     report = {"mode": "cpu-smoke" if args.cpu_smoke else "gpu", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "install": install, "shape": shape, "parts": {}, "logs": {}, "total_s": 0.0}
     wanted = args.parts.split(",")
-    unknown = set(wanted) - {p for p, _ in PARTS}
-    if unknown:
-        sys.exit(f"error: unknown part(s) {sorted(unknown)}; choose from {[p for p, _ in PARTS]}")
     deadline = t0 + args.budget_s
     for name, budget in [(p, b) for p, b in PARTS if p in wanted]:
         left = deadline - time.time()

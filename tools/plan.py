@@ -17,11 +17,17 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.cli import positive_int  # noqa: E402
+from mot_parallel.cli import efficiency, fraction, int_in, non_negative_float, positive_float  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
-from mot_parallel.flops import forward_flops_per_token, param_counts  # noqa: E402
-from mot_parallel.model import ModelSettings  # noqa: E402
-from mot_parallel.planner import GB, GPUS, evaluate, rank_params, search  # noqa: E402
+from mot_parallel.planner.hardware import GPUS  # noqa: E402
+
+
+# the hardware assumptions a flag may override, and the values each takes (a rate of 0 divides by zero; an
+# efficiency or overlap above 1 prints an MFU above 100%)
+ASSUMPTIONS = {"memory_gb": positive_float, "peak_tflops": positive_float, "hbm_gbps": positive_float,
+               "nvlink_gbps": positive_float, "inter_gbps": positive_float, "gemm_efficiency": efficiency,
+               "attention_efficiency": efficiency, "dp_overlap": fraction, "reserve_gb": non_negative_float,
+               "storage_gbps": positive_float}
 
 
 def plan_dict(p):
@@ -38,20 +44,18 @@ def plan_dict(p):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--gpus", type=positive_int, default=None, help="GPUs (default: TP x PP, i.e. DP = 1)")
+    ap.add_argument("--gpus", type=int_in(1, 1 << 20), default=None, help="GPUs (default: TP x PP, i.e. DP = 1)")
     ap.add_argument("--gpu", choices=sorted(GPUS), default="a100-80gb")
-    ap.add_argument("--top", type=positive_int, default=10)
+    ap.add_argument("--top", type=int_in(1, 10000), default=10)
     ap.add_argument("--json", action="store_true")
-    for field in ("memory_gb", "peak_tflops", "hbm_gbps", "nvlink_gbps", "inter_gbps", "gemm_efficiency",
-                  "attention_efficiency", "dp_overlap", "reserve_gb"):
-        ap.add_argument("--" + field.replace("_", "-"), type=float, default=None, help="override the assumption")
-    ap.add_argument("--gpus-per-node", type=positive_int, default=None)
+    for field, kind in ASSUMPTIONS.items():
+        ap.add_argument("--" + field.replace("_", "-"), type=kind, default=None, help="override the assumption")
+    ap.add_argument("--gpus-per-node", type=int_in(1, 1024), default=None)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    hw = GPUS[args.gpu].with_(**{k: getattr(args, k) for k in ("memory_gb", "peak_tflops", "hbm_gbps",
-                                                                "nvlink_gbps", "inter_gbps", "gemm_efficiency",
-                                                                "attention_efficiency", "dp_overlap",
-                                                                "reserve_gb", "gpus_per_node")})
+    hw = GPUS[args.gpu].with_(**{k: getattr(args, k) for k in list(ASSUMPTIONS) + ["gpus_per_node"]})
+    if hw.reserve_gb >= hw.memory_gb:
+        sys.exit(f"error: --reserve-gb {hw.reserve_gb:g} leaves nothing of --memory-gb {hw.memory_gb:g}")
     try:
         cfg = load_config(args.config, args.overrides)
         mp = cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel
@@ -59,6 +63,10 @@ def main(argv=None):
         lay = validate(cfg, gpus)
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    from mot_parallel.flops import forward_flops_per_token, param_counts  # torch: only once the input is good
+    from mot_parallel.model import ModelSettings
+    from mot_parallel.planner import GB, evaluate, rank_params, search
+    from mot_parallel.planner.reshard import reshard_cost
     s = ModelSettings.from_config(cfg)
     seq = cfg.model.max_seq_len
     own = evaluate(s, lay, seq, hw)
@@ -79,6 +87,7 @@ def main(argv=None):
         "config_layout": dict(plan_dict(own), params_per_stage_rank=[
             rank_params(s, lay.tp, lay.pp, st).total for st in range(lay.pp)]),
         "ranked": [plan_dict(p) for p in ranked],
+        "reshard_on_resume": dataclasses.asdict(reshard_cost(s, lay, hw)),
     }
     if args.json:
         print(json.dumps(report, indent=1, default=float))
@@ -99,6 +108,11 @@ def main(argv=None):
     print(f"  {e.tokens_per_s_per_gpu:,.0f} tokens/s/GPU, {e.model_tflops_per_gpu:.0f} TFLOP/s/GPU, MFU {e.mfu:.1%}")
     for name, c in e.comm_bytes.items():
         print(f"  comm {name}: {c['bytes'] / GB:.2f} GB per GPU per step over {c['link']}")
+    r = reshard_cost(s, lay, hw)
+    print(f"  resuming a checkpoint of another layout into this one (checkpoint.reshard_on_resume=auto): "
+          f"{r.universal_bytes / GB:.3g} GB universal copy on disk, +{r.peak_bytes_per_rank / GB:.3g} GB host "
+          f"memory per rank, ~{r.convert_s:.2g} s to convert + ~{r.load_s:.2g} s to load at "
+          f"{hw.storage_gbps:g} GB/s per node")
     print(f"\ntop {len(ranked)} layouts that fit, by estimated tokens/s/GPU:")
     print(f"  {'layout':44} {'mem GB':>7} {'step s':>7} {'tok/s/GPU':>10} {'MFU':>6}")
     for p in ranked:

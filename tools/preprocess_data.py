@@ -59,10 +59,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from mot_parallel.cli import checked_config, positive_int  # noqa: E402
+from mot_parallel.cli import add_overwrite, checked_config, int_in, positive_int  # noqa: E402
 from mot_parallel.config.validate import MAX_VOCAB  # noqa: E402
 from mot_parallel.data.indexed import SIDECAR, DataError, IndexedWriter, token_dtype  # noqa: E402
 from mot_parallel.data.jsonl import ImageToEncode  # noqa: E402
+from mot_parallel.outputs import CORPUS_PREPROCESSED, OutputError, check_corpus  # noqa: E402
 
 _PARSER = None
 
@@ -119,6 +120,13 @@ def _settings(args):
             raise DataError(f"{path}: input file not found")
         if not os.access(path, os.R_OK):
             raise DataError(f"{path}: not readable (permissions)")
+    try:  # a new prefix, or an earlier corpus of ours with --overwrite; never one of the inputs
+        check_corpus("--output-prefix", args.output_prefix, [("--input", p) for p in args.input] + [
+            ("--config", args.config), ("--vae", args.vae), ("--tokenizer", args.tokenizer),
+            ("--image-tokenizer", args.image_tokenizer)], args.overwrite, [f".{m}.patches" for m in mods],
+                     kind=CORPUS_PREPROCESSED)
+    except OutputError as e:
+        raise DataError(str(e)) from None
     return list(mods), vocab, cfg
 
 
@@ -303,14 +311,16 @@ def _write_all(args, writer, pool):
 
 def _writer(args):
     if not args.specs:
-        return IndexedWriter(args.output_prefix, token_dtype(args.vocab), multimodal=True)
+        return IndexedWriter(args.output_prefix, token_dtype(args.vocab), multimodal=True, overwrite=args.overwrite)
     from mot_parallel.data.continuous import ContinuousWriter
     continuous = {args.mods.index(n): (n, s.sidecar()) for n, s in args.specs.items()}
-    return ContinuousWriter(args.output_prefix, token_dtype(args.vocab), continuous, args.continuous_dtype)
+    return ContinuousWriter(args.output_prefix, token_dtype(args.vocab), continuous, args.continuous_dtype,
+                            overwrite=args.overwrite)
 
 
 def _sidecar(args, n_docs, per_mod):
-    meta = {"format": "mot_parallel/1", "modalities": list(args.mods), "vocab_size": args.vocab,
+    meta = {"format": "mot_parallel/1", "written_by": CORPUS_PREPROCESSED, "modalities": list(args.mods),
+            "vocab_size": args.vocab,
             "documents": n_docs, "tokens": int(per_mod.sum()),
             "tokens_per_modality": dict(zip(args.mods, per_mod.tolist())), "sources": args.input}
     if args.tokenizer_ is not None:
@@ -327,12 +337,13 @@ def _arguments(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", nargs="+", required=True, help="JSONL, parquet or webdataset .tar files, in order")
     ap.add_argument("--output-prefix", required=True)
+    add_overwrite(ap)
     ap.add_argument("--config", help="take modalities, vocab size, model.continuous and data.modality_token_ranges "
                                      "from this config")
     ap.add_argument("--modalities", nargs="+")
     ap.add_argument("--vocab-size", type=positive_int, help="default with --tokenizer: the layout's end")
-    ap.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 1))
-    ap.add_argument("--chunk", type=positive_int, help="documents per work item (default 256; 16 with images)")
+    ap.add_argument("--workers", type=int_in(1, 1024), default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--chunk", type=int_in(1, 1 << 20), help="documents per work item (default 256; 16 with images)")
     text = ap.add_argument_group("text and records (Megatron's preprocess_data options)")
     text.add_argument("--tokenizer", "--tokenizer-model", metavar="PATH",
                       help="a local Hugging Face tokenizer: a tokenizer.json file or a tokenizer directory")
@@ -353,15 +364,16 @@ def _arguments(argv):
     images.add_argument("--continuous", nargs="+", metavar="MODALITY", help="modalities stored as patch vectors")
     images.add_argument("--source", choices=["latents", "pixels"], help="VAE latents (default with --vae) or RGB")
     images.add_argument("--vae", metavar="DIR", help="a diffusers AutoencoderKL directory (save_pretrained)")
-    images.add_argument("--image-size", nargs="+", type=positive_int, metavar="PX", help="height [width] in pixels")
+    images.add_argument("--image-size", nargs="+", type=positive_int, metavar="PX",
+                        help="height [width] in pixels (at most 8192)")
     images.add_argument("--patch", type=positive_int, help="patch side, in latent cells (or pixels)")
-    images.add_argument("--channels", type=positive_int, help="latent channels (precomputed latents without --vae)")
+    images.add_argument("--channels", type=int_in(1, 4096), help="latent channels (precomputed latents without --vae)")
     images.add_argument("--grid", nargs="+", type=positive_int, metavar="N",
                         help="patches (or codes) per image, rows [cols]")
     images.add_argument("--boi-token", help="id (or, with --tokenizer, token) inserted before every image")
     images.add_argument("--eoi-token", help="id (or token) inserted after every image")
     images.add_argument("--continuous-dtype", choices=["float16", "float32"], default="float16")
-    images.add_argument("--vae-batch", type=positive_int, default=16, help="images per VAE/VQ forward")
+    images.add_argument("--vae-batch", type=int_in(1, 4096), default=16, help="images per VAE/VQ forward")
     return ap.parse_args(argv)
 
 
@@ -378,6 +390,8 @@ def main(argv=None):
         writer = _writer(args)
     except OSError as e:
         sys.exit(f"error: cannot write {args.output_prefix}.bin: {e.strerror}; choose a writable --output-prefix")
+    except OutputError as e:  # appeared since the check
+        sys.exit(f"error: {e}")
     try:
         with mp.get_context("fork").Pool(args.workers, initializer=_init, initargs=(parser,)) as pool:
             n_docs, per_mod = _write_all(args, writer, pool)

@@ -27,9 +27,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.cli import checked_config, non_negative_int, positive_int  # noqa: E402
+from mot_parallel.cli import add_overwrite, checked_config, int_in, user_errors  # noqa: E402
+from mot_parallel.outputs import check_dir, fresh_dir  # noqa: E402
 from mot_parallel.testing import run_distributed  # noqa: E402
 
+TRACES = "profile_step traces"  # the output mark of a trace directory
 CATEGORIES = ("data", "routing", "gemm", "attention", "norms", "tp_comm", "dp_comm", "optimizer", "other")
 _COMM = ("allreduce", "all_reduce", "allgather", "all_gather", "reduce_scatter", "reducescatter", "broadcast",
          "gloo:", "nccl:", "c10d::", "barrier")
@@ -110,16 +112,20 @@ def _profiled_train(config, overrides, out_dir, warmup, steps):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--nproc", type=positive_int, default=1)
-    ap.add_argument("--steps", type=positive_int, default=3)
-    ap.add_argument("--warmup", type=non_negative_int, default=2)
+    ap.add_argument("--nproc", type=int_in(1, 256), default=1)
+    ap.add_argument("--steps", type=int_in(1, 10000), default=3)
+    ap.add_argument("--warmup", type=int_in(0, 10000), default=2)
     ap.add_argument("--out", default=None, help="trace directory (default: a temporary one, printed)")
+    add_overwrite(ap)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    checked_config(args.config, args.overrides, world=args.nproc)  # bad input: one error line, before any process
-    out = args.out or tempfile.mkdtemp(prefix="mot_profile_")
-    os.makedirs(out, exist_ok=True)
+    cfg, _ = checked_config(args.config, args.overrides, world=args.nproc)  # bad input: one error line, first
+    with user_errors():
+        if args.out:
+            check_dir("--out", args.out, TRACES, [("--config", args.config), ("run.output_dir", cfg.run.output_dir)],
+                      args.overwrite)
+    out = fresh_dir(args.out or tempfile.mkdtemp(prefix="mot_profile_"), TRACES)  # an earlier one of ours: replaced
     res = run_distributed(_profiled_train, args.nproc, args=(args.config, args.overrides, out, args.warmup,
                                                              args.steps), timeout=3600)[0]
     cats, step = res["categories_s"], res["measured_step_s"]

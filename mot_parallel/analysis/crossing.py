@@ -91,7 +91,7 @@ def compare_runs(runs: Sequence[RunCurves], labels: Optional[Sequence[str]] = No
                            "compare with it")
     labels = list(labels) if labels is not None else [r.label for r in runs]
     if len(labels) != len(runs):
-        raise RunDataError(f"{len(labels)} labels for {len(runs)} run dirs; give one label per run dir")
+        raise RunDataError(f"--labels gives {len(labels)} labels for {len(runs)} run dirs; give one label per run dir")
     check_comparable(runs)
     ref = runs[0]
     blocks = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
+from ..outputs import make_parent, png_metadata
 from .crossing import curve
 from .run_curves import RunCurves
 
@@ -40,5 +41,5 @@ def plot_comparison(runs: Sequence[RunCurves], comparison: Dict, path: str) -> N
         ax_flops.set_title(f"{block['name']}: validation loss vs training FLOPs")
         ax_step.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(make_parent(path), dpi=100, metadata=png_metadata("loss curves"))  # the mark --overwrite recognises
     plt.close(fig)

@@ -68,29 +68,40 @@ def record_kind(rec: Dict) -> str:
     kind = rec.get("kind")
     if kind is None:
         return "valid" if OVERALL in rec and "loss" not in rec else "train"
+    if not isinstance(kind, str):
+        raise RunDataError(f"a metrics record's \"kind\" must be a string (\"train\" or \"valid\"), got {kind!r:.60}")
     return kind
 
 
 def read_records(path: str, notes: List[str]) -> Dict[tuple, Dict]:
     """{(kind, step): last record}. A last line without its newline is a write in progress (a live or killed
     run): skipped with a note. Any other unreadable line is an error naming it."""
-    with open(path) as f:
-        lines = f.read().split("\n")
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is named, like any other bad line
+        lines = f.read().split(b"\n")
     last = len(lines) - 1      # "" after a final newline; otherwise an unfinished line
     out: Dict[tuple, Dict] = {}
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
+            rec = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise RunDataError(f"{path}:{i}: not UTF-8 (byte 0x{e.object[e.start]:02x} at column {e.start + 1}); "
+                               "fix or delete the line") from None
+        except ValueError as e:  # bad JSON; also numbers too long to parse, nesting too deep (RecursionError)
             if i - 1 == last:
                 notes.append(f"skipped an unfinished last line of {path}")
                 continue
-            raise RunDataError(f"{path}:{i}: not a JSON object ({e.msg}); fix or delete the line") from None
+            raise RunDataError(f"{path}:{i}: not a JSON object ({getattr(e, 'msg', e)}); fix or delete the line"
+                               ) from None
+        except RecursionError:
+            raise RunDataError(f"{path}:{i}: not a metrics record (nested too deeply); fix or delete the line") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("step"), int) or isinstance(rec["step"], bool):
             raise RunDataError(f"{path}:{i}: a metrics record must be a JSON object with an integer 'step'")
-        out[(record_kind(rec), rec["step"])] = rec
+        try:
+            out[(record_kind(rec), rec["step"])] = rec
+        except RunDataError as e:
+            raise RunDataError(f"{path}:{i}: {e}") from None
     return out
 
 
@@ -106,9 +117,11 @@ def read_config(run_dir: str) -> Dict:
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         raise RunDataError(f"{path} not found: a run dir holds the resolved config the trainer writes there")
-    with open(path) as f:
+    with open(path, "rb") as f:
         try:
-            cfg = yaml.safe_load(f)
+            cfg = yaml.safe_load(f.read().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise RunDataError(f"{path}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
         except yaml.YAMLError as e:
             raise RunDataError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     model = cfg.get("model") if isinstance(cfg, dict) else None
@@ -116,6 +129,11 @@ def read_config(run_dir: str) -> Dict:
             or not isinstance(model.get("untie"), list):
         raise RunDataError(f"{path}: no model.modalities / model.untie lists; is this the resolved config.yaml "
                            "the trainer writes?")
+    for name, section in list(cfg.items()):  # an old run's `train: null` means the defaults, as in load_config
+        if section is None:
+            cfg[name] = {}
+        elif name != "base" and not isinstance(section, dict):
+            raise RunDataError(f"{path}: section {name!r} must be a mapping, got {section!r:.60}")
     return cfg
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional
 
 UNTIE_PARTS = ("attention", "ffn", "norms")
+DEMO_CORPUS = "demo"  # data.path naming the offline demo corpus
 
 
 def opt(default: Any, help: str) -> Any:
@@ -170,9 +171,10 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     path: Any = opt(
-        None, "Prefix of a Megatron indexed dataset (<path>.bin/.idx, tools/preprocess_data.py), or a blend of "
+        "demo", "Prefix of a Megatron indexed dataset (<path>.bin/.idx, tools/preprocess_data.py), or a blend of "
         "several with weights, Megatron's way: 'w1 prefix1 w2 prefix2 ...' (or a list [w1, prefix1, ...]); "
-        "null = the offline demo corpus, built deterministically under <run.output_dir>/demo_corpus.")
+        "'demo' = the offline demo corpus, built deterministically under <run.output_dir>/demo_corpus (a corpus "
+        "prefix named demo is ./demo). Empty or null is refused: an unset variable must not train on the demo.")
     valid_path: Any = opt(
         None, "Validation corpus or blend (same forms as data.path); null = hold out data.valid_fraction of the "
         "training documents, or no validation when that is 0.")
@@ -188,7 +190,7 @@ class DataConfig:
     prefetch: int = opt(2, "Optimizer steps of batches prepared ahead.")
     balance: bool = opt(True, "Per-modality load-balanced packing (else sequential, Megatron-style).")
     document_masking: bool = opt(True, "Mask attention across packed documents and reset positions per document.")
-    demo_documents: int = opt(4000, "Documents in the generated demo corpus (when data.path is null).")
+    demo_documents: int = opt(4000, "Documents in the generated demo corpus (when data.path is demo).")
 
 
 @dataclass
@@ -205,6 +207,10 @@ class CheckpointConfig:
         "refuse", "When the newest checkpoint is incomplete or corrupt: 'refuse' to start (say what is wrong), or "
         "fall back to the 'previous' complete one.")
     save_on_sigterm: bool = opt(True, "On SIGTERM (Slurm preemption) or SIGINT (Ctrl-C) save a checkpoint and exit.")
+    reshard_on_resume: Literal["auto", "refuse"] = opt(
+        "auto", "A checkpoint written by another layout (DP, TP, PP, ZeRO stage; e.g. a job requeued onto other "
+        "nodes): 'auto' reshards it into this run's layout as it loads (exact: the same state the explicit "
+        "tools/convert_checkpoint.py reshard gives), 'refuse' stops with that command.")
 
 
 @dataclass

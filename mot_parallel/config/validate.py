@@ -16,7 +16,8 @@ from .loader import ConfigError
 from .continuous_checks import continuous_errors
 from .deepspeed_checkpoint_keys import deepspeed_checkpoint_errors
 from .deepspeed_checks import deepspeed_conflicts
-from .schema import UNTIE_PARTS, Config
+from .deepspeed_schema import deepspeed_schema_errors
+from .schema import DEMO_CORPUS, UNTIE_PARTS, Config
 
 
 def _divisors(n: int, up_to: int = 4096) -> List[int]:
@@ -34,6 +35,7 @@ def num_kv_heads(cfg: Config) -> int:
 
 
 INT64_MAX = 2 ** 63 - 1
+MAX_SEQ_LEN = 2 ** 22  # 4M tokens: beyond any trained context, yet a 10**12 would pass the int64 check
 MAX_VOCAB = 2 ** 31 - 1  # tokens are stored as int32 from 65,500 ids up (data/indexed.py token_dtype)
 
 
@@ -64,6 +66,9 @@ def _model_errors(cfg: Config) -> List[str]:
     if m.max_seq_len < 2:
         err.append(f"model.max_seq_len={m.max_seq_len} leaves no next-token target in a sequence (every token's "
                    "target is the next one); use at least 2 (typically 2048-8192)")
+    elif m.max_seq_len > MAX_SEQ_LEN:
+        err.append(f"model.max_seq_len={m.max_seq_len} exceeds {MAX_SEQ_LEN} tokens per sequence (every micro-batch "
+                   "holds micro_batch_size x max_seq_len tokens); typical values are 2048-131072")
     if m.vocab_size > MAX_VOCAB:
         err.append(f"model.vocab_size={m.vocab_size} exceeds {MAX_VOCAB}, the largest id an int32 corpus holds")
     if m.hidden_size % m.num_heads:
@@ -198,13 +203,21 @@ def _io_errors(cfg: Config) -> List[str]:
         if len(a) == 2 and len(b) == 2 and b[0] < a[1]:
             err.append(f"data.modality_token_ranges: {na} {a} and {nb} {b} overlap")
     from ..data.blend import parse_blend  # imported here: the data package imports the config package
-    for key in ("path", "valid_path"):
-        value = getattr(cfg.data, key)
-        if value is not None:
-            try:
-                parse_blend(value, f"data.{key}")
-            except ValueError as e:
-                err.append(str(e))
+    path, valid = cfg.data.path, cfg.data.valid_path
+    blends = [("valid_path", valid)] if valid not in (None, DEMO_CORPUS) else []
+    if path is None or (isinstance(path, str) and not path.strip()):
+        err.append(f"data.path is empty (an unset variable in a job script?); give a corpus prefix or a blend, or "
+                   f"data.path={DEMO_CORPUS} for the offline demo corpus")
+    elif path != DEMO_CORPUS:
+        blends.insert(0, ("path", path))
+    if valid == DEMO_CORPUS:
+        err.append(f"data.valid_path={DEMO_CORPUS}: the demo corpus is a training corpus (data.path={DEMO_CORPUS}); "
+                   "validate on a held-out part of it with data.valid_fraction")
+    for key, value in blends:
+        try:
+            parse_blend(value, f"data.{key}")
+        except ValueError as e:
+            err.append(str(e))
     if not 0.0 <= cfg.data.valid_fraction < 1.0:
         err.append(f"data.valid_fraction={cfg.data.valid_fraction} must be in [0, 1)")
     if cfg.data.valid_path is not None and cfg.data.valid_fraction > 0:  # else one is silently ignored
@@ -263,6 +276,8 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> Optional[Parallel
     if not errors:  # the layout is sound (a NaN elsewhere does not change it)
         layout = ParallelLayout.from_config(cfg, world_size) if world_size is not None else None
         errors = [e for e in deepspeed_conflicts(cfg, layout) if _key_of(e) not in bad_keys]
+    named = bad_keys | {_key_of(e) for e in errors}  # DeepSpeed's own model: blocks not already named above
+    errors += [e for e in deepspeed_schema_errors(cfg) if not any(k.startswith(e.split(":")[0]) for k in named)]
     errors = numbers + errors
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))

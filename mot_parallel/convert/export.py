@@ -14,12 +14,13 @@ from safetensors.torch import save_file
 
 from ..config import dump_config
 from ..model.settings import DTYPES
+from ..outputs import EXPORT
 from .universal import Universal, fresh_temp_dir, move_into_place
 
 
 def export_universal(path: str, out: str, dtype: str = "fp32") -> str:
     uni = Universal(path)
-    tmp = fresh_temp_dir(out)
+    tmp = fresh_temp_dir(out, EXPORT)
     tensors = {n: uni.get(n).to(DTYPES[dtype]).contiguous() for n in uni.names()}
     save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "mot_parallel.export/1"})
     dump_config(uni.config, os.path.join(tmp, "config.yaml"))

@@ -30,6 +30,7 @@ from ..config import Config, load_config
 from ..model.settings import DTYPES, ModelSettings
 from .hf import FAMILIES, ConversionError, hf_shapes, layer_map
 from .names import fit_vocab
+from ..outputs import HF
 from .universal import Universal, fresh_temp_dir, is_universal, move_into_place
 
 HF_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -108,7 +109,7 @@ def export_to_hf(path: str, modality: str, out: str, dtype: str = "fp32") -> str
     s = ModelSettings.from_config(cfg)
     _check(s, modality, path)
     tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in hf_tensors(s, get, modality).items()}
-    tmp = fresh_temp_dir(out)
+    tmp = fresh_temp_dir(out, HF)
     save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(hf_config(s, cfg.model.max_seq_len, dtype), f, indent=2)

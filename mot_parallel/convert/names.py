@@ -23,21 +23,20 @@ def fit_vocab(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
 
 
+def canonical_name(name: str, pipeline: bool, num_layers: int, numbers=None) -> str:
+    """The canonical name of a local parameter name (`numbers`: the global numbers of a stage's layers, when
+    it is an MoTModel built for one stage; None: its own layers are numbered from 0)."""
+    if pipeline:
+        idx, rest = name.split(".", 1)
+        i = int(idx)
+        return "embedding." + rest if i == 0 else "head." + rest if i == num_layers + 1 else f"layers.{i - 1}.{rest}"
+    if name.startswith("layers."):
+        _, local, rest = name.split(".", 2)
+        return f"layers.{numbers[int(local)] if numbers is not None else int(local)}.{rest}"
+    return name
+
+
 def canonical_names(module: nn.Module, pipeline: bool, num_layers: int) -> Dict[str, str]:
     """local parameter name -> canonical name, for every parameter of `module`."""
-    out = {}
-    if pipeline:
-        for name, _ in module.named_parameters():
-            idx, rest = name.split(".", 1)
-            i = int(idx)
-            out[name] = ("embedding." + rest if i == 0 else "head." + rest if i == num_layers + 1
-                         else f"layers.{i - 1}.{rest}")
-        return out
-    numbers = [layer.layer_number for layer in getattr(module, "layers", [])]
-    for name, _ in module.named_parameters():
-        if name.startswith("layers."):
-            _, local, rest = name.split(".", 2)
-            out[name] = f"layers.{numbers[int(local)]}.{rest}"
-        else:
-            out[name] = name
-    return out
+    numbers = None if pipeline else [layer.layer_number for layer in getattr(module, "layers", [])]
+    return {name: canonical_name(name, pipeline, num_layers, numbers) for name, _ in module.named_parameters()}

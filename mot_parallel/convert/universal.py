@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Dict, Iterable, Optional
 
 import torch
@@ -21,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..config import Config, dump_config, load_config
+from ..outputs import MARKER, UNIVERSAL, fresh_staging, replace_dir, staging_dir as temp_dir
 
 FORMAT = "mot_parallel.universal/1"
 SHARD_BYTES = 2 * 2**30
@@ -44,22 +44,13 @@ class ShardWriter:
             self.n, self.buf, self.size = self.n + 1, {}, 0
 
 
-def temp_dir(path: str) -> str:
-    return os.path.abspath(path) + ".writing"
+def fresh_temp_dir(path: str, kind: str = UNIVERSAL) -> str:
+    """An empty staging directory for `path`, marked as a `kind` (a leftover is removed only if ours)."""
+    return fresh_staging(path, kind)
 
 
-def fresh_temp_dir(path: str) -> str:
-    """An empty staging directory for `path` (leftovers of an interrupted write removed)."""
-    tmp = temp_dir(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    return tmp
-
-
-def move_into_place(tmp: str, path: str) -> None:
-    """Replace `path` by the finished staging directory `tmp` (one rename)."""
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+# the finished staging directory -> `path` (one rename); an existing `path` is replaced only if it is ours
+move_into_place = replace_dir
 
 
 def publish(path: str, cfg: Config, meta: Dict, state: Dict) -> None:
@@ -95,21 +86,61 @@ def is_universal(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "universal.json"))
 
 
+META_FILES = ("universal.json", "index.json", "state.json", "config.yaml")
+
+
+def _read_json(path: str, what: type):
+    from ..training.checkpoint_files import CheckpointError
+    try:
+        with open(path, "rb") as f:
+            value = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(value, what):
+        raise CheckpointError(f"{path}: expected a JSON {what.__name__}, got {type(value).__name__}")
+    return value
+
+
+def closed_file_set(path: str) -> Dict[str, str]:
+    """The universal checkpoint at `path` as a closed set of regular files: its metadata files and the shards
+    index.json names (tensor name -> shard), nothing else. A symbolic link anywhere, a shard named outside the
+    directory, a missing file or a file nobody lists is a CheckpointError (the same rule as a training
+    checkpoint's manifest): nothing is ever opened through a link or outside the checkpoint."""
+    from ..training.checkpoint_files import CheckpointError, regular_files
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise CheckpointError(f"{path}: not a directory (a symbolic link or a file where a universal checkpoint "
+                              "should be)")
+    files, bad = regular_files(path)
+    bad += [f"{path}/{name}: missing" for name in META_FILES if name not in files]
+    if bad:
+        raise CheckpointError(f"{path}: not a usable universal checkpoint: " + "; ".join(bad[:3]))
+    index = _read_json(os.path.join(path, "index.json"), dict)
+    shards = set()
+    for name, shard in index.items():
+        if not isinstance(shard, str) or shard not in files or os.path.normpath(shard) != shard or \
+                os.path.isabs(shard) or shard.startswith(".."):
+            raise CheckpointError(f"{path}/index.json: tensor {name!r} is in {shard!r:.80}, not a file of the "
+                                  "checkpoint; a universal checkpoint reads only its own files")
+        shards.add(shard)
+    strangers = sorted(set(files) - shards - set(META_FILES) - {MARKER})
+    if strangers:
+        raise CheckpointError(f"{path}/{strangers[0]}: not listed by the universal checkpoint (a stranger: remove "
+                              "it, or convert the checkpoint again)")
+    return index
+
+
 class Universal:
-    """Lazy reader."""
+    """Lazy reader of a universal checkpoint: only the files it lists (closed_file_set)."""
 
     def __init__(self, path: str):
         if not is_universal(path):
             raise FileNotFoundError(f"{path}: not a universal checkpoint (no universal.json)")
         self.path = path
-        with open(os.path.join(path, "universal.json")) as f:
-            self.meta = json.load(f)
+        self.index = closed_file_set(path)
+        self.meta = _read_json(os.path.join(path, "universal.json"), dict)
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
-        with open(os.path.join(path, "index.json")) as f:
-            self.index = json.load(f)
-        with open(os.path.join(path, "state.json")) as f:
-            self.state = json.load(f)
+        self.state = _read_json(os.path.join(path, "state.json"), dict)
         self.config = load_config(os.path.join(path, "config.yaml"))
         self._open: Dict[str, object] = {}
 

@@ -6,14 +6,15 @@ global_batch.py; metrics and bounds in balance.py), micro-batches (batch.py),
 the per-rank loader (loader.py), several corpora or document subsets as one table (corpus_set.py), blends
 with weights (blend.py), the training/validation data of a config (datasets.py) and the offline demo
 corpus (demo_corpus.py)."""
-from .balance import balance_bound, batch_stats
-from .batch import MicroBatch, build_micro_batch
-from .corpus import Corpus, SegmentTable
-from .indexed import DataError, IndexedDataset, IndexedWriter, token_dtype
-from .loader import MoTDataLoader, StepBatch
-from .packing import GlobalBatch, PackingWarning, pack_balanced, pack_sequential
-from .stream import DocumentStream, Held, Piece
+from ..lazy_exports import lazy_exports
 
-__all__ = ["Corpus", "DataError", "DocumentStream", "GlobalBatch", "Held", "IndexedDataset", "IndexedWriter",
-           "MicroBatch", "MoTDataLoader", "PackingWarning", "Piece", "SegmentTable", "StepBatch", "balance_bound",
-           "batch_stats", "build_micro_batch", "pack_balanced", "pack_sequential", "token_dtype"]
+# name -> submodule; imported on first use (PEP 562), so `import mot_parallel.data.indexed` (a tool checking its
+# arguments) does not load torch through the loader
+_EXPORTS = {"balance_bound": "balance", "batch_stats": "balance", "MicroBatch": "batch", "build_micro_batch": "batch",
+            "Corpus": "corpus", "SegmentTable": "corpus", "DataError": "indexed", "IndexedDataset": "indexed",
+            "IndexedWriter": "indexed", "token_dtype": "indexed", "MoTDataLoader": "loader", "StepBatch": "loader",
+            "GlobalBatch": "packing", "PackingWarning": "packing", "pack_balanced": "packing",
+            "pack_sequential": "packing", "DocumentStream": "stream", "Held": "stream", "Piece": "stream"}
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,6 +10,7 @@ error (binomial per chunk).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Dict, List, Sequence, Tuple
 
@@ -24,7 +25,7 @@ def parse_blend(value, key: str) -> List[Tuple[float, str]]:
         raise ValueError(f"{key}: expected a corpus prefix or a blend 'weight prefix weight prefix ...', got {value!r}")
     if not items:
         raise ValueError(f"{key} is empty; give a corpus prefix (<prefix>.bin/.idx), a blend 'weight prefix "
-                         "weight prefix ...', or null for the demo corpus")
+                         f"weight prefix ...', or {'demo for the demo corpus' if key == 'data.path' else 'null'}")
     if len(items) == 1:
         return [(1.0, str(items[0]))]
     if len(items) % 2:
@@ -68,6 +69,25 @@ class BlendOrder:
         self._cursor: Tuple[int, np.ndarray] = (0, np.zeros(len(self.sizes), np.int64))
         self._perms: List[Dict[int, np.ndarray]] = [{} for _ in self.sizes]  # source -> {epoch: permutation}
         self._cache: Dict[int, np.ndarray] = {}
+        key = repr((self.sizes, self.weights.tolist(), seed, chunk)).encode()
+        self.fingerprint = hashlib.sha256(key).hexdigest()[:16]  # which blend a stored cursor belongs to
+
+    def cursor(self, e: int) -> dict:
+        """The position before chunk e (draws per source), O(1) when e is the chunk last served."""
+        return {"blend": self.fingerprint, "chunk": int(e), "draws": self._draws_before(e).tolist()}
+
+    def restore(self, cursor: dict) -> bool:
+        """Start from a stored cursor; False (and nothing changed) when it is not one of this blend's: the
+        next chunk is then found by recounting, as for a checkpoint written before cursors were stored."""
+        try:
+            chunk, draws = int(cursor["chunk"]), np.asarray(cursor["draws"], dtype=np.int64)
+            ok = cursor["blend"] == self.fingerprint and chunk >= 0 and draws.shape == (len(self.sizes),) \
+                and draws.min(initial=0) >= 0 and int(draws.sum()) == chunk * self.chunk
+        except (KeyError, TypeError, ValueError):
+            return False
+        if ok:
+            self._cursor, self._cache = (chunk, draws), {}
+        return ok
 
     def _sources(self, e: int) -> np.ndarray:
         return np.random.default_rng([self.seed, 0x6C656E64, e]).choice(len(self.sizes), size=self.chunk,

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..outputs import OutputError, new_file
 from .indexed import SIDECAR, DataError, IndexedDataset, IndexedWriter
 
 FORMAT = "mot_parallel/2"
@@ -34,11 +35,18 @@ class ContinuousWriter:
     """IndexedWriter plus the patch files: add_document takes (tokens, mode) for discrete segments and
     (float array [P, patch_dim], mode) for continuous ones (modes listed in `continuous`)."""
 
-    def __init__(self, prefix: str, token_dtype, continuous: Dict[int, Tuple[str, dict]], dtype: str = "float16"):
-        self.tokens = IndexedWriter(prefix, token_dtype, multimodal=True)
+    def __init__(self, prefix: str, token_dtype, continuous: Dict[int, Tuple[str, dict]], dtype: str = "float16",
+                 overwrite: bool = False):
+        self.tokens = IndexedWriter(prefix, token_dtype, multimodal=True, overwrite=overwrite,
+                                    extra=[f".{name}.patches" for name, _ in continuous.values()])
         self.prefix, self.continuous, self.dtype = prefix, continuous, dtype
-        self._files = {m: open(patches_path(prefix, name) + f".tmp.{os.getpid()}", "wb")
-                       for m, (name, _) in continuous.items()}
+        self._files = {}
+        try:
+            for m, (name, _) in continuous.items():
+                self._files[m] = new_file(patches_path(prefix, name) + f".tmp.{os.getpid()}")
+        except OutputError:
+            self.abort()
+            raise
         self.rows = {m: 0 for m in continuous}
 
     def add_document(self, segments: Sequence[Tuple[np.ndarray, int]]) -> None:

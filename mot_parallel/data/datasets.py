@@ -1,6 +1,6 @@
 """The training and validation data a config asks for: each one CorpusSet (+ its document order).
 
-    data.path         a corpus prefix, or a blend "w1 p1 w2 p2 ..." (blend.py); null = the demo corpus
+    data.path         a corpus prefix, or a blend "w1 p1 w2 p2 ..." (blend.py); "demo" = the demo corpus
     data.valid_path   the validation corpus or blend, when it has its own
     data.valid_fraction  else: hold out this fraction of every training source's documents (a fixed hash
                       of the document index decides, corpus_set.split_documents; no document is in both)
@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from ..config import Config, atomic_modalities
+from ..config.schema import DEMO_CORPUS
 from .blend import BlendOrder, parse_blend
 from .corpus import Corpus
 from .corpus_set import CorpusPart, CorpusSet, split_documents
@@ -36,7 +37,7 @@ class Datasets:
 
 
 def _sources(cfg: Config, spec, key: str) -> List[Tuple[float, str, Corpus]]:
-    if spec is None:  # the demo corpus (built on first use)
+    if key == "data.path" and spec == DEMO_CORPUS:  # the demo corpus (built on first use)
         corpus = open_corpus(cfg)
         return [(1.0, "demo", corpus)]
     pairs = parse_blend(spec, key)
@@ -45,7 +46,7 @@ def _sources(cfg: Config, spec, key: str) -> List[Tuple[float, str, Corpus]]:
         name = os.path.basename(prefix.rstrip("/")) or prefix
         name = name if name not in names else f"{name}_{len(out)}"
         names.add(name)
-        out.append((weight, name, open_prefix(cfg, prefix)))
+        out.append((weight, name, open_prefix(cfg, prefix, key)))
     return out
 
 

@@ -27,6 +27,8 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
+from ..outputs import CORPUS_DEMO
+
 MODALITIES = ("text", "image", "speech")
 VOCAB_SIZE = 512
 TEXT, IMAGE, SPEECH = (0, 256), (256, 448), (448, 512)
@@ -132,15 +134,18 @@ def documents(n_docs: int, seed: int = 0, variant: str = "caption") -> Iterator[
             yield [(np.array(_prose(rng, table, int(rng.integers(20, 120)))), t)]
 
 
-def write_demo_corpus(prefix: str, n_docs: int = 4000, seed: int = 0, variant: str = "caption") -> str:
-    """Build the demo corpus as a multimodal Megatron indexed dataset at `prefix` (atomic write)."""
+def write_demo_corpus(prefix: str, n_docs: int = 4000, seed: int = 0, variant: str = "caption",
+                      overwrite: bool = False) -> str:
+    """Build the demo corpus as a multimodal Megatron indexed dataset at `prefix` (atomic write; an existing corpus
+    there is replaced only with `overwrite`, and only one this project wrote)."""
     from .indexed import IndexedWriter, token_dtype
-    with IndexedWriter(prefix, token_dtype(VOCAB_SIZE), multimodal=True) as w:
+    with IndexedWriter(prefix, token_dtype(VOCAB_SIZE), multimodal=True, overwrite=overwrite) as w:
         n_tok = 0
         for doc in documents(n_docs, seed, variant):
             w.add_document(doc)
             n_tok += sum(len(x) for x, _ in doc)
-        w.close({"format": "mot_parallel/1", "modalities": list(MODALITIES), "vocab_size": VOCAB_SIZE,
+        w.close({"format": "mot_parallel/1", "written_by": CORPUS_DEMO, "modalities": list(MODALITIES),
+                 "vocab_size": VOCAB_SIZE,
                  "documents": n_docs, "tokens": n_tok, "source": f"demo_corpus(seed={seed})" if variant == "caption" else
                  f"demo_corpus(seed={seed}, variant={variant})"})
     return prefix

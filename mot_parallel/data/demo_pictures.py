@@ -21,6 +21,7 @@ from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 
+from ..outputs import CORPUS_PICTURES
 from .demo_corpus import _COLORS, _COUNTS, _PLACES, _SHAPES, _SIZES, TEXT, W, _caption, _markov, _prose
 from .demo_shapes import SIZES, shape_mask
 from .images import patchify, unpatchify
@@ -146,16 +147,17 @@ def documents(n_docs: int, seed: int = 0, patch: int = 8) -> Iterator[List[Tuple
             yield [(np.array(_prose(rng, table, int(rng.integers(20, 60)))), 0)]
 
 
-def write_demo_pictures(prefix: str, n_docs: int = 4000, seed: int = 0, patch: int = 8) -> str:
+def write_demo_pictures(prefix: str, n_docs: int = 4000, seed: int = 0, patch: int = 8,
+                        overwrite: bool = False) -> str:
     from .continuous import ContinuousWriter
     from .indexed import token_dtype
     info = {k: v for k, v in continuous_spec(patch).items() if k not in ("boi_token", "eoi_token")}
-    w = ContinuousWriter(prefix, token_dtype(VOCAB_SIZE), {1: ("image", info)}, dtype="float32")
+    w = ContinuousWriter(prefix, token_dtype(VOCAB_SIZE), {1: ("image", info)}, dtype="float32", overwrite=overwrite)
     try:
         for doc in documents(n_docs, seed, patch):
             w.add_document(doc)
-        w.close({"modalities": list(MODALITIES), "vocab_size": VOCAB_SIZE, "documents": n_docs,
-                 "source": f"demo_pictures(seed={seed}, patch={patch})"})
+        w.close({"written_by": CORPUS_PICTURES, "modalities": list(MODALITIES), "vocab_size": VOCAB_SIZE,
+                 "documents": n_docs, "source": f"demo_pictures(seed={seed}, patch={patch})"})
     except BaseException:
         w.abort()
         raise

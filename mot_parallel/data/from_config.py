@@ -1,4 +1,4 @@
-"""Open the corpus a config asks for; with `data.path: null`, build the offline demo corpus first.
+"""Open the corpus a config asks for; with `data.path: demo`, build the offline demo corpus first.
 
 The demo corpus is written under <run.output_dir>/demo_corpus/ by whichever rank gets there first;
 writes are atomic (pid-suffixed temp files renamed into place), so concurrent builders are harmless
@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 
 from ..config import Config, atomic_modalities
+from ..config.schema import DEMO_CORPUS
 from .corpus import Corpus, check_fits
 from . import demo_corpus, demo_pictures
 from .indexed import DataError, IndexedDataset
 
 
 def _demo(cfg: Config):
-    """The demo a config gets with data.path null: the picture demo (Transfusion) for a model with
+    """The demo a config gets with data.path=demo: the picture demo (Transfusion) for a model with
     continuous modalities, else the token demo."""
     return demo_pictures if cfg.model.continuous else demo_corpus
 
@@ -41,24 +42,25 @@ def check_demo_fits(cfg: Config) -> None:
             not continuous_ok:
         need = f" and model.continuous.image {dict((k, want[k]) for k in keys)} (patch one of {list(demo.PATCHES)}, " \
             f"grid {demo.SIDE} / patch)" if cfg.model.continuous else ""
-        raise DataError(f"data.path is null, so the demo corpus is used: it needs model.modalities = "
+        raise DataError(f"data.path={DEMO_CORPUS} asks for the demo corpus: it needs model.modalities = "
                         f"{list(demo.MODALITIES)} and model.vocab_size >= {demo.VOCAB_SIZE}{need} (got "
                         f"{cfg.model.modalities}, {cfg.model.vocab_size}); or give data.path")
 
 
-def check_corpus_files(prefix: str) -> None:
-    """data.path names a prefix: say so when it names one of the files, a directory, or nothing."""
+def check_corpus_files(prefix: str, key: str = "data.path") -> None:
+    """`key` (data.path, data.valid_path) names a prefix: say so when it names one of the files, a directory, or
+    nothing."""
     if os.path.isfile(prefix + ".idx") and os.path.isfile(prefix + ".bin"):
         return
     for ext in (".bin", ".idx", ".mot.json"):
         if prefix.endswith(ext) and os.path.isfile(prefix[: -len(ext)] + ".idx"):
-            raise DataError(f"data.path={prefix} names a file of the corpus; give its prefix: "
-                            f"data.path={prefix[: -len(ext)]}")
+            raise DataError(f"{key}={prefix} names a file of the corpus; give its prefix: "
+                            f"{key}={prefix[: -len(ext)]}")
     missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
     what = "is a directory; " if os.path.isdir(prefix) else ""
-    raise DataError(f"data.path={prefix} {what}has no corpus: {' and '.join(missing)} not found (a corpus is "
-                    "<prefix>.bin + <prefix>.idx; build one with tools/preprocess_data.py, or set data.path: null "
-                    "for the demo corpus)")
+    demo = f", or set data.path={DEMO_CORPUS} for the demo corpus" if key == "data.path" else ""
+    raise DataError(f"{key}={prefix} {what}has no corpus: {' and '.join(missing)} not found (a corpus is "
+                    f"<prefix>.bin + <prefix>.idx; build one with tools/preprocess_data.py{demo})")
 
 
 def check_trainable(corpus: Corpus) -> None:
@@ -77,24 +79,25 @@ def check_data(cfg: Config, full: bool = True) -> None:
     from .corpus_set import check_splittable
     for key in ("path", "valid_path"):
         spec = getattr(cfg.data, key)
+        if key == "path" and spec == DEMO_CORPUS:
+            check_demo_fits(cfg)
+            continue
         if spec is None:
-            if key == "path":
-                check_demo_fits(cfg)
             continue
         split = cfg.data.valid_fraction if key == "path" and cfg.data.valid_path is None else 0.0
         for _, prefix in parse_blend(spec, f"data.{key}"):
             if full:
-                check_splittable(open_prefix(cfg, prefix).num_docs, split, prefix)
+                check_splittable(open_prefix(cfg, prefix, f"data.{key}").num_docs, split, prefix)
                 continue
-            check_corpus_files(prefix)
+            check_corpus_files(prefix, f"data.{key}")
             ds = IndexedDataset(prefix)
             check_fits(ds, cfg.model.modalities, cfg.model.vocab_size, bool(cfg.data.modality_token_ranges))
             check_splittable(ds.num_docs, split, prefix)
 
 
-def open_prefix(cfg: Config, prefix: str) -> Corpus:
-    """One corpus of the config's data, checked: its files, its fit to the model, its token ids."""
-    check_corpus_files(prefix)
+def open_prefix(cfg: Config, prefix: str, key: str = "data.path") -> Corpus:
+    """One corpus of the config's data (of `key`), checked: its files, its fit to the model, its token ids."""
+    check_corpus_files(prefix, key)
     corpus = _corpus(prefix, cfg)
     check_trainable(corpus)
     return corpus
@@ -109,14 +112,15 @@ def _corpus(prefix: str, cfg: Config) -> Corpus:
 
 def open_corpus(cfg: Config) -> Corpus:
     prefix = cfg.data.path
-    if prefix is None:
+    if prefix == DEMO_CORPUS:
         check_demo_fits(cfg)
         prefix = demo_prefix(cfg)
         if not os.path.isfile(prefix + ".idx"):
-            if cfg.model.continuous:
-                demo_pictures.write_demo_pictures(prefix, cfg.data.demo_documents, 0, cfg.model.continuous["image"].patch)
+            if cfg.model.continuous:   # overwrite: ours (rank racing rank, or a crash)
+                demo_pictures.write_demo_pictures(prefix, cfg.data.demo_documents, 0,
+                                                  cfg.model.continuous["image"].patch, overwrite=True)
             else:
-                demo_corpus.write_demo_corpus(prefix, cfg.data.demo_documents, seed=0)
+                demo_corpus.write_demo_corpus(prefix, cfg.data.demo_documents, seed=0, overwrite=True)
     else:
         check_corpus_files(prefix)
     corpus = _corpus(prefix, cfg)

@@ -61,6 +61,9 @@ def _agree(what: str, candidates: Sequence[Tuple[str, object]]):
     return given[0][1] if given else None
 
 
+MAX_IMAGE_SIDE = 8192  # pixels (or latent cells) per side: 200 MB of float32 RGB; Pillow's bomb limit is ~9,459^2
+
+
 def _size_pair(values: Optional[Sequence[int]], option: str) -> Optional[Tuple[int, int]]:
     if values is None:
         return None
@@ -127,6 +130,10 @@ def resolve(args, cfg, name: str, vae=None) -> ImageSpec:
         (conf("grid")[0], list(base.grid) if base else None), ("--image-size", from_size)])
     if grid is None:
         raise DataError(f"{name}: give --grid or --image-size (or --config)")
+    side = max(grid) * patch * (factor or 1)
+    if side > MAX_IMAGE_SIDE:  # before any work: one such image alone would take gigabytes
+        raise DataError(f"{name}: an image side of {side} {'pixels' if factor else 'latent cells'} (from --image-size, "
+                        f"--grid or {key}.grid) exceeds {MAX_IMAGE_SIDE}; give a smaller --image-size or --grid")
     markers = [_agree(f"{name} {m}", [(f"--{m.replace('_', '-')}", getattr(args, m)), conf(m)])
                for m in ("boi_token", "eoi_token")]
     return ImageSpec(name, source, int(channels), int(patch), (int(grid[0]), int(grid[1])),

@@ -65,6 +65,9 @@ def read_image(path, size: Tuple[int, int]) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             img = ImageOps.fit(img.convert("RGB"), (size[1], size[0]), method=Image.Resampling.BICUBIC)
             return np.asarray(img, dtype=np.uint8)
+    except MemoryError:  # not the file's fault: the size asked for
+        raise ValueError(f"out of memory scaling it to {size[1]} x {size[0]} pixels; use a smaller --image-size"
+                         ) from None
     except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many types on a bad file; all mean "unreadable"
         raise ValueError(f"not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                          ) from None

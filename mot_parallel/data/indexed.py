@@ -26,6 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..outputs import check_corpus, new_file
+
 HEADER = b"MMIDIDX\x00\x00"
 _CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6, np.float32: 7,
           np.uint16: 8}
@@ -56,14 +58,28 @@ def _as_tokens(tokens, dtype, doc: int) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
-class IndexedWriter:
-    """Stream documents into <prefix>.bin/.idx; `close()` publishes atomically, errors leave nothing."""
+def _missing_dirs(path: str) -> List[str]:
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    while path and not os.path.exists(path):
+        out.append(path)
+        path = os.path.dirname(path)
+    return out
 
-    def __init__(self, prefix: str, dtype=np.uint16, multimodal: bool = True):
+
+class IndexedWriter:
+    """Stream documents into <prefix>.bin/.idx; `close()` publishes atomically, errors leave nothing.
+    An existing corpus at `prefix` is replaced only with `overwrite` and only if this project wrote it
+    (mot_parallel/outputs.py; `extra`: more suffixes the corpus consists of)."""
+
+    def __init__(self, prefix: str, dtype=np.uint16, multimodal: bool = True, overwrite: bool = False,
+                 extra: Sequence[str] = ()):
+        check_corpus("output prefix", prefix, overwrite=overwrite, extra=extra)
         self.prefix, self.dtype, self.multimodal = prefix, np.dtype(dtype).type, multimodal
+        self._made = _missing_dirs(os.path.dirname(os.path.abspath(prefix)))  # removed again by abort()
         os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
         self._tmp = f".tmp.{os.getpid()}"
-        self._bin = open(prefix + ".bin" + self._tmp, "wb")
+        self._bin = new_file(prefix + ".bin" + self._tmp)
         self.lengths: List[int] = []
         self.modes: List[int] = []
         self.doc_index: List[int] = [0]
@@ -88,7 +104,7 @@ class IndexedWriter:
         pointers = np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) > 1:
             pointers[1:] = np.cumsum(lengths[:-1], dtype=np.int64) * itemsize
-        with open(self.prefix + ".idx" + self._tmp, "wb") as f:
+        with new_file(self.prefix + ".idx" + self._tmp) as f:
             f.write(HEADER)
             f.write(struct.pack("<Q", 1))
             f.write(struct.pack("<B", _CODES[self.dtype]))
@@ -102,7 +118,7 @@ class IndexedWriter:
             f.flush()
             os.fsync(f.fileno())
         if meta is not None:
-            with open(self.prefix + SIDECAR + self._tmp, "w") as f:
+            with new_file(self.prefix + SIDECAR + self._tmp, "w") as f:
                 json.dump(meta, f, indent=1)
             os.replace(self.prefix + SIDECAR + self._tmp, self.prefix + SIDECAR)
         os.replace(self.prefix + ".bin" + self._tmp, self.prefix + ".bin")
@@ -115,6 +131,11 @@ class IndexedWriter:
                 os.remove(self.prefix + ext + self._tmp)
             except FileNotFoundError:
                 pass
+        for d in self._made:  # the directories this writer created, deepest first, if nothing else is in them
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
 
     def __enter__(self):
         return self
@@ -173,7 +194,9 @@ class IndexedDataset:
                             f"({'truncated' if actual < expected else 'trailing bytes'}; first document "
                             f"affected: {max(doc, 0)} of {self.num_docs}); rebuild it with tools/preprocess_data.py")
         self._bin = np.memmap(bin_path, mode="r", dtype=self.dtype) if expected else np.zeros(0, self.dtype)
+        from .sidecar import check_against_index, read_sidecar  # (imports this module)
         self.meta = read_sidecar(prefix + SIDECAR)
+        check_against_index(self.meta, self, prefix + SIDECAR)
 
     def stamp(self) -> np.ndarray:
         """Identifies the files' current contents (size, modification time, inode of .bin and .idx): caches
@@ -243,24 +266,3 @@ def _check_index(ds: IndexedDataset, path: str) -> None:
                 seg = a + int(bad[0])
                 raise DataError(f"{path}: segment {seg} (document {ds.document_of(seg)}) has modality id "
                                 f"{int(ds.modes[seg])}; ids are 0, 1, ... in model.modalities order; {fix}")
-
-
-def read_sidecar(path: str) -> Dict:
-    """The <prefix>.mot.json record ({} when absent), its fields type-checked."""
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, "rb") as f:
-            meta = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: bad JSON, and bytes that are not UTF-8
-        raise DataError(f"{path}: unreadable sidecar ({e}); rebuild the corpus with tools/preprocess_data.py, "
-                        "or delete the file to use the corpus without it") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: the sidecar must be a JSON object, got {type(meta).__name__}")
-    names = meta.get("modalities")
-    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        raise DataError(f"{path}: 'modalities' must be a list of names, got {names!r:.80}")
-    vocab = meta.get("vocab_size")
-    if vocab is not None and not (isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0):
-        raise DataError(f"{path}: 'vocab_size' must be a positive integer, got {vocab!r:.80}")
-    return meta

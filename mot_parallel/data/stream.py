@@ -173,22 +173,31 @@ class DocumentStream:
     def snapshot(self) -> "StreamState":
         """The state now, cheap to take every step (arrays copied, JSON lists made only when asked)."""
         carry = self._carry.take(slice(self._head, None))
-        return StreamState(self.epoch, self.pos, list(self.pending), Pieces(*(a.copy() for a in vars(carry).values())))
+        # a blend: where it is, so a resume need not recount (blend.py)
+        cursor = self._order.cursor(self.epoch) if hasattr(self._order, "cursor") else None
+        return StreamState(self.epoch, self.pos, list(self.pending), Pieces(*(a.copy() for a in vars(carry).values())),
+                           cursor)
 
     def state_dict(self) -> dict:
         return self.snapshot().to_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        if "order_cursor" in state and hasattr(self._order, "restore"):
+            self._order.restore(state["order_cursor"])
         self.pending = [Piece(*p) for p in state["pending"]]
         self._carry, self._head = Pieces.of([Held(Piece(*p), int(d)) for p, d in state["carry"]]), 0
         self._ahead, self._orders = None, {}
 
 
 class StreamState:
-    def __init__(self, epoch: int, pos: int, pending: List[Piece], carry: Pieces):
+    def __init__(self, epoch: int, pos: int, pending: List[Piece], carry: Pieces, order_cursor=None):
         self.epoch, self.pos, self.pending, self.carry = epoch, pos, pending, carry
+        self.order_cursor = order_cursor
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "pending": [list(p) for p in self.pending],
-                "carry": [[list(p), d] for p, d in self.carry.held()]}
+        state = {"epoch": self.epoch, "pos": self.pos, "pending": [list(p) for p in self.pending],
+                 "carry": [[list(p), d] for p, d in self.carry.held()]}
+        if self.order_cursor is not None:
+            state["order_cursor"] = self.order_cursor
+        return state

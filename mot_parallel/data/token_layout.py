@@ -84,7 +84,8 @@ def code_slices(modalities: Sequence[str], sizes: Dict[str, int], configured: Di
     for name in list(sizes) + list(configured):
         if name not in modalities or name not in discrete:
             kind = "not one of the modalities" if name not in modalities else "continuous, not discrete codes"
-            raise DataError(f"codes for {name!r}: {kind} {list(modalities)}")
+            source = "data.modality_token_ranges" if name in configured else "--codebook-size / --image-modality"
+            raise DataError(f"{source}: codes for {name!r}: {kind} {list(modalities)}")
     if configured:
         out = {}
         for name, (lo, hi) in configured.items():

@@ -1,8 +1,10 @@
 """Process start-up (launch_env, init), device choice (device), topology and its adapters, collectives."""
-from .startup import DistContext, barrier_if_distributed, init_distributed, shutdown_distributed
-from .launch_env import LaunchEnv, detect_launch_env, expand_hostlist
-from .mpu import DeepSpeedMPU
-from .topology import ParallelTopology
+from ..lazy_exports import lazy_exports
 
-__all__ = ["DeepSpeedMPU", "DistContext", "LaunchEnv", "ParallelTopology", "barrier_if_distributed",
-           "detect_launch_env", "expand_hostlist", "init_distributed", "shutdown_distributed"]
+# name -> submodule; imported on first use (PEP 562): the launcher reads its environment before torch loads
+_EXPORTS = {"DistContext": "startup", "barrier_if_distributed": "startup", "init_distributed": "startup",
+            "shutdown_distributed": "startup", "LaunchEnv": "launch_env", "detect_launch_env": "launch_env",
+            "expand_hostlist": "launch_env", "DeepSpeedMPU": "mpu", "ParallelTopology": "topology"}
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

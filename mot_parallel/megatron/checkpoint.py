@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from ..convert.names import VOCAB_PARAMS, fit_vocab
 from ..convert.universal import ShardWriter, Universal, fresh_temp_dir, is_universal, move_into_place, publish, temp_dir
 from ..distributed.collectives import group_rank, group_size
+from ..outputs import MEGATRON
 from ..distributed.startup import barrier_if_distributed
 from ..tensor_parallel.layout import gather_full, split_full
 from ..tensor_parallel.param_meta import tp_partition
@@ -171,7 +172,7 @@ def write_megatron_checkpoint(universal_path: str, out: str) -> MegatronSetup:
     src = _Source(universal_path)
     if src.universal is None:
         raise ValueError(f"{universal_path}: not a universal checkpoint")
-    tmp = fresh_temp_dir(out)
+    tmp = fresh_temp_dir(out, MEGATRON)
     tensors = {megatron_name(n): src.get(n).float().contiguous() for n in sorted(src.names)}
     save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "mot_parallel.megatron/1"})
     with open(os.path.join(tmp, SETUP_FILE), "w") as f:

@@ -18,6 +18,7 @@ class Hardware:
     attention_efficiency: float = 0.45  # flash attention forward+backward
     dp_overlap: float = 0.8             # fraction of DP/ZeRO communication hidden behind backward
     reserve_gb: float = 3.0             # CUDA context, NCCL buffers, allocator fragmentation
+    storage_gbps: float = 2.0           # checkpoint filesystem bandwidth per node, GB/s each way
 
     def with_(self, **kw) -> "Hardware":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

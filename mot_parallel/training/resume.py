@@ -7,7 +7,9 @@
     <dir>       a DeepSpeed checkpoint directory (or one step_* inside it) of this layout
     <universal> a universal checkpoint (another layout, an upcycled model): starts the run unless the run
                 has checkpoints of its own, which then win (a requeued job must not start over)
-A newest checkpoint that is not complete stops the run with what is wrong, unless
+A checkpoint of another layout (DP, TP, PP or ZeRO stage) is resharded into this run's layout as it is
+loaded when checkpoint.reshard_on_resume=auto (reshard.py), and refused, naming the conversion command,
+when it is `refuse`. A newest checkpoint that is not complete stops the run with what is wrong, unless
 checkpoint.on_corrupt=previous asks to fall back to the previous complete one. Resuming is refused when
 the run would later overwrite a checkpoint it did not load (a newer one in the same directory), and when
 the checkpoint, DeepSpeed's or universal, was written for another model (model_record.py: every
@@ -27,7 +29,7 @@ from typing import List, Optional, Tuple
 from ..config import Config
 from ..config.layout import ParallelLayout
 from .checkpoint import note
-from .checkpoint_files import (FORMAT_1, CheckpointError, layout_problem, problems, read_manifest, regular_files,
+from .checkpoint_files import (FORMAT_1, CheckpointError, layout_problem, problems, read_manifest,
                                step_dirs, step_of)
 from .model_record import model_problem, model_record
 
@@ -37,6 +39,11 @@ class ResumeTarget:
     universal: bool
     directory: str             # the universal checkpoint, or the directory holding the step_* tag
     tag: Optional[str] = None  # step_XXXXXXXX (DeepSpeed checkpoints)
+    reshard_from: Optional[dict] = None  # the checkpoint's layout record, when it is not this run's
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, self.tag) if self.tag else self.directory
 
     @property
     def step(self) -> int:
@@ -107,31 +114,36 @@ def _newest_complete(directory: str, steps: List[Tuple[int, str]], on_corrupt: s
 
 def _validated(cfg: Config, directory: str, tag: str, layout: ParallelLayout) -> ResumeTarget:
     path = os.path.join(directory, tag)
-    problem = layout_problem(path, layout)
-    if problem:
-        raise CheckpointError(problem)
     meta = read_manifest(path)
+    problem = layout_problem(path, layout)
     if meta.get("format") == FORMAT_1:
         note(f"warning: {path} has a format-1 manifest (an earlier release): its files' contents cannot be checked "
              "against hashes, nor its model settings compared with this run's; resuming it as it is")
+    else:  # (a reshard goes through the universal form, which re-pads the vocabulary rows)
+        model = model_problem(path, meta.get("model") or {}, cfg, deepspeed=not problem)
+        if model:
+            raise CheckpointError(model)
+    if not problem:
         return ResumeTarget(False, directory, tag)
-    problem = model_problem(path, meta.get("model") or {}, cfg, deepspeed=True)
-    if problem:
-        raise CheckpointError(problem)
-    return ResumeTarget(False, directory, tag)
+    if cfg.checkpoint.reshard_on_resume != "auto":
+        raise CheckpointError(problem + "; or let the run reshard it as it resumes: checkpoint.reshard_on_resume=auto")
+    from ..convert.deepspeed_files import unsupported
+    why = unsupported(path, meta["layout"])
+    if why:
+        raise CheckpointError(f"{problem}. checkpoint.reshard_on_resume=auto cannot reshard it: {why}")
+    return ResumeTarget(False, directory, tag, reshard_from=meta["layout"])
 
 
 def _universal(cfg: Config, path: str) -> ResumeTarget:
     from ..convert.universal import Universal
-    try:
+    try:  # its shards are safetensors (data only), read only from inside it (Universal's closed file set)
         uni = Universal(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint.resume={path}: {e}") from None
     except Exception as e:  # noqa: BLE001 - any unreadable universal checkpoint is named, not loaded
         raise CheckpointError(f"checkpoint.resume={path}: not a readable universal checkpoint ({type(e).__name__}: "
                               f"{e})") from None
-    files, bad = regular_files(path)  # its shards are safetensors (data only), read only from inside it
-    shards = {str(f) for f in uni.index.values()} if isinstance(uni.index, dict) else {"(index.json is no mapping)"}
-    bad += [f"{path}/index.json names {f!r}, not a file of the checkpoint" for f in sorted(shards) if f not in files]
-    problem = "\n  - ".join(bad) or model_problem(path, model_record(uni.config), cfg, deepspeed=False)
+    problem = model_problem(path, model_record(uni.config), cfg, deepspeed=False)
     if problem:
         raise CheckpointError(problem)
     return ResumeTarget(True, path)

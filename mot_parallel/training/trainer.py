@@ -67,9 +67,7 @@ StepHook = Optional[Callable[[int], None]]
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return torch.bfloat16 if dev.is_accelerator(device) else torch.float32
-    return DTYPES[precision]
+    return DTYPES[precision] if precision != "auto" else torch.bfloat16 if dev.is_accelerator(device) else torch.float32
 
 
 class Trainer:
@@ -183,23 +181,19 @@ class Trainer:
                         context_start=mb.context_start)
 
     def _resume(self) -> None:
+        from .reshard import load_universal, resharded
         target = self.resume_target
         if target is None:
             return
-        if target.universal:  # another layout, or an upcycled dense model, starts this run
-            from ..convert import import_engine
-            state = import_engine(target.directory, self.engine, self.topo, self.settings)
-            self.state.load_state_dict(state.get("train", {"step": state.get("step", 0)}))
-            if "scheduler" in state:
-                self.scheduler.load_state_dict(state["scheduler"])
-            if "loader" in state:
-                self.loader.load_state_dict(state["loader"])
-            where = f"universal checkpoint {target.directory}"
+        if target.reshard_from is not None:  # its own checkpoint, of another layout (reshard.py)
+            with resharded(target, self) as universal:
+                load_universal(self, universal)
+        elif target.universal:  # another layout, or an upcycled dense model, starts this run
+            load_universal(self, target.directory)
         else:
             self.ckpt.load(target.directory, target.tag)
-            where = os.path.join(target.directory, target.tag)
         if self.rank == 0:  # every rank has loaded (the manager agrees on success before returning)
-            print(f"[mot_parallel] resumed from {where} at step {self.step}", flush=True)
+            print(f"[mot_parallel] resumed from {target.path} at step {self.step}", flush=True)
 
     # ------------------------------------------------------------------------------------------ steps
     def _stop_agreed(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
+from ...outputs import CORPUS_REAL, check_corpus
 from ..indexed import SIDECAR, IndexedDataset, IndexedWriter, token_dtype
 from . import digits, plan, prose, speech, tokenizer, units
 from .errors import RealCorpusError
@@ -149,17 +150,23 @@ def _tokenise(the_plan: plan.Plan, opts: RealCorpusOptions, tok, scans, speech_u
     return docs
 
 
+AUX = (".tokenizer.json", ".speech_units.npy")  # written next to the dataset
+
+
 def build_real_corpus(prefix: str, opts: RealCorpusOptions = RealCorpusOptions(), workers: int = 2,
                       program: str = speech.ESPEAK, force: bool = False,
-                      log: Callable[[str], None] = print) -> Dict:
+                      log: Callable[[str], None] = print, overwrite: bool = False) -> Dict:
     """Build (or find up to date) the corpus at `prefix`; returns its sidecar. `workers` (synthesis threads)
-    does not change the output."""
+    does not change the output. Another corpus at `prefix` is replaced only with `overwrite` (or `force`), and
+    only one this project wrote (mot_parallel/outputs.py: OutputError otherwise)."""
+    check_corpus("--output-prefix", prefix, overwrite=True, extra=AUX, kind=CORPUS_REAL)  # files not ours: refused before any work
     env = preflight(opts, program)
     key = build_key(opts, env)
     if not force and up_to_date(prefix, key):
         log(f"{prefix}: up to date (build key {key}); nothing to do")
         with open(prefix + SIDECAR) as f:
             return json.load(f)
+    check_corpus("--output-prefix", prefix, overwrite=overwrite or force, extra=AUX, kind=CORPUS_REAL)
     t0 = time.perf_counter()
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     scans = digits.load_scans()
@@ -176,7 +183,7 @@ def build_real_corpus(prefix: str, opts: RealCorpusOptions = RealCorpusOptions()
         np.save(f, book.to_array())
     os.replace(f"{prefix}.speech_units.npy.tmp.{os.getpid()}", prefix + ".speech_units.npy")
     meta = _sidecar(opts, env, key, the_plan, docs, len(sentences), len(prose_chunks))
-    with IndexedWriter(prefix, token_dtype(opts.vocab_size()), multimodal=True) as w:
+    with IndexedWriter(prefix, token_dtype(opts.vocab_size()), multimodal=True, overwrite=True) as w:  # checked
         for doc in docs:
             w.add_document(doc)
         w.close(meta)
@@ -191,7 +198,8 @@ def _sidecar(opts, env, key, the_plan, docs, n_sentences, n_chunks) -> Dict:
         for toks, m in doc:
             per_mod[m] += len(toks)
     reused = dict(the_plan.reused)
-    return {"format": "mot_parallel/1", "modalities": list(MODALITIES), "vocab_size": opts.vocab_size(),
+    return {"format": "mot_parallel/1", "written_by": CORPUS_REAL, "modalities": list(MODALITIES),
+            "vocab_size": opts.vocab_size(),
             "documents": len(docs), "tokens": int(per_mod.sum()),
             "source": f"real_corpus(documents={opts.documents}, seed={opts.seed})",
             "token_ranges": opts.token_ranges(),
