@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
+from .blend_spec import parse_blend
 from .layout import ParallelLayout
 from .loader import ConfigError
 from .continuous_checks import continuous_errors
@@ -197,7 +198,6 @@ def _io_errors(cfg: Config) -> List[str]:
     for (a, na), (b, nb) in zip(ranges, ranges[1:]):
         if len(a) == 2 and len(b) == 2 and b[0] < a[1]:
             err.append(f"data.modality_token_ranges: {na} {a} and {nb} {b} overlap")
-    from ..data.blend import parse_blend  # imported here: the data package imports the config package
     for key in ("path", "valid_path"):
         value = getattr(cfg.data, key)
         if value is not None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 
 from ..config import Config, atomic_modalities
+from ..config.blend_spec import parse_blend
 from .corpus import Corpus, check_fits
+from .corpus_set import check_splittable
 from . import demo_corpus, demo_pictures
 from .indexed import DataError, IndexedDataset
 
@@ -70,8 +72,6 @@ def check_trainable(corpus: Corpus) -> None:
 def check_data(cfg: Config, full: bool = True) -> None:
     """The data preflight, for every corpus of data.path and data.valid_path (a prefix or a blend);
     `full=False` reads metadata only (no token scan, no segment derivation)."""
-    from .blend import parse_blend
-    from .corpus_set import check_splittable
     for key in ("path", "valid_path"):
         spec = getattr(cfg.data, key)
         if spec is None:

@@ -11,6 +11,7 @@ from typing import List, Optional
 import torch.distributed as dist
 
 from ..config.layout import ParallelLayout
+from .mpu import DeepSpeedMPU
 
 
 def _mine(groups: List[List[int]], rank: int) -> List[int]:
@@ -80,7 +81,6 @@ class ParallelTopology:
 
     def mpu(self):
         """DeepSpeed's duck-typed `mpu` view of this topology (see mpu.py)."""
-        from .mpu import DeepSpeedMPU
         return DeepSpeedMPU(self)
 
     def __repr__(self) -> str:
