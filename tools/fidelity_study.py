@@ -32,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mot_parallel.analysis import study_report as report  # noqa: E402
+from mot_parallel.studies.analysis import study_report as report  # noqa: E402
 from mot_parallel.cli import positive_int  # noqa: E402
 
 MODALITIES = ["text", "image", "speech"]
@@ -150,8 +150,8 @@ def study(args):
             seeds[seed][label] = run_dir
     if args.dry_run:
         return
-    from mot_parallel.analysis import load_run
-    from mot_parallel.analysis.loss_plot import plot_comparison
+    from mot_parallel.studies.analysis import load_run
+    from mot_parallel.studies.analysis.loss_plot import plot_comparison
     got = report.study_fractions(seeds)
     for seed, result in got["per_seed"].items():
         plot_comparison([load_run(seeds[seed][r["label"]]) for r in result["runs"]], result,

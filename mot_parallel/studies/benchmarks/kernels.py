@@ -16,11 +16,11 @@ from typing import Dict, List
 
 import torch
 
-from ..distributed import device as dev
-from ..distributed.collectives import even_sizes
-from ..model.attention_core import attention_core
-from ..model.attention_mask import build_attention_mask, flex_available
-from ..model.grouped_ops import grouped_mm_forward
+from ...distributed import device as dev
+from ...distributed.collectives import even_sizes
+from ...model.attention_core import attention_core
+from ...model.attention_mask import build_attention_mask, flex_available
+from ...model.grouped_ops import grouped_mm_forward
 from .timing import time_interleaved
 
 

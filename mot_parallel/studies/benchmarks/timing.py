@@ -8,7 +8,7 @@ from typing import Callable, Dict
 
 import torch
 
-from ..distributed import device as dev
+from ...distributed import device as dev
 
 
 def time_interleaved(fns: Dict[str, Callable[[], None]], rounds: int = 5, warmup: int = 1,

@@ -166,9 +166,9 @@ class PositionDeriver:
     def flops_per_token(self) -> float:
         if self._flops_per_token is None:
             # Imported here: the model settings pull in torch, which only old-format runs need.
-            from ..config import ConfigError, load_config
-            from ..flops import training_flops_per_token
-            from ..model.settings import ModelSettings
+            from ...config import ConfigError, load_config
+            from ...flops import training_flops_per_token
+            from ...model.settings import ModelSettings
             path = os.path.join(self.run_dir, "config.yaml")
             try:
                 cfg = load_config(path)

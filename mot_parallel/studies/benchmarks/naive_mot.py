@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.attention_core import attention_core
-from ..model.rope import apply_rope, rope_cos_sin
-from ..model.settings import ModelSettings
+from ...model.attention_core import attention_core
+from ...model.rope import apply_rope, rope_cos_sin
+from ...model.settings import ModelSettings
 
 
 class _RMSNorm(nn.Module):

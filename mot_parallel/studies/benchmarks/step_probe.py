@@ -18,8 +18,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..distributed import device as dev
-from ..model import ModelSettings, MoTModel
+from ...distributed import device as dev
+from ...model import ModelSettings, MoTModel
 
 SYNC_WORDS = ("synchroniz", "synchronis")
 
@@ -53,7 +53,7 @@ def _short(path: str) -> str:
 
 
 def _batch(settings: ModelSettings, seq: int, batch: int, seed: int):
-    from ..data.batch import MicroBatch
+    from ...data.batch import MicroBatch
     from .kernels import packed_documents
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, settings.vocab_size, (seq, batch), generator=g)
@@ -124,11 +124,11 @@ def no_sync_step(shape: Dict) -> Dict:
 
 def ds_child(probe_path: str, overrides: List[str], sync_steps=(4, 8)) -> None:
     """Train with the real trainer; record sync sites over steps sync_steps[0]..sync_steps[1] (inclusive)."""
-    from ..config import load_config, validate
-    from ..distributed import detect_launch_env
-    from ..flops import param_counts
-    from ..planner import memory
-    from ..training import Trainer
+    from ...config import load_config, validate
+    from ...distributed import detect_launch_env
+    from ...flops import param_counts
+    from ...planner import memory
+    from ...training import Trainer
     cfg = load_config(None, overrides)
     lay = validate(cfg, world_size=1)
     probe = SyncSites()
