@@ -8,7 +8,7 @@
     python tools/balance_report.py --json | --plot balance.png
 
 --docs takes length profiles, one document per line: {"segments": [["text", 37], ["image", 1024]]},
-so a corpus mix can be studied without tokens. Synthetic mixes (--mix, mot_parallel/data/profiles.py):
+so a corpus mix can be studied without tokens. Synthetic mixes (--mix, mot_parallel/corpus_building/profiles.py):
 `heavy` (log-normal text up to a sequence, a third of documents with one or two 1,024-token captioned
 images, speech with transcripts), `skewed` (separate text / image / speech documents) and `long-images`
 (image-heavy, a tenth of the images as long as a sequence, Pareto text, rare speech).
@@ -40,7 +40,7 @@ from mot_parallel.data.balance import batch_stats  # noqa: E402
 from mot_parallel.cli import positive_int, user_errors  # noqa: E402
 from mot_parallel.data.corpus import SegmentTable  # noqa: E402
 from mot_parallel.data.packing import pack_balanced, pack_sequential  # noqa: E402
-from mot_parallel.data.profiles import (heavy_tailed_mix, long_image_mix, modalities_of, read_profiles,  # noqa: E402
+from mot_parallel.corpus_building.profiles import (heavy_tailed_mix, long_image_mix, modalities_of, read_profiles,  # noqa: E402
                                         skewed_mix)
 from mot_parallel.data.stream import DocumentStream  # noqa: E402
 
@@ -172,7 +172,9 @@ def main(argv=None):
             table = SegmentTable.from_profiles(docs, mods, atomic=["image"] if "image" in mods else [])
         source = args.docs
     elif cfg is not None:
+        from mot_parallel.corpus_building import register_demo_corpora
         from mot_parallel.data.datasets import open_datasets
+        register_demo_corpora()
         with user_errors():
             table = open_datasets(cfg).train.table
         mods, source = cfg.model.modalities, table.prefix

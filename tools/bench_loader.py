@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from mot_parallel.cli import positive_int, user_errors  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
+from mot_parallel.corpus_building import register_demo_corpora  # noqa: E402
 from mot_parallel.data import MoTDataLoader  # noqa: E402
 from mot_parallel.data.datasets import open_datasets  # noqa: E402
 from mot_parallel.model import ModelSettings, plan_for  # noqa: E402
@@ -37,6 +38,7 @@ def main(argv=None):
     except ConfigError as e:
         sys.exit(f"error: {e}")
     s = ModelSettings.from_config(cfg)
+    register_demo_corpora()  # data.path: null: the demo corpus
     with user_errors():
         data = open_datasets(cfg).train
 

@@ -103,7 +103,7 @@ def corpus_overrides(args) -> list:
         return []
     prefix = os.path.join(args.out, "corpus", args.corpus)
     if not os.path.isfile(prefix + ".mot.json") and not args.dry_run and not args.report:
-        from mot_parallel.data.demo_corpus import write_demo_corpus
+        from mot_parallel.corpus_building.demo_corpus import write_demo_corpus
         os.makedirs(os.path.dirname(prefix), exist_ok=True)
         write_demo_corpus(prefix, 4000, seed=0, variant=args.corpus)  # the demo's data.demo_documents
     return [f"data.path={prefix}"]

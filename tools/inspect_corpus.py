@@ -68,7 +68,7 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     with user_errors():
-        from mot_parallel.data.corpus_decode import CorpusDecoder
+        from mot_parallel.corpus_building.corpus_decode import CorpusDecoder
         decoder = CorpusDecoder(args.corpus, args.tokenizer, args.image_tokenizer, args.vae)
         segments = decoder.document(args.doc)
         for k, seg in enumerate(segments):

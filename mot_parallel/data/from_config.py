@@ -1,8 +1,9 @@
 """Open the corpus a config asks for; with `data.path: null`, build the offline demo corpus first.
 
-The demo corpus is written under <run.output_dir>/demo_corpus/ by whichever rank gets there first;
-writes are atomic (pid-suffixed temp files renamed into place), so concurrent builders are harmless
-and produce identical bytes.
+The demo corpus is written under <run.output_dir>/demo_corpus/ by whichever rank gets there first, with
+the builder registered in data/demo_registry.py (the runtime never imports the builders); writes are
+atomic (pid-suffixed temp files renamed into place), so concurrent builders are harmless and produce
+identical bytes.
 
 `check_data(cfg, full)` is the data part of the preflight (mot_parallel/preflight.py): the corpus exists,
 its index is sound and it fits the model; `full` also scans (or reads the cached scan of) every token id
@@ -15,19 +16,22 @@ from ..config import Config, atomic_modalities
 from ..config.blend_spec import parse_blend
 from .corpus import Corpus, check_fits
 from .corpus_set import check_splittable
-from . import demo_corpus, demo_pictures
+from .demo_registry import DemoCorpus, registered_demo
 from .indexed import DataError, IndexedDataset
 
 
-def _demo(cfg: Config):
+def _demo_kind(cfg: Config) -> str:
     """The demo a config gets with data.path null: the picture demo (Transfusion) for a model with
     continuous modalities, else the token demo."""
-    return demo_pictures if cfg.model.continuous else demo_corpus
+    return "pictures" if cfg.model.continuous else "demo"
+
+
+def _demo(cfg: Config) -> DemoCorpus:
+    return registered_demo(_demo_kind(cfg))
 
 
 def demo_prefix(cfg: Config) -> str:
-    kind = "pictures" if cfg.model.continuous else "demo"
-    return os.path.join(cfg.run.output_dir, "demo_corpus", f"{kind}_{cfg.data.demo_documents}")
+    return os.path.join(cfg.run.output_dir, "demo_corpus", f"{_demo_kind(cfg)}_{cfg.data.demo_documents}")
 
 
 def check_demo_fits(cfg: Config) -> None:
@@ -35,13 +39,13 @@ def check_demo_fits(cfg: Config) -> None:
     keys = ("source", "channels", "patch", "grid")
     image = cfg.model.continuous.get("image")
     continuous_ok = not cfg.model.continuous or (set(cfg.model.continuous) == {"image"} and all(
-        getattr(image, k) == demo.CONTINUOUS["image"][k] for k in keys))
-    if list(cfg.model.modalities) != list(demo.MODALITIES) or cfg.model.vocab_size < demo.VOCAB_SIZE or \
+        getattr(image, k) == demo.continuous["image"][k] for k in keys))
+    if list(cfg.model.modalities) != list(demo.modalities) or cfg.model.vocab_size < demo.vocab_size or \
             not continuous_ok:
-        need = f" and model.continuous.image {dict((k, demo.CONTINUOUS['image'][k]) for k in keys)}" \
+        need = f" and model.continuous.image {dict((k, demo.continuous['image'][k]) for k in keys)}" \
             if cfg.model.continuous else ""
         raise DataError(f"data.path is null, so the demo corpus is used: it needs model.modalities = "
-                        f"{list(demo.MODALITIES)} and model.vocab_size >= {demo.VOCAB_SIZE}{need} (got "
+                        f"{list(demo.modalities)} and model.vocab_size >= {demo.vocab_size}{need} (got "
                         f"{cfg.model.modalities}, {cfg.model.vocab_size}); or give data.path")
 
 
@@ -110,8 +114,7 @@ def open_corpus(cfg: Config) -> Corpus:
         check_demo_fits(cfg)
         prefix = demo_prefix(cfg)
         if not os.path.isfile(prefix + ".idx"):
-            writer = demo_pictures.write_demo_pictures if cfg.model.continuous else demo_corpus.write_demo_corpus
-            writer(prefix, cfg.data.demo_documents, seed=0)
+            _demo(cfg).write(prefix, cfg.data.demo_documents, 0)
     else:
         check_corpus_files(prefix)
     corpus = _corpus(prefix, cfg)

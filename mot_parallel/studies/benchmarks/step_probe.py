@@ -128,7 +128,9 @@ def ds_child(probe_path: str, overrides: List[str], sync_steps=(4, 8)) -> None:
     from ...distributed import detect_launch_env
     from ...flops import param_counts
     from ...planner import memory
+    from ...corpus_building import register_demo_corpora
     from ...training import Trainer
+    register_demo_corpora()
     cfg = load_config(None, overrides)
     lay = validate(cfg, world_size=1)
     probe = SyncSites()

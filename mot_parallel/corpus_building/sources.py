@@ -18,7 +18,7 @@ import zlib
 from itertools import islice
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .indexed import DataError
+from ..data.indexed import DataError
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 TEXT_MEMBERS = ("txt", "text")

@@ -9,7 +9,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .indexed import DataError
+from ..data.indexed import DataError
 
 Profile = List[Tuple[str, int]]
 

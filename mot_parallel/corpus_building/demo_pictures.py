@@ -15,7 +15,7 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 
 from .demo_corpus import _COLORS, _PLACES, TEXT, W, _caption, _markov, _prose
-from .images import patchify, unpatchify
+from ..data.images import patchify, unpatchify
 
 MODALITIES = ("text", "image")
 BOI, EOI = TEXT[1], TEXT[1] + 1           # text-side markers around an image
@@ -87,8 +87,8 @@ def documents(n_docs: int, seed: int = 0) -> Iterator[List[Tuple[np.ndarray, int
 
 
 def write_demo_pictures(prefix: str, n_docs: int = 4000, seed: int = 0) -> str:
-    from .continuous import ContinuousWriter
-    from .indexed import token_dtype
+    from ..data.continuous import ContinuousWriter
+    from ..data.indexed import token_dtype
     info = {k: v for k, v in CONTINUOUS["image"].items() if k not in ("boi_token", "eoi_token")}
     w = ContinuousWriter(prefix, token_dtype(VOCAB_SIZE), {1: ("image", info)}, dtype="float32")
     try:

@@ -13,31 +13,18 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .indexed import DataError
+from ..data.indexed import DataError
+from ..model.settings import ContinuousSpec
 
 
 @dataclass(frozen=True)
-class ImageSpec:
-    """One continuous modality as the preprocessor writes it."""
-    name: str
-    source: str                                # 'latents' or 'pixels'
-    channels: int
-    patch: int
-    grid: Tuple[int, int]                      # patches per image, (height, width)
-    image_size: Optional[Tuple[int, int]]      # pixels an image file is scaled to; None: image files refused
-    encode: bool                               # image files go through the VAE
-    dtype: str = "float16"                     # storage dtype of the patch file
-    boi: Optional[int] = None
-    eoi: Optional[int] = None
-    vae: Optional[str] = None                  # the VAE directory (recorded in the sidecar, for decoding)
-
-    @property
-    def patch_dim(self) -> int:
-        return self.channels * self.patch * self.patch
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
+class ImageSpec(ContinuousSpec):
+    """One continuous modality as the preprocessor writes it: the model's layout of it (ContinuousSpec:
+    name, channels, patch, grid, source, BOI/EOI) plus how image files become patches."""
+    image_size: Optional[Tuple[int, int]] = None   # pixels an image file is scaled to; None: image files refused
+    encode: bool = False                           # image files go through the VAE
+    dtype: str = "float16"                         # storage dtype of the patch file
+    vae: Optional[str] = None                      # the VAE directory (recorded in the sidecar, for decoding)
 
     @property
     def array_shape(self) -> Tuple[int, int, int]:
@@ -49,10 +36,10 @@ class ImageSpec:
         return {"patch_dim": self.patch_dim, "channels": self.channels, "patch": self.patch,
                 "grid": list(self.grid), "source": self.source, "vae": self.vae,
                 "image_size": list(self.image_size) if self.image_size else None,
-                "boi_token": self.boi, "eoi_token": self.eoi}
+                "boi_token": self.boi_token, "eoi_token": self.eoi_token}
 
 
-def _agree(what: str, candidates: Sequence[Tuple[str, object]]):
+def agree(what: str, candidates: Sequence[Tuple[str, object]]):
     """The one value every (label, value) with a value gives, or None; DataError if two differ."""
     given = [(label, v) for label, v in candidates if v is not None]
     for label, v in given[1:]:
@@ -61,7 +48,7 @@ def _agree(what: str, candidates: Sequence[Tuple[str, object]]):
     return given[0][1] if given else None
 
 
-def _size_pair(values: Optional[Sequence[int]], option: str) -> Optional[Tuple[int, int]]:
+def size_pair(values: Optional[Sequence[int]], option: str) -> Optional[Tuple[int, int]]:
     if values is None:
         return None
     if len(values) not in (1, 2) or min(values) < 1:
@@ -95,23 +82,23 @@ def resolve(args, cfg, name: str, vae=None) -> ImageSpec:
     base = cfg.model.continuous.get(name) if cfg is not None else None
     key = f"model.continuous.{name}"
     conf = (lambda field: (f"{key}.{field} in {args.config}", getattr(base, field) if base else None))
-    source = _agree(f"{name} source", [("--source", args.source), conf("source")]) or \
+    source = agree(f"{name} source", [("--source", args.source), conf("source")]) or \
         ("latents" if args.vae else None)
     if source is None:
         raise DataError(f"{name}: give --source latents (VAE latents) or --source pixels (RGB), or --config")
     encode = source == "latents" and vae is not None
     if source == "pixels" and vae is not None:
         raise DataError(f"--vae given, but {name} is stored as pixels (source pixels); drop --vae or use latents")
-    from . import vae as vae_lib
-    channels = _agree(f"{name} channels", [
+    from ..data import vae as vae_lib
+    channels = agree(f"{name} channels", [
         ("--channels", args.channels), conf("channels"),
         ("the VAE's latent_channels", vae_lib.latent_channels(vae) if encode else None),
         ("RGB pixels", 3 if source == "pixels" else None)])
-    patch = _agree(f"{name} patch", [("--patch", args.patch), conf("patch")])
+    patch = agree(f"{name} patch", [("--patch", args.patch), conf("patch")])
     if channels is None or patch is None:
         raise DataError(f"{name}: give --{'channels' if channels is None else 'patch'} (or --config)")
     factor = 1 if source == "pixels" else (vae_lib.downsampling(vae) if encode else None)
-    image_size = _size_pair(args.image_size, "--image-size")
+    image_size = size_pair(args.image_size, "--image-size")
     from_size = None
     if image_size is not None:
         if factor is None:
@@ -122,22 +109,21 @@ def resolve(args, cfg, name: str, vae=None) -> ImageSpec:
                             f"{factor * patch} ({'VAE downsampling ' + str(factor) + ' x ' if factor > 1 else ''}"
                             f"patch {patch})")
         from_size = [image_size[0] // (factor * patch), image_size[1] // (factor * patch)]
-    grid = _agree(f"{name} grid (patches per image)", [
-        ("--grid", list(_size_pair(args.grid, "--grid")) if args.grid else None),
+    grid = agree(f"{name} grid (patches per image)", [
+        ("--grid", list(size_pair(args.grid, "--grid")) if args.grid else None),
         (conf("grid")[0], list(base.grid) if base else None), ("--image-size", from_size)])
     if grid is None:
         raise DataError(f"{name}: give --grid or --image-size (or --config)")
-    markers = [_agree(f"{name} {m}", [(f"--{m.replace('_', '-')}", getattr(args, m)), conf(m)])
+    markers = [agree(f"{name} {m}", [(f"--{m.replace('_', '-')}", getattr(args, m)), conf(m)])
                for m in ("boi_token", "eoi_token")]
-    return ImageSpec(name, source, int(channels), int(patch), (int(grid[0]), int(grid[1])),
-                     (grid[0] * patch * factor, grid[1] * patch * factor) if factor else None, encode,
-                     args.continuous_dtype, markers[0], markers[1],
-                     os.path.abspath(args.vae) if encode else None)
+    return ImageSpec(name, int(channels), int(patch), (int(grid[0]), int(grid[1])), source, markers[0], markers[1],
+                     image_size=(grid[0] * patch * factor, grid[1] * patch * factor) if factor else None,
+                     encode=encode, dtype=args.continuous_dtype, vae=os.path.abspath(args.vae) if encode else None)
 
 
 def marker_modality(specs: Dict[str, ImageSpec], modalities: Sequence[str], vocab_size: int) -> Optional[int]:
     """The modality id BOI/EOI markers are written in: the first discrete modality (text); None without markers."""
-    ids = [(s.name, m, v) for s in specs.values() for m, v in (("boi", s.boi), ("eoi", s.eoi)) if v is not None]
+    ids = [(s.name, m, v) for s in specs.values() for m, v in (("boi", s.boi_token), ("eoi", s.eoi_token)) if v is not None]
     if not ids:
         return None
     for name, m, v in ids:

@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
-from .images import pixels_to_unit, unit_to_pixels
-from .vae import _device, _exact_fp32, load_diffusers_model
+from ..data.images import pixels_to_unit, unit_to_pixels
+from ..data.vae import exact_fp32, load_diffusers_model, resolve_device
 
 VQ_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -53,10 +53,10 @@ def vq_hash(directory: str) -> str:
 def encode_codes(vq, rgb: np.ndarray, batch: int = 16, device=None) -> np.ndarray:
     """int64 [N, h, w] codebook ids of uint8 RGB pictures [N, H, W, 3]."""
     import torch
-    device = _device(device)
+    device = resolve_device(device)
     vq.to(device)
     out = []
-    with torch.inference_mode(), _exact_fp32():
+    with torch.inference_mode(), exact_fp32():
         for lo in range(0, len(rgb), batch):
             x = torch.as_tensor(np.stack([pixels_to_unit(p) for p in rgb[lo:lo + batch]]), device=device)
             h = vq.encode(x).latents
@@ -68,11 +68,11 @@ def encode_codes(vq, rgb: np.ndarray, batch: int = 16, device=None) -> np.ndarra
 def decode_codes(vq, codes: np.ndarray, batch: int = 16, device=None) -> np.ndarray:
     """uint8 RGB [N, H, W, 3] of codebook ids [N, h, w] (the VQ decoder's reconstruction)."""
     import torch
-    device = _device(device)
+    device = resolve_device(device)
     vq.to(device)
     codes = np.asarray(codes, np.int64)
     out = []
-    with torch.inference_mode(), _exact_fp32():
+    with torch.inference_mode(), exact_fp32():
         for lo in range(0, len(codes), batch):
             ids = torch.as_tensor(codes[lo:lo + batch], device=device)
             n, h, w = ids.shape

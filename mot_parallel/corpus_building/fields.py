@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
-from .indexed import DataError
+from ..data.indexed import DataError
 
 NPY_MAGIC = b"\x93NUMPY"
 

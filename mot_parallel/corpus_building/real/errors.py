@@ -1,5 +1,5 @@
 """The one error type of the real-data corpus builder: its message says what is missing and how to fix it."""
-from ..indexed import DataError
+from ...data.indexed import DataError
 
 
 class RealCorpusError(DataError):

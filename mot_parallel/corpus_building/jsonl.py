@@ -1,4 +1,4 @@
-"""JSON documents and image segments -> validated segment arrays (used by mot_parallel/data/documents.py).
+"""JSON documents and image segments -> validated segment arrays (used by mot_parallel/corpus_building/documents.py).
 
 A JSONL line is one document: a list of segments, {"segments": [...]}, or a record of fields (--json-keys,
 fields.py). `decode_line` turns the bytes into that object, naming file:line for bytes that are not UTF-8 and
@@ -14,8 +14,9 @@ from typing import Dict, NamedTuple, Tuple, Union
 
 import numpy as np
 
-from .images import bad_values, patchify, pixels_to_unit, read_image, read_latents
-from .indexed import DataError
+from ..data.images import patchify, pixels_to_unit
+from .image_files import bad_values, read_image, read_latents
+from ..data.indexed import DataError
 
 
 class ImageToEncode(NamedTuple):

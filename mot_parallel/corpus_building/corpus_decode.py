@@ -14,12 +14,16 @@ codes (speech units).
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from .indexed import SIDECAR, DataError, IndexedDataset
+from ..data.continuous import open_continuous
+from ..data.images import decode_patches
+from ..data.indexed import SIDECAR, DataError, IndexedDataset
+from ..data.text_tokenizer import load_tokenizer, tokenizer_from_record
+from ..model.settings import ContinuousSpec
+from . import image_tokenizer as vq_lib
 
 
 class CorpusDecoder:
@@ -32,7 +36,6 @@ class CorpusDecoder:
         record = self.meta.get("tokenizer")
         self.tok = None
         if record is not None or tokenizer is not None:
-            from .text_tokenizer import load_tokenizer, tokenizer_from_record
             self.tok = tokenizer_from_record(record, self.where, tokenizer) if record is not None else \
                 load_tokenizer(tokenizer)
         self.ranges = {n: tuple(r) for n, r in (self.meta.get("token_ranges") or {}).items()}
@@ -41,7 +44,6 @@ class CorpusDecoder:
         self.markers = {n: (e.get("boi_token"), e.get("eoi_token")) for n, e in {**self.continuous, **self.codes}.items()}
         self.stores = {}
         if self.continuous:
-            from .continuous import open_continuous
             self.stores = {s.name: s for s in open_continuous(self.ds, self.names, dict(self.continuous)).values()}
 
     @property
@@ -108,15 +110,12 @@ class CorpusDecoder:
         (the sidecar's, hash checked, or `image_tokenizer`); None for a code grid with no VQ to decode it."""
         name = seg["modality"]
         if "patches" in seg:
-            from .images import decode_patches
             info = self.continuous[name]
-            spec = SimpleNamespace(channels=info["channels"], patch=info["patch"], grid=info["grid"],
-                                   source=info["source"])
+            spec = ContinuousSpec(name, info["channels"], info["patch"], tuple(info["grid"]), info["source"])
             return decode_patches(seg["patches"], spec, self.vae_dir or info.get("vae"))
         info = self.codes.get(name)
         if info is None or (info.get("vq") is None and self.vq_dir is None):
             return None
-        from . import image_tokenizer as vq_lib
         path = os.path.abspath(self.vq_dir or info["vq"])
         if not os.path.isdir(path):
             raise DataError(f"{self.where}: image_codes.{name}.vq {path}: not found; give the VQ the corpus was "

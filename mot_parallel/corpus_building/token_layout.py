@@ -17,7 +17,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .indexed import DataError
+from ..data.indexed import DataError
+from . import image_tokenizer as vq_lib
+from .image_specs import agree, size_pair
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,13 @@ class CodeSpec:
     image_size: Optional[Tuple[int, int]] = None    # pixels a picture is scaled to before the VQ
     vq: Optional[str] = None                        # the VQModel directory (absolute)
     vq_sha256: Optional[str] = None
-    boi: Optional[int] = None
-    eoi: Optional[int] = None
+    boi_token: Optional[int] = None
+    eoi_token: Optional[int] = None
 
     def sidecar(self) -> dict:
         return {"first": self.first, "codebook_size": self.size, "grid": list(self.grid) if self.grid else None,
                 "image_size": list(self.image_size) if self.image_size else None, "vq": self.vq,
-                "vq_sha256": self.vq_sha256, "boi_token": self.boi, "eoi_token": self.eoi}
+                "vq_sha256": self.vq_sha256, "boi_token": self.boi_token, "eoi_token": self.eoi_token}
 
 
 @dataclass
@@ -134,7 +136,6 @@ def build_layout(args, cfg, modalities: Sequence[str], continuous: Sequence[str]
                         "ranges only to the other discrete modalities")
     vq = None
     if args.image_tokenizer is not None:
-        from . import image_tokenizer as vq_lib
         vq = vq_lib.load_vq(args.image_tokenizer)
         if sizes.setdefault(image, vq_lib.codebook_size(vq)) != vq_lib.codebook_size(vq):
             raise DataError(f"--codebook-size {image}={sizes[image]}, but the VQ has {vq_lib.codebook_size(vq)} codes")
@@ -167,19 +168,17 @@ def build_layout(args, cfg, modalities: Sequence[str], continuous: Sequence[str]
 def _image_spec(args, name: str, first: int, size: int, vq) -> Optional[CodeSpec]:
     """The discrete image modality's CodeSpec: pictures through the VQ (grid = --image-size / its downsampling), or
     precomputed code grids of --grid; None when neither is given (codes of any length)."""
-    from .image_specs import _agree, _size_pair
-    grid = _size_pair(args.grid, "--grid")
+    grid = size_pair(args.grid, "--grid")
     if vq is None:
-        return CodeSpec(name, first, size, grid, boi=args.boi_token, eoi=args.eoi_token) if grid else None
-    from . import image_tokenizer as vq_lib
-    image_size = _size_pair(args.image_size, "--image-size")
+        return CodeSpec(name, first, size, grid, boi_token=args.boi_token, eoi_token=args.eoi_token) if grid else None
+    image_size = size_pair(args.image_size, "--image-size")
     if image_size is None:
         raise DataError("--image-tokenizer: give --image-size (the pixels a picture is scaled to)")
     f = vq_lib.downsampling(vq)
     if image_size[0] % f or image_size[1] % f:
         raise DataError(f"--image-size {image_size[0]} {image_size[1]} is not a multiple of {f} (the VQ's "
                         "downsampling)")
-    grid = _agree(f"{name} code grid", [("--grid", list(grid) if grid else None),
+    grid = agree(f"{name} code grid", [("--grid", list(grid) if grid else None),
                                         ("--image-size", [image_size[0] // f, image_size[1] // f])])
     path = os.path.abspath(args.image_tokenizer)
     return CodeSpec(name, first, size, (int(grid[0]), int(grid[1])), image_size, path, vq_lib.vq_hash(path),

@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .fields import Field, record_segments
-from .images import read_image, read_npy
-from .indexed import DataError
+from .image_files import read_image, read_npy
+from ..data.indexed import DataError
 from .jsonl import ImageToEncode, decode_line, file_of, image_segment, with_markers
 from .token_layout import TokenLayout
 
@@ -39,10 +39,10 @@ class DocumentParser:
     tokenizer: Optional[object] = None                        # TextTokenizer
 
     def __post_init__(self):
-        self.markers = {self.modalities.index(n): (s.boi, s.eoi) for n, s in self.images.items()
-                        if s.boi is not None or s.eoi is not None}
-        self.markers.update({m: (s.boi, s.eoi) for m, s in self.layout.codes.items()
-                             if s.boi is not None or s.eoi is not None})
+        self.markers = {self.modalities.index(n): (s.boi_token, s.eoi_token) for n, s in self.images.items()
+                        if s.boi_token is not None or s.eoi_token is not None}
+        self.markers.update({m: (s.boi_token, s.eoi_token) for m, s in self.layout.codes.items()
+                             if s.boi_token is not None or s.eoi_token is not None})
         text = self.layout.text_mode
         self.kinds = {n: "continuous" if n in self.images else "text" if i == text else
                       "image" if i in self.layout.codes and self.layout.codes[i].grid else

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from ..indexed import SIDECAR, IndexedDataset, IndexedWriter, token_dtype
+from ...data.indexed import SIDECAR, IndexedDataset, IndexedWriter, token_dtype
 from . import digits, plan, prose, speech, tokenizer, units
 from .errors import RealCorpusError
 
