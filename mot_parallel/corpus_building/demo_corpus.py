@@ -27,6 +27,8 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
+from ..data.indexed import IndexedWriter, token_dtype
+
 MODALITIES = ("text", "image", "speech")
 VOCAB_SIZE = 512
 TEXT, IMAGE, SPEECH = (0, 256), (256, 448), (448, 512)
@@ -134,7 +136,6 @@ def documents(n_docs: int, seed: int = 0, variant: str = "caption") -> Iterator[
 
 def write_demo_corpus(prefix: str, n_docs: int = 4000, seed: int = 0, variant: str = "caption") -> str:
     """Build the demo corpus as a multimodal Megatron indexed dataset at `prefix` (atomic write)."""
-    from ..data.indexed import IndexedWriter, token_dtype
     with IndexedWriter(prefix, token_dtype(VOCAB_SIZE), multimodal=True) as w:
         n_tok = 0
         for doc in documents(n_docs, seed, variant):

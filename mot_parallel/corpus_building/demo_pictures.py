@@ -14,8 +14,10 @@ from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from .demo_corpus import _COLORS, _PLACES, TEXT, W, _caption, _markov, _prose
+from ..data.continuous import ContinuousWriter
 from ..data.images import patchify, unpatchify
+from ..data.indexed import token_dtype
+from .demo_corpus import _COLORS, _COUNTS, _PLACES, _SHAPES, _SIZES, TEXT, W, _caption, _markov, _prose
 
 MODALITIES = ("text", "image")
 BOI, EOI = TEXT[1], TEXT[1] + 1           # text-side markers around an image
@@ -87,8 +89,6 @@ def documents(n_docs: int, seed: int = 0) -> Iterator[List[Tuple[np.ndarray, int
 
 
 def write_demo_pictures(prefix: str, n_docs: int = 4000, seed: int = 0) -> str:
-    from ..data.continuous import ContinuousWriter
-    from ..data.indexed import token_dtype
     info = {k: v for k, v in CONTINUOUS["image"].items() if k not in ("boi_token", "eoi_token")}
     w = ContinuousWriter(prefix, token_dtype(VOCAB_SIZE), {1: ("image", info)}, dtype="float32")
     try:
@@ -120,7 +120,6 @@ def score_picture(rgb: np.ndarray, caption_attrs: Sequence[int]) -> Tuple[bool, 
 
 def caption_tokens(text: str) -> Tuple[List[int], Tuple[int, ...]]:
     """A demo-world caption's token ids and attributes ("the picture shows two large red stars at the top .")."""
-    from .demo_corpus import _COUNTS, _SHAPES, _SIZES
     words = text.replace(".", " .").split()
     ids = [W[w] for w in words]
     pick = lambda options: next(i for i, o in enumerate(options) if o in words)  # noqa: E731

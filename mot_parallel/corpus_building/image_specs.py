@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..data import vae as vae_lib
 from ..data.indexed import DataError
 from ..model.settings import ContinuousSpec
 
@@ -89,7 +90,6 @@ def resolve(args, cfg, name: str, vae=None) -> ImageSpec:
     encode = source == "latents" and vae is not None
     if source == "pixels" and vae is not None:
         raise DataError(f"--vae given, but {name} is stored as pixels (source pixels); drop --vae or use latents")
-    from ..data import vae as vae_lib
     channels = agree(f"{name} channels", [
         ("--channels", args.channels), conf("channels"),
         ("the VAE's latent_channels", vae_lib.latent_channels(vae) if encode else None),

@@ -19,6 +19,7 @@ from itertools import islice
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..data.indexed import DataError
+from .jsonl import decode_line
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 TEXT_MEMBERS = ("txt", "text")
@@ -150,7 +151,6 @@ def _sample(path: str, key: str, members: dict):
             except UnicodeDecodeError as e:
                 raise DataError(f"{where}: {ext}: not UTF-8 text (byte 0x{data[e.start]:02x} at {e.start})") from None
         elif ext == "json":
-            from .jsonl import decode_line
             fields = decode_line(data, f"{where}: json")
             if not isinstance(fields, dict):
                 raise DataError(f"{where}: json: must be an object, got {type(fields).__name__}")

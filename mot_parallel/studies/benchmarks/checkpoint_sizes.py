@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict
 
-from ..config.layout import ParallelLayout
-from ..model.settings import ModelSettings
-from .params import stage_params
+from ...config.layout import ParallelLayout
+from ...model.settings import ModelSettings
+from ...planner.params import stage_params
 
 
 @dataclass(frozen=True)
