@@ -321,7 +321,7 @@ def test_stale_temp_files_of_dead_processes_are_removed(world, tmp_path):
 
 def test_the_writer_refuses_values_that_overflow_its_dtype(tmp_path):
     """1e5 is finite in float32 but inf in float16: refused when written, not found later by the trainer."""
-    from mot_parallel.data.continuous import ContinuousWriter
+    from mot_parallel.data.continuous_store import ContinuousWriter
     from mot_parallel.data.indexed import DataError
     writer = ContinuousWriter(str(tmp_path / "c"), np.uint16, {1: ("image", {"patch_dim": 4})}, dtype="float16")
     with pytest.raises(DataError, match="finite in float16"):

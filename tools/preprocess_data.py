@@ -305,7 +305,7 @@ def _write_all(args, writer, pool):
 def _writer(args):
     if not args.specs:
         return IndexedWriter(args.output_prefix, token_dtype(args.vocab), multimodal=True)
-    from mot_parallel.data.continuous import ContinuousWriter
+    from mot_parallel.data.continuous_store import ContinuousWriter
     continuous = {args.mods.index(n): (n, s.sidecar()) for n, s in args.specs.items()}
     return ContinuousWriter(args.output_prefix, token_dtype(args.vocab), continuous, args.continuous_dtype)
 

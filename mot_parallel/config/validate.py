@@ -12,8 +12,8 @@ import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from .blend_spec import parse_blend
-from .layout import ParallelLayout
-from .loader import ConfigError
+from .parallel_layout import ParallelLayout
+from .yaml_io import ConfigError
 from .continuous_checks import continuous_errors
 from .deepspeed_checkpoint_keys import deepspeed_checkpoint_errors
 from .deepspeed_checks import deepspeed_conflicts

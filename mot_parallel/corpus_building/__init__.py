@@ -9,7 +9,7 @@
     reading back    corpus_decode.py (tools/inspect_corpus.py); profiles.py (document-length mixes of benchmarks)
 
 The runtime (data/, training/, ...) never imports this package; it imports the runtime's corpus format
-(data/indexed.py, data/continuous.py), so what it writes is what training reads.
+(data/indexed.py, data/continuous_store.py), so what it writes is what training reads.
 """
 from ..data.demo_registry import DemoCorpus, register_demo
 from . import demo_corpus, demo_pictures

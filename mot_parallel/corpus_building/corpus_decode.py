@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..data.continuous import open_continuous
+from ..data.continuous_store import open_continuous
 from ..data.images import decode_patches
 from ..data.indexed import SIDECAR, DataError, IndexedDataset
 from ..data.text_tokenizer import load_tokenizer, tokenizer_from_record

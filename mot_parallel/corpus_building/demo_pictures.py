@@ -14,7 +14,7 @@ from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from ..data.continuous import ContinuousWriter
+from ..data.continuous_store import ContinuousWriter
 from ..data.images import patchify, unpatchify
 from ..data.indexed import token_dtype
 from .demo_corpus import _COLORS, _COUNTS, _PLACES, _SHAPES, _SIZES, TEXT, W, _caption, _markov, _prose

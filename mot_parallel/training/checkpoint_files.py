@@ -31,7 +31,7 @@ import re
 import stat
 from typing import Dict, List, Optional, Tuple
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
 
 MANIFEST = "checkpoint.json"
 FORMAT = "mot_parallel.checkpoint/2"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict
 
-from ...config.layout import ParallelLayout
+from ...config.parallel_layout import ParallelLayout
 from ...model.settings import ModelSettings
 from ...planner.params import stage_params
 
