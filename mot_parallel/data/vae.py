@@ -88,8 +88,8 @@ def latent_normalisation(vae) -> Tuple[np.ndarray, np.ndarray]:
 def resolve_device(device):
     if device is not None:
         return device
-    from ..distributed.device import current_device
-    return currentresolve_device()
+    from ..distributed.device import current_device  # torch only when a VAE runs
+    return current_device()
 
 
 def exact_fp32():
