@@ -62,7 +62,9 @@ def main(argv=None):
 
     from mot_parallel.config import load_config
     from mot_parallel.data import MoTDataLoader
+    from mot_parallel.corpus_building import register_demo_corpora
     from mot_parallel.data.from_config import open_corpus
+    register_demo_corpora()  # data.path: demo: the demo corpus
     from mot_parallel.distributed import device as dev
     from mot_parallel.distributed import init_distributed
     from mot_parallel.megatron import MoTGPTModel, MoTOptions, get_mot_layer_spec          # MoT

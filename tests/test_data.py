@@ -13,8 +13,8 @@ import torch
 
 from mot_parallel.data import (Corpus, DataError, DocumentStream, IndexedDataset, IndexedWriter, MoTDataLoader,
                                SegmentTable, pack_balanced, pack_sequential)
-from mot_parallel.data.demo_corpus import MODALITIES, VOCAB_SIZE, documents, write_demo_corpus
-from mot_parallel.data.profiles import skewed_mix
+from mot_parallel.corpus_building.demo_corpus import MODALITIES, VOCAB_SIZE, documents, write_demo_corpus
+from mot_parallel.corpus_building.profiles import skewed_mix
 from mot_parallel.model import IGNORE_INDEX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

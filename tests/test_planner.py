@@ -16,7 +16,7 @@ from mot_parallel.flops import param_counts
 from mot_parallel.model import ModelSettings, MoTModel
 from mot_parallel.config import ParallelLayout
 from mot_parallel.planner import memory, model_params, rank_params, stage_layers
-from mot_parallel.testing.memory import measured_training_memory
+from mot_parallel.testing.measured_memory import measured_training_memory
 from mot_parallel.testing import run_distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

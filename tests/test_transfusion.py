@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mot_parallel.data import DataError, MoTDataLoader
-from mot_parallel.data.continuous import ContinuousWriter, patches_path
+from mot_parallel.data.continuous_store import ContinuousWriter, patches_path
 from mot_parallel.data.corpus import Corpus
 from mot_parallel.data.corpus_set import CorpusPart, CorpusSet
 from mot_parallel.model import ModelSettings, MoTModel, build_routing_plan

@@ -16,7 +16,8 @@ import torch
 
 from mot_parallel.config import ConfigError, load_config, validate
 from mot_parallel.data import DataError, IndexedWriter, MoTDataLoader
-from mot_parallel.data.blend import BlendOrder, parse_blend
+from mot_parallel.config.blend_spec import parse_blend
+from mot_parallel.data.blend import BlendOrder
 from mot_parallel.data.corpus_set import split_documents
 from mot_parallel.data.datasets import open_datasets
 from mot_parallel.testing import DistributedTestError, run_distributed

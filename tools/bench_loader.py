@@ -10,7 +10,7 @@ the background prefetch always hides it.
                                  [--host-ms 200] [--device-ms 200] [--steps 8] [--json]
 
 --simulate: the loader thread's effect on a training loop's step time at a large data-parallel size, without
-GPUs or a corpus (mot_parallel/benchmarks/loader_gil.py): a loop whose step holds the GIL for --host-ms of
+GPUs or a corpus (mot_parallel/studies/benchmarks/loader_gil.py): a loop whose step holds the GIL for --host-ms of
 Python (module code, kernel launches) and then waits --device-ms for the device, fed by a real loader over a
 synthetic length-profile mix (tools/balance_report.py --mix) at DP x micro-batches x seq-len; its host time
 and whole step time with the loader thread running, against the same loop with no thread.
@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mot_parallel.cli import int_in, positive_int, user_errors  # noqa: E402
-from mot_parallel.data.profiles import MIXES  # noqa: E402
+from mot_parallel.corpus_building.profiles import MIXES  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def non_negative_ms(text: str) -> float:
 
 
 def simulate(args):
-    from mot_parallel.benchmarks.loader_gil import simulate as run
+    from mot_parallel.studies.benchmarks.loader_gil import simulate as run
     from mot_parallel.data.corpus import SegmentTable
     table = SegmentTable.from_profiles(MIXES[args.mix](args.documents, seed=0), ["text", "image", "speech"],
                                        atomic=["image"])
@@ -94,11 +94,13 @@ def main(argv=None):
         layout = validate(cfg, (args.dp or 1) * tp * pp)
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    from mot_parallel.corpus_building import register_demo_corpora
     from mot_parallel.data import MoTDataLoader  # torch: only once the input is good
     from mot_parallel.data.datasets import open_datasets
     from mot_parallel.model import ModelSettings, plan_for
     from mot_parallel.model.diffusion import noiser_for
     s = ModelSettings.from_config(cfg)
+    register_demo_corpora()  # data.path: demo: the demo corpus
     with user_errors():
         data = open_datasets(cfg).train
 

@@ -8,7 +8,7 @@
 a universal checkpoint, or a single-file export. Captions and prompts are text for the tokenizer the training
 corpus was built with (tools/preprocess_data.py --tokenizer records it in the corpus sidecar: found through the
 checkpoint's data.path, or --corpus PREFIX, or given as --tokenizer PATH; generation stops at its EOD), else
-demo-world words (mot_parallel/data/demo_corpus.py); any vocabulary takes token ids (--caption-ids 3,17,5).
+demo-world words (mot_parallel/corpus_building/demo_corpus.py); any vocabulary takes token ids (--caption-ids 3,17,5).
 --score N draws N random demo captions, samples a picture for each, and checks the colour of the drawn
 pixels and the half of the picture they occupy against the caption (data/demo_pictures.py score_picture):
 it prints the accuracy of each next to chance (1/8 for the colour, 1/2 for the half).
@@ -78,15 +78,15 @@ def _picture(model, caption_ids, args, seed):
     patches = generate_image(model, caption_ids, steps=args.steps, cfg_scale=args.cfg, seed=seed)
     check_finite(patches, "the sampled picture")
     if rgb:
-        from mot_parallel.data.demo_pictures import from_patches
+        from mot_parallel.corpus_building.demo_pictures import from_patches
         return from_patches(patches.numpy())
     from mot_parallel.data.images import decode_patches  # latents: a VAE decodes them
     return decode_patches(patches.numpy(), spec, args.vae) / 255.0
 
 
 def _score(model, args):
-    from mot_parallel.data.demo_corpus import _caption
-    from mot_parallel.data.demo_pictures import score_picture
+    from mot_parallel.corpus_building.demo_corpus import _caption
+    from mot_parallel.corpus_building.demo_pictures import score_picture
     rng = np.random.default_rng([args.seed, 7])
     colour = half = 0
     pictures = []
@@ -148,7 +148,7 @@ def _ids(text, ids, flag, tok=None):
         return ids
     if tok is not None:
         return list(tok.prefix) + tok.encode(text)
-    from mot_parallel.data.demo_corpus import W
+    from mot_parallel.corpus_building.demo_corpus import W
     words = text.replace(".", " .").split()
     unknown = [w for w in words if w not in W]
     if unknown or not words:
@@ -201,7 +201,7 @@ def _sample(args, out):
         model = _model(args.checkpoint)
         if prompt is not None:
             from mot_parallel.generation import generate_text
-            from mot_parallel.data.demo_corpus import WORDS
+            from mot_parallel.corpus_building.demo_corpus import WORDS
             ids = generate_text(model, prompt, args.tokens, stop_token=tok.eod if tok is not None else None)
             if tok is not None and args.prompt:
                 print(tok.decode([i for i in ids if i < tok.vocab_size]))

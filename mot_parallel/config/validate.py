@@ -11,8 +11,9 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from .layout import ParallelLayout
-from .loader import ConfigError
+from .blend_spec import parse_blend
+from .parallel_layout import ParallelLayout
+from .yaml_io import ConfigError
 from .continuous_checks import continuous_errors
 from .deepspeed_checkpoint_keys import deepspeed_checkpoint_errors
 from .deepspeed_checks import deepspeed_conflicts
@@ -202,7 +203,6 @@ def _io_errors(cfg: Config) -> List[str]:
     for (a, na), (b, nb) in zip(ranges, ranges[1:]):
         if len(a) == 2 and len(b) == 2 and b[0] < a[1]:
             err.append(f"data.modality_token_ranges: {na} {a} and {nb} {b} overlap")
-    from ..data.blend import parse_blend  # imported here: the data package imports the config package
     path, valid = cfg.data.path, cfg.data.valid_path
     blends = [("valid_path", valid)] if valid not in (None, DEMO_CORPUS) else []
     if path is None or (isinstance(path, str) and not path.strip()):

@@ -1,8 +1,9 @@
 """Open the corpus a config asks for; with `data.path: demo`, build the offline demo corpus first.
 
-The demo corpus is written under <run.output_dir>/demo_corpus/ by whichever rank gets there first;
-writes are atomic (pid-suffixed temp files renamed into place), so concurrent builders are harmless
-and produce identical bytes.
+The demo corpus is written under <run.output_dir>/demo_corpus/ by whichever rank gets there first, with
+the builder registered in data/demo_registry.py (the runtime never imports the builders); writes are
+atomic (pid-suffixed temp files renamed into place), so concurrent builders are harmless and produce
+identical bytes.
 
 `check_data(cfg, full)` is the data part of the preflight (mot_parallel/preflight.py): the corpus exists,
 its index is sound and it fits the model; `full` also scans (or reads the cached scan of) every token id
@@ -12,21 +13,26 @@ from __future__ import annotations
 import os
 
 from ..config import Config, atomic_modalities
+from ..config.blend_spec import parse_blend
 from ..config.schema import DEMO_CORPUS
 from .corpus import Corpus, check_fits
-from . import demo_corpus, demo_pictures
+from .corpus_set import check_splittable
+from .demo_registry import DemoCorpus, registered_demo
 from .indexed import DataError, IndexedDataset
 
 
-def _demo(cfg: Config):
+def _demo_kind(cfg: Config) -> str:
     """The demo a config gets with data.path=demo: the picture demo (Transfusion) for a model with
     continuous modalities, else the token demo."""
-    return demo_pictures if cfg.model.continuous else demo_corpus
+    return "pictures" if cfg.model.continuous else "demo"
+
+
+def _demo(cfg: Config) -> DemoCorpus:
+    return registered_demo(_demo_kind(cfg))
 
 
 def demo_prefix(cfg: Config) -> str:
-    kind = "pictures" if cfg.model.continuous else "demo"
-    return os.path.join(cfg.run.output_dir, "demo_corpus", f"{kind}_{cfg.data.demo_documents}")
+    return os.path.join(cfg.run.output_dir, "demo_corpus", f"{_demo_kind(cfg)}_{cfg.data.demo_documents}")
 
 
 def check_demo_fits(cfg: Config) -> None:
@@ -34,13 +40,13 @@ def check_demo_fits(cfg: Config) -> None:
     keys = ("source", "channels", "patch", "grid")
     image = cfg.model.continuous.get("image")
     continuous_ok = not cfg.model.continuous or (set(cfg.model.continuous) == {"image"} and all(
-        getattr(image, k) == demo.CONTINUOUS["image"][k] for k in keys))
-    if list(cfg.model.modalities) != list(demo.MODALITIES) or cfg.model.vocab_size < demo.VOCAB_SIZE or \
+        getattr(image, k) == demo.continuous["image"][k] for k in keys))
+    if list(cfg.model.modalities) != list(demo.modalities) or cfg.model.vocab_size < demo.vocab_size or \
             not continuous_ok:
-        need = f" and model.continuous.image {dict((k, demo.CONTINUOUS['image'][k]) for k in keys)}" \
+        need = f" and model.continuous.image {dict((k, demo.continuous['image'][k]) for k in keys)}" \
             if cfg.model.continuous else ""
         raise DataError(f"data.path={DEMO_CORPUS} asks for the demo corpus: it needs model.modalities = "
-                        f"{list(demo.MODALITIES)} and model.vocab_size >= {demo.VOCAB_SIZE}{need} (got "
+                        f"{list(demo.modalities)} and model.vocab_size >= {demo.vocab_size}{need} (got "
                         f"{cfg.model.modalities}, {cfg.model.vocab_size}); or give data.path")
 
 
@@ -72,8 +78,6 @@ def check_trainable(corpus: Corpus) -> None:
 def check_data(cfg: Config, full: bool = True) -> None:
     """The data preflight, for every corpus of data.path and data.valid_path (a prefix or a blend);
     `full=False` reads metadata only (no token scan, no segment derivation)."""
-    from .blend import parse_blend
-    from .corpus_set import check_splittable
     for key in ("path", "valid_path"):
         spec = getattr(cfg.data, key)
         if key == "path" and spec == DEMO_CORPUS:
@@ -113,8 +117,7 @@ def open_corpus(cfg: Config) -> Corpus:
         check_demo_fits(cfg)
         prefix = demo_prefix(cfg)
         if not os.path.isfile(prefix + ".idx"):
-            writer = demo_pictures.write_demo_pictures if cfg.model.continuous else demo_corpus.write_demo_corpus
-            writer(prefix, cfg.data.demo_documents, seed=0, overwrite=True)  # ours: rank racing rank, or a crash
+            _demo(cfg).write(prefix, cfg.data.demo_documents, 0)  # overwrites only its own: a rank racing rank
     else:
         check_corpus_files(prefix)
     corpus = _corpus(prefix, cfg)

@@ -1,5 +1,5 @@
 """The parallel topology: one object holding the TP, PP, DP and model-parallel (TP x PP) groups of a
-`ParallelLayout` (config/layout.py: sizes, rank order and group membership, pure arithmetic).
+`ParallelLayout` (config/parallel_layout.py: sizes, rank order and group membership, pure arithmetic).
 
 The topology is passed explicitly to every layer and engine; nothing here is a module-level global.
 A group is `None` only when torch.distributed is not initialised (one process, nothing to talk to).
@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import torch.distributed as dist
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
+from .mpu import DeepSpeedMPU
 
 
 def _mine(groups: List[List[int]], rank: int) -> List[int]:
@@ -80,7 +81,6 @@ class ParallelTopology:
 
     def mpu(self):
         """DeepSpeed's duck-typed `mpu` view of this topology (see mpu.py)."""
-        from .mpu import DeepSpeedMPU
         return DeepSpeedMPU(self)
 
     def __repr__(self) -> str:

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Dict
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
 from ..model.attention_mask import kernel_for, mask_bytes
 from ..model.settings import ModelSettings
 from .params import rank_params, stage_layers

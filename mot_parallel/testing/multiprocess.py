@@ -51,7 +51,9 @@ def _worker(fn, rank, world, port, args, kwargs, conn, threads, env):
     try:
         import torch
         torch.set_num_threads(threads)  # N processes share the machine's cores
+        from mot_parallel.corpus_building import register_demo_corpora
         from mot_parallel.distributed import init_distributed
+        register_demo_corpora()  # bodies train on data.path: demo as launch/pretrain.py does
         init_distributed(force_cpu=True, require_process_group=True, timeout_s=300)
         result = fn(*args, **kwargs)
         # plain pickle: tensors travel by value (torch's reducers would share file descriptors that die

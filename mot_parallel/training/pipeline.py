@@ -24,7 +24,7 @@ from typing import Callable, Dict, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
 from ..distributed.collectives import group_rank, group_size
 from ..model.layer import MoTLayer
 from ..model.continuous import diffusion_loss

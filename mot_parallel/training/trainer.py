@@ -39,7 +39,8 @@ from ..distributed import ParallelTopology, detect_launch_env, init_distributed
 from ..distributed import device as dev
 from ..distributed.launch_env import LaunchEnv
 from ..distributed.op_build_lock import check_op_build_locks
-from ..flops import peak_tflops, training_flops_per_token
+from ..distributed.accelerators import peak_tflops
+from ..flops import training_flops_per_token
 from ..model import MoTLayer, MoTModel, ModelSettings, plan_for
 from ..model.diffusion import noiser_for
 from ..model.model import objective_weights
