@@ -19,6 +19,8 @@ from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 from mot_parallel.data import MoTDataLoader  # noqa: E402
 from mot_parallel.data.datasets import open_datasets  # noqa: E402
 from mot_parallel.model import ModelSettings, plan_for  # noqa: E402
+from mot_parallel.distributed.collectives import VirtualGroup  # noqa: E402
+from mot_parallel.distributed.parallel_context import ParallelContext  # noqa: E402
 from mot_parallel.model.diffusion import noiser_for  # noqa: E402
 
 
@@ -40,8 +42,10 @@ def main(argv=None):
     with user_errors():
         data = open_datasets(cfg).train
 
+    parallel = ParallelContext.of(VirtualGroup(tp, 0), layout.sequence_parallel)  # rank 0's plan, no processes
+
     def plan(mb):
-        return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp, span_ids=mb.span_ids,  # as the trainer plans
+        return plan_for(s, mb.modality_ids, mb.segment_ids, parallel=parallel, span_ids=mb.span_ids,  # as the trainer
                         context_start=mb.context_start)
 
     loader = MoTDataLoader(data.table, order=data.order, noiser=noiser_for(cfg, s), seq_len=cfg.model.max_seq_len,
