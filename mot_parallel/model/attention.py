@@ -46,11 +46,16 @@ class MoTSelfAttention(nn.Module):
             s.num_heads * d, s.hidden_size, self.copies, parallel=parallel, config=s,
             init=SeededInit(out_init, param_seed(seed, "linear_proj")), device=device)
         self.q_layernorm = self.k_layernorm = None
-        self.logit_probe = None  # training/diagnostics.py sets it on logging steps (logging.diagnostics)
+        self.logit_probe = None  # armed by training/diagnostics.py on logging steps only (logging.diagnostics)
         if s.qk_norm:  # names match Megatron's, whose finalize_model_grads sums these over TP by name
             kw = dict(tp_partial_grad=tp > 1, params_dtype=s.params_dtype, device=device)
             self.q_layernorm = ModalityRMSNorm(d, self.copies, s.norm_eps, **kw)
             self.k_layernorm = ModalityRMSNorm(d, self.copies, s.norm_eps, **kw)
+
+    def arm_logit_probe(self, probe) -> None:
+        """The attention's one runtime switch: `probe(q, k, mask, plan)` sees each forward's post-norm q and k
+        (diagnostics' max-logit measurement), or nothing when None (the default: it costs nothing)."""
+        self.logit_probe = probe
 
     def forward(self, x: torch.Tensor, plan: RoutingPlan, rope: Tuple[torch.Tensor, torch.Tensor]):
         (q, k, v), _ = self.linear_qkv.forward_blocks(x, plan)  # all tokens (after the SP all-gather)
