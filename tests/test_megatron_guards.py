@@ -255,13 +255,13 @@ def _own_group_body(tp_in_pg, sp):
             odd = None
         except ValueError as e:
             odd = str(e)
-        return plan.sp_sizes, plan.local_counts, mg.settings.sequence_parallel, shapes, odd
+        return plan.sp_sizes, plan.local_counts, mg.parallel.sequence_parallel, shapes, odd
     with torch.no_grad():
         logits = mg(ids, modality_ids=mods)                              # [b, s, V/tp]
         parts = [torch.empty_like(logits) for _ in range(tp_in_pg)]
         dist.all_gather(parts, logits.contiguous(), group=tp_group)
         losses = mg(ids, labels=ids, modality_ids=mods)
-    return plan.sp_sizes, plan.local_counts, mg.settings.sequence_parallel, shapes, (torch.cat(parts, -1), losses)
+    return plan.sp_sizes, plan.local_counts, mg.parallel.sequence_parallel, shapes, (torch.cat(parts, -1), losses)
 
 
 def test_tp_group_comes_from_the_models_pg_collection():

@@ -97,6 +97,8 @@ def main(argv=None):
     from mot_parallel.corpus_building import register_demo_corpora
     from mot_parallel.data import MoTDataLoader  # torch: only once the input is good
     from mot_parallel.data.datasets import open_datasets
+    from mot_parallel.distributed.collectives import VirtualGroup
+    from mot_parallel.distributed.parallel_context import ParallelContext
     from mot_parallel.model import ModelSettings, plan_for
     from mot_parallel.model.diffusion import noiser_for
     s = ModelSettings.from_config(cfg)
@@ -104,8 +106,10 @@ def main(argv=None):
     with user_errors():
         data = open_datasets(cfg).train
 
+    parallel = ParallelContext.of(VirtualGroup(tp, 0), layout.sequence_parallel)  # rank 0's plan, no processes
+
     def plan(mb):
-        return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp, span_ids=mb.span_ids,  # as the trainer plans
+        return plan_for(s, mb.modality_ids, mb.segment_ids, parallel=parallel, span_ids=mb.span_ids,  # as the trainer
                         context_start=mb.context_start)
 
     loader = MoTDataLoader(data.table, order=data.order, noiser=noiser_for(cfg, s), seq_len=cfg.model.max_seq_len,

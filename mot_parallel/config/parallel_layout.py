@@ -16,6 +16,12 @@ from dataclasses import dataclass
 from typing import List, NamedTuple
 
 
+def effective_sequence_parallel(requested: bool, tp_size: int) -> bool:
+    """Whether sequence parallelism is on: it lives inside the TP group, so it is a no-op at TP = 1. The one
+    place this is decided (ParallelLayout here, ParallelContext for modules, the planner through the layout)."""
+    return bool(requested) and tp_size > 1
+
+
 class Coord(NamedTuple):
     pp: int
     dp: int
@@ -37,8 +43,7 @@ class ParallelLayout:
         for name in ("tp", "pp", "dp", "micro_batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ParallelLayout.{name}={getattr(self, name)} must be >= 1")
-        if self.sequence_parallel and self.tp == 1:  # SP lives inside the TP group: a no-op at TP = 1
-            object.__setattr__(self, "sequence_parallel", False)
+        object.__setattr__(self, "sequence_parallel", effective_sequence_parallel(self.sequence_parallel, self.tp))
 
     @classmethod
     def from_config(cls, cfg, world_size: int) -> "ParallelLayout":

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from ..config.parallel_layout import ParallelLayout
 from .mpu import DeepSpeedMPU
+from .parallel_context import ParallelContext
 
 
 def _mine(groups: List[List[int]], rank: int) -> List[int]:
@@ -78,6 +79,11 @@ class ParallelTopology:
     dp_size = property(lambda self: self.layout.dp)
     is_first_stage = property(lambda self: self.coord.pp == 0)
     is_last_stage = property(lambda self: self.coord.pp == self.layout.pp - 1)
+
+    def context(self) -> ParallelContext:
+        """What this rank's modules need to know about the split (model/, training/pipeline.py)."""
+        return ParallelContext.of(self.tp_group, self.layout.sequence_parallel, pp_rank=self.pp_rank,
+                                  pp_size=self.pp_size, dp_group=self.dp_group)
 
     def mpu(self):
         """DeepSpeed's duck-typed `mpu` view of this topology (see mpu.py)."""

@@ -33,6 +33,7 @@ from megatron.core.utils import make_viewless_tensor
 
 from ..distributed import device as dev
 from ..distributed.collectives import group_rank, group_size
+from ..distributed.parallel_context import ParallelContext
 from ..model.layer import MoTLayer
 from ..tensor_parallel.param_meta import declared_partition
 from .settings import MoTOptions, settings_from_megatron
@@ -80,7 +81,8 @@ class MoTTransformerLayer(MoTLayer, BaseTransformerLayer):
         on_accelerator = dev.accelerator_available()  # Megatron's RNG tracker exists only on CUDA
         tracker = tensor_parallel.get_cuda_rng_tracker() if on_accelerator else None
         device = dev.current_device() if on_accelerator and not config.use_cpu_initialization else None
-        super().__init__(settings, number - 1, tp_group=tp_group, rng_tracker=tracker, device=device)
+        parallel = ParallelContext.of(tp_group, config.sequence_parallel)
+        super().__init__(settings, number - 1, parallel=parallel, rng_tracker=tracker, device=device)
         self.config, self.layer_number, self.tp_group = config, number, tp_group  # Megatron's numbering
         self.pg_collection = pg_collection
 

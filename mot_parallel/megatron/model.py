@@ -39,7 +39,8 @@ import torch
 from megatron.core.models.gpt import GPTModel
 from megatron.core.packed_seq_params import PackedSeqParams
 
-from ..distributed.collectives import group_rank, group_size
+from ..distributed.collectives import group_size
+from ..distributed.parallel_context import ParallelContext
 from ..model.model import plan_for
 from ..model.rope import rope_cos_sin
 from ..model.routing import RoutingPlan
@@ -71,7 +72,8 @@ class MoTGPTModel(GPTModel):
         super().__init__(config, transformer_layer_spec, vocab_size, max_sequence_length, **kwargs)
         self.mot = mot
         self.settings = settings_from_megatron(config, mot, group_size(self.own_tp_group()))
-        if self.settings.sequence_parallel and not kwargs.get("scatter_embedding_sequence_parallel", True):
+        self.parallel = ParallelContext.of(self.own_tp_group(), config.sequence_parallel)
+        if self.parallel.sequence_parallel and not kwargs.get("scatter_embedding_sequence_parallel", True):
             raise ValueError("MoTGPTModel under sequence parallelism needs scatter_embedding_sequence_parallel=True "
                              "(the MoT layers expect this rank's shard of the grouped tokens)")
 
@@ -108,10 +110,8 @@ class MoTGPTModel(GPTModel):
         if segment_ids is not None and segment_ids.shape != modality_ids.shape:
             raise ValueError(f"MoTGPTModel.build_plan: segment_ids {tuple(segment_ids.shape)} and modality_ids "
                              f"{tuple(modality_ids.shape)} must have the same [b, s] shape")
-        group = self.own_tp_group()
         return plan_for(self.settings, modality_ids.t().cpu(),
-                        segment_ids.t().cpu() if segment_ids is not None else None,
-                        tp_size=group_size(group), tp_rank=group_rank(group),
+                        segment_ids.t().cpu() if segment_ids is not None else None, parallel=self.parallel,
                         device=device or next(self.parameters()).device)
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
@@ -135,8 +135,8 @@ class MoTGPTModel(GPTModel):
             if t is not None and tuple(t.shape) != (b, s):
                 raise ValueError(f"MoTGPTModel: {name} has shape {tuple(t.shape)}, the routing plan is for "
                                  f"[b, s] = [{b}, {s}]")
-        tp = group_size(self.own_tp_group())
-        if self.settings.sequence_parallel and s % tp:
+        tp = self.parallel.tp_size
+        if self.parallel.sequence_parallel and s % tp:
             raise ValueError(f"MoTGPTModel: sequence length {s} is not divisible by the tensor-parallel size {tp}; "
                              "Megatron's sequence parallelism splits the sequence dimension evenly: pad the batch")
         device = next(self.parameters()).device
@@ -170,7 +170,7 @@ class MoTGPTModel(GPTModel):
     def _grouped_decoder_input(self, x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
         """[s, b, h] in sequence order (Megatron's layout) -> the same tokens in grouped order."""
         s, b = plan.seq_len, plan.batch
-        if self.settings.sequence_parallel:
+        if self.parallel.sequence_parallel:
             raise ValueError("MoTGPTModel: decoder_input under sequence parallelism is not supported (grouping by "
                              "modality needs the whole sequence, Megatron passes a shard); pass input_ids, or run "
                              "without sequence_parallel")

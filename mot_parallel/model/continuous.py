@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import collectives as C
-from ..distributed.collectives import group_size
+from ..distributed.parallel_context import SINGLE_PROCESS, ParallelContext
 from ..tensor_parallel import mappings as M
 from ..tensor_parallel.param_meta import mark_replicated, mark_sequence_parallel, set_modality
 from ..tensor_parallel.weight_init import draw_full, normal_init, param_seed
@@ -58,9 +58,9 @@ class _Linear(nn.Module):
 
 
 class ContinuousEmbedding(nn.Module):
-    def __init__(self, settings: ModelSettings, tp_group=None, device=None):
+    def __init__(self, settings: ModelSettings, parallel: ParallelContext = SINGLE_PROCESS, device=None):
         super().__init__()
-        s, sp = settings, settings.sequence_parallel_with(group_size(tp_group))
+        s, sp = settings, parallel.sequence_parallel
         self.settings = s
         self.proj, self.time_in, self.time_out = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         for c in s.continuous:
@@ -86,10 +86,10 @@ class ContinuousEmbedding(nn.Module):
 
 
 class ContinuousHead(nn.Module):
-    def __init__(self, settings: ModelSettings, tp_group=None, device=None):
+    def __init__(self, settings: ModelSettings, parallel: ParallelContext = SINGLE_PROCESS, device=None):
         super().__init__()
         s = self.settings = settings
-        self.tp_group, self.sp = tp_group, s.sequence_parallel_with(group_size(tp_group))
+        self.parallel, self.sp = parallel, parallel.sequence_parallel
         self.proj = nn.ModuleDict({c.name: _Linear(
             s.hidden_size, c.patch_dim, param_seed(s.seed, f"head.continuous.{c.name}"), s.init_std, c.name, self.sp,
             s.params_dtype, device) for c in s.continuous})
@@ -102,13 +102,9 @@ class ContinuousHead(nn.Module):
             out.append((own, self.proj[c.name](h[rows])))
         return out
 
-    def loss(self, h: torch.Tensor, plan: RoutingPlan, targets: Sequence[torch.Tensor]):
-        """(loss sums [M], counts [M]) of the noise predictions at `h` against `targets` (diffusion_loss)."""
-        return diffusion_loss(self.predict(h, plan), targets, self.settings, self.tp_group, self.sp)
-
 
 def diffusion_loss(preds: Sequence[Tuple[slice, torch.Tensor]], targets: Sequence[torch.Tensor],
-                   settings: ModelSettings, tp_group, sp: bool):
+                   settings: ModelSettings, parallel: ParallelContext):
     """(loss sums [M], counts [M]): per continuous modality k the summed per-patch MSE of its predictions
     (`preds[k]`: rows among the modality's tokens, predicted noise) against its noise `targets[k]` [n_k, D]
     (grouped order); zero for discrete modalities. Under SP a rank held its shard's patches only: the sums
@@ -123,7 +119,7 @@ def diffusion_loss(preds: Sequence[Tuple[slice, torch.Tensor]], targets: Sequenc
         counts.append(float(err.shape[0]))
     loss_sum = torch.zeros(m, device=device).index_put((ids,), torch.stack(sums))
     count = torch.zeros(m, device=device).index_put((ids,), torch.tensor(counts, device=device))
-    if sp:
-        loss_sum = M.reduce_from_tp_region(loss_sum, tp_group)
-        C.all_reduce(count, tp_group)
+    if parallel.sequence_parallel:
+        loss_sum = M.reduce_from_tp_region(loss_sum, parallel.tp_group)
+        C.all_reduce(count, parallel.tp_group)
     return loss_sum, count

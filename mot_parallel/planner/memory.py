@@ -79,7 +79,7 @@ def layer_activation_bytes(s: ModelSettings, L: ParallelLayout, seq: int, act_by
     """Bytes one layer saves for backward for one micro-batch."""
     t, h, d, f = L.tp, s.hidden_size, s.head_dim, s.ffn_hidden_size
     N = seq * L.micro_batch_size
-    n = N / t if (L.sequence_parallel and t > 1) else N
+    n = N / t if L.sequence_parallel else N  # the layout holds the effective flag
     hq, hkv = s.num_heads * d, s.num_kv_heads * d
     elems = 2 * h * n + 2 * h * n
     elems += N * ((2 * hq + 2 * hkv) / t + hq / t + 3 * f / t)
@@ -120,7 +120,7 @@ def memory(s: ModelSettings, L: ParallelLayout, seq: int, param_bytes: int, rese
         in_flight = min(L.pp - stage, L.grad_accum) if L.pp > 1 else 1
         per_layer = layer_activation_bytes(s, L, seq, b)
         N = seq * L.micro_batch_size
-        n = N / L.tp if (L.sequence_parallel and L.tp > 1) else N
+        n = N / L.tp if L.sequence_parallel else N
         if L.activation_checkpointing:
             acts = in_flight * layers * n * s.hidden_size * b + per_layer
         else:

@@ -55,7 +55,6 @@ from .faults import FaultInjector
 from .metrics import MetricsLogger, step_record, valid_record
 from .model_record import model_record
 from .optim import WarmupDecayLR, lr_factor, param_groups
-from .pipeline import build_pipeline_module
 from .resume import checkpoint_dir, resolve_resume
 from .run_dir import claim_run_dir
 from .steps import StepRunner
@@ -152,6 +151,7 @@ class Trainer:
 
     def _build_engine(self, deepspeed) -> None:
         from deepspeed import checkpointing as ds_ckpt
+        from .pipeline_module import build_pipeline_module  # imports DeepSpeed's pipeline: only when built
         cfg, topo = self.cfg, self.topo
         if topo.pp_size > 1:
             self.model, self.pipe_loss = build_pipeline_module(self.settings, topo, self.layout, self.tracker,
@@ -161,7 +161,7 @@ class Trainer:
             ckpt_fn = ds_ckpt.checkpoint if self.layout.activation_checkpointing else None
 
             def build():
-                return MoTModel(self.settings, tp_group=topo.tp_group, rng_tracker=self.tracker,
+                return MoTModel(self.settings, parallel=topo.context(), rng_tracker=self.tracker,
                                 activation_checkpoint=ckpt_fn)
             if self.layout.zero_stage == 3:  # parameters are partitioned as they are created
                 with deepspeed.zero.Init(config_dict_or_path=self.ds_config, mpu=topo.mpu()):
@@ -177,9 +177,8 @@ class Trainer:
             lr_scheduler=lambda opt: WarmupDecayLR(opt, cfg))
 
     def _plan(self, mb):
-        return plan_for(self.settings, mb.modality_ids, mb.segment_ids, tp_size=self.topo.tp_size,
-                        tp_rank=self.topo.tp_rank, device=self.device, span_ids=mb.span_ids,
-                        context_start=mb.context_start)
+        return plan_for(self.settings, mb.modality_ids, mb.segment_ids, parallel=self.topo.context(),
+                        device=self.device, span_ids=mb.span_ids, context_start=mb.context_start)
 
     def _resume(self) -> None:
         from .reshard import load_universal, resharded
