@@ -51,7 +51,7 @@ from .ds_config import deepspeed_config
 from .diagnostics import Diagnostics
 from .evaluate import Evaluator
 from .faults import FaultInjector
-from .metrics import MetricsLogger, step_record, valid_record
+from .metrics import MetricsLogger, StepStats, ThroughputBasis, step_record, valid_record
 from .model_record import model_record
 from .optim import WarmupDecayLR, lr_factor, param_groups
 from .pipeline import build_pipeline_module
@@ -121,11 +121,12 @@ class Trainer:
             self.evaluator = Evaluator(lambda: self._loader(self.data.valid, train=False), self.engine, self.topo,
                                        self.settings.num_modalities, self.device, self.pipe_loss, cfg.train.eval_iters)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, cfg.logging.tensorboard, cfg.train.steps, self.step)
-        self.tokens_per_step = L.global_batch_size * cfg.model.max_seq_len
-        self.flops_per_token = training_flops_per_token(self.settings, cfg.model.max_seq_len,
-                                                        recompute=cfg.train.activation_checkpointing)
-        self.model_flops_per_token = training_flops_per_token(self.settings, cfg.model.max_seq_len)
-        self.peak = cfg.logging.peak_tflops or peak_tflops(dev.device_name(self.device))
+        seq = cfg.model.max_seq_len
+        self.throughput = ThroughputBasis(
+            cfg.model.modalities, tokens_per_step=L.global_batch_size * seq, world_size=self.ctx.world_size,
+            flops_per_token=training_flops_per_token(self.settings, seq, recompute=cfg.train.activation_checkpointing),
+            model_flops_per_token=training_flops_per_token(self.settings, seq),
+            peak_tflops=cfg.logging.peak_tflops or peak_tflops(dev.device_name(self.device)))
         self.stop = StopRequest()
         if cfg.checkpoint.save_on_sigterm:
             self.stop.install()
@@ -230,12 +231,12 @@ class Trainer:
                                f"planned global count {batch.global_label_counts.tolist()}")
         if self.step % cfg.logging.interval and self.step != cfg.train.steps:
             return
-        record = step_record(
-            self.step, loss_sum.tolist(), count.tolist(), objective_weights(self.settings, count).tolist(),
-            cfg.model.modalities, cfg.train.optimizer.lr *
-            lr_factor(self.step - 1, cfg), self.engine.get_global_grad_norm(), self.tokens_per_step, step_time,
-            self.flops_per_token, self.model_flops_per_token, self.ctx.world_size, self.peak,
-            dev.peak_memory_gb(self.device), {"data": t_data, **times})
+        weights = objective_weights(self.settings, count).tolist()
+        stats = StepStats(self.step, loss_sum.tolist(), count.tolist(), weights,
+                          lr=cfg.train.optimizer.lr * lr_factor(self.step - 1, cfg),
+                          grad_norm=self.engine.get_global_grad_norm(), step_time=step_time,
+                          peak_mem_gb=dev.peak_memory_gb(self.device), times={"data": t_data, **times})
+        record = step_record(stats, self.throughput)
         record.update(self.state.progress())
         if self.diagnostics is not None:
             record.update(self.diagnostics.end())
@@ -271,7 +272,8 @@ class Trainer:
                 with record_function("mot/step"):
                     sums, times = self.steps.run(batch)
                 step_time = time.perf_counter() - t0
-                self.state.advance(self.tokens_per_step, self.model_flops_per_token * self.tokens_per_step, step_time)
+                tokens = self.throughput.tokens_per_step
+                self.state.advance(tokens, self.throughput.model_flops_per_token * tokens, step_time)
                 if self.on_step_end is not None:
                     self.on_step_end(self.step)
                 self._log(batch, sums, times, t_data, step_time)
