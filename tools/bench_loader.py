@@ -11,12 +11,13 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mot_parallel.cli import positive_int, user_errors  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
-from mot_parallel.data import MoTDataLoader  # noqa: E402
+from mot_parallel.data import LoaderSettings, MoTDataLoader  # noqa: E402
 from mot_parallel.data.datasets import open_datasets  # noqa: E402
 from mot_parallel.model import ModelSettings, plan_for  # noqa: E402
 from mot_parallel.model.diffusion import noiser_for  # noqa: E402
@@ -44,11 +45,8 @@ def main(argv=None):
         return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp, span_ids=mb.span_ids,  # as the trainer plans
                         context_start=mb.context_start)
 
-    loader = MoTDataLoader(data.table, order=data.order, noiser=noiser_for(cfg, s), seq_len=cfg.model.max_seq_len,
-                           micro_batch_size=layout.micro_batch_size,
-                           dp_size=layout.dp, dp_rank=0, grad_accum=layout.grad_accum, seed=cfg.train.seed,
-                           balance=cfg.data.balance, plan_builder=plan, prefetch=1,
-                           num_workers=cfg.data.num_workers)
+    settings = replace(LoaderSettings.from_config(cfg, layout, dp_rank=0), prefetch=1)
+    loader = MoTDataLoader(data.table, settings, plan_builder=plan, order=data.order, noiser=noiser_for(cfg, s))
     next(loader)  # start-up (corpus metadata, thread)
     t = time.perf_counter()
     tokens = 0

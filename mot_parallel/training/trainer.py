@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.profiler import record_function
 
 from ..config import Config, dump_config, validate
-from ..data import MoTDataLoader
+from ..data import LoaderSettings, MoTDataLoader
 from ..data.datasets import open_datasets
 from ..distributed import ParallelTopology, detect_launch_env, init_distributed
 from ..distributed import device as dev
@@ -145,12 +145,9 @@ class Trainer:
     def _loader(self, data, train: bool = True) -> MoTDataLoader:
         """This rank's loader of `data`; with continuous modalities it noises the images on the host
         (validation: no condition dropout)."""
-        cfg, L = self.cfg, self.layout
-        return MoTDataLoader(
-            data.table, seq_len=cfg.model.max_seq_len, micro_batch_size=L.micro_batch_size, dp_size=L.dp,
-            dp_rank=self.topo.dp_rank, grad_accum=L.grad_accum, seed=cfg.train.seed, balance=cfg.data.balance,
-            plan_builder=self._plan, device=self.device, prefetch=cfg.data.prefetch,
-            num_workers=cfg.data.num_workers, order=data.order, noiser=noiser_for(cfg, self.settings), train=train)
+        settings = LoaderSettings.from_config(self.cfg, self.layout, self.topo.dp_rank, train=train)
+        return MoTDataLoader(data.table, settings, plan_builder=self._plan, device=self.device, order=data.order,
+                             noiser=noiser_for(self.cfg, self.settings))
 
     def _build_engine(self, deepspeed) -> None:
         from deepspeed import checkpointing as ds_ckpt
