@@ -114,8 +114,9 @@ class Trainer:
         self._resume()
         self.diagnostics = Diagnostics(self.model, self.topo, cfg.model.modalities, cfg.model.num_layers,
                                        cfg.logging.interval, cfg.train.steps) if cfg.logging.diagnostics else None
-        self.steps = StepRunner(self.engine, self.topo, self.settings, self.device, self.pipe_loss,
-                                cfg.logging.time_breakdown, self.diagnostics and self.diagnostics.before_optimizer)
+        self.step_runner = StepRunner(self.engine, self.topo, self.settings, self.device, pipe_loss=self.pipe_loss,
+                                      time_breakdown=cfg.logging.time_breakdown,
+                                      before_optimizer=self.diagnostics and self.diagnostics.before_optimizer)
         self.evaluator = None
         if self.data.valid is not None and cfg.train.eval_iters > 0:
             self.evaluator = Evaluator(lambda: self._loader(self.data.valid, train=False), self.engine, self.topo,
@@ -267,7 +268,7 @@ class Trainer:
                 if self.diagnostics is not None:
                     self.diagnostics.begin(self.step + 1, batch)
                 with record_function("mot/step"):
-                    sums, times = self.steps.run(batch)
+                    sums, times = self.step_runner.run(batch)
                 step_time = time.perf_counter() - t0
                 tokens = self.throughput.tokens_per_step
                 self.state.advance(tokens, self.throughput.model_flops_per_token * tokens, step_time)
