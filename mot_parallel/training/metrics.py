@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
 
+from ..flops import peak_tflops, training_flops_per_token
+
 
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -109,6 +111,16 @@ class ThroughputBasis:
     model_flops_per_token: float   # the model's: 3 x forward, dense-equivalent
     world_size: int
     peak_tflops: Optional[float]   # per device; None: MFU unknown
+
+    @classmethod
+    def of_run(cls, cfg, settings, layout, world_size: int, device_name: str) -> "ThroughputBasis":
+        """A run's basis: its global batch of max_seq_len tokens, FLOPs per token (flops.py) with and without
+        recompute, and the device's peak (logging.peak_tflops, else the table's for `device_name`)."""
+        seq, recompute = cfg.model.max_seq_len, cfg.train.activation_checkpointing
+        return cls(cfg.model.modalities, tokens_per_step=layout.global_batch_size * seq, world_size=world_size,
+                   flops_per_token=training_flops_per_token(settings, seq, recompute=recompute),
+                   model_flops_per_token=training_flops_per_token(settings, seq),
+                   peak_tflops=cfg.logging.peak_tflops or peak_tflops(device_name))
 
 
 def step_record(stats: StepStats, basis: ThroughputBasis) -> Dict:

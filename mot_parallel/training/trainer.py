@@ -39,7 +39,6 @@ from ..distributed import ParallelTopology, detect_launch_env, init_distributed
 from ..distributed import device as dev
 from ..distributed.launch_env import LaunchEnv
 from ..distributed.op_build_lock import check_op_build_locks
-from ..flops import peak_tflops, training_flops_per_token
 from ..model import MoTLayer, MoTModel, ModelSettings, plan_for
 from ..model.diffusion import noiser_for
 from ..model.model import objective_weights
@@ -122,12 +121,8 @@ class Trainer:
             self.evaluator = Evaluator(lambda: self._loader(self.data.valid, train=False), self.engine, self.topo,
                                        self.settings.num_modalities, self.device, self.pipe_loss, cfg.train.eval_iters)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, cfg.logging.tensorboard, cfg.train.steps, self.step)
-        seq = cfg.model.max_seq_len
-        self.throughput = ThroughputBasis(
-            cfg.model.modalities, tokens_per_step=L.global_batch_size * seq, world_size=self.ctx.world_size,
-            flops_per_token=training_flops_per_token(self.settings, seq, recompute=cfg.train.activation_checkpointing),
-            model_flops_per_token=training_flops_per_token(self.settings, seq),
-            peak_tflops=cfg.logging.peak_tflops or peak_tflops(dev.device_name(self.device)))
+        self.throughput = ThroughputBasis.of_run(cfg, self.settings, L, self.ctx.world_size,
+                                                 dev.device_name(self.device))
         self.stop = StopRequest()
         if cfg.checkpoint.save_on_sigterm:
             self.stop.install()
