@@ -45,7 +45,7 @@ from ..model.model import objective_weights
 from ..model.settings import DTYPES
 from ..tensor_parallel import register_tp_grad_hooks, tp_partial_grad_params
 from . import rng
-from .checkpoint import CheckpointManager, TrainState
+from .checkpoint import CheckpointContents, CheckpointManager, TrainState
 from .ds_config import deepspeed_config
 from .diagnostics import Diagnostics
 from .evaluate import Evaluator
@@ -107,9 +107,10 @@ class Trainer:
         self.loader = self._loader(self.data.train)
         self.state = TrainState()                                                     # 6
         self.fault = FaultInjector.from_env()
-        self.ckpt = CheckpointManager(checkpoint_dir(cfg), cfg.checkpoint.keep_last, self.rank, self.engine,
-                                      {"train": self.state, "loader": self.loader},
-                                      rng.RNGStreams(self.device, self.tracker), L, self.fault, model_record(cfg))
+        contents = CheckpointContents(self.engine, {"train": self.state, "loader": self.loader},
+                                      rng.RNGStreams(self.device, self.tracker))
+        self.ckpt = CheckpointManager(checkpoint_dir(cfg), cfg.checkpoint.keep_last, self.rank, contents, L,
+                                      fault=self.fault, model=model_record(cfg))
         self._resume()
         self.diagnostics = Diagnostics(self.model, self.topo, cfg.model.modalities, cfg.model.num_layers,
                                        cfg.logging.interval, cfg.train.steps) if cfg.logging.diagnostics else None
