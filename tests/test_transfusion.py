@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from mot_parallel.data import DataError, MoTDataLoader
+from mot_parallel.data import DataError, LoaderSettings, MoTDataLoader
 from mot_parallel.data.continuous_store import ContinuousWriter, patches_path
 from mot_parallel.data.corpus import Corpus
 from mot_parallel.data.corpus_set import CorpusPart, CorpusSet
@@ -140,8 +140,8 @@ def test_target_counts_equal_what_the_micro_batches_train_on(tmp_path, seed):
     c = _open(_corpus(tmp_path / "c", seed=seed))
     table = CorpusSet([CorpusPart("c", c, np.arange(c.num_docs))], ["text", "image"], ["image"], ["image"])
     noiser = Noiser(100, 50, 0.1, seed, {1: D})
-    loader = MoTDataLoader(table, seq_len=16, micro_batch_size=2, dp_size=1, dp_rank=0, grad_accum=2, seed=seed,
-                           prefetch=1, noiser=noiser)
+    settings = LoaderSettings(seq_len=16, micro_batch_size=2, dp_size=1, dp_rank=0, grad_accum=2, seed=seed, prefetch=1)
+    loader = MoTDataLoader(table, settings, noiser=noiser)
     for _ in range(5):
         batch = next(loader)
         lm = sum(torch.bincount(mb.label_modalities[mb.labels != -100], minlength=2) for mb in batch.micro_batches)
@@ -155,8 +155,9 @@ def test_target_counts_equal_what_the_micro_batches_train_on(tmp_path, seed):
 
 def _noise_of(table, dp, rank, step_count=3):
     noiser = Noiser(100, 50, 0.2, 7, {1: D})
-    loader = MoTDataLoader(table, seq_len=16, micro_batch_size=1, dp_size=dp, dp_rank=rank, grad_accum=4 // dp,
-                           seed=5, prefetch=1, noiser=noiser)
+    settings = LoaderSettings(seq_len=16, micro_batch_size=1, dp_size=dp, dp_rank=rank, grad_accum=4 // dp, seed=5,
+                              prefetch=1)
+    loader = MoTDataLoader(table, settings, noiser=noiser)
     out = {}
     for _ in range(step_count):
         batch = next(loader)

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -95,7 +96,7 @@ def main(argv=None):
     except ConfigError as e:
         sys.exit(f"error: {e}")
     from mot_parallel.corpus_building import register_demo_corpora
-    from mot_parallel.data import MoTDataLoader  # torch: only once the input is good
+    from mot_parallel.data import LoaderSettings, MoTDataLoader  # torch: only once the input is good
     from mot_parallel.data.datasets import open_datasets
     from mot_parallel.distributed.collectives import VirtualGroup
     from mot_parallel.distributed.parallel_context import ParallelContext
@@ -112,11 +113,8 @@ def main(argv=None):
         return plan_for(s, mb.modality_ids, mb.segment_ids, parallel=parallel, span_ids=mb.span_ids,  # as the trainer
                         context_start=mb.context_start)
 
-    loader = MoTDataLoader(data.table, order=data.order, noiser=noiser_for(cfg, s), seq_len=cfg.model.max_seq_len,
-                           micro_batch_size=layout.micro_batch_size,
-                           dp_size=layout.dp, dp_rank=0, grad_accum=layout.grad_accum, seed=cfg.train.seed,
-                           balance=cfg.data.balance, plan_builder=plan, prefetch=1,
-                           num_workers=cfg.data.num_workers)
+    settings = replace(LoaderSettings.from_config(cfg, layout, dp_rank=0), prefetch=1)
+    loader = MoTDataLoader(data.table, settings, plan_builder=plan, order=data.order, noiser=noiser_for(cfg, s))
     next(loader)  # start-up (corpus metadata, thread)
     t = time.perf_counter()
     tokens = 0

@@ -89,9 +89,16 @@ def layer_activation_bytes(s: ModelSettings, L: ParallelLayout, seq: int, act_by
     return elems * act_bytes + fp32_stats
 
 
+@dataclass(frozen=True)
+class ZeroBuffers:
+    """DeepSpeed's ZeRO buffer sizes in elements (its defaults; the run's DeepSpeed config leaves them)."""
+    reduce_bucket: float = 5e8     # reduce_bucket_size
+    allgather_bucket: float = 5e8  # allgather_bucket_size
+    max_live_params: float = 1e9   # stage3_max_live_parameters
+
+
 def memory(s: ModelSettings, L: ParallelLayout, seq: int, param_bytes: int, reserve_gb: float = 0.0,
-           reduce_bucket: float = 5e8, allgather_bucket: float = 5e8, max_live_params: float = 1e9,
-           on_accelerator: bool = True) -> Memory:
+           on_accelerator: bool = True, zero: ZeroBuffers = ZeroBuffers()) -> Memory:
     """The worst stage's breakdown (bytes). `param_bytes`: 2 for bf16 training, 4 for fp32.
     `on_accelerator`: the run's device type, which decides the attention mask's form."""
     worst = None
@@ -108,13 +115,13 @@ def memory(s: ModelSettings, L: ParallelLayout, seq: int, param_bytes: int, rese
         elif L.zero_stage in (1, 2):
             weights = P * b
             optimizer = 16 * P / L.dp + P / L.dp * b
-            backward_end = P * b + min(allgather_bucket, P) * b
+            backward_end = P * b + min(zero.allgather_bucket, P) * b
             if L.zero_stage == 1 and (L.grad_accum > 1 or L.pp > 1):
                 grads_in_backward = P * b  # ZeRO-1 keeps full gradients until the boundary's reduction
         else:
-            weights = P / L.dp * b + min(max_live_params, P) * b
+            weights = P / L.dp * b + min(zero.max_live_params, P) * b
             optimizer = 16 * P / L.dp + 4 * P / L.dp
-            grads_persistent = min(reduce_bucket, P) * b
+            grads_persistent = min(zero.reduce_bucket, P) * b
             grads_in_backward = backward_end = P * b
         layers = len(stage_layers(s.num_layers, L.pp, stage))
         in_flight = min(L.pp - stage, L.grad_accum) if L.pp > 1 else 1
