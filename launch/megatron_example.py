@@ -61,8 +61,10 @@ def main(argv=None):
     from megatron.core.transformer import TransformerConfig
 
     from mot_parallel.config import load_config
-    from mot_parallel.data import MoTDataLoader
+    from mot_parallel.data import LoaderSettings, MoTDataLoader
+    from mot_parallel.corpus_building import register_demo_corpora
     from mot_parallel.data.from_config import open_corpus
+    register_demo_corpora()  # data.path: demo: the demo corpus
     from mot_parallel.distributed import device as dev
     from mot_parallel.distributed import init_distributed
     from mot_parallel.megatron import MoTGPTModel, MoTOptions, get_mot_layer_spec          # MoT
@@ -97,8 +99,9 @@ def main(argv=None):
         open_corpus(cfg)
     torch.distributed.barrier()
     dp = parallel_state.get_data_parallel_world_size()
-    loader = MoTDataLoader(open_corpus(cfg), seq_len=128, micro_batch_size=2, dp_size=dp,
-                           dp_rank=parallel_state.get_data_parallel_rank(), grad_accum=1, seed=1)
+    settings = LoaderSettings(seq_len=128, micro_batch_size=2, grad_accum=1, seed=1, dp_size=dp,
+                              dp_rank=parallel_state.get_data_parallel_rank())
+    loader = MoTDataLoader(open_corpus(cfg), settings)
 
     def loss_func(mask, output):
         loss = (output * mask).sum() / mask.sum().clamp(min=1)

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from mot_parallel.cli import int_in  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
+from mot_parallel.corpus_building import register_demo_corpora  # noqa: E402
 from mot_parallel.distributed import detect_launch_env  # noqa: E402
 
 
@@ -52,6 +53,7 @@ def run(argv=None):
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=10")
     args = ap.parse_args(argv)
     env = detect_launch_env(argv=sys.argv)
+    register_demo_corpora()  # data.path: demo trains on a demo corpus, built on first use
     try:  # everything checkable is checked before a process group exists
         cfg = load_config(args.config, args.overrides)
         world = args.world_size or (env.world_size if not args.dry_run else

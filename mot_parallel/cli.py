@@ -129,7 +129,7 @@ def add_overwrite(ap: argparse.ArgumentParser) -> None:
 def input_errors() -> Tuple[Type[BaseException], ...]:
     """The project's error types for bad input, among the modules loaded so far (an error type whose module
     was never imported cannot have been raised, and importing it here would cost seconds)."""
-    names = (("mot_parallel.config.loader", "ConfigError"), ("mot_parallel.data.indexed", "DataError"),
+    names = (("mot_parallel.config.yaml_io", "ConfigError"), ("mot_parallel.data.indexed", "DataError"),
              ("mot_parallel.training.checkpoint_files", "CheckpointError"), ("mot_parallel.outputs", "OutputError"))
     return tuple(getattr(sys.modules[m], n) for m, n in names if m in sys.modules)
 

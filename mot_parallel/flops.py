@@ -113,13 +113,3 @@ def training_flops_per_token(s: ModelSettings, seq_len: int, recompute: bool = F
     f = forward_flops_per_token(s, seq_len)["total"]
     return f * (4.0 if recompute else 3.0)
 
-
-# Dense bf16 tensor-core peaks (TFLOP/s) by device name; MFU uses logging.peak_tflops when set instead.
-PEAK_BF16_TFLOPS = {"A100": 312.0, "A800": 312.0, "H100": 989.0, "H800": 989.0, "H200": 989.0, "H20": 148.0,
-                    "L40S": 362.0, "A10": 125.0, "B200": 2250.0, "GB200": 2500.0}
-
-
-def peak_tflops(device_name: str):
-    """The table entry whose key appears in the device name (longest match), or None (e.g. CPU)."""
-    hits = [k for k in PEAK_BF16_TFLOPS if k in device_name.upper()]
-    return PEAK_BF16_TFLOPS[max(hits, key=len)] if hits else None

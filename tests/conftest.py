@@ -4,7 +4,10 @@ import sys
 
 import pytest
 
+from mot_parallel.corpus_building import register_demo_corpora
 from mot_parallel.distributed import device
+
+register_demo_corpora()  # data.path: demo trains on the demo corpora, as under launch/pretrain.py
 
 # test processes fork from a server that has imported these once (see mot_parallel/testing/multiprocess.py)
 os.environ.setdefault("MOT_TEST_PRELOAD", "deepspeed,megatron.core.parallel_state")

@@ -60,7 +60,7 @@ def tool(*args):
 
 def mot_universal(path, overrides, seed=0):
     """A universal checkpoint of an MoT with independent copies (biases and norms drawn too)."""
-    from mot_parallel.convert.names import canonical_names
+    from mot_parallel.convert.canonical_names import canonical_names
     from mot_parallel.convert.universal import write_universal
     from mot_parallel.model import ModelSettings, MoTModel
     cfg = load_config(None, MOT + [f"train.seed={seed}"] + overrides)

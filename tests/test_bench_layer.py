@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from mot_parallel.benchmarks.naive_mot import NaiveMoTLayer
+from mot_parallel.studies.benchmarks.naive_mot import NaiveMoTLayer
 from mot_parallel.model import ModelSettings, MoTLayer, build_routing_plan
 from mot_parallel.model.rope import rope_cos_sin
 

@@ -22,7 +22,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from mot_parallel.data.blend import BlendOrder, parse_blend
+from mot_parallel.config.blend_spec import parse_blend
+from mot_parallel.data.blend import BlendOrder
 from mot_parallel.data.corpus import SegmentTable
 from mot_parallel.data.stream import DocumentStream
 

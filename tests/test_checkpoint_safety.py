@@ -18,7 +18,7 @@ import torch
 
 from mot_parallel.config import ConfigError, load_config, validate
 from mot_parallel.training import rng
-from mot_parallel.training.checkpoint import CheckpointManager, TrainState
+from mot_parallel.training.checkpoint import CheckpointContents, CheckpointManager, TrainState
 from mot_parallel.training.checkpoint_files import CheckpointError, read_manifest
 from mot_parallel.training.resume import resolve_resume
 from train_utils import TINY
@@ -61,8 +61,8 @@ def _cfg(run, *extra):
 def _manager(run, keep_last=3, value=0.0):
     cfg = _cfg(run)
     state = TrainState()
-    manager = CheckpointManager(str(run / "checkpoints"), keep_last, 0, StandInEngine(value), {"train": state},
-                                rng.RNGStreams(torch.device("cpu")), validate(cfg, 1))
+    contents = CheckpointContents(StandInEngine(value), {"train": state}, rng.RNGStreams(torch.device("cpu")))
+    manager = CheckpointManager(str(run / "checkpoints"), keep_last, 0, contents, validate(cfg, 1))
     return manager, state
 
 

@@ -353,7 +353,7 @@ def test_a_swapped_file_stops_the_real_resume(run):
 def test_the_planners_checkpoint_sizes_are_deepspeeds(run):
     """The sizes the hash cost is quoted for (tools/bench_checkpoint_hash.py) are the files DeepSpeed writes."""
     from mot_parallel.model import ModelSettings
-    from mot_parallel.planner.checkpoint import checkpoint_files
+    from mot_parallel.studies.benchmarks.checkpoint_sizes import checkpoint_files
     cfg = _cfg(run)
     files = checkpoint_files(ModelSettings.from_config(cfg), validate(cfg, 1), 4)
     for planned, pattern in ((files.model_file, "model_states"), (files.optimizer_file, "optim_states")):

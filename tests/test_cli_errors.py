@@ -221,7 +221,7 @@ def files(tmp_path_factory):
     (run / "metrics.jsonl").write_text("".join(
         f'{{"kind": "valid", "step": {s}, "valid/loss": {3 - s}, "tokens_total": {s}, "flops_total": {s}, '
         f'"train_time_s": {s}}}\n' for s in (1, 2)))
-    from mot_parallel.data.demo_corpus import write_demo_corpus
+    from mot_parallel.corpus_building.demo_corpus import write_demo_corpus
     (tmp / "corpus").mkdir()
     corpus = write_demo_corpus(str(tmp / "corpus" / "demo"), 4)  # a demo corpus: its sidecar names no tokenizer
     ckpt = tmp / "ckpt_run" / "checkpoints"

@@ -1,4 +1,4 @@
-"""tools/compare_runs.py and mot_parallel.analysis: where each run first reaches the reference's final validation
+"""tools/compare_runs.py and mot_parallel.studies.analysis: where each run first reaches the reference's final validation
 loss, against hand-made metrics files whose crossings are worked out by hand in each test, and against a
 brute-force reference (the piecewise-linear curve sampled on a fine grid) over random curves.
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mot_parallel.analysis import compare_runs, first_crossing, load_run
-from mot_parallel.analysis.run_curves import Evaluation
+from mot_parallel.studies.analysis import compare_runs, first_crossing, load_run
+from mot_parallel.studies.analysis.run_curves import Evaluation
 from mot_parallel.config import dump_config, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from mot_parallel.data import (Corpus, DataError, DocumentStream, IndexedDataset, IndexedWriter, MoTDataLoader,
-                               SegmentTable, pack_balanced, pack_sequential)
-from mot_parallel.data.demo_corpus import MODALITIES, VOCAB_SIZE, documents, write_demo_corpus
-from mot_parallel.data.profiles import skewed_mix
+from mot_parallel.data import (Corpus, DataError, DocumentStream, IndexedDataset, IndexedWriter, LoaderSettings,
+                               MoTDataLoader, SegmentTable, pack_balanced, pack_sequential)
+from mot_parallel.corpus_building.demo_corpus import MODALITIES, VOCAB_SIZE, documents, write_demo_corpus
+from mot_parallel.corpus_building.profiles import skewed_mix
 from mot_parallel.model import IGNORE_INDEX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,8 +158,8 @@ def test_epoch_coverage_is_exact(balance):
 # ------------------------------------------------------------------------------------------ the loader
 def _loader(demo, dp_rank=0, dp=2, accum=2, **kw):
     c = Corpus(demo, MODALITIES, VOCAB_SIZE, atomic=["image"])
-    return MoTDataLoader(c, seq_len=128, micro_batch_size=2, dp_size=dp, dp_rank=dp_rank, grad_accum=accum,
-                         seed=7, **kw)
+    settings = LoaderSettings(seq_len=128, micro_batch_size=2, dp_size=dp, dp_rank=dp_rank, grad_accum=accum, seed=7)
+    return MoTDataLoader(c, settings, **kw)
 
 
 def _fingerprint(step):
@@ -201,6 +201,24 @@ def test_ranks_share_one_global_batch_and_its_counts(demo):
         assert not torch.equal(steps[0].micro_batches[0].tokens, steps[1].micro_batches[0].tokens)
     for L in loaders:
         L.close()
+
+
+def test_loader_settings_come_from_the_config_and_refuse_nonsense(demo):
+    """LoaderSettings.from_config takes the shapes from the layout and the data keys from the config; a
+    setting out of range is refused by name, and the loader takes only a settings record."""
+    from mot_parallel.config import load_config, validate
+    cfg = load_config(None, ["model.max_seq_len=64", "train.seed=11", "data.prefetch=3", "data.num_workers=2",
+                             "data.balance=false", "train.micro_batch_size=2", "train.global_batch_size=8"])
+    layout = validate(cfg, world_size=2)
+    got = LoaderSettings.from_config(cfg, layout, dp_rank=1, train=False)
+    assert got == LoaderSettings(seq_len=64, micro_batch_size=2, grad_accum=layout.grad_accum, seed=11, dp_size=2,
+                                 dp_rank=1, balance=False, prefetch=3, num_workers=2, train=False)
+    assert layout.dp * layout.grad_accum * got.micro_batch_size == 8
+    for bad in ({"seq_len": 0}, {"grad_accum": 1.5}, {"prefetch": True}, {"dp_rank": 2}, {"dp_rank": -1}):
+        with pytest.raises(ValueError, match=f"LoaderSettings.{next(iter(bad))}"):
+            LoaderSettings(**{"seq_len": 8, "micro_batch_size": 1, "grad_accum": 1, "seed": 0, "dp_size": 2, **bad})
+    with pytest.raises(TypeError, match="takes a LoaderSettings"):
+        MoTDataLoader(Corpus(demo, MODALITIES, VOCAB_SIZE), {"seq_len": 8})
 
 
 def test_loader_builds_routing_plans_on_the_host(demo):

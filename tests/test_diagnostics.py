@@ -66,7 +66,7 @@ def _first_step_logits_body(overrides):
     cfg = load_config(None, TINY + overrides)
     t = Trainer(cfg)
     start = {n: p.detach().clone() for n, p in t.model.named_parameters()}
-    seen, run = [], t.steps.run
+    seen, run = [], t.step_runner.run
 
     def record_batch(batch):
         if not seen:
@@ -74,7 +74,7 @@ def _first_step_logits_body(overrides):
                          mb.plan.attention_mask.lo.clone(), mb.plan.attention_mask.hi.clone())
                         for mb in batch.micro_batches)
         return run(batch)
-    t.steps.run = record_batch
+    t.step_runner.run = record_batch
     t.train()
     return start, seen, losses(cfg.run.output_dir)[1]
 

@@ -81,7 +81,7 @@ def _first_step_body(overrides):
     cfg = load_config(None, TINY + SMALL + overrides)
     t = Trainer(cfg)
     start = {n: p.detach().clone() for n, p in t.model.named_parameters()}
-    seen, grads, run = [], {}, t.steps.run
+    seen, grads, run = [], {}, t.step_runner.run
 
     def record_batch(batch):
         seen.extend((mb.tokens.clone(), mb.modality_ids.clone(), mb.segment_ids.clone(),
@@ -90,7 +90,7 @@ def _first_step_body(overrides):
 
     def read_grads():  # collective under ZeRO: every rank reads every parameter
         grads.update({n: safe_get_full_grad(p).detach().clone() for n, p in t.model.named_parameters()})
-    t.steps.run, t.steps.before_optimizer = record_batch, read_grads
+    t.step_runner.run, t.step_runner.before_optimizer = record_batch, read_grads
     t.train()
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, seen)
@@ -170,7 +170,7 @@ def _tied_body(overrides, tie):
                 for p in group:
                     p.grad.copy_(total)
     if tie:
-        t.steps.before_optimizer = tie_grads
+        t.step_runner.before_optimizer = tie_grads
     t.train()
     dist.barrier()
     if dist.get_rank() != 0:

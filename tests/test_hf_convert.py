@@ -37,7 +37,7 @@ def _tp2_logits(universal):
     topo = ParallelTopology.build(ParallelLayout(tp=2))
     cfg = load_config(os.path.join(universal, "config.yaml"), ["parallel.tensor_parallel=2"])
     validate(cfg, 2)
-    model = MoTModel(ModelSettings.from_config(cfg), tp_group=topo.tp_group).eval()
+    model = MoTModel(ModelSettings.from_config(cfg), parallel=topo.context()).eval()
     load_universal_into_model(model, universal, topo.tp_group)
     tokens, mods = inputs()
     plan = model.build_plan(mods.t())

@@ -38,9 +38,10 @@ def _megatron(tp, recompute=False, device=None, sp=False, dtype=torch.float32):
 
 def _ours(tp_group, megatron_model):
     """mot_parallel's MoTModel with the Megatron model's weights (same TP shards)."""
+    from mot_parallel.distributed.parallel_context import ParallelContext
     from mot_parallel.model import MoTModel
     s = megatron_model.settings.with_(vocab_size=V, vocab_multiple=1)
-    ours = MoTModel(s, tp_group=tp_group)
+    ours = MoTModel(s, parallel=ParallelContext.of(tp_group, megatron_model.parallel.sequence_parallel))
     src = dict(megatron_model.named_parameters())
     rename = {"decoder.final_layernorm.weight": "head.final_norm.weight",
               "output_layer.weight": "head.output_layer.weight"}
@@ -71,7 +72,7 @@ def _equivalence_body(tp, recompute):
     logits = ours.head(ours.layers[1](ours.layers[0](ours.embedding(ids.t(), plan), plan, ours.rope(plan, ids.device)),
                                       plan, ours.rope(plan, ids.device)), plan)
     from mot_parallel.tensor_parallel import vocab_parallel_cross_entropy
-    per_token = vocab_parallel_cross_entropy(logits, plan.group_ids(ids.t()), ours.tp_group)
+    per_token = vocab_parallel_cross_entropy(logits, plan.group_ids(ids.t()), ours.parallel.tp_group)
     ref = plan.to_sequence(per_token).view(S, B).t()            # [b, s] sequence order
     (ref * torch.arange(1, S + 1)).sum().backward()
     errs = {"loss": ((loss - ref).abs().max() / ref.abs().max()).item()}

@@ -7,7 +7,8 @@
   (all of them listed in mot_parallel/megatron/settings.py's docstring), a default TransformerConfig too;
 - inputs are honoured or refused: attention_mask (Megatron's True = masked) + position_ids give the same
   losses as the equivalent segment_ids (<= 1e-5); decoder_input equals embedding input_ids (<= 1e-6);
-  missing modality_ids, inference_context, packed_seq_params: clear errors;
+  missing modality_ids, inference_context, packed_seq_params: clear errors; every other keyword of
+  Megatron's layer and model calls is used, handed on to GPTModel, or refused by name unless it is None;
 - the TP size and rank come from the model's own pg_collection, not Megatron's global parallel_state:
   global TP=1 and a 2-rank TP group in pg_collection give TP=2 shards, the TP=2 SP plan and TP=1 losses;
 - Megatron's per-layer hidden_dropout argument reaches the MoT layer.
@@ -165,6 +166,30 @@ def test_unsupported_gpt_model_argument_is_refused(kwargs):
         MoTGPTModel(_config(), get_mot_layer_spec(opts), V, S, mot=opts, **kwargs)
 
 
+def test_call_keywords_are_used_handed_on_or_refused_by_name():
+    """Keywords beyond the layer's and the model's named arguments: MoT's own are taken, GPTModel.forward's
+    handed on, None accepted as "off"; any other value is refused by name, never silently ignored."""
+    from types import SimpleNamespace
+
+    from mot_parallel.megatron.call_keywords import layer_packed_seq_params, model_call
+    mask = torch.ones(B, S)
+    call = model_call({"modality_ids": mask, "loss_mask": mask, "extra_block_kwargs": None, "a_future_flag": None})
+    assert call.modality_ids is mask and call.routing_plan is None
+    assert call.gpt_keywords == {"loss_mask": mask, "extra_block_kwargs": None}
+    for name in ("inference_context", "inference_params", "packed_seq_params", "a_future_flag"):
+        with pytest.raises(ValueError, match=f"does not support {name}"):
+            model_call({name: object()})
+    packed = SimpleNamespace(routing_plan=object(), rope=None)
+    assert layer_packed_seq_params({"packed_seq_params": packed, "padding_mask": mask, "rotary_pos_emb": None,
+                                    "inference_context": None}) is packed
+    for name in ("attention_mask", "context", "rotary_pos_emb", "rotary_pos_cos_sin", "sequence_len_offset",
+                 "attention_bias", "a_future_flag"):
+        with pytest.raises(ValueError, match=f"does not support {name}"):
+            layer_packed_seq_params({"packed_seq_params": packed, name: mask})
+    with pytest.raises(ValueError, match="needs the routing plan"):
+        layer_packed_seq_params({"attention_mask": None})
+
+
 def test_bad_mot_options_are_refused():
     from mot_parallel.megatron import MoTOptions, check_megatron_config
     for bad, key in ((MoTOptions(modalities=("text", "text")), "modalities"),
@@ -255,13 +280,13 @@ def _own_group_body(tp_in_pg, sp):
             odd = None
         except ValueError as e:
             odd = str(e)
-        return plan.sp_sizes, plan.local_counts, mg.settings.sequence_parallel, shapes, odd
+        return plan.sp_sizes, plan.local_counts, mg.parallel.sequence_parallel, shapes, odd
     with torch.no_grad():
         logits = mg(ids, modality_ids=mods)                              # [b, s, V/tp]
         parts = [torch.empty_like(logits) for _ in range(tp_in_pg)]
         dist.all_gather(parts, logits.contiguous(), group=tp_group)
         losses = mg(ids, labels=ids, modality_ids=mods)
-    return plan.sp_sizes, plan.local_counts, mg.settings.sequence_parallel, shapes, (torch.cat(parts, -1), losses)
+    return plan.sp_sizes, plan.local_counts, mg.parallel.sequence_parallel, shapes, (torch.cat(parts, -1), losses)
 
 
 def test_tp_group_comes_from_the_models_pg_collection():

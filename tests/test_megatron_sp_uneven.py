@@ -8,6 +8,7 @@ unequal: gloo fails, NCCL would hang or return garbage. 2 gloo processes at TP=2
 import torch
 import torch.nn.functional as F
 
+from mot_parallel.distributed.parallel_context import ParallelContext
 from mot_parallel.testing import run_distributed
 
 MODS = ("text", "image", "speech")
@@ -23,11 +24,12 @@ def _uneven_column_body(n_tokens):
     from mot_parallel.distributed import ParallelTopology
     from mot_parallel.distributed.collectives import even_sizes
     from mot_parallel.tensor_parallel import ColumnParallelLinear
-    from mot_parallel.tensor_parallel.weight_init import draw_full, normal_init
+    from mot_parallel.tensor_parallel.weight_init import SeededInit, draw_full, normal_init
     topo = ParallelTopology.build(ParallelLayout(tp=2))
     g, r = topo.tp_group, topo.tp_rank
     sizes = even_sizes(n_tokens, 2)
-    head = ColumnParallelLinear(16, 32, bias=False, sequence_parallel=True, tp_group=g, init_seed=11)
+    head = ColumnParallelLinear(16, 32, parallel=ParallelContext.of(g, True), init=SeededInit(normal_init(0.02), 11),
+                                bias=False)
     x_full = torch.randn(n_tokens, 16, generator=torch.Generator().manual_seed(1))
     w_out = torch.randn(n_tokens, 32, generator=torch.Generator().manual_seed(2))
     lo = sum(sizes[:r])
@@ -55,12 +57,12 @@ def _uneven_model_body(seq_len):
     g = torch.Generator().manual_seed(0)
     ids, mods = torch.randint(0, 60, (seq_len, 1), generator=g), torch.randint(0, 3, (seq_len, 1), generator=g)
     losses = {}
-    for name, group, settings in (("tp2_sp", topo.tp_group, s.with_(sequence_parallel=True)), ("one", None, s)):
-        model = MoTModel(settings, tp_group=group)
+    for name, parallel in (("tp2_sp", ParallelContext.of(topo.tp_group, True)), ("one", ParallelContext())):
+        model = MoTModel(s, parallel=parallel)
         plan = model.build_plan(mods)
         out = model(ids, plan, labels=ids, label_modalities=mods)
         out.loss_sum.sum().backward()
-        losses[name] = (out.loss_sum.detach(), {n: gather_full(p.grad, p, group) for n, p in model.named_parameters()})
+        losses[name] = (out.loss_sum.detach(), {n: gather_full(p.grad, p, parallel.tp_group) for n, p in model.named_parameters()})
     (l2, g2), (l1, g1) = losses["tp2_sp"], losses["one"]
     return _rel(l2, l1), {n: (g2[n], g1[n]) for n in g1}  # the head gathers every token: full losses per rank
 

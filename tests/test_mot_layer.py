@@ -8,6 +8,8 @@
 import pytest
 import torch
 
+from mot_parallel.distributed.collectives import VirtualGroup
+from mot_parallel.distributed.parallel_context import ParallelContext
 from mot_parallel.model import ModelSettings, MoTLayer, MoTModel, build_routing_plan
 from mot_parallel.tensor_parallel.param_meta import modality_of
 from mot_parallel.model.rope import rope_cos_sin
@@ -203,7 +205,7 @@ def test_routing_plan_is_a_stable_grouping():
     assert torch.equal(flat[plan.perm], torch.tensor([0, 0, 0, 1, 1, 2]))
     x = torch.randn(6, 4)
     assert torch.equal(plan.to_sequence(plan.to_grouped(x)), x)
-    sp = build_routing_plan(mods, 3, tp_size=4, tp_rank=1, sequence_parallel=True)
+    sp = build_routing_plan(mods, 3, parallel=ParallelContext.of(VirtualGroup(4, 1), True))
     assert sp.sp_sizes == (2, 2, 1, 1) and sp.local_counts == (1, 1, 0)
     assert build_routing_plan(torch.zeros(3, 2, dtype=torch.long), 3).perm is None  # already grouped
     assert build_routing_plan(mods, 3, routed=False).perm is None
@@ -235,6 +237,11 @@ def test_megatron_linear_contract():
     assert y.shape == (S * B, 48) and bias is col.bias and torch.count_nonzero(y) == 0
     z, none = row(y, plan)
     assert z.shape == (S * B, 32) and none is None
+    for bad in ({"is_expert": True}, {"stride": 2}, {"tp_group": object()}, {"no_such_keyword": 1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):  # refused by name, never silently ignored
+            GroupedColumnParallelLinear(32, 48, s.modalities, config=s, **bad)
+    with pytest.raises(ValueError, match="gather_output"):
+        GroupedColumnParallelLinear(32, 48, s.modalities, config=s, gather_output=True)
 
 
 def test_settings_from_config():
@@ -243,6 +250,6 @@ def test_settings_from_config():
     cfg = load_config(None, ["model.untie=[ffn]", "model.modalities=[text,image,speech]", "parallel.tensor_parallel=2",
                              "parallel.sequence_parallel=true", "model.num_kv_heads=2"])
     s = MS.from_config(cfg)
-    assert s.groups("ffn") == 3 and s.groups("attention") == 1 and s.routed and s.sequence_parallel
+    assert s.groups("ffn") == 3 and s.groups("attention") == 1 and s.routed
     assert s.num_kv_heads == 2 and s.ffn_hidden_size == 768 and s.padded_vocab(2) % 256 == 0
     assert not MS.from_config(load_config(None, ["model.untie=[]"])).routed

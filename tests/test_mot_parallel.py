@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from mot_parallel.distributed.parallel_context import ParallelContext
 from mot_parallel.config import ParallelLayout
 from mot_parallel.distributed import ParallelTopology
 from mot_parallel.distributed import collectives as C
@@ -52,8 +53,9 @@ def _run(model, batch):
 
 def _tp_body(tp, sp, case, sync="allreduce"):
     topo = ParallelTopology.build(ParallelLayout(tp=tp))
-    s = settings(sequence_parallel=sp and tp > 1, **case)
-    model = MoTModel(s, tp_group=topo.tp_group)
+    s = settings(**case)
+    parallel = ParallelContext.of(topo.tp_group, sp)
+    model = MoTModel(s, parallel=parallel)
     if sync == "hooks":  # the route for engines that consume grads during backward (DeepSpeed ZeRO)
         register_tp_grad_hooks(tp_partial_grad_params(model), topo.tp_group)
     out, hidden, plan = _run(model, _batch())
@@ -61,7 +63,7 @@ def _tp_body(tp, sp, case, sync="allreduce"):
         allreduce_tp_partial_grads(tp_partial_grad_params(model), topo.tp_group)
     ref = MoTModel(settings(vocab_multiple=32 * tp, **case))  # TP = 1, same seeds and the same vocabulary padding
     ref_out, ref_hidden, _ = _run(ref, _batch())
-    if s.sequence_parallel:  # this rank holds a contiguous piece of the (grouped) tokens
+    if parallel.sequence_parallel:  # this rank holds a contiguous piece of the (grouped) tokens
         hidden = C.all_gather_dim0(hidden.detach().reshape(-1, s.hidden_size), topo.tp_group, plan.sp_sizes)
     errs = {"hidden": _rel(hidden.reshape(-1, s.hidden_size), ref_hidden.reshape(-1, s.hidden_size)),
             "loss_sum": _rel(out.loss_sum, ref_out.loss_sum),
@@ -113,9 +115,10 @@ def _count_body(sp):
     variants = {"dense": dict(untie=frozenset(), modalities=("text",)), "M1": dict(modalities=("text",)),
                 "M2": dict(modalities=("text", "image")), "M3": {}}
     for label, kw in variants.items():
-        s = settings(sequence_parallel=sp, **kw)
-        layer = MoTLayer(s, 0, tp_group=topo.tp_group)
-        model = MoTModel(s, tp_group=topo.tp_group, layer_numbers=[])  # for the plan and rope
+        s = settings(**kw)
+        parallel = ParallelContext.of(topo.tp_group, sp)
+        layer = MoTLayer(s, 0, parallel=parallel)
+        model = MoTModel(s, parallel=parallel, layer_numbers=[])  # for the plan and rope
         _, _, mods, segments = _batch()
         mods = mods % s.num_modalities
         plan = model.build_plan(mods, segments)

@@ -201,7 +201,7 @@ def test_overlap_is_decided_on_real_paths(tmp_path, universal):
 def test_inspect_corpus_writes_pictures_into_a_directory_of_its_own(tmp_path, capsys):
     """--out DIR: new, or an earlier --out of this tool; a picture there is replaced only with --overwrite and never
     through a link; a directory of the user's, the corpus's own directory and a link are refused, nothing written."""
-    from mot_parallel.data.demo_pictures import write_demo_pictures
+    from mot_parallel.corpus_building.demo_pictures import write_demo_pictures
     prefix = write_demo_pictures(str(tmp_path / "data" / "pics"), 3)
     out = tmp_path / "inspect"
     tool("inspect_corpus")(["--corpus", prefix, "--doc", "1", "--out", str(out)])
@@ -226,7 +226,7 @@ def test_inspect_corpus_writes_pictures_into_a_directory_of_its_own(tmp_path, ca
 def test_corpus_writers_never_write_through_a_link_at_their_temporary_names(tmp_path):
     """<prefix>.bin.tmp.<pid> (and the .idx, sidecar and .patches ones) are predictable names: a link planted
     there is refused, its target untouched (it used to be truncated and written)."""
-    from mot_parallel.data.continuous import ContinuousWriter
+    from mot_parallel.data.continuous_store import ContinuousWriter
     from mot_parallel.data.indexed import IndexedWriter
     target = tmp_path / "precious.txt"
     target.write_text("weeks of work")

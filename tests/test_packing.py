@@ -25,7 +25,7 @@ from mot_parallel.data.balance import max_load_lower_bound
 from mot_parallel.data.packing import ASIDE_LIMIT, POOL_LIMIT, TARGET_PADDING, TARGET_RATIO
 
 POOL_BOUND = POOL_LIMIT + ASIDE_LIMIT  # batch capacities the pool may hold (plus a piece per budget)
-from mot_parallel.data.profiles import heavy_tailed_mix, long_image_mix, skewed_mix
+from mot_parallel.corpus_building.profiles import heavy_tailed_mix, long_image_mix, skewed_mix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODS = ["text", "image", "speech"]

@@ -18,7 +18,7 @@ import pytest
 from mot_parallel.data import DocumentStream, PackingWarning, SegmentTable, batch_stats, pack_balanced
 from mot_parallel.data.doc_cuts import cut_many, cut_points
 from mot_parallel.data.pieces import Runs
-from mot_parallel.data.profiles import heavy_tailed_mix, long_image_mix, skewed_mix
+from mot_parallel.corpus_building.profiles import heavy_tailed_mix, long_image_mix, skewed_mix
 from test_packing import check_example
 from test_stream_properties import random_table
 

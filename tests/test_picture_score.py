@@ -1,4 +1,4 @@
-"""The picture demo's world and the scorer of sampled pictures (data/demo_pictures.py, data/picture_score.py).
+"""The picture demo's world and the scorer of sampled pictures (corpus_building/demo_pictures.py, studies/picture_score.py).
 
 - the 24 stamps (8 shapes x 3 sizes) are pairwise distinct;
 - every (count, size, place) fits its half: the shapes never touch, so a render's components are its shapes;
@@ -13,9 +13,9 @@
 import numpy as np
 import pytest
 
-from mot_parallel.data import demo_pictures as dp
-from mot_parallel.data.demo_shapes import SHAPES, SIZES, STAMPS
-from mot_parallel.data.picture_score import CHECKS, _crop, _overlap, components, score_picture, score_pictures
+from mot_parallel.corpus_building import demo_pictures as dp
+from mot_parallel.corpus_building.demo_shapes import SHAPES, SIZES, STAMPS
+from mot_parallel.studies.picture_score import CHECKS, _crop, _overlap, components, score_picture, score_pictures
 
 
 def test_stamps_are_pairwise_distinct():

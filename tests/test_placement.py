@@ -4,7 +4,7 @@ the fix. Pure functions of the rank -> host list and the layout (the two-node Sl
 report from a job's log)."""
 import pytest
 
-from mot_parallel.config.layout import ParallelLayout
+from mot_parallel.config.parallel_layout import ParallelLayout
 from mot_parallel.distributed.placement import _ranges, placement_lines
 
 

@@ -12,11 +12,12 @@ import pytest
 
 from mot_parallel.config import load_config, validate
 from mot_parallel.distributed.collectives import VirtualGroup
+from mot_parallel.distributed.parallel_context import ParallelContext
 from mot_parallel.flops import param_counts
 from mot_parallel.model import ModelSettings, MoTModel
 from mot_parallel.config import ParallelLayout
 from mot_parallel.planner import memory, model_params, rank_params, stage_layers
-from mot_parallel.testing.memory import measured_training_memory
+from mot_parallel.testing.measured_memory import measured_training_memory
 from mot_parallel.testing import run_distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,8 @@ def test_parameter_counts_equal_the_meta_model(variant):
             s = ModelSettings.from_config(c)
             for stage in range(pp):
                 for t in range(tp):
-                    m = MoTModel(s, tp_group=VirtualGroup(tp, t), layer_numbers=stage_layers(8, pp, stage),
+                    m = MoTModel(s, parallel=ParallelContext.of(VirtualGroup(tp, t)),
+                                 layer_numbers=stage_layers(8, pp, stage),
                                  pre_process=stage == 0, post_process=stage == pp - 1, device="meta")
                     real = sum(p.numel() for p in m.parameters())
                     assert rank_params(s, tp, pp, stage).total == real, (variant, tp, pp, stage, t)
@@ -153,10 +155,10 @@ def _layer_saved_bytes(sp):
     topo = ParallelTopology.build(ParallelLayout(tp=2))
     seq, batch = 64, 2
     s = ModelSettings(hidden_size=128, num_layers=2, num_heads=8, num_kv_heads=4, ffn_hidden_size=256,
-                      vocab_size=64, vocab_multiple=32, modalities=("text", "image", "speech"),
-                      sequence_parallel=sp)
-    layer = MoTLayer(s, 0, tp_group=topo.tp_group)
-    model = MoTModel(s, tp_group=topo.tp_group, layer_numbers=[])  # for the plan and rope
+                      vocab_size=64, vocab_multiple=32, modalities=("text", "image", "speech"))
+    parallel = ParallelContext.of(topo.tp_group, sp)
+    layer = MoTLayer(s, 0, parallel=parallel)
+    model = MoTModel(s, parallel=parallel, layer_numbers=[])  # for the plan and rope
     plan = model.build_plan(torch.randint(0, 3, (seq, batch), generator=torch.Generator().manual_seed(0)))
     x = torch.randn(plan.sp_sizes[topo.tp_rank] if sp else seq * batch, 1, s.hidden_size, requires_grad=True)
     params = {p.untyped_storage().data_ptr() for p in layer.parameters()}

@@ -21,9 +21,10 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 Image = pytest.importorskip("PIL.Image")
 
-from mot_parallel.data import demo_pictures  # noqa: E402
+from mot_parallel.corpus_building import demo_pictures  # noqa: E402
 from mot_parallel.data.corpus import Corpus  # noqa: E402
-from mot_parallel.data.images import decode_patches, patchify, pixels_to_unit, read_image, unpatchify  # noqa: E402
+from mot_parallel.corpus_building.image_files import read_image  # noqa: E402
+from mot_parallel.data.images import decode_patches, patchify, pixels_to_unit, unpatchify  # noqa: E402
 from mot_parallel.model.settings import ContinuousSpec  # noqa: E402
 from tool_utils import one_error_line  # noqa: E402
 
@@ -233,14 +234,14 @@ def test_decode_patches_of_latents_match_a_direct_vae_decode(world):
 
 def test_per_channel_latent_normalisation(tmp_path):
     """A VAE config with latents_mean/latents_std: (mean - latents_mean) * scaling_factor / latents_std."""
-    from mot_parallel.data import vae as vae_lib
+    from mot_parallel.corpus_building.vae_encode import encode
     mean, std = [0.1, -0.2, 0.3, 0.0], [1.0, 2.0, 0.5, 4.0]
     vae = tiny_vae(tmp_path / "v", scaling_factor=0.7, latents_mean=mean, latents_std=std)
     x = np.random.default_rng(6).uniform(-1, 1, (2, 3, SIZE, SIZE)).astype(np.float32)
     with torch.no_grad():
         m = vae.encode(torch.tensor(x)).latent_dist.mean.numpy()
     expected = (m - np.reshape(mean, (4, 1, 1))) * 0.7 / np.reshape(std, (4, 1, 1))
-    got = vae_lib.encode(vae, x, batch=1, device=torch.device("cpu"))
+    got = encode(vae, x, batch=1, device=torch.device("cpu"))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -321,7 +322,7 @@ def test_stale_temp_files_of_dead_processes_are_removed(world, tmp_path):
 
 def test_the_writer_refuses_values_that_overflow_its_dtype(tmp_path):
     """1e5 is finite in float32 but inf in float16: refused when written, not found later by the trainer."""
-    from mot_parallel.data.continuous import ContinuousWriter
+    from mot_parallel.data.continuous_store import ContinuousWriter
     from mot_parallel.data.indexed import DataError
     writer = ContinuousWriter(str(tmp_path / "c"), np.uint16, {1: ("image", {"patch_dim": 4})}, dtype="float16")
     with pytest.raises(DataError, match="finite in float16"):

@@ -26,8 +26,8 @@ pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")
 Image = pytest.importorskip("PIL.Image")
 
-from mot_parallel.data.corpus_decode import CorpusDecoder  # noqa: E402
-from mot_parallel.data.images import read_image  # noqa: E402
+from mot_parallel.corpus_building.corpus_decode import CorpusDecoder  # noqa: E402
+from mot_parallel.corpus_building.image_files import read_image  # noqa: E402
 from tool_utils import one_error_line  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

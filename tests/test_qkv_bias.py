@@ -26,7 +26,7 @@ def test_grouped_linear_adds_each_modalitys_bias(counts):
     """y rows of group m = x W_m^T + b_m (fused [q; k; v] output), outputs and grads vs a per-group reference."""
     from mot_parallel.model.grouped_linear import GroupedColumnParallelLinear
     torch.manual_seed(sum(counts))
-    lin = GroupedColumnParallelLinear(16, 24, ["text", "image", "speech"], bias=True, output_blocks=[8, 8, 8])
+    lin = GroupedColumnParallelLinear(16, [8, 8, 8], ["text", "image", "speech"], bias=True)
     with torch.no_grad():
         for b in lin.bias.values():
             b.normal_()
@@ -66,6 +66,7 @@ def _qkv_bias_tp_body(sp):
     from mot_parallel.convert.engine_io import load_weights
     from mot_parallel.config import ParallelLayout
     from mot_parallel.distributed import ParallelTopology
+    from mot_parallel.distributed.parallel_context import ParallelContext
     from mot_parallel.model import MoTModel
     from mot_parallel.tensor_parallel import allreduce_tp_partial_grads, tp_partial_grad_params
     from mot_parallel.tensor_parallel.layout import gather_full
@@ -73,7 +74,7 @@ def _qkv_bias_tp_body(sp):
     ref = MoTModel(_bias_settings())
     perturb(ref, 3)  # biases are zero at init: draw them, so a mis-sharded bias changes the output
     full = {name: p.detach().clone() for name, p in ref.named_parameters()}
-    model = MoTModel(_bias_settings(sequence_parallel=sp), tp_group=topo.tp_group)
+    model = MoTModel(_bias_settings(), parallel=ParallelContext.of(topo.tp_group, sp))
     load_weights(model, full.__getitem__, topo.tp_group)  # split by the parameters' own TP tags
     loss, ref_loss = _bias_step(model), _bias_step(ref)
     allreduce_tp_partial_grads(tp_partial_grad_params(model), topo.tp_group)

@@ -1,4 +1,4 @@
-"""The real-data corpus (mot_parallel/data/real, tools/build_real_corpus.py), built tiny (40 documents, 32
+"""The real-data corpus (mot_parallel/corpus_building/real, tools/build_real_corpus.py), built tiny (40 documents, 32
 calibration utterances): byte-identical rebuilds in a fresh process, structure and vocabulary ranges, captions
 that only partly determine images, documents that are independent units (hold-out safe), the cache, clear
 errors; and its parts against references (k-means vs scikit-learn's Lloyd, WAV parsing vs the `wave` module,
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from mot_parallel.data import Corpus, IndexedDataset
-from mot_parallel.data.real import (DEFAULT_PREFIX, MODALITIES, RealCorpusError, RealCorpusOptions,
+from mot_parallel.corpus_building.real import (DEFAULT_PREFIX, MODALITIES, RealCorpusError, RealCorpusOptions,
                                     build_real_corpus)
-from mot_parallel.data.real import build, digits, plan, prose, speech, tokenizer, units
+from mot_parallel.corpus_building.real import build, digits, plan, prose, speech, tokenizer, units
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "build_real_corpus.py")

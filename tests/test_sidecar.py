@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mot_parallel.data import DataError, IndexedDataset
-from mot_parallel.data.demo_corpus import write_demo_corpus
+from mot_parallel.corpus_building.demo_corpus import write_demo_corpus
 from mot_parallel.data.sidecar import schema_problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from mot_parallel.config import ParallelLayout
 from mot_parallel.distributed import ParallelTopology
-from mot_parallel.tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, copy_to_tp_region,
+from mot_parallel.distributed.parallel_context import ParallelContext
+from mot_parallel.tensor_parallel import (ColumnParallelLinear, SeededInit, VocabParallelEmbedding, copy_to_tp_region,
                                           draw_full, gather_from_sp_region, normal_init, param_seed,
                                           reduce_from_tp_region, reduce_scatter_to_sp_region, scatter_to_sp_region,
                                           vocab_parallel_cross_entropy)
@@ -30,7 +31,8 @@ def _full(name, shape):
 def _mlp_body(tp, sp):
     topo = ParallelTopology.build(ParallelLayout(tp=tp))
     g, r = topo.tp_group, topo.tp_rank
-    fc1 = ColumnParallelLinear(H, FFN, bias=True, sequence_parallel=sp, tp_group=g, init_seed=param_seed(7, "fc1"))
+    par = ParallelContext.of(g, sp)
+    fc1 = ColumnParallelLinear(H, FFN, parallel=par, init=SeededInit(normal_init(0.02), param_seed(7, "fc1")))
     fsl = slice(r * FFN // tp, (r + 1) * FFN // tp)
     fc2_w = _full("fc2", (H, FFN))[:, fsl].clone().requires_grad_()  # a row-parallel shard
     fc2_b = _rand(H, seed=4).requires_grad_()
@@ -70,7 +72,8 @@ def _mlp_body(tp, sp):
 def _gather_output_body(tp):
     """gather_output=True on the column layer: every rank gets the whole output."""
     topo = ParallelTopology.build(ParallelLayout(tp=tp))
-    col = ColumnParallelLinear(H, FFN, bias=False, gather_output=True, tp_group=topo.tp_group, init_seed=11)
+    col = ColumnParallelLinear(H, FFN, parallel=topo.context(), init=SeededInit(normal_init(0.02), 11), bias=False,
+                               gather_output=True)
     x_full, w_out = _rand(S, B, H, seed=1), _rand(S, B, FFN, seed=2)
     x = x_full.clone().requires_grad_()
     h, bias = col(x)
@@ -86,9 +89,10 @@ def _gather_output_body(tp):
 def _embed_ce_body(tp, sp):
     topo = ParallelTopology.build(ParallelLayout(tp=tp))
     g, r = topo.tp_group, topo.tp_rank
-    emb = VocabParallelEmbedding(V_PAD, H, tp_group=g, sequence_parallel=sp, init_seed=param_seed(7, "emb"))
-    head = ColumnParallelLinear(H, V_PAD, bias=False, sequence_parallel=sp, tp_group=g,
-                                init_seed=param_seed(7, "head"))
+    par = ParallelContext.of(g, sp)
+    emb = VocabParallelEmbedding(V_PAD, H, parallel=par, init=SeededInit(normal_init(0.02), param_seed(7, "emb")))
+    head = ColumnParallelLinear(H, V_PAD, parallel=par, init=SeededInit(normal_init(0.02), param_seed(7, "head")),
+                                bias=False)
     ids = torch.randint(0, V, (S, B), generator=torch.Generator().manual_seed(5))
     target = torch.randint(0, V, (S, B), generator=torch.Generator().manual_seed(6))
     target[0, 0] = target[3, 1] = -100  # ignored positions

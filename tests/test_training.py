@@ -13,7 +13,7 @@ from mot_parallel.config import ConfigError, load_config, validate
 from mot_parallel.data import IndexedWriter
 from mot_parallel.testing import DistributedTestError, run_distributed
 from mot_parallel.training.ds_config import deepspeed_config
-from mot_parallel.training.optim import lr_factor
+from mot_parallel.training.optim import WarmupDecayLR, lr_factor
 from train_utils import TINY, losses, train_body
 
 
@@ -173,6 +173,14 @@ def test_lr_schedule():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert f[55] == pytest.approx(0.1 + 0.9 * 0.5, abs=0.02) and f[99] == pytest.approx(0.1, abs=1e-3)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupDecayLR(opt, cfg)
+    sched.step()                                       # DeepSpeed's call: step(**{})
+    assert sched.get_last_lr() == [pytest.approx(f[1])]
+    for call in (lambda: sched.step(64), lambda: sched.step(increment=64)):  # never silently ignored
+        with pytest.raises(ValueError, match="takes no"):
+            call()
+    assert sched.last_step == 1
 
 
 def test_deepspeed_config_generation():

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from mot_parallel.data import DataError, MoTDataLoader
-from mot_parallel.data.continuous import ContinuousWriter, patches_path
+from mot_parallel.data import DataError, LoaderSettings, MoTDataLoader
+from mot_parallel.data.continuous_store import ContinuousWriter, patches_path
 from mot_parallel.data.corpus import Corpus
 from mot_parallel.data.corpus_set import CorpusPart, CorpusSet
 from mot_parallel.model import ModelSettings, MoTModel, build_routing_plan
@@ -116,7 +116,8 @@ def _tp_sp_body(encoder):
     from mot_parallel.tensor_parallel.layout import gather_full
     spec = UNET if encoder == "unet" else IMAGE
     topo = ParallelTopology.build(ParallelLayout(tp=2))
-    model = MoTModel(settings(continuous=(spec,), sequence_parallel=True), tp_group=topo.tp_group)
+    from mot_parallel.distributed.parallel_context import ParallelContext
+    model = MoTModel(settings(continuous=(spec,)), parallel=ParallelContext.of(topo.tp_group, True))
     register_tp_grad_hooks(tp_partial_grad_params(model), topo.tp_group)
     ref = MoTModel(settings(continuous=(spec,), vocab_multiple=16))
     losses = []
@@ -185,8 +186,8 @@ def test_target_counts_equal_what_the_micro_batches_train_on(tmp_path, seed):
     c = _open(_corpus(tmp_path / "c", seed=seed))
     table = CorpusSet([CorpusPart("c", c, np.arange(c.num_docs))], ["text", "image"], ["image"], ["image"])
     noiser = Noiser(100, 50, 0.1, seed, {1: D})
-    loader = MoTDataLoader(table, seq_len=16, micro_batch_size=2, dp_size=1, dp_rank=0, grad_accum=2, seed=seed,
-                           prefetch=1, noiser=noiser)
+    settings = LoaderSettings(seq_len=16, micro_batch_size=2, dp_size=1, dp_rank=0, grad_accum=2, seed=seed, prefetch=1)
+    loader = MoTDataLoader(table, settings, noiser=noiser)
     for _ in range(5):
         batch = next(loader)
         lm = sum(torch.bincount(mb.label_modalities[mb.labels != -100], minlength=2) for mb in batch.micro_batches)
@@ -200,8 +201,9 @@ def test_target_counts_equal_what_the_micro_batches_train_on(tmp_path, seed):
 
 def _noise_of(table, dp, rank, step_count=3):
     noiser = Noiser(100, 50, 0.2, 7, {1: D})
-    loader = MoTDataLoader(table, seq_len=16, micro_batch_size=1, dp_size=dp, dp_rank=rank, grad_accum=4 // dp,
-                           seed=5, prefetch=1, noiser=noiser)
+    settings = LoaderSettings(seq_len=16, micro_batch_size=1, dp_size=dp, dp_rank=rank, grad_accum=4 // dp, seed=5,
+                              prefetch=1)
+    loader = MoTDataLoader(table, settings, noiser=noiser)
     out = {}
     for _ in range(step_count):
         batch = next(loader)
@@ -400,7 +402,7 @@ def test_unet_flops_parameters_and_dry_run_are_counted(monkeypatch):
     monkeypatch.setattr(unet, "F", type("F", (), dict(conv2d=conv2d, conv_transpose2d=conv_transpose2d, silu=F.silu,
                                                       group_norm=F.group_norm)))
     for patch, grid in ((8, (1, 2)), (10, (1, 1)), (4, (2, 3))):
-        args = (3, patch, 16, 32, 0, ("image", False), torch.float32, None)
+        args = (unet.UNetShape(3, patch, 16, 32), 0, ("image", False), torch.float32, None)
         down, up = unet.UNetDown(*args), unet.UNetUp(*args, out_std=0.02)
         x, emb = torch.randn(2, 3, grid[0] * patch, grid[1] * patch), torch.randn(2, 32)
         for up_path, net, inp in ((False, down, (x, emb)), (True, up, (torch.randn(2, 32, *grid), emb, x))):

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from mot_parallel.config import ConfigError, load_config, validate
-from mot_parallel.data import DataError, IndexedWriter, MoTDataLoader
-from mot_parallel.data.blend import BlendOrder, parse_blend
+from mot_parallel.data import DataError, IndexedWriter, LoaderSettings, MoTDataLoader
+from mot_parallel.config.blend_spec import parse_blend
+from mot_parallel.data.blend import BlendOrder
 from mot_parallel.data.corpus_set import split_documents
 from mot_parallel.data.datasets import open_datasets
 from mot_parallel.testing import DistributedTestError, run_distributed
@@ -132,8 +133,8 @@ def _blend_cfg(tmp_path, *extra):
 
 
 def _loader(data, **kw):
-    return MoTDataLoader(data.table, order=data.order, seq_len=64, micro_batch_size=2, dp_size=2, dp_rank=0,
-                         grad_accum=2, seed=3, prefetch=1, **kw)
+    settings = LoaderSettings(seq_len=64, micro_batch_size=2, dp_size=2, dp_rank=0, grad_accum=2, seed=3, prefetch=1)
+    return MoTDataLoader(data.table, settings, order=data.order, **kw)
 
 
 def test_blend_resumes_exactly_and_counts_its_sources(tmp_path):

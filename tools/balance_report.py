@@ -9,7 +9,7 @@
     python tools/balance_report.py --scaling 8,32,128,512 --steps 4   # plan cost per rank as DP grows
 
 --docs takes length profiles, one document per line: {"segments": [["text", 37], ["image", 1024]]},
-so a corpus mix can be studied without tokens. Synthetic mixes (--mix, mot_parallel/data/profiles.py):
+so a corpus mix can be studied without tokens. Synthetic mixes (--mix, mot_parallel/corpus_building/profiles.py):
 `heavy` (log-normal text up to a sequence, a third of documents with one or two 1,024-token captioned
 images, speech with transcripts), `skewed` (separate text / image / speech documents) and `long-images`
 (image-heavy, a tenth of the images as long as a sequence, Pareto text, rare speech).
@@ -31,7 +31,7 @@ Reported per packer, over --steps consecutive global batches:
 given): plan ms per rank per step (mean and worst over --steps; wall and CPU time: planning the global batch,
 counting its training targets, taking out the rank's own cells), the worst max/mean, bound, padding and
 step time of those steps, the worst carry-over (tokens, global batches) and its memory (arrays; the JSON
-the loader state takes in a checkpoint). mot_parallel/benchmarks/packing_scale.py.
+the loader state takes in a checkpoint). mot_parallel/studies/benchmarks/packing_scale.py.
 """
 import argparse
 import json
@@ -48,7 +48,7 @@ from mot_parallel.cli import add_overwrite, int_in, positive_int_list, seed, use
 from mot_parallel.outputs import check_png, make_parent, png_metadata  # noqa: E402
 from mot_parallel.data.corpus import SegmentTable  # noqa: E402
 from mot_parallel.data.packing import pack_balanced, pack_sequential  # noqa: E402
-from mot_parallel.data.profiles import MIXES, modalities_of, read_profiles  # noqa: E402
+from mot_parallel.corpus_building.profiles import MIXES, modalities_of, read_profiles  # noqa: E402
 from mot_parallel.data.stream import DocumentStream  # noqa: E402
 
 
@@ -207,7 +207,9 @@ def main(argv=None):
             table = SegmentTable.from_profiles(docs, mods, atomic=["image"] if "image" in mods else [])
         source = args.docs
     elif cfg is not None:
+        from mot_parallel.corpus_building import register_demo_corpora
         from mot_parallel.data.datasets import open_datasets
+        register_demo_corpora()
         with user_errors():
             table = open_datasets(cfg).train.table
         mods, source = cfg.model.modalities, table.prefix
@@ -217,7 +219,7 @@ def main(argv=None):
         table = SegmentTable.from_profiles(docs, mods, atomic=["image"])
         source = f"{args.mix} mix ({args.documents} documents, seed={args.seed})"
     if args.scaling:
-        from mot_parallel.benchmarks.packing_scale import scaling
+        from mot_parallel.studies.benchmarks.packing_scale import scaling
         points = scaling(table, layout, args.scaling, args.steps, args.seed, weight)
         if args.json:
             print(json.dumps({"scaling": points, "source": source, "steps": args.steps}, indent=1))

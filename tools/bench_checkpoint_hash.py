@@ -57,7 +57,7 @@ def measure(directory: str, mib: int) -> dict:
 def costs(config: str, world: int, rates: dict) -> dict:
     from mot_parallel.model import ModelSettings
     from mot_parallel.model.settings import DTYPES
-    from mot_parallel.planner.checkpoint import checkpoint_files
+    from mot_parallel.studies.benchmarks.checkpoint_sizes import checkpoint_files
     from mot_parallel.training.checkpoint_hashes import assign
     cfg = load_config(config, [])
     layout = validate(cfg, world)

@@ -26,9 +26,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from mot_parallel.benchmarks.naive_mot import NaiveMoTLayer  # noqa: E402
+from mot_parallel.studies.benchmarks.naive_mot import NaiveMoTLayer  # noqa: E402
 from mot_parallel.cli import int_in, positive_float  # noqa: E402
-from mot_parallel.benchmarks.timing import time_interleaved  # noqa: E402
+from mot_parallel.studies.benchmarks.timing import time_interleaved  # noqa: E402
 from mot_parallel.distributed import device as dev  # noqa: E402
 from mot_parallel.flops import forward_flops_per_token, param_counts  # noqa: E402
 from mot_parallel.model import ModelSettings, MoTLayer, build_routing_plan, plan_for  # noqa: E402

@@ -10,7 +10,7 @@ the background prefetch always hides it.
                                  [--host-ms 200] [--device-ms 200] [--steps 8] [--json]
 
 --simulate: the loader thread's effect on a training loop's step time at a large data-parallel size, without
-GPUs or a corpus (mot_parallel/benchmarks/loader_gil.py): a loop whose step holds the GIL for --host-ms of
+GPUs or a corpus (mot_parallel/studies/benchmarks/loader_gil.py): a loop whose step holds the GIL for --host-ms of
 Python (module code, kernel launches) and then waits --device-ms for the device, fed by a real loader over a
 synthetic length-profile mix (tools/balance_report.py --mix) at DP x micro-batches x seq-len; its host time
 and whole step time with the loader thread running, against the same loop with no thread.
@@ -20,11 +20,12 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mot_parallel.cli import int_in, positive_int, user_errors  # noqa: E402
-from mot_parallel.data.profiles import MIXES  # noqa: E402
+from mot_parallel.corpus_building.profiles import MIXES  # noqa: E402
 from mot_parallel.config import ConfigError, load_config, validate  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def non_negative_ms(text: str) -> float:
 
 
 def simulate(args):
-    from mot_parallel.benchmarks.loader_gil import simulate as run
+    from mot_parallel.studies.benchmarks.loader_gil import simulate as run
     from mot_parallel.data.corpus import SegmentTable
     table = SegmentTable.from_profiles(MIXES[args.mix](args.documents, seed=0), ["text", "image", "speech"],
                                        atomic=["image"])
@@ -94,23 +95,26 @@ def main(argv=None):
         layout = validate(cfg, (args.dp or 1) * tp * pp)
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    from mot_parallel.data import MoTDataLoader  # torch: only once the input is good
+    from mot_parallel.corpus_building import register_demo_corpora
+    from mot_parallel.data import LoaderSettings, MoTDataLoader  # torch: only once the input is good
     from mot_parallel.data.datasets import open_datasets
+    from mot_parallel.distributed.collectives import VirtualGroup
+    from mot_parallel.distributed.parallel_context import ParallelContext
     from mot_parallel.model import ModelSettings, plan_for
     from mot_parallel.model.diffusion import noiser_for
     s = ModelSettings.from_config(cfg)
+    register_demo_corpora()  # data.path: demo: the demo corpus
     with user_errors():
         data = open_datasets(cfg).train
 
+    parallel = ParallelContext.of(VirtualGroup(tp, 0), layout.sequence_parallel)  # rank 0's plan, no processes
+
     def plan(mb):
-        return plan_for(s, mb.modality_ids, mb.segment_ids, tp_size=tp, span_ids=mb.span_ids,  # as the trainer plans
+        return plan_for(s, mb.modality_ids, mb.segment_ids, parallel=parallel, span_ids=mb.span_ids,  # as the trainer
                         context_start=mb.context_start)
 
-    loader = MoTDataLoader(data.table, order=data.order, noiser=noiser_for(cfg, s), seq_len=cfg.model.max_seq_len,
-                           micro_batch_size=layout.micro_batch_size,
-                           dp_size=layout.dp, dp_rank=0, grad_accum=layout.grad_accum, seed=cfg.train.seed,
-                           balance=cfg.data.balance, plan_builder=plan, prefetch=1,
-                           num_workers=cfg.data.num_workers)
+    settings = replace(LoaderSettings.from_config(cfg, layout, dp_rank=0), prefetch=1)
+    loader = MoTDataLoader(data.table, settings, plan_builder=plan, order=data.order, noiser=noiser_for(cfg, s))
     next(loader)  # start-up (corpus metadata, thread)
     t = time.perf_counter()
     tokens = 0

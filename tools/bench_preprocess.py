@@ -30,7 +30,7 @@ TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preprocess_data
 
 
 def _text_inputs(tmp, n):
-    from mot_parallel.data.real import prose
+    from mot_parallel.corpus_building.real import prose
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     paras = [p.text for p in prose.paragraphs()]
     docs = [" ".join(paras[(i * 7 + k) % len(paras)] for k in range(1 + i % 4)) for i in range(n)]
@@ -49,8 +49,8 @@ def _pair_inputs(tmp, n):
     import torch
     from diffusers import VQModel
     from PIL import Image
-    from mot_parallel.data.demo_corpus import WORDS, _caption
-    from mot_parallel.data.demo_pictures import render
+    from mot_parallel.corpus_building.demo_corpus import WORDS, _caption
+    from mot_parallel.corpus_building.demo_pictures import render
     torch.manual_seed(0)
     VQModel(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
             up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, num_vq_embeddings=256, norm_num_groups=8,

@@ -1,6 +1,6 @@
 """Build the offline real-data corpus (issue 16): handwritten-digit scans with partly informative captions,
 Python-stdlib docstring prose, and espeak-ng speech as k-means units, in one shared vocabulary
-(mot_parallel/data/real/). Deterministic: the same arguments on the same software give byte-identical
+(mot_parallel/corpus_building/real/). Deterministic: the same arguments on the same software give byte-identical
 files; cached: a corpus already built with the same arguments and software is not rebuilt.
 
     python tools/build_real_corpus.py --output-prefix runs/real_corpus/real [--documents 3000] [--seed 0]
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from mot_parallel.cli import add_overwrite, int_in, seed  # noqa: E402
 from mot_parallel.outputs import OutputError  # noqa: E402
-from mot_parallel.data.real import (DEFAULT_PREFIX, RealCorpusError, RealCorpusOptions,  # noqa: E402
+from mot_parallel.corpus_building.real import (DEFAULT_PREFIX, RealCorpusError, RealCorpusOptions,  # noqa: E402
                                     build_real_corpus)
 
 _DEFAULTS = RealCorpusOptions()

@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mot_parallel.analysis import RunDataError, compare_runs, load_run  # noqa: E402
+from mot_parallel.studies.analysis import RunDataError, compare_runs, load_run  # noqa: E402
 from mot_parallel.cli import add_overwrite  # noqa: E402
 from mot_parallel.outputs import OutputError, check_png  # noqa: E402
 
@@ -118,7 +118,7 @@ def main(argv=None):
     except (RunDataError, OutputError, OSError) as e:
         sys.exit(f"error: {e}")
     if args.plot:
-        from mot_parallel.analysis.loss_plot import plot_comparison
+        from mot_parallel.studies.analysis.loss_plot import plot_comparison
         plot_comparison(runs, result, args.plot)
     if args.json:
         print(json.dumps(result, indent=1))

@@ -32,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mot_parallel.analysis import study_report as report  # noqa: E402
+from mot_parallel.studies.analysis import study_report as report  # noqa: E402
 from mot_parallel.cli import int_in, positive_float, seed  # noqa: E402
 from mot_parallel.outputs import OutputError, check_own_dir, mark  # noqa: E402
 
@@ -106,7 +106,7 @@ def corpus_overrides(args) -> list:
         return []
     prefix = os.path.join(args.out, "corpus", args.corpus)
     if not os.path.isfile(prefix + ".mot.json") and not args.dry_run and not args.report:
-        from mot_parallel.data.demo_corpus import write_demo_corpus
+        from mot_parallel.corpus_building.demo_corpus import write_demo_corpus
         os.makedirs(os.path.dirname(prefix), exist_ok=True)
         write_demo_corpus(prefix, 4000, seed=0, variant=args.corpus)  # the demo's data.demo_documents
     return [f"data.path={prefix}"]
@@ -153,8 +153,8 @@ def study(args):
             seeds[seed][label] = run_dir
     if args.dry_run:
         return
-    from mot_parallel.analysis import load_run
-    from mot_parallel.analysis.loss_plot import plot_comparison
+    from mot_parallel.studies.analysis import load_run
+    from mot_parallel.studies.analysis.loss_plot import plot_comparison
     got = report.study_fractions(seeds)
     for seed, result in got["per_seed"].items():
         plot_comparison([load_run(seeds[seed][r["label"]]) for r in result["runs"]], result,

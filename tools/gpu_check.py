@@ -165,7 +165,7 @@ def part_deepspeed(shape, args, env, timeout):
     log = open(log_path).read()
     if status != "ok" and not (os.path.exists(metrics) and os.path.exists(probe)):
         return {"status": status, "error": _last_line(log), "log": log}
-    from mot_parallel.benchmarks.step_probe import ds_summary
+    from mot_parallel.studies.benchmarks.step_probe import ds_summary
     return dict(ds_summary(metrics, probe, warmup), status=status, log=log[-6000:])
 
 
@@ -240,14 +240,14 @@ def main(argv=None):
         mark(args.prepare_wheels, WHEELS)
         return prepare(args.prepare_wheels, WHEEL_ROOTS, args.python_version)
     if args.run_part:  # child: one in-process part
-        from mot_parallel.benchmarks import kernels, step_probe
+        from mot_parallel.studies.benchmarks import kernels, step_probe
         fn = getattr(kernels, RUNNERS[args.run_part], None) or getattr(step_probe, RUNNERS[args.run_part])
         result = fn(json.loads(args.shape))
         with open(args.part_out, "w") as f:
             json.dump(result, f, default=str)
         return 0
     if args.ds_child:
-        from mot_parallel.benchmarks.step_probe import ds_child
+        from mot_parallel.studies.benchmarks.step_probe import ds_child
         ds_child(args.ds_child, args.overrides)
         return 0
     unknown = set(args.parts.split(",")) - {p for p, _ in PARTS}

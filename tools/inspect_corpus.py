@@ -108,7 +108,7 @@ def main(argv=None):
             refuse_overlap("--out", args.out, [("--corpus", f) for f in corpus_files(args.corpus)] + [
                 ("--tokenizer", args.tokenizer), ("--image-tokenizer", args.image_tokenizer), ("--vae", args.vae)])
             check_own_dir("--out", args.out, KIND)
-        from mot_parallel.data.corpus_decode import CorpusDecoder
+        from mot_parallel.corpus_building.corpus_decode import CorpusDecoder
         decoder = CorpusDecoder(args.corpus, args.tokenizer, args.image_tokenizer, args.vae)
         segments = decoder.document(args.doc)
         if args.out:

@@ -1,9 +1,9 @@
 """Build the offline demo corpus (text decides image and speech content; see
-mot_parallel/data/demo_corpus.py). Deterministic in --documents and --seed; ~1 s for 4000 documents.
+mot_parallel/corpus_building/demo_corpus.py). Deterministic in --documents and --seed; ~1 s for 4000 documents.
 
     python tools/make_demo_corpus.py --output-prefix runs/demo_corpus/demo [--documents 4000] [--seed 0]
     python tools/make_demo_corpus.py --jsonl demo.jsonl      # the same documents as JSONL (for preprocess_data)
-    ... --variant textured|vague    # docs/fidelity.md's controlled variants (mot_parallel/data/demo_corpus.py)
+    ... --variant textured|vague    # docs/fidelity.md's controlled variants (mot_parallel/corpus_building/demo_corpus.py)
 """
 import argparse
 import json
@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mot_parallel.cli import add_overwrite, int_in, seed  # noqa: E402
-from mot_parallel.data.demo_corpus import MODALITIES, VARIANTS, documents, write_demo_corpus  # noqa: E402
+from mot_parallel.corpus_building.demo_corpus import MODALITIES, VARIANTS, documents, write_demo_corpus  # noqa: E402
 from mot_parallel.outputs import CORPUS_DEMO, OutputError, check_corpus, check_files, corpus_files  # noqa: E402
 
 SOURCE = "mot_parallel demo_corpus"  # every JSONL line carries it: the mark --overwrite recognises

@@ -14,10 +14,10 @@
         --boi-token 65534 --eoi-token 65535
 
 Each line is one document: a list of segments, or {"segments": [...]}, each segment
-{"modality": name, "tokens": [ids]} (or "text", "codes", "image", "latents": mot_parallel/data/documents.py), or a
-record whose --json-keys fields are its segments (mot_parallel/data/fields.py). Inputs ending in .parquet are
+{"modality": name, "tokens": [ids]} (or "text", "codes", "image", "latents": mot_parallel/corpus_building/documents.py), or a
+record whose --json-keys fields are its segments (mot_parallel/corpus_building/fields.py). Inputs ending in .parquet are
 read with pyarrow (columns mapped by --json-keys), .tar/.tar.gz shards as webdataset samples (key.txt/key.json +
-key.png/key.jpg, fields named by extension: mot_parallel/data/sources.py), anything else as JSONL.
+key.png/key.jpg, fields named by extension: mot_parallel/corpus_building/sources.py), anything else as JSONL.
 
 Text ("text" segments, or string fields of the text modality) is encoded by --tokenizer, a tokenizer.json file or
 a tokenizer directory (AutoTokenizer), with its own special tokens (BOS) at the document's start and EOD (its EOS,
@@ -25,7 +25,7 @@ or --eod-token) at its end, as Megatron's --append-eod does; the sidecar records
 size, sha256 of its files, special ids) so tools/inspect_corpus.py and tools/sample.py decode. Codes of the other
 discrete modalities (VQ codes of --image-tokenizer, .npy code grids, speech units) are offset into their token
 range: data.modality_token_ranges of --config (Chameleon), or their own slice after the tokenizer's vocabulary
-(--codebook-size NAME=K; mot_parallel/data/token_layout.py). Every segment becomes one Megatron "sequence" whose mode is the
+(--codebook-size NAME=K; mot_parallel/corpus_building/token_layout.py). Every segment becomes one Megatron "sequence" whose mode is the
 modality id (readable with megatron-core's IndexedDataset(prefix, multimodal=True)). Lines are
 validated in parallel workers (token ids inside the vocabulary, known modality names, no empty
 documents or segments, UTF-8 text); the first error stops the run with file:line and the field, and nothing
@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 from mot_parallel.cli import add_overwrite, checked_config, int_in, positive_int  # noqa: E402
 from mot_parallel.config.validate import MAX_VOCAB  # noqa: E402
 from mot_parallel.data.indexed import SIDECAR, DataError, IndexedWriter, token_dtype  # noqa: E402
-from mot_parallel.data.jsonl import ImageToEncode  # noqa: E402
+from mot_parallel.corpus_building.jsonl import ImageToEncode  # noqa: E402
 from mot_parallel.outputs import CORPUS_PREPROCESSED, OutputError, check_corpus  # noqa: E402
 
 _PARSER = None
@@ -153,7 +153,7 @@ def _tokenizer(args):
 
 def _image_settings(args, cfg, mods, vocab):
     """({modality: ImageSpec}, VAE or None) of the continuous modalities; DataError on options that do not fit."""
-    from mot_parallel.data import image_specs
+    from mot_parallel.corpus_building import image_specs
     code_images = args.image_tokenizer is not None or (args.codebook_size is not None and args.grid is not None)
     names = image_specs.continuous_names(args, cfg, mods, code_images)
     if not names:
@@ -171,9 +171,9 @@ def _image_settings(args, cfg, mods, vocab):
 
 def _parser(args):
     """The DocumentParser of the arguments (and the tokenizer, VAE and VQ it needs); DataError if they do not fit."""
-    from mot_parallel.data.documents import DocumentParser
-    from mot_parallel.data.fields import parse_fields
-    from mot_parallel.data.token_layout import build_layout
+    from mot_parallel.corpus_building.documents import DocumentParser
+    from mot_parallel.corpus_building.fields import parse_fields
+    from mot_parallel.corpus_building.token_layout import build_layout
     args.mods, vocab, cfg = _settings(args)
     args.tokenizer_ = _tokenizer(args)
     continuous = _continuous_names(args, cfg, args.mods)
@@ -195,7 +195,7 @@ def _continuous_names(args, cfg, mods):
 
 def _parquet_columns(paths, fields):
     """{parquet path: the columns to read}, checked before any work."""
-    from mot_parallel.data.sources import input_kind, parquet_columns
+    from mot_parallel.corpus_building.sources import input_kind, parquet_columns
     parquet = [p for p in paths if input_kind(p) == "parquet"]
     if parquet:
         try:
@@ -248,8 +248,9 @@ def _encode(queue, args):
 
 
 def _encode_latents(items, args):
-    from mot_parallel.data.images import bad_values, patchify, pixels_to_unit
-    from mot_parallel.data.vae import encode
+    from mot_parallel.corpus_building.image_files import bad_values
+    from mot_parallel.corpus_building.vae_encode import encode
+    from mot_parallel.data.images import patchify, pixels_to_unit
     pixels = np.stack([pixels_to_unit(img.pixels) for _, _, img in items])
     latents = encode(args.vae, pixels, args.vae_batch)
     for (doc, k, img), z in zip(items, latents):
@@ -264,7 +265,7 @@ def _encode_latents(items, args):
 
 
 def _encode_codes(items, args, spec):
-    from mot_parallel.data.image_tokenizer import encode_codes
+    from mot_parallel.corpus_building.image_tokenizer import encode_codes
     codes = encode_codes(args.vq, np.stack([img.pixels for _, _, img in items]), args.vae_batch)
     for (doc, k, img), c in zip(items, codes):
         if tuple(c.shape) != spec.grid:
@@ -282,7 +283,7 @@ def _length(values, mode, args):
 
 def _write_all(args, writer, pool):
     """Parse, encode and write every document in order; returns (documents, tokens per modality)."""
-    from mot_parallel.data.sources import work_items
+    from mot_parallel.corpus_building.sources import work_items
     n_docs, per_mod = 0, np.zeros(len(args.mods), np.int64)
     waiting, queue = [], []  # documents whose images are not encoded yet (in order), and those images
 
@@ -312,7 +313,7 @@ def _write_all(args, writer, pool):
 def _writer(args):
     if not args.specs:
         return IndexedWriter(args.output_prefix, token_dtype(args.vocab), multimodal=True, overwrite=args.overwrite)
-    from mot_parallel.data.continuous import ContinuousWriter
+    from mot_parallel.data.continuous_store import ContinuousWriter
     continuous = {args.mods.index(n): (n, s.sidecar()) for n, s in args.specs.items()}
     return ContinuousWriter(args.output_prefix, token_dtype(args.vocab), continuous, args.continuous_dtype,
                             overwrite=args.overwrite)

@@ -8,10 +8,10 @@
 a universal checkpoint, or a single-file export. Captions and prompts are text for the tokenizer the training
 corpus was built with (tools/preprocess_data.py --tokenizer records it in the corpus sidecar: found through the
 checkpoint's data.path, or --corpus PREFIX, or given as --tokenizer PATH; generation stops at its EOD), else
-demo-world words (mot_parallel/data/demo_corpus.py); any vocabulary takes token ids (--caption-ids 3,17,5).
---score N draws N demo captions held out from training (data/demo_pictures.py), samples a picture for each
+demo-world words (mot_parallel/corpus_building/demo_corpus.py); any vocabulary takes token ids (--caption-ids 3,17,5).
+--score N draws N demo captions held out from training (corpus_building/demo_pictures.py), samples a picture for each
 (--batch at a time) and checks colour, half, shape, count and size against the caption
-(data/picture_score.py): it prints each accuracy with its standard error, next to chance and to the same
+(studies/picture_score.py): it prints each accuracy with its standard error, next to chance and to the same
 pictures scored against mismatched captions; --out then writes the samples under their ground-truth renders.
 Pictures are decoded from their patches: pixels directly, latents with --vae DIR (a local diffusers VAE).
 """
@@ -84,7 +84,7 @@ def _pictures(model, captions, args, seeds):
                                        seeds=seeds[i:i + args.batch]):
             check_finite(patches, "the sampled picture")
             if rgb:
-                from mot_parallel.data.demo_pictures import from_patches
+                from mot_parallel.corpus_building.demo_pictures import from_patches
                 out.append(from_patches(patches.numpy(), spec.patch))
             else:
                 from mot_parallel.data.images import decode_patches  # latents: a VAE decodes them
@@ -94,9 +94,9 @@ def _pictures(model, captions, args, seeds):
 
 def _score(model, args):
     """Pictures for --score captions of the demo world (held out from training unless --score-captions train),
-    scored on colour, half, shape, count and size (data/picture_score.py)."""
-    from mot_parallel.data.demo_pictures import held_out_captions, render, training_caption
-    from mot_parallel.data.picture_score import score_pictures
+    scored on colour, half, shape, count and size (studies/picture_score.py)."""
+    from mot_parallel.corpus_building.demo_pictures import held_out_captions, render, training_caption
+    from mot_parallel.studies.picture_score import score_pictures
     if args.score_captions == "held-out":
         captions = held_out_captions(args.score, args.seed)
     else:
@@ -169,7 +169,7 @@ def _ids(text, ids, flag, tok=None):
         return ids
     if tok is not None:
         return list(tok.prefix) + tok.encode(text)
-    from mot_parallel.data.demo_corpus import W
+    from mot_parallel.corpus_building.demo_corpus import W
     words = text.replace(".", " .").split()
     unknown = [w for w in words if w not in W]
     if unknown or not words:
@@ -226,7 +226,7 @@ def _sample(args, out):
             model = _model(args.checkpoint)
         if prompt is not None:
             from mot_parallel.generation import generate_text
-            from mot_parallel.data.demo_corpus import WORDS
+            from mot_parallel.corpus_building.demo_corpus import WORDS
             ids = generate_text(model, prompt, args.tokens, stop_token=tok.eod if tok is not None else None)
             if tok is not None and args.prompt:
                 print(tok.decode([i for i in ids if i < tok.vocab_size]))

@@ -10,7 +10,7 @@ import typing
 
 import yaml
 
-from .loader import ConfigError, load_config, to_dict
+from .yaml_io import ConfigError, load_config, to_dict
 from .schema import Config
 from .validate import validate
 

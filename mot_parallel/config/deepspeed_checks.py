@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from .layout import ParallelLayout
+from .parallel_layout import ParallelLayout
 from .schema import Config
 
 

@@ -11,8 +11,9 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from .layout import ParallelLayout
-from .loader import ConfigError
+from .blend_spec import parse_blend
+from .parallel_layout import ParallelLayout, effective_sequence_parallel
+from .yaml_io import ConfigError
 from .continuous_checks import continuous_errors
 from .deepspeed_checkpoint_keys import deepspeed_checkpoint_errors
 from .deepspeed_checks import deepspeed_conflicts
@@ -137,7 +138,7 @@ def _parallel_errors(cfg: Config, world_size: Optional[int]) -> List[str]:
     if m.num_layers > 0 and m.num_layers % p.pipeline_parallel:
         err.append(f"model.num_layers={m.num_layers} is not divisible by parallel.pipeline_parallel="
                    f"{p.pipeline_parallel}; use pipeline_parallel in {_divisors(m.num_layers)}")
-    if p.sequence_parallel and p.tensor_parallel > 1 and m.max_seq_len % p.tensor_parallel:
+    if effective_sequence_parallel(p.sequence_parallel, p.tensor_parallel) and m.max_seq_len % p.tensor_parallel:
         err.append(f"parallel.sequence_parallel needs model.max_seq_len={m.max_seq_len} divisible by "
                    f"parallel.tensor_parallel={p.tensor_parallel}")
     if world_size is not None:
@@ -202,7 +203,6 @@ def _io_errors(cfg: Config) -> List[str]:
     for (a, na), (b, nb) in zip(ranges, ranges[1:]):
         if len(a) == 2 and len(b) == 2 and b[0] < a[1]:
             err.append(f"data.modality_token_ranges: {na} {a} and {nb} {b} overlap")
-    from ..data.blend import parse_blend  # imported here: the data package imports the config package
     path, valid = cfg.data.path, cfg.data.valid_path
     blends = [("valid_path", valid)] if valid not in (None, DEMO_CORPUS) else []
     if path is None or (isinstance(path, str) and not path.strip()):

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..tensor_parallel.layout import join_shards
-from .names import canonical_name
+from .canonical_names import canonical_name
 
 KEYS = ("fp32", "exp_avg", "exp_avg_sq")
 

@@ -20,7 +20,7 @@ import torch
 from ..distributed.startup import barrier_if_distributed
 from ..tensor_parallel.layout import gather_full, split_full
 from ..tensor_parallel.param_meta import tp_partition
-from .names import VOCAB_PARAMS, canonical_names, fit_vocab
+from .canonical_names import VOCAB_PARAMS, canonical_names, fit_vocab
 from .universal import ShardWriter, Universal, fresh_temp_dir, publish, temp_dir
 
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")

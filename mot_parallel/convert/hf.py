@@ -39,7 +39,7 @@ from safetensors import safe_open
 from ..config import ConfigError, load_config, validate
 from ..model.rope import ROPE_TYPES, inverse_frequencies
 from ..model.settings import ModelSettings
-from .names import fit_vocab
+from .canonical_names import fit_vocab
 from .universal import write_universal
 
 FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}

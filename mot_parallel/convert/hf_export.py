@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from ..config import Config, load_config
 from ..model.settings import DTYPES, ModelSettings
 from .hf import FAMILIES, ConversionError, hf_shapes, layer_map
-from .names import fit_vocab
+from .canonical_names import fit_vocab
 from ..outputs import HF
 from .universal import Universal, fresh_temp_dir, is_universal, move_into_place
 

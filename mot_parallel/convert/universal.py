@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from ..config import Config, dump_config, load_config
 from ..outputs import MARKER, UNIVERSAL, fresh_staging, replace_dir, staging_dir as temp_dir
+from .closed_files import CheckpointError, regular_files
 
 FORMAT = "mot_parallel.universal/1"
 SHARD_BYTES = 2 * 2**30
@@ -90,7 +91,6 @@ META_FILES = ("universal.json", "index.json", "state.json", "config.yaml")
 
 
 def _read_json(path: str, what: type):
-    from ..training.checkpoint_files import CheckpointError
     try:
         with open(path, "rb") as f:
             value = json.loads(f.read().decode("utf-8"))
@@ -106,7 +106,6 @@ def closed_file_set(path: str) -> Dict[str, str]:
     index.json names (tensor name -> shard), nothing else. A symbolic link anywhere, a shard named outside the
     directory, a missing file or a file nobody lists is a CheckpointError (the same rule as a training
     checkpoint's manifest): nothing is ever opened through a link or outside the checkpoint."""
-    from ..training.checkpoint_files import CheckpointError, regular_files
     if os.path.islink(path) or not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory (a symbolic link or a file where a universal checkpoint "
                               "should be)")

@@ -68,19 +68,36 @@ class MicroBatch:
 
 
 class _Images:
-    """Per continuous modality: where each image's patches sit ([b, s] row indices) and their noised values."""
+    """The images of a micro-batch being built: per continuous modality where each image's patches sit
+    ([b, s] row indices) and their noised values, each image's span and its visible context ([b, s]), and
+    how they are noised (`noiser`, at `step`; `train`: with condition dropout)."""
 
-    def __init__(self, b: int, seq_len: int, modality_ids: List[int], dims):
-        self.ids, self.dims = modality_ids, dims
+    def __init__(self, b: int, seq_len: int, modality_ids: List[int], noiser, step: int, train: bool):
+        self.ids, self.dims = modality_ids, noiser.patch_dims
+        self.noiser, self.step, self.train = noiser, step, train
         self.row_of = {m: np.full((b, seq_len), -1, np.int64) for m in modality_ids}
         self.rows = {m: [] for m in modality_ids}
         self.count = {m: 0 for m in modality_ids}
+        self.spans = np.full((b, seq_len), -1, np.int64)
+        self.context = np.full((b, seq_len), -1, np.int64)
 
     def add(self, m: int, j: int, pos: int, noised) -> None:
         n = len(noised.x_t)
         self.row_of[m][j, pos:pos + n] = np.arange(self.count[m], self.count[m] + n)
         self.rows[m].append(noised)
         self.count[m] += n
+
+    def noise_piece(self, corpus, p: Piece, j: int, pos: int) -> None:
+        """Noise every image of piece `p` (placed at column j, position pos) and record its span and context."""
+        for offset, segment, rows in corpus.continuous_rows(p.doc, p.start, p.end):
+            first, n = pos + offset, len(rows)
+            m = int(corpus.modality_ids(p.doc, p.start + offset, p.start + offset + 1)[0])
+            image_first = p.start + offset <= 1  # only a BOI marker (or nothing) before it in its document
+            noised = self.noiser(rows, self.step, p.doc, segment, image_first, self.train)
+            self.add(m, j, first, noised)
+            self.spans[j, first:first + n] = int(self.spans[j].max()) + 1
+            if noised.drop_condition:  # see only the BOI marker right before the image, if it is in this piece
+                self.context[j, first:first + n] = first - 1 if offset > 0 else first
 
     def inputs(self) -> List[ContinuousInputs]:
         out = []
@@ -108,10 +125,8 @@ def build_micro_batch(corpus: Corpus, seqs: List[List[Piece]], seq_len: int, glo
     label_mods = np.zeros((b, seq_len), np.int64)
     segments = np.zeros((b, seq_len), np.int64)
     continuous = getattr(corpus, "continuous", np.zeros(len(corpus.modalities), bool))
-    images = _Images(b, seq_len, [int(m) for m in np.flatnonzero(continuous)], noiser.patch_dims) \
+    images = _Images(b, seq_len, [int(m) for m in np.flatnonzero(continuous)], noiser, step, train) \
         if continuous.any() else None
-    spans = np.full((b, seq_len), -1, np.int64)
-    context = np.full((b, seq_len), -1, np.int64)
     for j, seq in enumerate(seqs):
         pos = 0
         for k, p in enumerate(seq):
@@ -122,26 +137,12 @@ def build_micro_batch(corpus: Corpus, seqs: List[List[Piece]], seq_len: int, glo
             labels[j, pos:pos + n - 1] = np.where(ok, toks[1:], IGNORE_INDEX)
             label_mods[j, pos:pos + n - 1] = m[1:]
             if images is not None:
-                _noise_images(corpus, p, j, pos, images, spans, context, noiser, step, train)
+                images.noise_piece(corpus, p, j, pos)
             pos += n
         segments[j, pos:] = len(seq)  # padding: its own segment, never attended to by real tokens
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a.T))  # noqa: E731  [b, s] -> [s, b]
     mb = MicroBatch(t(tokens), t(labels), t(mods), t(label_mods), t(segments),
                     torch.as_tensor(global_label_counts, dtype=torch.float32), step, micro)
     if images is not None:
-        mb.span_ids, mb.context_start, mb.continuous = t(spans), t(context), images.inputs()
+        mb.span_ids, mb.context_start, mb.continuous = t(images.spans), t(images.context), images.inputs()
     return mb
-
-
-def _noise_images(corpus, p: Piece, j: int, pos: int, images: _Images, spans, context, noiser, step: int,
-                  train: bool) -> None:
-    """Noise every image of piece `p` (placed at column j, position pos) and record its span and context."""
-    for offset, segment, rows in corpus.continuous_rows(p.doc, p.start, p.end):
-        first, n = pos + offset, len(rows)
-        m = int(corpus.modality_ids(p.doc, p.start + offset, p.start + offset + 1)[0])
-        image_first = p.start + offset <= 1  # only a BOI marker (or nothing) before it in its document
-        noised = noiser(rows, step, p.doc, segment, image_first, train)
-        images.add(m, j, first, noised)
-        spans[j, first:first + n] = int(spans[j].max()) + 1
-        if noised.drop_condition:  # see only the BOI marker right before the image, if it is in this piece
-            context[j, first:first + n] = first - 1 if offset > 0 else first

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .continuous import ContinuousStore, open_continuous
+from .continuous_store import ContinuousStore, open_continuous
 from .indexed import DataError, IndexedDataset
 from .targets import target_counts
 from .token_ids import check_corpus_token_ids

@@ -16,8 +16,9 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from ..config import Config, atomic_modalities
+from ..config.blend_spec import parse_blend
 from ..config.schema import DEMO_CORPUS
-from .blend import BlendOrder, parse_blend
+from .blend import BlendOrder
 from .corpus import Corpus
 from .corpus_set import CorpusPart, CorpusSet, split_documents
 from .indexed import DataError

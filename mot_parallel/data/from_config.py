@@ -1,8 +1,9 @@
 """Open the corpus a config asks for; with `data.path: demo`, build the offline demo corpus first.
 
-The demo corpus is written under <run.output_dir>/demo_corpus/ by whichever rank gets there first;
-writes are atomic (pid-suffixed temp files renamed into place), so concurrent builders are harmless
-and produce identical bytes.
+The demo corpus is written under <run.output_dir>/demo_corpus/ by whichever rank gets there first, with
+the builder registered in data/demo_registry.py (the runtime never imports the builders); writes are
+atomic (pid-suffixed temp files renamed into place), so concurrent builders are harmless and produce
+identical bytes.
 
 `check_data(cfg, full)` is the data part of the preflight (mot_parallel/preflight.py): the corpus exists,
 its index is sound and it fits the model; `full` also scans (or reads the cached scan of) every token id
@@ -12,21 +13,34 @@ from __future__ import annotations
 import os
 
 from ..config import Config, atomic_modalities
+from ..config.blend_spec import parse_blend
 from ..config.schema import DEMO_CORPUS
 from .corpus import Corpus, check_fits
-from . import demo_corpus, demo_pictures
+from .corpus_set import check_splittable
+from .demo_registry import DemoCorpus, registered_demo
 from .indexed import DataError, IndexedDataset
 
 
-def _demo(cfg: Config):
+def _demo_kind(cfg: Config) -> str:
     """The demo a config gets with data.path=demo: the picture demo (Transfusion) for a model with
     continuous modalities, else the token demo."""
-    return demo_pictures if cfg.model.continuous else demo_corpus
+    return "pictures" if cfg.model.continuous else "demo"
+
+
+def _demo(cfg: Config) -> DemoCorpus:
+    return registered_demo(_demo_kind(cfg))
+
+
+def _demo_patch(cfg: Config) -> int:
+    """The patch side the picture demo is cut into: the config's, where the demo offers it (else its first
+    side, which check_demo_fits then names as needed); 0 for the token demo."""
+    image, patches = cfg.model.continuous.get("image"), _demo(cfg).patches
+    return (image.patch if image.patch in patches else patches[0]) if image is not None and patches else 0
 
 
 def demo_prefix(cfg: Config) -> str:
     image = cfg.model.continuous.get("image")
-    kind = f"pictures_p{image.patch}" if image is not None else "demo"
+    kind = f"{_demo_kind(cfg)}_p{image.patch}" if image is not None else _demo_kind(cfg)
     return os.path.join(cfg.run.output_dir, "demo_corpus", f"{kind}_{cfg.data.demo_documents}")
 
 
@@ -34,16 +48,15 @@ def check_demo_fits(cfg: Config) -> None:
     demo = _demo(cfg)
     keys = ("source", "channels", "patch", "grid")
     image = cfg.model.continuous.get("image")
-    patch = image.patch if image is not None and image.patch in demo.PATCHES else 8
-    want = demo.continuous_spec(patch) if cfg.model.continuous else {}
+    want = demo.continuous(_demo_patch(cfg) or demo.patches[0])["image"] if cfg.model.continuous else {}
     continuous_ok = not cfg.model.continuous or (set(cfg.model.continuous) == {"image"} and all(
         getattr(image, k) == want[k] for k in keys))
-    if list(cfg.model.modalities) != list(demo.MODALITIES) or cfg.model.vocab_size < demo.VOCAB_SIZE or \
+    if list(cfg.model.modalities) != list(demo.modalities) or cfg.model.vocab_size < demo.vocab_size or \
             not continuous_ok:
-        need = f" and model.continuous.image {dict((k, want[k]) for k in keys)} (patch one of {list(demo.PATCHES)}, " \
-            f"grid {demo.SIDE} / patch)" if cfg.model.continuous else ""
+        need = f" and model.continuous.image {dict((k, want[k]) for k in keys)} (patch one of {list(demo.patches)})" \
+            if cfg.model.continuous else ""
         raise DataError(f"data.path={DEMO_CORPUS} asks for the demo corpus: it needs model.modalities = "
-                        f"{list(demo.MODALITIES)} and model.vocab_size >= {demo.VOCAB_SIZE}{need} (got "
+                        f"{list(demo.modalities)} and model.vocab_size >= {demo.vocab_size}{need} (got "
                         f"{cfg.model.modalities}, {cfg.model.vocab_size}); or give data.path")
 
 
@@ -75,8 +88,6 @@ def check_trainable(corpus: Corpus) -> None:
 def check_data(cfg: Config, full: bool = True) -> None:
     """The data preflight, for every corpus of data.path and data.valid_path (a prefix or a blend);
     `full=False` reads metadata only (no token scan, no segment derivation)."""
-    from .blend import parse_blend
-    from .corpus_set import check_splittable
     for key in ("path", "valid_path"):
         spec = getattr(cfg.data, key)
         if key == "path" and spec == DEMO_CORPUS:
@@ -116,11 +127,7 @@ def open_corpus(cfg: Config) -> Corpus:
         check_demo_fits(cfg)
         prefix = demo_prefix(cfg)
         if not os.path.isfile(prefix + ".idx"):
-            if cfg.model.continuous:   # overwrite: ours (rank racing rank, or a crash)
-                demo_pictures.write_demo_pictures(prefix, cfg.data.demo_documents, 0,
-                                                  cfg.model.continuous["image"].patch, overwrite=True)
-            else:
-                demo_corpus.write_demo_corpus(prefix, cfg.data.demo_documents, seed=0, overwrite=True)
+            _demo(cfg).write(prefix, cfg.data.demo_documents, 0, _demo_patch(cfg))  # overwrites only its own
     else:
         check_corpus_files(prefix)
     corpus = _corpus(prefix, cfg)

@@ -27,16 +27,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..outputs import check_corpus, new_file
+from .data_error import DataError
+from .sidecar import check_against_index, read_sidecar
 
 HEADER = b"MMIDIDX\x00\x00"
 _CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6, np.float32: 7,
           np.uint16: 8}
 _DTYPES = {v: k for k, v in _CODES.items()}
 SIDECAR = ".mot.json"
-
-
-class DataError(ValueError):
-    """Malformed data; the message names the file and the position."""
 
 
 def token_dtype(vocab_size: int):
@@ -194,7 +192,6 @@ class IndexedDataset:
                             f"({'truncated' if actual < expected else 'trailing bytes'}; first document "
                             f"affected: {max(doc, 0)} of {self.num_docs}); rebuild it with tools/preprocess_data.py")
         self._bin = np.memmap(bin_path, mode="r", dtype=self.dtype) if expected else np.zeros(0, self.dtype)
-        from .sidecar import check_against_index, read_sidecar  # (imports this module)
         self.meta = read_sidecar(prefix + SIDECAR)
         check_against_index(self.meta, self, prefix + SIDECAR)
 

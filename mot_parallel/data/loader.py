@@ -25,6 +25,7 @@ import torch
 
 from .batch import MicroBatch, build_micro_batch
 from .corpus import Corpus
+from .loader_settings import LoaderSettings
 from .packing import pack_balanced, pack_sequential
 from .stream import DocumentStream
 
@@ -40,21 +41,29 @@ class StepBatch:
 
 
 class MoTDataLoader:
-    def __init__(self, corpus: Corpus, *, seq_len: int, micro_batch_size: int, dp_size: int, dp_rank: int,
-                 grad_accum: int, seed: int, balance: bool = True,
+    """This rank's batches of `corpus` under `settings` (LoaderSettings); `plan_builder(micro_batch)` builds
+    each micro-batch's routing plan on the host, `device` receives the micro-batches, `order(epoch)` overrides
+    the document order (datasets.py), `noiser` noises continuous modalities (model/diffusion.py)."""
+
+    def __init__(self, corpus: Corpus, settings: LoaderSettings, *,
                  plan_builder: Optional[Callable[[MicroBatch], object]] = None,
-                 device: Optional[torch.device] = None, prefetch: int = 2, num_workers: int = 1,
-                 order: Optional[Callable[[int], np.ndarray]] = None, noiser=None, train: bool = True):
-        self.corpus, self.seq_len, self.mbs = corpus, seq_len, micro_batch_size
-        self.dp_size, self.dp_rank, self.accum = dp_size, dp_rank, grad_accum
-        self.balance, self.plan_builder, self.device = balance, plan_builder, device
-        self.stream = DocumentStream(corpus, seq_len, seed, order)
+                 device: Optional[torch.device] = None, order: Optional[Callable[[int], np.ndarray]] = None,
+                 noiser=None):
+        if not isinstance(settings, LoaderSettings):
+            raise TypeError(f"MoTDataLoader takes a LoaderSettings (data/loader_settings.py), got "
+                            f"{type(settings).__name__}: build one with LoaderSettings(seq_len=..., ...) or "
+                            "LoaderSettings.from_config(cfg, layout, dp_rank)")
+        self.settings, seed, train = settings, settings.seed, settings.train
+        self.corpus, self.seq_len, self.mbs = corpus, settings.seq_len, settings.micro_batch_size
+        self.dp_size, self.dp_rank, self.accum = settings.dp_size, settings.dp_rank, settings.grad_accum
+        self.balance, self.plan_builder, self.device = settings.balance, plan_builder, device
+        self.stream = DocumentStream(corpus, self.seq_len, seed, order)
         self.noiser, self.train = noiser, train  # continuous modalities: host-side noising (model/diffusion.py)
         self.step = 0
         self.sources = len(getattr(corpus, "parts", ())) or None
         self.source_docs = [0] * (self.sources or 0)
         self.source_tokens = [0] * (self.sources or 0)
-        self.prefetch, self.num_workers = prefetch, num_workers
+        self.prefetch, self.num_workers = settings.prefetch, settings.num_workers
         self._queue: Optional[queue.Queue] = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()

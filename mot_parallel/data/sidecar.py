@@ -29,7 +29,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from .indexed import DataError
+from .data_error import DataError
 
 _FIX = "rebuild the corpus with tools/preprocess_data.py"
 _CHUNK = 1 << 22

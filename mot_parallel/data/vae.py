@@ -1,8 +1,9 @@
 """The image VAE of the Transfusion setting: a diffusers AutoencoderKL loaded from a local directory.
 
     vae = load_vae("vae_dir")                     # refuses a directory that is not an AutoencoderKL, by name
-    latents = encode(vae, pixels)                 # float [N, 3, H, W] in [-1, 1] -> [N, C, H/f, W/f]
-    pixels = decode(vae, latents)                 # and back, clamped to [-1, 1]
+    pixels = decode(vae, latents)                 # normalised latents [N, C, h, w] -> [N, 3, H, W] in [-1, 1]
+
+Sampling decodes here; encoding pictures into a corpus is corpus_building/vae_encode.py.
 
 The latents are the MEAN of the encoder's latent distribution (deterministic: the same image always gives
 the same corpus), normalised the way diffusers' pipelines do it, so the diffusion model sees roughly unit
@@ -71,7 +72,7 @@ def latent_channels(vae) -> int:
     return int(vae.config.latent_channels)
 
 
-def _normalisation(vae) -> Tuple[np.ndarray, np.ndarray]:
+def latent_normalisation(vae) -> Tuple[np.ndarray, np.ndarray]:
     """(shift, scale) per latent channel: stored latents = (mean - shift) * scale."""
     cfg, c = vae.config, latent_channels(vae)
     mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
@@ -84,14 +85,14 @@ def _normalisation(vae) -> Tuple[np.ndarray, np.ndarray]:
     return shift.reshape(c, 1, 1), scale.reshape(c, 1, 1)
 
 
-def _device(device):
+def resolve_device(device):
     if device is not None:
         return device
-    from ..distributed.device import current_device
+    from ..distributed.device import current_device  # torch only when a VAE runs
     return current_device()
 
 
-def _exact_fp32():
+def exact_fp32():
     """cuDNN convolutions in full float32 (torch lets them use TF32 by default); a no-op on the CPU."""
     import torch
     cudnn = torch.backends.cudnn
@@ -99,29 +100,15 @@ def _exact_fp32():
                        allow_tf32=False)
 
 
-def encode(vae, pixels: np.ndarray, batch: int = 16, device=None) -> np.ndarray:
-    """float32 [N, C, h, w] latents of float [N, 3, H, W] pixels in [-1, 1], `batch` images at a time."""
-    import torch
-    device = _device(device)
-    vae.to(device)
-    shift, scale = _normalisation(vae)
-    out = []
-    with torch.inference_mode(), _exact_fp32():
-        for lo in range(0, len(pixels), batch):
-            x = torch.as_tensor(np.asarray(pixels[lo:lo + batch], np.float32), device=device)
-            out.append(vae.encode(x).latent_dist.mean.float().cpu().numpy())
-    return (np.concatenate(out) - shift) * scale
-
-
 def decode(vae, latents: np.ndarray, batch: int = 16, device: Optional[object] = None) -> np.ndarray:
     """float32 [N, 3, H, W] pixels in [-1, 1] of [N, C, h, w] normalised latents (the inverse of encode)."""
     import torch
-    device = _device(device)
+    device = resolve_device(device)
     vae.to(device)
-    shift, scale = _normalisation(vae)
+    shift, scale = latent_normalisation(vae)
     z = np.asarray(latents, np.float32) / scale + shift
     out = []
-    with torch.inference_mode(), _exact_fp32():
+    with torch.inference_mode(), exact_fp32():
         for lo in range(0, len(z), batch):
             x = torch.as_tensor(z[lo:lo + batch], device=device)
             out.append(vae.decode(x).sample.float().clamp(-1, 1).cpu().numpy())

@@ -10,6 +10,8 @@ from typing import Optional
 
 import torch
 
+from .accelerators import peak_tflops
+
 _ACCEL = "cuda"  # torch's device type for NVIDIA (and ROCm) GPUs
 _ACCEL_BACKEND = "nccl"
 _CPU_BACKEND = "gloo"
@@ -134,10 +136,9 @@ def empty_cache() -> None:
 
 
 def peak_bf16_tflops(device: torch.device) -> Optional[float]:
-    """Dense bf16 tensor-core peak of `device` from the table in mot_parallel/flops.py (None: unknown/CPU)."""
+    """Dense bf16 tensor-core peak of `device` from the table in accelerators.py (None: unknown/CPU)."""
     if not is_accelerator(device):
         return None
-    from ..flops import peak_tflops  # lazy: flops imports the model settings
     return peak_tflops(device_name(device))
 
 

@@ -8,9 +8,10 @@ inside the TP group and DeepSpeed must not know about it.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import TYPE_CHECKING, List
 
-from .topology import ParallelTopology
+if TYPE_CHECKING:  # only the annotation: topology.py builds this view, so importing it here would be a circle
+    from .topology import ParallelTopology
 
 
 class DeepSpeedMPU:

@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence
 
 import torch.distributed as dist
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
 
 
 def _ranges(ranks: Sequence[int]) -> str:

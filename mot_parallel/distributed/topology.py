@@ -1,5 +1,5 @@
 """The parallel topology: one object holding the TP, PP, DP and model-parallel (TP x PP) groups of a
-`ParallelLayout` (config/layout.py: sizes, rank order and group membership, pure arithmetic).
+`ParallelLayout` (config/parallel_layout.py: sizes, rank order and group membership, pure arithmetic).
 
 The topology is passed explicitly to every layer and engine; nothing here is a module-level global.
 A group is `None` only when torch.distributed is not initialised (one process, nothing to talk to).
@@ -10,7 +10,9 @@ from typing import List, Optional
 
 import torch.distributed as dist
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
+from .mpu import DeepSpeedMPU
+from .parallel_context import ParallelContext
 
 
 def _mine(groups: List[List[int]], rank: int) -> List[int]:
@@ -78,9 +80,13 @@ class ParallelTopology:
     is_first_stage = property(lambda self: self.coord.pp == 0)
     is_last_stage = property(lambda self: self.coord.pp == self.layout.pp - 1)
 
+    def context(self) -> ParallelContext:
+        """What this rank's modules need to know about the split (model/, training/pipeline.py)."""
+        return ParallelContext.of(self.tp_group, self.layout.sequence_parallel, pp_rank=self.pp_rank,
+                                  pp_size=self.pp_size, dp_group=self.dp_group)
+
     def mpu(self):
         """DeepSpeed's duck-typed `mpu` view of this topology (see mpu.py)."""
-        from .mpu import DeepSpeedMPU
         return DeepSpeedMPU(self)
 
     def __repr__(self) -> str:

@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..convert.names import VOCAB_PARAMS, fit_vocab
+from ..convert.canonical_names import VOCAB_PARAMS, fit_vocab
 from ..convert.universal import ShardWriter, Universal, fresh_temp_dir, is_universal, move_into_place, publish, temp_dir
 from ..distributed.collectives import group_rank, group_size
 from ..outputs import MEGATRON

@@ -33,8 +33,10 @@ from megatron.core.utils import make_viewless_tensor
 
 from ..distributed import device as dev
 from ..distributed.collectives import group_rank, group_size
+from ..distributed.parallel_context import ParallelContext
 from ..model.layer import MoTLayer
 from ..tensor_parallel.param_meta import declared_partition
+from .call_keywords import layer_packed_seq_params
 from .settings import MoTOptions, settings_from_megatron
 
 BLOCK_NAMES = {3: ("q", "k", "v"), 2: ("gate", "up")}
@@ -80,25 +82,18 @@ class MoTTransformerLayer(MoTLayer, BaseTransformerLayer):
         on_accelerator = dev.accelerator_available()  # Megatron's RNG tracker exists only on CUDA
         tracker = tensor_parallel.get_cuda_rng_tracker() if on_accelerator else None
         device = dev.current_device() if on_accelerator and not config.use_cpu_initialization else None
-        super().__init__(settings, number - 1, tp_group=tp_group, rng_tracker=tracker, device=device)
+        parallel = ParallelContext.of(tp_group, config.sequence_parallel)
+        super().__init__(settings, number - 1, parallel=parallel, rng_tracker=tracker, device=device)
         self.config, self.layer_number, self.tp_group = config, number, tp_group  # Megatron's numbering
         self.pg_collection = pg_collection
 
-    def forward(self, hidden_states, attention_mask=None, context=None, context_mask=None, rotary_pos_emb=None,
-                rotary_pos_cos=None, rotary_pos_sin=None, attention_bias=None, inference_context=None,
-                packed_seq_params=None, sequence_len_offset=None, **unused):
-        """Everything the MoT layer needs comes in the plan (MoTGPTModel folds attention_mask and
-        position_ids into it); other inputs are refused rather than ignored."""
-        plan = getattr(packed_seq_params, "routing_plan", None)
-        if plan is None:
-            raise ValueError("MoTTransformerLayer needs the routing plan in packed_seq_params "
-                             "(MoTPackedSeqParams); run it through MoTGPTModel or build one with build_routing_plan")
-        for name, value in (("context", context), ("context_mask", context_mask), ("attention_bias", attention_bias),
-                            ("inference_context", inference_context)):
-            if value is not None:
-                raise ValueError(f"MoTTransformerLayer does not support {name} (a decoder-only training layer); "
-                                 f"call it without {name}")
-        out = super().forward(hidden_states, plan, packed_seq_params.rope)
+    def forward(self, hidden_states, attention_mask=None, context=None, context_mask=None, **megatron_keywords):
+        """Megatron's TransformerLayer call. Everything the MoT layer needs comes in the plan (MoTGPTModel folds
+        attention_mask and position_ids into it); other inputs are refused by name, never ignored
+        (call_keywords.py)."""
+        packed = layer_packed_seq_params(dict(megatron_keywords, attention_mask=attention_mask, context=context,
+                                              context_mask=context_mask))
+        out = super().forward(hidden_states, packed.routing_plan, packed.rope)
         return make_viewless_tensor(inp=out, requires_grad=out.requires_grad, keep_graph=True), context
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):

@@ -39,10 +39,12 @@ import torch
 from megatron.core.models.gpt import GPTModel
 from megatron.core.packed_seq_params import PackedSeqParams
 
-from ..distributed.collectives import group_rank, group_size
+from ..distributed.collectives import group_size
+from ..distributed.parallel_context import ParallelContext
 from ..model.model import plan_for
 from ..model.rope import rope_cos_sin
 from ..model.routing import RoutingPlan
+from .call_keywords import model_call
 from .layer import MoTTransformerLayer
 from .settings import MoTOptions, check_megatron_config, settings_from_megatron
 
@@ -71,7 +73,8 @@ class MoTGPTModel(GPTModel):
         super().__init__(config, transformer_layer_spec, vocab_size, max_sequence_length, **kwargs)
         self.mot = mot
         self.settings = settings_from_megatron(config, mot, group_size(self.own_tp_group()))
-        if self.settings.sequence_parallel and not kwargs.get("scatter_embedding_sequence_parallel", True):
+        self.parallel = ParallelContext.of(self.own_tp_group(), config.sequence_parallel)
+        if self.parallel.sequence_parallel and not kwargs.get("scatter_embedding_sequence_parallel", True):
             raise ValueError("MoTGPTModel under sequence parallelism needs scatter_embedding_sequence_parallel=True "
                              "(the MoT layers expect this rank's shard of the grouped tokens)")
 
@@ -108,35 +111,27 @@ class MoTGPTModel(GPTModel):
         if segment_ids is not None and segment_ids.shape != modality_ids.shape:
             raise ValueError(f"MoTGPTModel.build_plan: segment_ids {tuple(segment_ids.shape)} and modality_ids "
                              f"{tuple(modality_ids.shape)} must have the same [b, s] shape")
-        group = self.own_tp_group()
         return plan_for(self.settings, modality_ids.t().cpu(),
-                        segment_ids.t().cpu() if segment_ids is not None else None,
-                        tp_size=group_size(group), tp_rank=group_rank(group),
+                        segment_ids.t().cpu() if segment_ids is not None else None, parallel=self.parallel,
                         device=device or next(self.parameters()).device)
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, decoder_input: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, inference_context=None, packed_seq_params=None,
-                extra_block_kwargs: Optional[dict] = None, runtime_gather_output: Optional[bool] = None, *,
-                modality_ids: Optional[torch.Tensor] = None, routing_plan: Optional[RoutingPlan] = None,
-                segment_ids: Optional[torch.Tensor] = None, inference_params=None, **kwargs):
-        """GPTModel.forward's arguments (same order) plus modality_ids / segment_ids [b, s] or a routing_plan.
-        Returns losses [b, s] (with labels) or logits [b, s, V/tp], in sequence order."""
-        if inference_context is not None or inference_params is not None:
-            raise ValueError("MoTGPTModel does not support inference_context / inference_params (no KV cache): "
-                             "run full sequences without them")
-        if packed_seq_params is not None:
-            raise ValueError("MoTGPTModel builds packed_seq_params itself (they carry the routing plan); THD "
-                             "packing is not supported: pass segment_ids [b, s] for document masking instead")
-        plan = routing_plan or self._plan_from(modality_ids, segment_ids, input_ids)
+                labels: Optional[torch.Tensor] = None, **megatron_keywords):
+        """GPTModel.forward's first arguments (same order), its other arguments as keywords, plus modality_ids /
+        segment_ids [b, s] or a routing_plan (call_keywords.py checks them: what MoT does not support is refused
+        by name). Returns losses [b, s] (with labels) or logits [b, s, V/tp], in sequence order."""
+        call = model_call(megatron_keywords)
+        modality_ids = call.modality_ids
+        plan = call.routing_plan or self._plan_from(modality_ids, call.segment_ids, input_ids)
         s, b = plan.seq_len, plan.batch
         for name, t in (("input_ids", input_ids), ("labels", labels), ("position_ids", position_ids),
                         ("modality_ids", modality_ids)):
             if t is not None and tuple(t.shape) != (b, s):
                 raise ValueError(f"MoTGPTModel: {name} has shape {tuple(t.shape)}, the routing plan is for "
                                  f"[b, s] = [{b}, {s}]")
-        tp = group_size(self.own_tp_group())
-        if self.settings.sequence_parallel and s % tp:
+        tp = self.parallel.tp_size
+        if self.parallel.sequence_parallel and s % tp:
             raise ValueError(f"MoTGPTModel: sequence length {s} is not divisible by the tensor-parallel size {tp}; "
                              "Megatron's sequence parallelism splits the sequence dimension evenly: pad the batch")
         device = next(self.parameters()).device
@@ -150,9 +145,7 @@ class MoTGPTModel(GPTModel):
         def grouped(t):  # [b, s] -> the same tokens in grouped order, shaped so Megatron's [b,s]->[s,b] fits
             return plan.group_ids(t.t()).view(s, b).t() if t is not None else None
         out = super().forward(grouped(input_ids), None, None, decoder_input=decoder_input, labels=grouped(labels),
-                              packed_seq_params=MoTPackedSeqParams(routing_plan=plan, rope=rope),
-                              extra_block_kwargs=extra_block_kwargs, runtime_gather_output=runtime_gather_output,
-                              **kwargs)
+                              packed_seq_params=MoTPackedSeqParams(routing_plan=plan, rope=rope), **call.gpt_keywords)
         if not self.post_process:
             return out
         seq = out.transpose(0, 1)                            # [s, b, ...] grouped
@@ -170,7 +163,7 @@ class MoTGPTModel(GPTModel):
     def _grouped_decoder_input(self, x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
         """[s, b, h] in sequence order (Megatron's layout) -> the same tokens in grouped order."""
         s, b = plan.seq_len, plan.batch
-        if self.settings.sequence_parallel:
+        if self.parallel.sequence_parallel:
             raise ValueError("MoTGPTModel: decoder_input under sequence parallelism is not supported (grouping by "
                              "modality needs the whole sequence, Megatron passes a shard); pass input_ids, or run "
                              "without sequence_parallel")

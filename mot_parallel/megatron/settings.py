@@ -184,7 +184,7 @@ def settings_from_megatron(config, options: MoTOptions, tp_size: int = 1) -> Mod
         norm_placement=options.norm_placement, qk_norm=qk_norm_of(config, options), norm_eps=config.layernorm_epsilon,
         rope_theta=options.rope_theta, attention_dropout=config.attention_dropout,
         hidden_dropout=config.hidden_dropout, init_std=config.init_method_std, modality_copies=options.modality_copies,
-        seed=options.seed, sequence_parallel=bool(config.sequence_parallel) and tp_size > 1,
+        seed=options.seed,
         document_masking=options.document_masking, params_dtype=config.params_dtype,
         perform_initialization=config.perform_initialization, **extra)
 

@@ -17,8 +17,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from ..distributed.collectives import group_size
-from ..tensor_parallel.weight_init import normal_init, param_seed, scaled_normal_init
+from ..distributed.parallel_context import SINGLE_PROCESS, ParallelContext
+from ..tensor_parallel.weight_init import SeededInit, normal_init, param_seed, scaled_normal_init
 from .attention_core import attention_core
 from .grouped_linear import GroupedColumnParallelLinear, GroupedRowParallelLinear
 from .norms import ModalityRMSNorm
@@ -28,28 +28,34 @@ from .settings import ModelSettings
 
 
 class MoTSelfAttention(nn.Module):
-    def __init__(self, settings: ModelSettings, layer_number: int, tp_group=None, rng_tracker=None, device=None):
+    def __init__(self, settings: ModelSettings, layer_number: int, parallel: ParallelContext = SINGLE_PROCESS,
+                 rng_tracker=None, device=None):
         super().__init__()
-        s, tp = settings, group_size(tp_group)
+        s, tp = settings, parallel.tp_size
         self.settings, self.rng_tracker = s, rng_tracker
         self.copies = s.copies("attention")
         d = s.head_dim
         self.heads, self.kv_heads = s.num_heads // tp, s.num_kv_heads // tp
         seed = param_seed(s.seed, f"layers.{layer_number}.self_attention")
         self.linear_qkv = GroupedColumnParallelLinear(
-            s.hidden_size, (s.num_heads + 2 * s.num_kv_heads) * d, self.copies, config=s, tp_group=tp_group,
-            output_blocks=[s.num_heads * d, s.num_kv_heads * d, s.num_kv_heads * d], bias=s.qkv_bias,
-            init_method=normal_init(s.init_std), init_seed=param_seed(seed, "linear_qkv"), device=device)
+            s.hidden_size, [s.num_heads * d, s.num_kv_heads * d, s.num_kv_heads * d], self.copies, parallel=parallel,
+            config=s, init=SeededInit(normal_init(s.init_std), param_seed(seed, "linear_qkv")), bias=s.qkv_bias,
+            device=device)
         out_init = scaled_normal_init(s.init_std, s.num_layers) if s.scale_output_by_depth else normal_init(s.init_std)
         self.linear_proj = GroupedRowParallelLinear(
-            s.num_heads * d, s.hidden_size, self.copies, config=s, tp_group=tp_group, init_method=out_init,
-            init_seed=param_seed(seed, "linear_proj"), device=device)
+            s.num_heads * d, s.hidden_size, self.copies, parallel=parallel, config=s,
+            init=SeededInit(out_init, param_seed(seed, "linear_proj")), device=device)
         self.q_layernorm = self.k_layernorm = None
-        self.logit_probe = None  # training/diagnostics.py sets it on logging steps (logging.diagnostics)
+        self.logit_probe = None  # armed by training/diagnostics.py on logging steps only (logging.diagnostics)
         if s.qk_norm:  # names match Megatron's, whose finalize_model_grads sums these over TP by name
             kw = dict(tp_partial_grad=tp > 1, params_dtype=s.params_dtype, device=device)
             self.q_layernorm = ModalityRMSNorm(d, self.copies, s.norm_eps, **kw)
             self.k_layernorm = ModalityRMSNorm(d, self.copies, s.norm_eps, **kw)
+
+    def arm_logit_probe(self, probe) -> None:
+        """The attention's one runtime switch: `probe(q, k, mask, plan)` sees each forward's post-norm q and k
+        (diagnostics' max-logit measurement), or nothing when None (the default: it costs nothing)."""
+        self.logit_probe = probe
 
     def forward(self, x: torch.Tensor, plan: RoutingPlan, rope: Tuple[torch.Tensor, torch.Tensor]):
         (q, k, v), _ = self.linear_qkv.forward_blocks(x, plan)  # all tokens (after the SP all-gather)

@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import collectives as C
-from ..distributed.collectives import group_size
+from ..distributed.parallel_context import SINGLE_PROCESS, ParallelContext
 from ..tensor_parallel import mappings as M
 from ..tensor_parallel.param_meta import mark_replicated, mark_sequence_parallel, set_modality
 from ..tensor_parallel.weight_init import draw_full, normal_init, param_seed
 from .diffusion import timestep_features
 from .routing import RoutingPlan
 from .settings import ContinuousSpec, ModelSettings
-from .unet import UNetDown, UNetUp, image_order, to_images, to_rows
+from .unet import UNetDown, UNetShape, UNetUp, image_order, to_images, to_rows
 
 TIME_FEATURES = 256
 
@@ -76,17 +76,17 @@ def _modules(s: ModelSettings, c: ContinuousSpec, seed: int, sp: bool, device, u
     if c.unet:
         unet = UNetUp if up else UNetDown
         extra = dict(out_std=s.init_std) if up else {}
-        return unet(c.channels, c.patch, c.unet_channels, h, param_seed(seed, "unet"), (c.name, sp), s.params_dtype,
-                    device, **extra)
+        return unet(UNetShape(c.channels, c.patch, c.unet_channels, h), param_seed(seed, "unet"), (c.name, sp),
+                    s.params_dtype, device, **extra)
     shape = (h, c.patch_dim) if up else (c.patch_dim, h)
     return _Linear(*shape, param_seed(seed, "proj") if not up else seed, s.init_std, c.name, sp, s.params_dtype,
                    device)
 
 
 class ContinuousEmbedding(nn.Module):
-    def __init__(self, settings: ModelSettings, tp_group=None, device=None):
+    def __init__(self, settings: ModelSettings, parallel: ParallelContext = SINGLE_PROCESS, device=None):
         super().__init__()
-        s, sp = settings, settings.sequence_parallel_with(group_size(tp_group))
+        s, sp = settings, parallel.sequence_parallel
         self.settings = s
         self.proj, self.unet, self.time_in, self.time_out = (nn.ModuleDict() for _ in range(4))
         for c in s.continuous:
@@ -120,10 +120,10 @@ class ContinuousEmbedding(nn.Module):
 
 
 class ContinuousHead(nn.Module):
-    def __init__(self, settings: ModelSettings, tp_group=None, device=None):
+    def __init__(self, settings: ModelSettings, parallel: ParallelContext = SINGLE_PROCESS, device=None):
         super().__init__()
         s = self.settings = settings
-        self.tp_group, self.sp = tp_group, s.sequence_parallel_with(group_size(tp_group))
+        self.parallel, self.sp = parallel, parallel.sequence_parallel
         self.proj, self.unet, self.time_in, self.time_out = (nn.ModuleDict() for _ in range(4))
         for c in s.continuous:
             seed = param_seed(s.seed, f"head.continuous.{c.name}")
@@ -149,7 +149,7 @@ class ContinuousHead(nn.Module):
         start, n = sum(plan.counts[:m]), plan.counts[m]
         if n == 0:
             return h.new_zeros(0, c.patch_dim)
-        full = M.gather_from_sp_region(h, self.tp_group, plan.sp_sizes) if plan.sequence_parallel else h
+        full = M.gather_from_sp_region(h, self.parallel.tp_group, plan.sp_sizes) if plan.sequence_parallel else h
         order = image_order(plan, m, c.num_patches, h.device)
         emb = _time_embedding(self, c.name, t[order].view(-1, c.num_patches)[:, 0], h.dtype)
         x = full[start:start + n].index_select(0, order).view(-1, c.grid[0], c.grid[1], self.settings.hidden_size)
@@ -157,15 +157,9 @@ class ContinuousHead(nn.Module):
         out = self.unet[c.name](x.permute(0, 3, 1, 2), emb, noised)
         return to_rows(out, c.patch).index_select(0, torch.argsort(order))
 
-    def loss(self, h: torch.Tensor, plan: RoutingPlan, inputs: Sequence):
-        """(loss sums [M], counts [M]) of the noise predictions at `h` against the noise of `inputs[k]` =
-        (noised patches, timesteps, noise) of continuous modality k (diffusion_loss)."""
-        return diffusion_loss(self.predict(h, plan, inputs), [c[2] for c in inputs], self.settings, self.tp_group,
-                              self.sp)
-
 
 def diffusion_loss(preds: Sequence[Tuple[slice, torch.Tensor]], targets: Sequence[torch.Tensor],
-                   settings: ModelSettings, tp_group, sp: bool):
+                   settings: ModelSettings, parallel: ParallelContext):
     """(loss sums [M], counts [M]): per continuous modality k the summed per-patch MSE of its predictions
     (`preds[k]`: rows among the modality's tokens, predicted noise) against its noise `targets[k]` [n_k, D]
     (grouped order); zero for discrete modalities. Under SP a rank held its shard's patches only: the sums
@@ -180,9 +174,9 @@ def diffusion_loss(preds: Sequence[Tuple[slice, torch.Tensor]], targets: Sequenc
         counts.append(float(err.shape[0]))
     loss_sum = torch.zeros(m, device=device).index_put((ids,), torch.stack(sums))
     count = torch.zeros(m, device=device).index_put((ids,), torch.tensor(counts, device=device))
-    if sp:
-        loss_sum = M.reduce_from_tp_region(loss_sum, tp_group)
-        C.all_reduce(count, tp_group)
+    if parallel.sequence_parallel:
+        loss_sum = M.reduce_from_tp_region(loss_sum, parallel.tp_group)
+        C.all_reduce(count, parallel.tp_group)
     return loss_sum, count
 
 

@@ -9,7 +9,7 @@ modality: column = SP all-gather (or copy-to-TP), row = reduce-scatter (or all-r
 column's all-gather is fused with its GEMM so backward keeps only the local slice (sp_grouped_mm.py).
 Input is flat [tokens, features] in the plan's grouped order.
 
-`output_blocks` splits the output dim of a fused column weight into blocks that are each sharded over
+An `output_size` given as blocks splits the output dim of a fused column weight into blocks that are each sharded over
 TP (fused QKV with GQA: [H*d, KV*d, KV*d]; SwiGLU: [ffn, ffn]), so rank r holds [q_r; k_r; v_r] (the
 blocks are recorded in the parameter's metadata, a bias's too). Initialisation draws every (block, modality)
 full matrix from its own seeded generator and keeps this rank's shard: identical across TP sizes;
@@ -17,16 +17,17 @@ full matrix from its own seeded generator and keeps this rank's shard: identical
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from ..distributed.collectives import group_rank, group_size
+from ..distributed.parallel_context import SINGLE_PROCESS, ParallelContext
 from ..tensor_parallel import mappings as M
 from ..tensor_parallel.param_meta import mark_replicated, mark_sequence_parallel, mark_tp_sharded, set_modality
-from ..tensor_parallel.weight_init import InitMethod, draw_full, normal_init, param_seed
 from ..tensor_parallel.layers import config_value
+from ..tensor_parallel.megatron_kwargs import take_megatron_kwargs
+from ..tensor_parallel.weight_init import SeededInit, draw_full, normal_init, param_seed
 from ..tensor_parallel.layout import split_full
 from .grouped_ops import grouped_mm
 from .routing import RoutingPlan
@@ -35,38 +36,43 @@ from .tp_grouped_mm import tp_grouped_mm
 
 
 class _GroupedParallelLinear(nn.Module):
-    def __init__(self, input_size: int, output_size: int, modalities: Optional[Sequence[str]], partition_dim: int, *,
-                 config=None, init_method: Optional[InitMethod] = None, bias: bool = False,
-                 skip_bias_add: bool = False, tp_group=None, output_blocks: Optional[Sequence[int]] = None,
-                 init_seed: int = 0, modality_copies: Optional[str] = None, sequence_parallel: Optional[bool] = None,
-                 device=None, **unused_megatron_kwargs):
+    partition_dim = 0                    # 0: column (outputs sharded), 1: row (inputs sharded)
+    fixed_megatron_kwargs: dict = {}     # Megatron keywords this layer implements only at one value
+
+    def __init__(self, input_size: int, output_size: Union[int, Sequence[int]], modalities: Optional[Sequence[str]],
+                 *, parallel: ParallelContext = SINGLE_PROCESS, config=None, init: Optional[SeededInit] = None,
+                 bias: bool = False, device=None, **megatron_kwargs):
+        """`output_size`: an int, or the sizes of a fused weight's output blocks (each sharded over TP)."""
         super().__init__()
-        self.tp_group, self.tp_size, self.tp_rank = tp_group, group_size(tp_group), group_rank(tp_group)
+        name = type(self).__name__
+        megatron_init, self.skip_bias_add, *fixed = take_megatron_kwargs(
+            name, megatron_kwargs, {"init_method": None, "skip_bias_add": False, **self.fixed_megatron_kwargs})
+        for (key, want), got in zip(self.fixed_megatron_kwargs.items(), fixed):
+            if got != want:
+                raise ValueError(f"{name} implements only {key}={want!r} (got {got!r})")
+        self.parallel, self.tp_group, self.tp_size = parallel, parallel.tp_group, parallel.tp_size
+        self.tp_rank, self.sequence_parallel = parallel.tp_rank, parallel.sequence_parallel
         self.modalities = list(modalities) if modalities else None
-        self.skip_bias_add = skip_bias_add
-        if sequence_parallel is None:
-            sequence_parallel = config_value(config, "sequence_parallel", False)
-        self.sequence_parallel = bool(sequence_parallel) and self.tp_size > 1
-        self.blocks = list(output_blocks) if output_blocks else [output_size]
-        if sum(self.blocks) != output_size:
-            raise ValueError(f"output blocks {self.blocks} do not add up to {output_size}")
+        self.blocks = [output_size] if isinstance(output_size, int) else [int(b) for b in output_size]
+        output_size = sum(self.blocks)
+        partition_dim = self.partition_dim
         for size in (self.blocks if partition_dim == 0 else [input_size]):
             if size % self.tp_size:
-                raise ValueError(f"{type(self).__name__}: dimension {size} not divisible by TP size {self.tp_size}")
-        self.partition_dim, self.input_size, self.output_size = partition_dim, input_size, output_size
+                raise ValueError(f"{name}: dimension {size} not divisible by TP size {self.tp_size}")
+        self.input_size, self.output_size = input_size, output_size
         local = (output_size // self.tp_size, input_size) if partition_dim == 0 else \
             (output_size, input_size // self.tp_size)
         dtype = config_value(config, "params_dtype", torch.float32)
-        copies = modality_copies or config_value(config, "modality_copies", "independent")
-        init = init_method or normal_init(config_value(config, "init_std", 0.02))
+        copies = config_value(config, "modality_copies", "independent")
+        init = init or SeededInit(megatron_init or normal_init(config_value(config, "init_std", 0.02)), 0)
         do_init = config_value(config, "perform_initialization", True)
 
-        def make(index: int, name: Optional[str]) -> nn.Parameter:
+        def make(index: int, modality: Optional[str]) -> nn.Parameter:
             p = nn.Parameter(torch.empty(local, device=device, dtype=dtype))
             mark_tp_sharded(p, partition_dim, self.tp_size, self.blocks if partition_dim == 0 else None)
-            set_modality(p, name)
+            set_modality(p, modality)
             if do_init and p.device.type != "meta":
-                self._init(p, init, init_seed, 0 if copies == "shared_start" else index)
+                self._init(p, init.method, init.seed, 0 if copies == "shared_start" else index)
             return p
 
         if self.modalities is None:
@@ -75,20 +81,23 @@ class _GroupedParallelLinear(nn.Module):
             self.weight = nn.ParameterDict({m: make(i, m) for i, m in enumerate(self.modalities)})
         self.bias = None
         if bias:
-            n = output_size // self.tp_size if partition_dim == 0 else output_size
+            self.bias = self._make_biases(dtype, device)
 
-            def make_bias(name):
-                b = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
-                if partition_dim == 0:  # sharded with the outputs, block-wise like the weight
-                    mark_tp_sharded(b, 0, self.tp_size, self.blocks)
-                else:
-                    mark_replicated(b)
-                    if self.sequence_parallel:
-                        mark_sequence_parallel(b)  # replicated, but each rank adds it to other tokens
-                set_modality(b, name)
-                return b
-            self.bias = make_bias(None) if self.modalities is None else \
-                nn.ParameterDict({m: make_bias(m) for m in self.modalities})
+    def _make_biases(self, dtype, device):
+        n = self.output_size // self.tp_size if self.partition_dim == 0 else self.output_size
+
+        def make_bias(modality):
+            b = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
+            if self.partition_dim == 0:  # sharded with the outputs, block-wise like the weight
+                mark_tp_sharded(b, 0, self.tp_size, self.blocks)
+            else:
+                mark_replicated(b)
+                if self.sequence_parallel:
+                    mark_sequence_parallel(b)  # replicated, but each rank adds it to other tokens
+            set_modality(b, modality)
+            return b
+        return make_bias(None) if self.modalities is None else \
+            nn.ParameterDict({m: make_bias(m) for m in self.modalities})
 
     @torch.no_grad()
     def _init(self, p: torch.Tensor, init_method, seed: int, source: int) -> None:
@@ -130,11 +139,8 @@ class _GroupedParallelLinear(nn.Module):
 
 
 class GroupedColumnParallelLinear(_GroupedParallelLinear):
-    def __init__(self, input_size: int, output_size: int, modalities: Optional[Sequence[str]] = None, *,
-                 gather_output: bool = False, **kwargs):
-        if gather_output:
-            raise ValueError("GroupedColumnParallelLinear keeps outputs sharded (gather_output=False)")
-        super().__init__(input_size, output_size, modalities, 0, **kwargs)
+    partition_dim = 0
+    fixed_megatron_kwargs = {"gather_output": False}  # outputs stay sharded
 
     def forward(self, x: torch.Tensor, plan: Optional[RoutingPlan] = None):
         """Megatron's contract: (output [N, out/tp], bias or None)."""
@@ -159,11 +165,8 @@ class GroupedColumnParallelLinear(_GroupedParallelLinear):
 
 
 class GroupedRowParallelLinear(_GroupedParallelLinear):
-    def __init__(self, input_size: int, output_size: int, modalities: Optional[Sequence[str]] = None, *,
-                 input_is_parallel: bool = True, **kwargs):
-        if not input_is_parallel:
-            raise ValueError("GroupedRowParallelLinear takes TP-sharded inputs (input_is_parallel=True)")
-        super().__init__(input_size, output_size, modalities, 1, **kwargs)
+    partition_dim = 1
+    fixed_megatron_kwargs = {"input_is_parallel": True}  # takes TP-sharded inputs
 
     def forward(self, x: torch.Tensor, plan: Optional[RoutingPlan] = None):
         x = x.reshape(-1, x.shape[-1])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed.collectives import group_size
+from ..distributed.parallel_context import SINGLE_PROCESS, ParallelContext
 from .attention import MoTSelfAttention
 from .ffn import MoTSwiGLU
 from .norms import ModalityRMSNorm
@@ -28,17 +28,18 @@ from .settings import ModelSettings
 
 
 class MoTLayer(nn.Module):
-    def __init__(self, settings: ModelSettings, layer_number: int, tp_group=None, rng_tracker=None, device=None):
+    def __init__(self, settings: ModelSettings, layer_number: int, parallel: ParallelContext = SINGLE_PROCESS,
+                 rng_tracker=None, device=None):
         super().__init__()
         s = self.settings = settings
         self.layer_number, self.rng_tracker = layer_number, rng_tracker
         self.norm_copies = s.copies("norms")
-        self.sequence_parallel = s.sequence_parallel_with(group_size(tp_group))
+        self.sequence_parallel = parallel.sequence_parallel
         kw = dict(sequence_parallel=self.sequence_parallel, params_dtype=s.params_dtype, device=device)
         self.attn_norm = ModalityRMSNorm(s.hidden_size, self.norm_copies, s.norm_eps, **kw)
-        self.self_attention = MoTSelfAttention(s, layer_number, tp_group, rng_tracker, device)
+        self.self_attention = MoTSelfAttention(s, layer_number, parallel, rng_tracker, device)
         self.ffn_norm = ModalityRMSNorm(s.hidden_size, self.norm_copies, s.norm_eps, **kw)
-        self.mlp = MoTSwiGLU(s, layer_number, tp_group, device)
+        self.mlp = MoTSwiGLU(s, layer_number, parallel, device)
 
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
         p = self.settings.hidden_dropout if self.training else 0.0

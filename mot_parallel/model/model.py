@@ -3,22 +3,22 @@
 any contiguous slice of them; layers keep their global numbers, so every stage draws the same initial
 weights as a single process would.
 
-    model = MoTModel(settings, tp_group=topo.tp_group)
+    model = MoTModel(settings, parallel=topo.context())
     plan = model.build_plan(modality_ids_cpu, segment_ids_cpu, device)   # host side, once per micro-batch
     out = model(tokens, plan, labels, label_modalities)                   # LossOutput: per-modality sums
     loss = out.loss_sum.sum() / global_loss_tokens                         # normalise globally
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, NamedTuple, Optional, Sequence
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..distributed.collectives import group_rank, group_size
+from ..distributed.parallel_context import SINGLE_PROCESS, ParallelContext
 from ..tensor_parallel import ColumnParallelLinear, VocabParallelEmbedding, vocab_parallel_cross_entropy
-from ..tensor_parallel.weight_init import normal_init, param_seed
-from .continuous import ContinuousEmbedding, ContinuousHead
+from ..tensor_parallel.weight_init import SeededInit, normal_init, param_seed
+from .continuous import ContinuousEmbedding, ContinuousHead, diffusion_loss
 from .layer import MoTLayer
 from .norms import ModalityRMSNorm
 from .rope import rope_cos_sin
@@ -54,14 +54,13 @@ class MoTEmbedding(nn.Module):
     """Token ids [s, b] (sequence order) -> hidden [s(/tp), b, h] in the plan's order (routing for free:
     the ids are permuted, not the embeddings)."""
 
-    def __init__(self, settings: ModelSettings, tp_group=None, device=None):
+    def __init__(self, settings: ModelSettings, parallel: ParallelContext = SINGLE_PROCESS, device=None):
         super().__init__()
         s = self.settings = settings
         self.word_embeddings = VocabParallelEmbedding(
-            s.padded_vocab(group_size(tp_group)), s.hidden_size, init_method=normal_init(s.init_std),
-            tp_group=tp_group, sequence_parallel=s.sequence_parallel, init_seed=param_seed(s.seed, "embedding"),
-            params_dtype=s.params_dtype, device=device)
-        self.continuous = ContinuousEmbedding(s, tp_group, device) if s.continuous else None
+            s.padded_vocab(parallel.tp_size), s.hidden_size, parallel=parallel, config=s,
+            init=SeededInit(normal_init(s.init_std), param_seed(s.seed, "embedding")), device=device)
+        self.continuous = ContinuousEmbedding(s, parallel, device) if s.continuous else None
 
     def forward(self, tokens: torch.Tensor, plan: RoutingPlan, continuous: Sequence = ()) -> torch.Tensor:
         """`continuous[k]`: (noised patches, timesteps) of continuous modality k (grouped order), whose
@@ -75,18 +74,18 @@ class MoTEmbedding(nn.Module):
 class MoTHead(nn.Module):
     """Final norm (shared or per modality) + vocab-parallel output layer + per-modality cross-entropy."""
 
-    def __init__(self, settings: ModelSettings, tp_group=None, device=None):
+    def __init__(self, settings: ModelSettings, parallel: ParallelContext = SINGLE_PROCESS, device=None):
         super().__init__()
         s = self.settings = settings
-        self.tp_group = tp_group
+        self.parallel = parallel
         self.norm_copies = s.modalities if s.untie_final_norm else None
         self.final_norm = ModalityRMSNorm(s.hidden_size, self.norm_copies, s.norm_eps,
-                                          sequence_parallel=s.sequence_parallel_with(group_size(tp_group)),
+                                          sequence_parallel=parallel.sequence_parallel,
                                           params_dtype=s.params_dtype, device=device)
         self.output_layer = ColumnParallelLinear(
-            s.hidden_size, s.padded_vocab(group_size(tp_group)), bias=False, config=s, tp_group=tp_group,
-            init_method=normal_init(s.init_std), init_seed=param_seed(s.seed, "output_layer"), device=device)
-        self.continuous = ContinuousHead(s, tp_group, device) if s.continuous else None
+            s.hidden_size, s.padded_vocab(parallel.tp_size), parallel=parallel, config=s,
+            init=SeededInit(normal_init(s.init_std), param_seed(s.seed, "output_layer")), bias=False, device=device)
+        self.continuous = ContinuousHead(s, parallel, device) if s.continuous else None
 
     def forward(self, hidden: torch.Tensor, plan: RoutingPlan, labels: Optional[torch.Tensor] = None,
                 label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
@@ -99,45 +98,69 @@ class MoTHead(nn.Module):
         counts = plan.stream_counts if self.norm_copies else None
         h = self.final_norm(x, counts)
         logits, _ = self.output_layer(h, sp_sizes=plan.sp_sizes)  # [N, V/tp], grouped
+        preds = self.continuous.predict(h, plan, continuous) if self.continuous is not None else ()
         if labels is None:
-            return logits if self.continuous is None else (logits, self.continuous.predict(h, plan, continuous))
-        out = self.loss(logits, plan, labels, label_modalities, loss_mask)
-        if self.continuous is None:
-            return out
-        diff_sum, diff_count = self.continuous.loss(h, plan, continuous)
-        return LossOutput(out.loss_sum + diff_sum, out.token_count + diff_count)
+            return logits if self.continuous is None else (logits, preds)
+        noise = [c[2] for c in continuous]
+        return self.loss(HeadOutputs(logits, preds), plan, LossTargets(labels, label_modalities, loss_mask, noise))
 
-    def loss(self, logits: torch.Tensor, plan: RoutingPlan, labels: torch.Tensor,
-             label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None) -> LossOutput:
-        return modality_loss(logits, plan, labels, label_modalities, loss_mask, self.tp_group, self.settings)
+    def loss(self, outputs: "HeadOutputs", plan: RoutingPlan, targets: "LossTargets") -> LossOutput:
+        return head_loss(outputs, plan, targets, self.parallel, self.settings)
 
 
-def modality_loss(logits: torch.Tensor, plan: RoutingPlan, labels: torch.Tensor,
-                  label_modalities: Optional[torch.Tensor], loss_mask: Optional[torch.Tensor], tp_group,
+class HeadOutputs(NamedTuple):
+    """What the head computes before any loss: vocab-sharded logits [N, V/tp] (grouped order) and, per
+    continuous modality, (its rows among the modality's tokens, the predicted noise there)."""
+    logits: torch.Tensor
+    noise_predictions: Sequence[Tuple[slice, torch.Tensor]] = ()
+
+
+class LossTargets(NamedTuple):
+    """What the loss compares against: the labels [s, b] (sequence order), each label's modality (None: all
+    modality 0), a 0/1 mask of the positions that count (None: every labelled position), and per continuous
+    modality its noise targets [n_k, D] (grouped order)."""
+    labels: torch.Tensor
+    label_modalities: Optional[torch.Tensor] = None
+    loss_mask: Optional[torch.Tensor] = None
+    noise: Sequence[torch.Tensor] = ()
+
+
+def modality_loss(logits: torch.Tensor, plan: RoutingPlan, targets: LossTargets, parallel: ParallelContext,
                   settings: ModelSettings) -> LossOutput:
     """Per-modality loss sums and token counts from grouped-order, vocab-sharded logits and sequence-order
-    labels (the head's loss; also the pipeline's loss function on the last stage)."""
-    target = plan.group_ids(labels)
-    losses = vocab_parallel_cross_entropy(logits, target, tp_group, settings.vocab_size, IGNORE_INDEX)
+    labels (the head's loss; the pipeline's last stage calls the head's `loss` too)."""
+    target = plan.group_ids(targets.labels)
+    losses = vocab_parallel_cross_entropy(logits, target, parallel.tp_group, settings.vocab_size, IGNORE_INDEX)
     weight = (target != IGNORE_INDEX).to(torch.float32)
-    if loss_mask is not None:
-        weight = weight * plan.group_ids(loss_mask).to(torch.float32)
-    mods = plan.group_ids(label_modalities) if label_modalities is not None else torch.zeros_like(target)
+    if targets.loss_mask is not None:
+        weight = weight * plan.group_ids(targets.loss_mask).to(torch.float32)
+    mods = plan.group_ids(targets.label_modalities) if targets.label_modalities is not None else \
+        torch.zeros_like(target)
     m = settings.num_modalities
     loss_sum = torch.zeros(m, device=losses.device).index_add(0, mods, losses * weight)
     count = torch.zeros(m, device=losses.device).index_add(0, mods, weight)
     return LossOutput(loss_sum, count)
 
 
+def head_loss(outputs: HeadOutputs, plan: RoutingPlan, targets: LossTargets, parallel: ParallelContext,
+              settings: ModelSettings) -> LossOutput:
+    """The one loss path (a whole model's head, and the pipeline's last stage, training/pipeline.py):
+    per-modality LM losses, plus the continuous modalities' diffusion losses."""
+    out = modality_loss(outputs.logits, plan, targets, parallel, settings)
+    if not settings.continuous:
+        return out
+    diff_sum, diff_count = diffusion_loss(outputs.noise_predictions, targets.noise, settings, parallel)
+    return LossOutput(out.loss_sum + diff_sum, out.token_count + diff_count)
+
+
 def plan_for(settings: ModelSettings, modality_ids: torch.Tensor, segment_ids: Optional[torch.Tensor] = None, *,
-             tp_size: int = 1, tp_rank: int = 0, device: torch.device = torch.device("cpu"),
+             parallel: ParallelContext = SINGLE_PROCESS, device: torch.device = torch.device("cpu"),
              span_ids: Optional[torch.Tensor] = None, context_start: Optional[torch.Tensor] = None) -> RoutingPlan:
     """The routing plan a model with `settings` needs for one micro-batch, from host-side modality (and
     document) ids [s, b]: the one place that maps model settings onto build_routing_plan (our model,
     the trainer's loader thread and the Megatron model all plan through it)."""
     return build_routing_plan(
-        modality_ids, settings.num_modalities, routed=settings.routed, tp_size=tp_size, tp_rank=tp_rank,
-        sequence_parallel=settings.sequence_parallel,
+        modality_ids, settings.num_modalities, routed=settings.routed, parallel=parallel,
         segment_ids=segment_ids if settings.document_masking else None, device=device,
         span_ids=span_ids, context_start=context_start)
 
@@ -147,16 +170,16 @@ class MoTModel(nn.Module):
     recomputes each layer in backward; it must restore the RNG tracker's states for TP-region dropout
     (DeepSpeed's does)."""
 
-    def __init__(self, settings: ModelSettings, tp_group=None, layer_numbers: Optional[Iterable[int]] = None,
-                 pre_process: bool = True, post_process: bool = True, rng_tracker=None, device=None,
-                 activation_checkpoint: Optional[Callable] = None):
+    def __init__(self, settings: ModelSettings, parallel: ParallelContext = SINGLE_PROCESS,
+                 layer_numbers: Optional[Iterable[int]] = None, pre_process: bool = True, post_process: bool = True,
+                 rng_tracker=None, device=None, activation_checkpoint: Optional[Callable] = None):
         super().__init__()
-        self.settings, self.tp_group = settings, tp_group
+        self.settings, self.parallel = settings, parallel
         self.pre_process, self.post_process = pre_process, post_process
         numbers = list(range(settings.num_layers)) if layer_numbers is None else list(layer_numbers)
-        self.embedding = MoTEmbedding(settings, tp_group, device) if pre_process else None
-        self.layers = nn.ModuleList(MoTLayer(settings, i, tp_group, rng_tracker, device) for i in numbers)
-        self.head = MoTHead(settings, tp_group, device) if post_process else None
+        self.embedding = MoTEmbedding(settings, parallel, device) if pre_process else None
+        self.layers = nn.ModuleList(MoTLayer(settings, i, parallel, rng_tracker, device) for i in numbers)
+        self.head = MoTHead(settings, parallel, device) if post_process else None
         self.activation_checkpoint = activation_checkpoint
         if settings.tie_embeddings and pre_process and post_process:
             self.head.output_layer.weight = self.embedding.word_embeddings.weight
@@ -166,9 +189,9 @@ class MoTModel(nn.Module):
                    context_start: Optional[torch.Tensor] = None) -> RoutingPlan:
         """The routing plan for one micro-batch, from host-side modality (and document, image span, context
         start) ids [s, b]."""
-        return plan_for(self.settings, modality_ids, segment_ids, tp_size=group_size(self.tp_group),
-                        tp_rank=group_rank(self.tp_group), device=device or next(self.parameters()).device,
-                        span_ids=span_ids, context_start=context_start)
+        return plan_for(self.settings, modality_ids, segment_ids, parallel=self.parallel,
+                        device=device or next(self.parameters()).device, span_ids=span_ids,
+                        context_start=context_start)
 
     def rope(self, plan: RoutingPlan, device: torch.device):
         s = self.settings

@@ -17,12 +17,13 @@ as fixed-shape tensors (`to_tensors` / `from_tensors`); both construction paths 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch.profiler import record_function
 
 from ..distributed.collectives import even_sizes
+from ..distributed.parallel_context import SINGLE_PROCESS, ParallelContext
 from .attention_mask import AttentionMask, build_attention_mask
 
 ROUTING_SCOPE = "mot/routing"
@@ -63,27 +64,28 @@ class RoutingPlan:
 
     @classmethod
     def assemble(cls, seq_len: int, batch: int, counts: Sequence[int], *, grouped: bool,
-                 perm: Optional[torch.Tensor], inv_perm: Optional[torch.Tensor], sequence_parallel: bool,
-                 tp_size: int, tp_rank: int, position_ids: Optional[torch.Tensor] = None,
-                 segment_ids: Optional[torch.Tensor] = None, attention_mask: Optional[AttentionMask] = None,
-                 span_ids: Optional[torch.Tensor] = None, context_start: Optional[torch.Tensor] = None
-                 ) -> "RoutingPlan":
+                 order: Optional[Tuple[torch.Tensor, torch.Tensor]], parallel: ParallelContext,
+                 documents: "PlanDocuments") -> "RoutingPlan":
         """The one constructor behind build_routing_plan and from_tensors: everything derived from the
         counts (SP shard sizes, the shard's per-modality counts) and from the document ids (the mask, unless
-        given: build_routing_plan builds it from the host ids, a pipeline stage from the device ids)."""
+        given: build_routing_plan builds it from the host ids, a pipeline stage from the device ids).
+        `order`: (perm, inv_perm), or None for the identity."""
         counts = tuple(int(c) for c in counts)
         sp_sizes = local = None
         offset = 0
-        if sequence_parallel and tp_size > 1:
-            sp_sizes, local = sp_shard(seq_len * batch, counts, tp_size, tp_rank)
-            offset = sum(sp_sizes[:tp_rank])
+        if parallel.sequence_parallel:
+            sp_sizes, local = sp_shard(seq_len * batch, counts, parallel.tp_size, parallel.tp_rank)
+            offset = sum(sp_sizes[:parallel.tp_rank])
             # a dense (ungrouped) stream is in sequence order: a shard's modality counts describe no slices
             local = local if grouped else None
-        mask = attention_mask
-        if mask is None and segment_ids is not None:
-            mask = build_attention_mask(segment_ids, span_ids, device=segment_ids.device, context_start=context_start)
-        return cls(seq_len, batch, counts, grouped, perm, inv_perm, sp_sizes, local, position_ids, segment_ids, mask,
-                   offset, span_ids, context_start)
+        d = documents
+        mask = d.attention_mask
+        if mask is None and d.segment_ids is not None:
+            mask = build_attention_mask(d.segment_ids, d.span_ids, device=d.segment_ids.device,
+                                        context_start=d.context_start)
+        perm, inv = order if order is not None else (None, None)
+        return cls(seq_len, batch, counts, grouped, perm, inv, sp_sizes, local, d.position_ids, d.segment_ids, mask,
+                   offset, d.span_ids, d.context_start)
 
     @property
     def num_tokens(self) -> int:
@@ -161,15 +163,28 @@ class RoutingPlan:
         return perm, inv, torch.tensor(self.counts, device=device), flags, pos, seg, spans, context
 
     @classmethod
-    def from_tensors(cls, tensors: Sequence[torch.Tensor], tp_size: int, tp_rank: int) -> "RoutingPlan":
+    def from_tensors(cls, tensors: Sequence[torch.Tensor], parallel: ParallelContext) -> "RoutingPlan":
         """Inverse of to_tensors on any stage; reads counts and flags to the host (one small copy)."""
         perm, inv, counts, flags, pos, seg, spans, context = tensors
         ident, documents, grouped, sp, has_spans, has_context = (bool(f) for f in flags.tolist())
+        if sp != parallel.sequence_parallel:
+            raise RuntimeError(f"a routing plan built {'with' if sp else 'without'} sequence parallelism reached a "
+                               f"stage running {parallel.describe()}: every stage must share one ParallelContext")
         s, b = pos.shape
-        return cls.assemble(s, b, counts.tolist(), grouped=grouped, perm=None if ident else perm,
-                            inv_perm=None if ident else inv, sequence_parallel=sp, tp_size=tp_size,
-                            tp_rank=tp_rank, position_ids=pos, segment_ids=seg if documents else None,
-                            span_ids=spans if has_spans else None, context_start=context if has_context else None)
+        docs = PlanDocuments(pos, seg if documents else None, spans if has_spans else None,
+                             context if has_context else None)
+        return cls.assemble(s, b, counts.tolist(), grouped=grouped, order=None if ident else (perm, inv),
+                            parallel=parallel, documents=docs)
+
+
+class PlanDocuments(NamedTuple):
+    """The per-token document facts a plan carries ([s, b] each, or None): RoPE positions, document ids
+    (document masking), bidirectional span ids (images), context starts; and the mask, when already built."""
+    position_ids: Optional[torch.Tensor] = None
+    segment_ids: Optional[torch.Tensor] = None
+    span_ids: Optional[torch.Tensor] = None
+    context_start: Optional[torch.Tensor] = None
+    attention_mask: Optional[AttentionMask] = None
 
 
 PLAN_TENSORS = 8  # len(RoutingPlan.to_tensors(...))
@@ -212,10 +227,9 @@ def sp_shard(num_tokens: int, counts: Sequence[int], tp_size: int, tp_rank: int
 
 
 def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, routed: bool = True,
-                       tp_size: int = 1, tp_rank: int = 0, sequence_parallel: bool = False,
-                       segment_ids: Optional[torch.Tensor] = None, device: torch.device = torch.device("cpu"),
-                       span_ids: Optional[torch.Tensor] = None, context_start: Optional[torch.Tensor] = None,
-                       ) -> RoutingPlan:
+                       parallel: ParallelContext = SINGLE_PROCESS, segment_ids: Optional[torch.Tensor] = None,
+                       device: torch.device = torch.device("cpu"), span_ids: Optional[torch.Tensor] = None,
+                       context_start: Optional[torch.Tensor] = None) -> RoutingPlan:
     """Group tokens by modality (stable) from host-side ids `[s, b]`; move indices to `device` once.
     `span_ids` / `context_start` [s, b] (host): bidirectional spans (images) and later context starts
     (condition-dropped images), for the attention mask (attention_mask.py).
@@ -226,22 +240,17 @@ def build_routing_plan(modality_ids: torch.Tensor, num_modalities: int, *, route
     s, b = modality_ids.shape
     flat = modality_ids.reshape(-1).long()
     counts = torch.bincount(flat, minlength=num_modalities).tolist()
-    perm = inv = None
+    order = None
     if routed and num_modalities > 1:
-        order = torch.argsort(flat, stable=True)
-        if not torch.equal(order, torch.arange(flat.numel())):
-            inv = torch.empty_like(order)
-            inv[order] = torch.arange(order.numel())
-            perm, inv = order.to(device, non_blocking=True), inv.to(device, non_blocking=True)
-    positions = segments = None
-    if segment_ids is not None:
-        positions = positions_from_segments(segment_ids).to(device, non_blocking=True)
-        segments = segment_ids.to(device, non_blocking=True)
-    mask = build_attention_mask(segment_ids, span_ids, device=device, context_start=context_start) \
-        if segment_ids is not None else None  # from the host ids (validated there)
+        perm = torch.argsort(flat, stable=True)
+        if not torch.equal(perm, torch.arange(flat.numel())):
+            inv = torch.empty_like(perm)
+            inv[perm] = torch.arange(perm.numel())
+            order = (perm.to(device, non_blocking=True), inv.to(device, non_blocking=True))
     move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
-    return RoutingPlan.assemble(s, b, counts, grouped=routed, perm=perm, inv_perm=inv,
-                                sequence_parallel=sequence_parallel, tp_size=tp_size, tp_rank=tp_rank,
-                                position_ids=positions, segment_ids=segments, attention_mask=mask,
-                                span_ids=move(span_ids), context_start=move(context_start))
-
+    docs = PlanDocuments(span_ids=move(span_ids), context_start=move(context_start))
+    if segment_ids is not None:
+        mask = build_attention_mask(segment_ids, span_ids, device=device, context_start=context_start)  # host ids
+        docs = docs._replace(position_ids=move(positions_from_segments(segment_ids)), segment_ids=move(segment_ids),
+                             attention_mask=mask)
+    return RoutingPlan.assemble(s, b, counts, grouped=routed, order=order, parallel=parallel, documents=docs)

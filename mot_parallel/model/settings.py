@@ -1,10 +1,10 @@
-"""`ModelSettings`: the resolved, frozen view of `Config.model` (+ whether sequence parallelism is wanted).
+"""`ModelSettings`: the resolved, frozen view of `Config.model`: what the model is, never how it is split.
 
-It doubles as the Megatron-style `config` object our submodules read (`sequence_parallel`,
-`params_dtype`, `perform_initialization`), so the same constructors work under Megatron's keywords.
-Nothing here depends on the layout: a module takes its TP size from the process group it is given
-(`sequence_parallel` is the request; a module applies it only when its TP group has more than one rank,
-and the vocabulary is padded for the group's size by `padded_vocab(tp)`).
+It doubles as the Megatron-style `config` object our submodules read (`params_dtype`,
+`perform_initialization`), so the same constructors work under Megatron's keywords. Nothing here depends
+on the layout: a module takes the split from the `ParallelContext` it is given (TP group, size, rank,
+sequence parallelism; distributed/parallel_context.py), and the vocabulary is padded for the group's size
+by `padded_vocab(tp)`.
 """
 from __future__ import annotations
 
@@ -72,7 +72,6 @@ class ModelSettings:
     modality_copies: str = "independent"
     seed: int = 1234
     vocab_multiple: int = 128             # embedding/head rows are padded to a multiple of this x TP size
-    sequence_parallel: bool = False       # requested; active only inside a TP group of more than one rank
     document_masking: bool = True
     continuous: Tuple[ContinuousSpec, ...] = ()   # continuous modalities (Transfusion), in modality order
     diffusion_timesteps: int = 1000
@@ -101,10 +100,6 @@ class ModelSettings:
         logits are masked out of the loss; checkpoints convert between paddings, convert/names.py)."""
         mult = self.vocab_multiple * tp_size
         return -(-self.vocab_size // mult) * mult
-
-    def sequence_parallel_with(self, tp_size: int) -> bool:
-        """Whether sequence parallelism is active inside a TP group of `tp_size` ranks."""
-        return self.sequence_parallel and tp_size > 1
 
     @property
     def routed(self) -> bool:
@@ -136,7 +131,6 @@ class ModelSettings:
             attention_dropout=m.attention_dropout, hidden_dropout=m.hidden_dropout, init_std=m.init.std,
             scale_output_by_depth=m.init.scale_output_by_depth, modality_copies=m.init.modality_copies,
             seed=cfg.train.seed,
-            sequence_parallel=cfg.parallel.sequence_parallel,
             document_masking=cfg.data.document_masking, params_dtype=params_dtype or torch.float32,
             continuous=continuous_specs(cfg), diffusion_timesteps=cfg.diffusion.timesteps,
             diffusion_loss_weight=cfg.diffusion.loss_weight)

@@ -32,7 +32,7 @@ image in raster order. Parameters are replicated over TP, like the linear projec
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -84,11 +84,12 @@ class _Params(nn.Module):
 
 
 class _Conv(_Params):
-    def __init__(self, cin: int, cout: int, k: int, seed: int, tags, dtype, device, std: float = 0.0,
-                 transposed: bool = False):
+    transposed = False
+
+    def __init__(self, cin: int, cout: int, k: int, seed: int, tags, dtype, device, std: float = 0.0):
         super().__init__(seed, tags, dtype, device)
-        self.k, self.transposed = k, transposed
-        shape = (cin, cout, k, k) if transposed else (cout, cin, k, k)
+        self.k = k
+        shape = (cin, cout, k, k) if self.transposed else (cout, cin, k, k)
         self.param("weight", shape, std or 1.0 / math.sqrt(cin * k * k))
         self.param("bias", (cout,))
 
@@ -96,6 +97,10 @@ class _Conv(_Params):
         if self.transposed:
             return F.conv_transpose2d(x, self.weight, self.bias, stride=stride)
         return F.conv2d(x, self.weight, self.bias, stride=stride, padding=(self.k - 1) // 2 if stride == 1 else 0)
+
+
+class _ConvTranspose(_Conv):
+    transposed = True
 
 
 class _Norm(_Params):
@@ -128,17 +133,26 @@ class ResBlock(nn.Module):
 
 def _blocks(c: List[int], steps: List[int], emb: int, seed: int, kw, transposed: bool):
     res = nn.ModuleList(ResBlock(w, emb, param_seed(seed, f"res{i}"), **kw) for i, w in enumerate(c))
-    scale = nn.ModuleList(_Conv(c[i + 1], c[i], f, param_seed(seed, f"up{i}"), transposed=True, **kw) if transposed
+    scale = nn.ModuleList(_ConvTranspose(c[i + 1], c[i], f, param_seed(seed, f"up{i}"), **kw) if transposed
                           else _Conv(c[i], c[i + 1], f, param_seed(seed, f"down{i}"), **kw)
                           for i, f in enumerate(steps))
     return res, scale
 
 
+class UNetShape(NamedTuple):
+    """What sizes a U-Net path: image channels C, patch side p, full-resolution width, transformer width."""
+    channels: int
+    patch: int
+    base: int
+    hidden: int
+
+
 class UNetDown(nn.Module):
     """Image [n, C, p*gh, p*gw] + timestep embedding [n, E] -> patch vectors [n, hidden, gh, gw]."""
 
-    def __init__(self, channels: int, patch: int, base: int, hidden: int, seed: int, tags, dtype, device):
+    def __init__(self, shape: UNetShape, seed: int, tags, dtype, device):
         super().__init__()
+        channels, patch, base, hidden = shape
         kw = dict(tags=tags, dtype=dtype, device=device)
         self.steps, c = factors(patch), widths(base, patch)
         self.conv_in = _Conv(channels, c[0], 3, param_seed(seed, "conv_in"), **kw)
@@ -156,9 +170,9 @@ class UNetUp(nn.Module):
     """Patch vectors [n, hidden, gh, gw] + timestep embedding [n, E] + the noised image [n, C, p*gh, p*gw]
     (the input skip) -> noise [n, C, p*gh, p*gw]."""
 
-    def __init__(self, channels: int, patch: int, base: int, hidden: int, seed: int, tags, dtype, device,
-                 out_std: float):
+    def __init__(self, shape: UNetShape, seed: int, tags, dtype, device, out_std: float):
         super().__init__()
+        channels, patch, base, hidden = shape
         kw = dict(tags=tags, dtype=dtype, device=device)
         self.steps, c = factors(patch), widths(base, patch)
         self.proj = _Conv(hidden, c[-1], 1, param_seed(seed, "proj"), **kw)

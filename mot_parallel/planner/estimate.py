@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Dict
 
 from ..flops import forward_flops_per_token
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
 from ..model.settings import ModelSettings
 from .hardware import Hardware
 from .params import rank_params, stage_layers

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..distributed.accelerators import PEAK_BF16_TFLOPS
+
 
 @dataclass(frozen=True)
 class Hardware:
     name: str
     memory_gb: float          # usable HBM per GPU
-    peak_tflops: float        # dense bf16 tensor-core peak
+    peak_tflops: float        # dense bf16 tensor-core peak (the table of distributed/accelerators.py)
     hbm_gbps: float           # HBM bandwidth, GB/s
     nvlink_gbps: float        # achievable all-reduce bus bandwidth inside a node, GB/s per GPU
     inter_gbps: float         # achievable inter-node bandwidth per GPU (InfiniBand/EFA), GB/s
@@ -26,7 +28,7 @@ class Hardware:
 
 GPUS = {
     # A100 SXM 80GB: 312 TF bf16, 2.0 TB/s, NVLink3 600 GB/s (~230 GB/s NCCL bus bw), 8x200 Gb/s HDR IB
-    "a100-80gb": Hardware("a100-80gb", 80.0, 312.0, 2039.0, 230.0, 23.0),
+    "a100-80gb": Hardware("a100-80gb", 80.0, PEAK_BF16_TFLOPS["A100"], 2039.0, 230.0, 23.0),
     # H100 SXM 80GB: 989 TF bf16, 3.35 TB/s, NVLink4 900 GB/s (~360 GB/s bus bw), 8x400 Gb/s NDR IB
-    "h100-80gb": Hardware("h100-80gb", 80.0, 989.0, 3350.0, 360.0, 45.0),
+    "h100-80gb": Hardware("h100-80gb", 80.0, PEAK_BF16_TFLOPS["H100"], 3350.0, 360.0, 45.0),
 }

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Dict
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
 from ..model.attention_mask import kernel_for, mask_bytes
 from ..model.settings import ModelSettings
 from .params import rank_params, stage_layers
@@ -79,7 +79,7 @@ def layer_activation_bytes(s: ModelSettings, L: ParallelLayout, seq: int, act_by
     """Bytes one layer saves for backward for one micro-batch."""
     t, h, d, f = L.tp, s.hidden_size, s.head_dim, s.ffn_hidden_size
     N = seq * L.micro_batch_size
-    n = N / t if (L.sequence_parallel and t > 1) else N
+    n = N / t if L.sequence_parallel else N  # the layout holds the effective flag
     hq, hkv = s.num_heads * d, s.num_kv_heads * d
     elems = 2 * h * n + 2 * h * n
     elems += N * ((2 * hq + 2 * hkv) / t + hq / t + 3 * f / t)
@@ -89,9 +89,16 @@ def layer_activation_bytes(s: ModelSettings, L: ParallelLayout, seq: int, act_by
     return elems * act_bytes + fp32_stats
 
 
+@dataclass(frozen=True)
+class ZeroBuffers:
+    """DeepSpeed's ZeRO buffer sizes in elements (its defaults; the run's DeepSpeed config leaves them)."""
+    reduce_bucket: float = 5e8     # reduce_bucket_size
+    allgather_bucket: float = 5e8  # allgather_bucket_size
+    max_live_params: float = 1e9   # stage3_max_live_parameters
+
+
 def memory(s: ModelSettings, L: ParallelLayout, seq: int, param_bytes: int, reserve_gb: float = 0.0,
-           reduce_bucket: float = 5e8, allgather_bucket: float = 5e8, max_live_params: float = 1e9,
-           on_accelerator: bool = True) -> Memory:
+           on_accelerator: bool = True, zero: ZeroBuffers = ZeroBuffers()) -> Memory:
     """The worst stage's breakdown (bytes). `param_bytes`: 2 for bf16 training, 4 for fp32.
     `on_accelerator`: the run's device type, which decides the attention mask's form."""
     worst = None
@@ -108,19 +115,19 @@ def memory(s: ModelSettings, L: ParallelLayout, seq: int, param_bytes: int, rese
         elif L.zero_stage in (1, 2):
             weights = P * b
             optimizer = 16 * P / L.dp + P / L.dp * b
-            backward_end = P * b + min(allgather_bucket, P) * b
+            backward_end = P * b + min(zero.allgather_bucket, P) * b
             if L.zero_stage == 1 and (L.grad_accum > 1 or L.pp > 1):
                 grads_in_backward = P * b  # ZeRO-1 keeps full gradients until the boundary's reduction
         else:
-            weights = P / L.dp * b + min(max_live_params, P) * b
+            weights = P / L.dp * b + min(zero.max_live_params, P) * b
             optimizer = 16 * P / L.dp + 4 * P / L.dp
-            grads_persistent = min(reduce_bucket, P) * b
+            grads_persistent = min(zero.reduce_bucket, P) * b
             grads_in_backward = backward_end = P * b
         layers = len(stage_layers(s.num_layers, L.pp, stage))
         in_flight = min(L.pp - stage, L.grad_accum) if L.pp > 1 else 1
         per_layer = layer_activation_bytes(s, L, seq, b)
         N = seq * L.micro_batch_size
-        n = N / L.tp if (L.sequence_parallel and L.tp > 1) else N
+        n = N / L.tp if L.sequence_parallel else N
         if L.activation_checkpointing:
             acts = in_flight * layers * n * s.hidden_size * b + per_layer
         else:

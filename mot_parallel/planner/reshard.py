@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
 from ..convert.universal import SHARD_BYTES
 from ..model.settings import ModelSettings
 from .hardware import Hardware

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
 from ..model.settings import ModelSettings
 from .estimate import Estimate, estimate
 from .hardware import Hardware

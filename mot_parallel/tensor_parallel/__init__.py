@@ -7,4 +7,4 @@ from .grad_sync import allreduce_tp_partial_grads, register_tp_grad_hooks, tp_pa
 from .layers import ColumnParallelLinear
 from .mappings import (copy_to_tp_region, gather_from_sp_region, gather_from_tp_region, reduce_from_tp_region,
                        reduce_scatter_to_sp_region, scatter_to_sp_region, scatter_to_tp_region)
-from .weight_init import draw_full, init_sharded_, normal_init, param_seed, scaled_normal_init
+from .weight_init import SeededInit, draw_full, init_sharded_, normal_init, param_seed, scaled_normal_init

@@ -2,10 +2,10 @@
 
 The MoT layers use their per-modality twins (model/grouped_linear.py); this one is the shared output layer.
 
-The constructor accepts Megatron's keywords (`config`, `init_method`, `bias`, `gather_output`,
-`skip_bias_add`, `tp_group`, ...). From `config` we read
-`sequence_parallel`, `params_dtype`, `perform_initialization` when present (ours or Megatron's
-TransformerConfig); an explicit `sequence_parallel=` wins. Extra keywords Megatron passes are ignored.
+The parallel split comes as one `ParallelContext` (`parallel=`); the weight's draw as a `SeededInit`.
+Megatron's keywords (`init_method`, `gather_output`, `skip_bias_add`, ...) are taken by
+megatron_kwargs.py: honoured, or refused by name when they would change something we do not implement.
+From `config` we read `params_dtype` and `perform_initialization` when present.
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed.collectives import group_rank, group_size
+from ..distributed.parallel_context import SINGLE_PROCESS, ParallelContext
 from . import mappings as M
+from .megatron_kwargs import take_megatron_kwargs
 from .param_meta import mark_tp_sharded
-from .weight_init import InitMethod, init_sharded_, normal_init
+from .weight_init import SeededInit, init_sharded_, normal_init
 
 
 def config_value(config, name: str, default):
@@ -29,31 +30,27 @@ def config_value(config, name: str, default):
 class ColumnParallelLinear(nn.Module):
     """Y = X A^T with A split by rows (output features). Input [.., in] (or [s/tp, b, in] under SP)."""
 
-    def __init__(self, input_size: int, output_size: int, *, config=None, init_method: Optional[InitMethod] = None,
-                 bias: bool = True, gather_output: bool = False, skip_bias_add: bool = False,
-                 sequence_parallel: Optional[bool] = None, tp_group=None, init_seed: Optional[int] = None,
-                 device=None, params_dtype: Optional[torch.dtype] = None, stride: int = 1, **unused_megatron_kwargs):
+    def __init__(self, input_size: int, output_size: int, *, parallel: ParallelContext = SINGLE_PROCESS,
+                 config=None, init: Optional[SeededInit] = None, bias: bool = True, device=None, **megatron_kwargs):
         super().__init__()
-        if stride != 1:
-            raise ValueError("ColumnParallelLinear: interleaved (stride > 1) weights are not supported; fused "
-                             "weights are sharded block-wise (model/grouped_linear.py output_blocks)")
-        self.tp_group, self.tp_size, self.tp_rank = tp_group, group_size(tp_group), group_rank(tp_group)
-        self.input_size, self.output_size, self.skip_bias_add = input_size, output_size, skip_bias_add
-        if sequence_parallel is None:
-            sequence_parallel = config_value(config, "sequence_parallel", False)
-        self.sequence_parallel = bool(sequence_parallel) and self.tp_size > 1
-        if gather_output and self.sequence_parallel:
+        megatron_init, self.gather_output, self.skip_bias_add, dtype = take_megatron_kwargs(
+            "ColumnParallelLinear", megatron_kwargs,
+            {"init_method": None, "gather_output": False, "skip_bias_add": False, "params_dtype": None})
+        init = init or SeededInit(megatron_init or normal_init(0.02))
+        self.parallel, self.tp_group, self.tp_size = parallel, parallel.tp_group, parallel.tp_size
+        self.sequence_parallel = parallel.sequence_parallel
+        self.input_size, self.output_size = input_size, output_size
+        if self.gather_output and self.sequence_parallel:
             raise ValueError("ColumnParallelLinear: gather_output with sequence_parallel is not supported")
-        self.gather_output = gather_output
         if output_size % self.tp_size:
             raise ValueError(f"ColumnParallelLinear: size {output_size} is not divisible by tensor-parallel "
                              f"size {self.tp_size}")
-        dtype = params_dtype or config_value(config, "params_dtype", torch.float32)
+        dtype = dtype or config_value(config, "params_dtype", torch.float32)
         self.weight = nn.Parameter(torch.empty(output_size // self.tp_size, input_size, device=device, dtype=dtype))
         mark_tp_sharded(self.weight, 0, self.tp_size)
         if config_value(config, "perform_initialization", True):
-            init_sharded_(self.weight, init_method or normal_init(0.02), (output_size, input_size), 0,
-                          self.tp_rank, self.tp_size, init_seed)
+            init_sharded_(self.weight, init.method, (output_size, input_size), 0, parallel.tp_rank, self.tp_size,
+                          init.seed)
         self.bias = None
         if bias:  # sharded with the outputs
             self.bias = nn.Parameter(torch.zeros(output_size // self.tp_size, device=device, dtype=dtype))

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
 from .layout import split_full
 
 InitMethod = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SeededInit(NamedTuple):
+    """How a parameter is drawn: Megatron's in-place `method`, from a private generator seeded `seed`
+    (None: the global CPU RNG, as Megatron does)."""
+    method: InitMethod
+    seed: Optional[int] = None
 
 
 def normal_init(std: float) -> InitMethod:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
 
 
 def layouts(max_world: int = 4, tp: Optional[Iterable[int]] = None, pp: Optional[Iterable[int]] = None,

@@ -20,7 +20,8 @@ import socket
 import time
 import traceback
 from multiprocessing.connection import wait
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 _PRELOAD = ["torch", "torch.distributed", "mot_parallel.distributed", "mot_parallel.tensor_parallel"]
 _context = None
@@ -44,16 +45,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(fn, rank, world, port, args, kwargs, conn, threads, env):
-    os.environ.update(env)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+@dataclass(frozen=True)
+class _Job:
+    """What every rank of one run_distributed call runs, and where it meets its peers."""
+    fn: Callable
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+    world_size: int
+    port: int
+    threads: int           # torch threads per rank: N processes share the machine's cores
+    env: Dict[str, str]    # extra environment variables of every rank
+
+
+def _worker(job: _Job, rank: int, conn) -> None:
+    os.environ.update(job.env)
+    world = str(job.world_size)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job.port), RANK=str(rank), WORLD_SIZE=world,
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=world)
     try:
         import torch
-        torch.set_num_threads(threads)  # N processes share the machine's cores
+        torch.set_num_threads(job.threads)  # N processes share the machine's cores
+        from mot_parallel.corpus_building import register_demo_corpora
         from mot_parallel.distributed import init_distributed
+        register_demo_corpora()  # bodies train on data.path: demo as launch/pretrain.py does
         init_distributed(force_cpu=True, require_process_group=True, timeout_s=300)
-        result = fn(*args, **kwargs)
+        result = job.fn(*job.args, **job.kwargs)
         # plain pickle: tensors travel by value (torch's reducers would share file descriptors that die
         # with this process while the parent may still be reading them)
         conn.send_bytes(pickle.dumps(("ok", result)))
@@ -71,15 +87,14 @@ def run_distributed(fn: Callable, world_size: int, args: Sequence[Any] = (), kwa
                     timeout: float = 120.0, grace: float = 3.0, env: Optional[Dict[str, str]] = None) -> List[Any]:
     """Run `fn(*args, **kwargs)` on `world_size` gloo ranks; return the per-rank results in rank order."""
     ctx = _ctx()
-    port = free_port()
     threads = max(1, (os.cpu_count() or 1) // world_size)
+    job = _Job(fn, tuple(args), kwargs or {}, world_size, free_port(), threads=threads, env=env or {})
     procs, conns = [], []
     for rank in range(world_size):
         parent, child = ctx.Pipe(duplex=False)
         # not daemonic: bodies may start processes of their own (Megatron's async checkpoint writer does);
         # every worker is joined or killed below
-        p = ctx.Process(target=_worker, args=(fn, rank, world_size, port, tuple(args), kwargs or {}, child,
-                                              threads, env or {}), daemon=False)
+        p = ctx.Process(target=_worker, args=(job, rank, child), daemon=False)
         p.start()
         child.close()
         procs.append(p)

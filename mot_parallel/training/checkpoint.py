@@ -4,7 +4,7 @@
                                       checkpoint.json (the manifest: checkpoint_files.py)
     <checkpoint.dir>/latest           the tag of the newest checkpoint (a hint; resume trusts manifests)
 
-The manager is given what it saves: the DeepSpeed engine, named stateful parts (`state_dict()` /
+The manager is given what it saves (CheckpointContents): the DeepSpeed engine, named stateful parts (`state_dict()` /
 `load_state_dict()`: the training step, the data loader) that go into DeepSpeed's client state, this
 rank's RNG streams (their own file per rank, tensors and plain values only), and the model settings the
 manifest records. A save writes into <dir>/.staging/<tag>; every rank hashes the files it wrote
@@ -111,13 +111,26 @@ def write_failure(path: str, e: BaseException) -> CheckpointError:
     return CheckpointError(f"writing checkpoint {path} failed: {why}. Original error: {type(e).__name__}: {first}")
 
 
+@dataclass(frozen=True)
+class CheckpointContents:
+    """What a checkpoint holds: the DeepSpeed engine (model, optimizer, LR schedule), named stateful parts
+    (they go into DeepSpeed's client state) and this rank's RNG streams (a file of their own)."""
+    engine: object
+    parts: Dict[str, Stateful]
+    rng_streams: rng.RNGStreams
+
+
 class CheckpointManager:
-    def __init__(self, directory: str, keep_last: int, rank: int, engine, parts: Dict[str, Stateful],
-                 rng_streams: rng.RNGStreams, layout, fault=None, model: Optional[dict] = None):
+    """Saves `contents` under `directory` (keeping the newest `keep_last`), recording the run's `layout` and
+    `model` settings in each manifest; `fault`: the test seam (faults.py)."""
+
+    def __init__(self, directory: str, keep_last: int, rank: int, contents: CheckpointContents, layout,
+                 fault=None, model: Optional[dict] = None):
         self.dir, self.keep_last, self.rank, self.layout, self.model = directory, keep_last, rank, layout, model
-        self.engine, self.parts, self.rng_streams, self.fault = engine, parts, rng_streams, fault
-        self.guard = FileGuard(engine.checkpoint_engine, rank)
-        engine.checkpoint_engine = self.guard
+        self.engine, self.parts, self.rng_streams = contents.engine, contents.parts, contents.rng_streams
+        self.fault = fault
+        self.guard = FileGuard(self.engine.checkpoint_engine, rank)
+        self.engine.checkpoint_engine = self.guard
         self.resumed: Optional[str] = None  # the tag loaded from this directory: never pruned by this run
 
     def save(self, step: int) -> str:

@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from typing import Dict, List, Optional, Tuple
 
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
+from ..convert.closed_files import CheckpointError, regular_files  # noqa: F401 (re-exported: one name for users)
 
 MANIFEST = "checkpoint.json"
 FORMAT = "mot_parallel.checkpoint/2"
@@ -43,10 +43,6 @@ DEEPSPEED_RECORDS = {"deepspeed.utils.tensor_fragment.fragment_address",
                      "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
                      "deepspeed.runtime.zero.config.ZeroStageEnum",
                      "deepspeed.checkpoint.constants.UniversalCheckpointInfo"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used as asked; the message names the path and the fix."""
 
 
 def tag_for(step: int) -> str:
@@ -65,27 +61,6 @@ def rng_file(rank: int) -> str:
 
 def layout_record(layout: ParallelLayout) -> Dict[str, int]:
     return {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "zero_stage": layout.zero_stage}
-
-
-def regular_files(path: str) -> Tuple[Dict[str, int], List[str]]:
-    """(relative path -> bytes of every regular file below `path`, what is wrong with anything else there).
-    Nothing is followed: a symbolic link anywhere (file or directory) is reported, not entered."""
-    files, bad, pending = {}, [], [""]
-    while pending:
-        rel_dir = pending.pop()
-        with os.scandir(os.path.join(path, rel_dir)) as entries:
-            for entry in entries:
-                rel = os.path.join(rel_dir, entry.name)
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if stat.S_ISDIR(mode):
-                    pending.append(rel)
-                elif stat.S_ISREG(mode):
-                    files[rel] = entry.stat(follow_symlinks=False).st_size
-                else:
-                    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
-                    bad.append(f"{os.path.join(path, rel)}: {kind}; a checkpoint holds only the regular files it "
-                               "wrote (it was put there by hand: remove it, or resume another checkpoint)")
-    return files, bad
 
 
 def write_manifest(path: str, step: int, layout: ParallelLayout, model: dict, files: Dict[str, dict]) -> None:

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from ..model.layer import MoTLayer
-from ..tensor_parallel.param_meta import modality_of
+from ..tensor_parallel.param_meta import modality_of, tp_partition
 
 SHARED = "shared"
 
@@ -54,7 +54,7 @@ class Diagnostics:
 
     def _counted_here(self, p) -> bool:
         """A TP-replicated parameter is summed on TP rank 0 only (the others hold the same tensor)."""
-        return bool(getattr(p, "tensor_model_parallel", False)) or self.topo.tp_rank == 0
+        return tp_partition(p)[0] >= 0 or self.topo.tp_rank == 0
 
     def due(self, step: int) -> bool:
         return step % self.interval == 0 or step == self.total_steps
@@ -72,7 +72,7 @@ class Diagnostics:
         self._grad_sq = None
         self._before = [self._full(p).detach().float().clone() for p, _, _ in self.params]
         for number, attn in self.layers:
-            attn.logit_probe = self._probe(number)
+            attn.arm_logit_probe(self._probe(number))
 
     def before_optimizer(self) -> None:
         """Between the last backward and the optimizer step (gradients reduced, not yet clipped)."""
@@ -92,7 +92,7 @@ class Diagnostics:
             return {}
         self.active = False
         for _, attn in self.layers:
-            attn.logit_probe = None
+            attn.arm_logit_probe(None)
         upd = torch.zeros(2, len(self.groups), device=self.device)  # [||dW||^2, ||W||^2] per group
         for (p, g, here), before in zip(self.params, self._before):
             after = self._full(p).detach().float()

@@ -13,6 +13,7 @@ import torch
 
 from ..config import Config, validate
 from ..distributed.collectives import VirtualGroup
+from ..distributed.parallel_context import ParallelContext
 from ..model import ModelSettings, MoTModel
 from ..model.unet import unet_param_shapes
 from ..planner import GPUS, evaluate, rank_params, stage_layers
@@ -60,7 +61,9 @@ def check_rank(cfg: Config, world_size: int, rank: int) -> Dict:
     coord = layout.coords(rank)
     s = ModelSettings.from_config(cfg, params_dtype=torch.bfloat16)
     layers = stage_layers(s.num_layers, layout.pp, coord.pp)
-    model = MoTModel(s, tp_group=VirtualGroup(layout.tp, coord.tp), layer_numbers=layers,
+    parallel = ParallelContext.of(VirtualGroup(layout.tp, coord.tp), layout.sequence_parallel, pp_rank=coord.pp,
+                                  pp_size=layout.pp)
+    model = MoTModel(s, parallel=parallel, layer_numbers=layers,
                      pre_process=coord.pp == 0, post_process=coord.pp == layout.pp - 1, device="meta")
     rules = expected_full_shapes(s, layout.tp)
     problems, count = [], 0

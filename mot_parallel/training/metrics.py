@@ -11,7 +11,11 @@ import json
 import math
 import os
 import time
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence
+
+from ..distributed.accelerators import peak_tflops
+from ..flops import training_flops_per_token
 
 
 def _fmt_time(seconds: float) -> str:
@@ -85,22 +89,57 @@ def objective(loss_sum, weights) -> float:
     return float(sum(float(s) * float(w) for s, w in zip(loss_sum, weights)))
 
 
-def step_record(step: int, loss_sum, counts, weights, modalities, lr: float, grad_norm: Optional[float],
-                tokens: int, step_time: float, flops_per_token: float, model_flops_per_token: float, world: int,
-                peak: Optional[float], mem_gb: float, times: Dict[str, Optional[float]]) -> Dict:
+@dataclass(frozen=True)
+class StepStats:
+    """One optimizer step as the trainer measured it (per-modality lists follow model.modalities)."""
+    step: int
+    loss_sum: Sequence[float]      # summed loss per modality over the global batch
+    counts: Sequence[int]          # loss targets per modality over the global batch
+    weights: Sequence[float]       # the objective's weight per modality (model.objective_weights)
+    lr: float
+    grad_norm: Optional[float]     # None where the engine has none (before the first optimizer step)
+    step_time: float               # seconds of the whole step, data included
+    peak_mem_gb: float
+    times: Dict[str, Optional[float]] = field(default_factory=dict)  # phase -> seconds ("data", "forward", ...)
+
+
+@dataclass(frozen=True)
+class ThroughputBasis:
+    """What turns a step's time into throughput; fixed for a run."""
+    modalities: Sequence[str]
+    tokens_per_step: int
+    flops_per_token: float         # executed: recompute included
+    model_flops_per_token: float   # the model's: 3 x forward, dense-equivalent
+    world_size: int
+    peak_tflops: Optional[float]   # per device; None: MFU unknown
+
+    @classmethod
+    def of_run(cls, cfg, settings, layout, world_size: int, device_name: str) -> "ThroughputBasis":
+        """A run's basis: its global batch of max_seq_len tokens, FLOPs per token (flops.py) with and without
+        recompute, and the device's peak (logging.peak_tflops, else the table's for `device_name`)."""
+        seq, recompute = cfg.model.max_seq_len, cfg.train.activation_checkpointing
+        return cls(cfg.model.modalities, tokens_per_step=layout.global_batch_size * seq, world_size=world_size,
+                   flops_per_token=training_flops_per_token(settings, seq, recompute=recompute),
+                   model_flops_per_token=training_flops_per_token(settings, seq),
+                   peak_tflops=cfg.logging.peak_tflops or peak_tflops(device_name))
+
+
+def step_record(stats: StepStats, basis: ThroughputBasis) -> Dict:
     """"loss" is the objective; loss/<modality> the mean loss per target of that modality.
     tflops_per_device counts what the hardware executes (recompute included, as Megatron reports);
     mfu counts model FLOPs only (3 x forward, dense-equivalent), against the device's peak."""
-    rec = {"kind": "train", "step": step, "loss": objective(loss_sum, weights)}
-    for m, s, c in zip(modalities, loss_sum, counts):
+    rec = {"kind": "train", "step": stats.step, "loss": objective(stats.loss_sum, stats.weights)}
+    for m, s, c in zip(basis.modalities, stats.loss_sum, stats.counts):
         rec[f"loss/{m}"] = float(s) / c if c > 0 else None
         rec[f"tokens/{m}"] = int(c)
-    tflops = flops_per_token * tokens / step_time / world / 1e12
-    model_tflops = model_flops_per_token * tokens / step_time / world / 1e12
-    rec.update({"lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                "tokens_per_s": tokens / step_time, "tflops_per_device": tflops,
-                "mfu": model_tflops / peak if peak else None, "step_time_s": step_time, "peak_mem_gb": mem_gb})
-    rec.update({f"time/{k}_s": v for k, v in times.items()})
+    tokens, seconds, world = basis.tokens_per_step, stats.step_time, basis.world_size
+    tflops = basis.flops_per_token * tokens / seconds / world / 1e12
+    model_tflops = basis.model_flops_per_token * tokens / seconds / world / 1e12
+    grad_norm = float(stats.grad_norm) if stats.grad_norm is not None else float("nan")
+    rec.update({"lr": stats.lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds,
+                "tflops_per_device": tflops, "mfu": model_tflops / basis.peak_tflops if basis.peak_tflops else None,
+                "step_time_s": stats.step_time, "peak_mem_gb": stats.peak_mem_gb})
+    rec.update({f"time/{k}_s": v for k, v in stats.times.items()})
     return rec
 
 

@@ -31,7 +31,6 @@ NOT_RECORDED = {
     "scale_output_by_depth": "initialisation only",
     "modality_copies": "initialisation only",
     "seed": "the random streams are restored from the checkpoint",
-    "sequence_parallel": "the layout's (checked with the layout)",
     "document_masking": "which tokens attend to which: a data choice, the weights are the same",
     "diffusion_loss_weight": "the weighting of the losses, not the model",
     "params_dtype": "the training precision (DeepSpeed converts on load)",

@@ -59,7 +59,13 @@ class WarmupDecayLR:
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = base * f
 
-    def step(self, *_args, **_kwargs) -> None:
+    def step(self, epoch=None, **lr_kwargs) -> None:
+        """One optimizer step (DeepSpeed calls step(**lr_kwargs), lr_kwargs empty unless engine.step is given
+        some). The schedule counts steps itself: an explicit epoch or keyword is refused by name, not ignored."""
+        given = sorted(k for k, v in dict(lr_kwargs, epoch=epoch).items() if v is not None)
+        if given:
+            raise ValueError(f"WarmupDecayLR.step() takes no {', '.join(given)}: the schedule follows the optimizer "
+                             "steps it has seen (train.lr_schedule); call step() once per optimizer step")
         self.last_step += 1
         self._apply()
 

@@ -1,10 +1,9 @@
 """Pipeline parallelism on DeepSpeed's PipelineModule: embedding, MoT layers, head as LayerSpecs.
 
-DeepSpeed feeds inputs only to the first stage and labels only to the last, and stages exchange one
-tuple of tensors, so the routing plan travels *in* the activation tuple, by DeepSpeed's rules (fixed
-shapes, integer tensors passed through, no None):
+Between stages DeepSpeed sends one tuple of tensors (fixed shapes, integer tensors passed through, no None),
+so the routing plan crosses a stage boundary as tensors (model/routing.py `to_tensors`):
 
-    (hidden [s(/tp), b, h],) + RoutingPlan.to_tensors()      (see model/routing.py)
+    (hidden [s(/tp), b, h],) + RoutingPlan.to_tensors()
 
 A model with continuous modalities (Transfusion) gives the first stage, after those, each continuous
 modality's noised patches and timesteps; the embedding consumes them, so they never cross a stage (their
@@ -12,166 +11,141 @@ sizes vary per micro-batch). The noise targets ride with the labels, which only 
 U-Net decoder (model/unet.py) reads the timesteps and the noised patches: they cross the stages as
 fixed-shape integer tensors after the plan's (continuous.decoder_grids), which the head reads back.
 
-Each stage turns those tensors back into the host-side plan once per micro-batch (`StagePlans`: one
-small device->host read when a micro-batch enters the stage; the layers never synchronise). Modules of
-a stage pass the plan tensors through unchanged, and activation recompute runs a layer on detached
-views of them, so the stage finds a micro-batch's plan again by the storage of its `perm` tensor; no
-state is attached to any tensor.
+Inside a stage the tuple is a `StageTuple`: the plan travels in it as the host-side object, built once
+when the micro-batch enters the stage (pipeline_module.py `MoTPipelineModule.forward`: one small device->host read) together
+with its RoPE tables. DeepSpeed's activation checkpointing keeps non-tensor arguments with the saved
+tensors, so a layer recomputed in backward gets its own micro-batch's plan back from the tuple: nothing is
+looked up or attached to a tensor. Leaving the stage the tuple goes back to tensors (`leave`); the last
+stage hands the head's outputs and the plan to the loss, which is the model's own (`head_loss`).
 """
 from __future__ import annotations
 
-import weakref
-from typing import Callable, Dict, Sequence, Tuple
+from typing import NamedTuple, Sequence, Tuple
 
 import torch
-from torch import nn
-
-from ..config.layout import ParallelLayout
-from ..distributed.collectives import group_rank, group_size
+from ..distributed.parallel_context import ParallelContext
 from ..model.layer import MoTLayer
-from ..model.continuous import decoder_grids, diffusion_loss, inputs_from_grids
-from ..model.model import LossOutput, MoTEmbedding, MoTHead, modality_loss, objective_weights
+from ..model.continuous import decoder_grids, inputs_from_grids
+from ..model.model import HeadOutputs, LossOutput, LossTargets, MoTEmbedding, MoTHead, head_loss, objective_weights
 from ..model.rope import rope_cos_sin
 from ..model.routing import PLAN_TENSORS, RoutingPlan
 from ..model.settings import ModelSettings
 
 
-def stage_inputs(tokens: torch.Tensor, plan: RoutingPlan, continuous: Sequence = ()) -> Tuple[torch.Tensor, ...]:
-    """The first stage's input tuple for one micro-batch: tokens + the plan as tensors (+ per continuous
-    modality its noised patches and timesteps)."""
-    return (tokens,) + plan.to_tensors(tokens.device) + tuple(t for c in continuous for t in (c[0], c[1]))
+class StageTuple(NamedTuple):
+    """What the modules of one stage pass each other (DeepSpeed hands the tuple from module to module)."""
+    hidden: torch.Tensor            # token ids on entering the first stage, then hidden states
+    plan: RoutingPlan               # host-side, this micro-batch's
+    rope: tuple                     # (cos, sin) for the plan's positions
+    plan_tensors: tuple             # the plan as sent between stages (sent on unchanged)
+    continuous: tuple = ()          # per continuous modality (noised patches, timesteps): on the first stage,
+                                    # and on every stage when a U-Net decoder needs them in the head
+
+
+class LastStageOutputs(NamedTuple):
+    """The last stage's output: what DeepSpeed hands the loss function (never sent to another stage)."""
+    head: HeadOutputs
+    plan: RoutingPlan
+
+
+class PipeLabels(NamedTuple):
+    """The labels tuple DeepSpeed gives the last stage (tensors only): sequence-order labels and their
+    modalities, the global batch's target counts [M] (the objective's normaliser), the noise targets."""
+    labels: torch.Tensor
+    label_modalities: torch.Tensor
+    global_counts: torch.Tensor
+    noise: tuple = ()
+
+    @classmethod
+    def unpack(cls, labels: tuple) -> "PipeLabels":
+        return cls(labels[0], labels[1], labels[2], tuple(labels[3:]))
+
+    def pack(self) -> tuple:
+        return (self.labels, self.label_modalities, self.global_counts) + tuple(self.noise)
 
 
 def pipeline_micro_batch(mb, global_counts: torch.Tensor) -> Tuple[tuple, tuple]:
-    """(inputs, labels) of one micro-batch for DeepSpeed's pipeline engine (data/batch.py MicroBatch)."""
-    return (stage_inputs(mb.tokens, mb.plan, mb.continuous),
-            (mb.labels, mb.label_modalities, global_counts) + tuple(c[2] for c in mb.continuous))
+    """(inputs, labels) of one micro-batch for DeepSpeed's pipeline engine (data/batch.py MicroBatch): the
+    first stage's tensors (tokens, the plan's tensors, per continuous modality its noised patches and
+    timesteps) and the last stage's (PipeLabels)."""
+    inputs = (mb.tokens,) + mb.plan.to_tensors(mb.tokens.device) + \
+        tuple(t for c in mb.continuous for t in (c[0], c[1]))
+    labels = PipeLabels(mb.labels, mb.label_modalities, global_counts, tuple(c[2] for c in mb.continuous))
+    return inputs, labels.pack()
 
 
-class StagePlans:
-    """The host-side plans (and RoPE tables) of the micro-batches in flight on this stage, found by the
-    storage of the tuple's `perm` tensor. An entry lives exactly as long as the first tensor it was read
-    from (a weak reference), so a later micro-batch reusing freed memory can never hit a stale plan."""
-
-    def __init__(self, settings: ModelSettings, tp_group):
-        self.settings, self.tp_size, self.tp_rank = settings, group_size(tp_group), group_rank(tp_group)
-        self._entries: Dict[int, Tuple[weakref.ref, RoutingPlan, tuple]] = {}
-
-    def __call__(self, inputs: Tuple[torch.Tensor, ...]) -> Tuple[RoutingPlan, tuple]:
-        perm = inputs[1]
-        key = perm.untyped_storage().data_ptr()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0]() is not None:
-            return entry[1], entry[2]
-        plan = RoutingPlan.from_tensors(inputs[1:1 + PLAN_TENSORS], self.tp_size, self.tp_rank)
-        s = self.settings
-        rope = rope_cos_sin(plan.position_ids, plan.seq_len, plan.batch, s.head_dim, s.rope_theta, perm.device,
-                            s.rope_scaling)
-        self._entries[key] = (weakref.ref(perm, lambda _, k=key: self._entries.pop(k, None)), plan, rope)
-        return plan, rope
+def enter(inputs: Sequence[torch.Tensor], settings: ModelSettings, parallel: ParallelContext) -> StageTuple:
+    """A stage's received tensors -> its StageTuple (the plan and RoPE tables built once, here)."""
+    plan_tensors = tuple(inputs[1:1 + PLAN_TENSORS])
+    plan = RoutingPlan.from_tensors(plan_tensors, parallel)
+    rope = rope_cos_sin(plan.position_ids, plan.seq_len, plan.batch, settings.head_dim, settings.rope_theta,
+                        inputs[0].device, settings.rope_scaling)
+    rest = inputs[1 + PLAN_TENSORS:]
+    if rest and not rest[0].is_floating_point():  # a later stage: the U-Net decoder's grids (leave)
+        continuous = tuple(inputs_from_grids(settings, plan, rest))
+    else:                                         # the first stage: (noised patches, timesteps) pairs
+        continuous = tuple((rest[2 * k], rest[2 * k + 1]) for k in range(len(rest) // 2))
+    return StageTuple(inputs[0], plan, rope, plan_tensors, continuous)
 
 
-class _StageIO:
-    """Mixin for stage modules: the plan comes from the activation tuple and the module's result replaces
-    the hidden states in it; subclasses set `plans` (the stage's StagePlans) and define
-    `run(hidden, plan, rope)`."""
-
-    def forward(self, inputs):
-        plan, rope = self.plans(inputs)
-        return (self.run(inputs[0], plan, rope),) + tuple(inputs[1:])
-
-
-class EmbeddingPipe(_StageIO, MoTEmbedding):
-    def __init__(self, settings: ModelSettings, tp_group, plans: StagePlans):
-        super().__init__(settings, tp_group)
-        self.plans = plans
-
-    def forward(self, inputs):
-        """Consumes the continuous inputs after the plan tensors: the tuple it returns has fixed shapes (with a
-        U-Net decoder, the timestep grid rides along for the last stage)."""
-        plan, _ = self.plans(inputs)
-        rest = inputs[1 + PLAN_TENSORS:]
-        continuous = [(rest[2 * k], rest[2 * k + 1]) for k in range(len(rest) // 2)]
-        out = (MoTEmbedding.forward(self, inputs[0], plan, continuous),) + tuple(inputs[1:1 + PLAN_TENSORS])
-        if any(c.unet for c in self.settings.continuous):
-            out += decoder_grids(self.settings, plan, continuous)
+def leave(out, settings: ModelSettings):
+    """A stage's last module's result -> what DeepSpeed sends on (tensors), or the loss's input. A U-Net
+    decoder's inputs go on as fixed-shape integer grids (continuous.decoder_grids): a stage boundary carries
+    the same shapes every micro-batch, and no gradient for them."""
+    if isinstance(out, LastStageOutputs):
         return out
+    stage = StageTuple(*out)
+    grids = decoder_grids(settings, stage.plan, stage.continuous) if stage.continuous else ()
+    return (stage.hidden,) + stage.plan_tensors + grids
 
 
-class MoTLayerPipe(_StageIO, MoTLayer):
-    def __init__(self, settings: ModelSettings, layer_number: int, tp_group, rng_tracker, plans: StagePlans):
-        super().__init__(settings, layer_number, tp_group, rng_tracker)
-        self.plans = plans
+class EmbeddingPipe(MoTEmbedding):
+    def forward(self, inputs):
+        """Consumes the continuous inputs: the tuple it returns has fixed shapes."""
+        stage = StageTuple(*inputs)
+        hidden = MoTEmbedding.forward(self, stage.hidden, stage.plan, stage.continuous)
+        unet = any(c.unet for c in self.settings.continuous)   # the head's up blocks read them too
+        return stage._replace(hidden=hidden, continuous=stage.continuous if unet else ())
 
-    def run(self, hidden, plan, rope):
-        return MoTLayer.forward(self, hidden, plan, rope)
+
+class MoTLayerPipe(MoTLayer):
+    def forward(self, inputs):
+        stage = StageTuple(*inputs)
+        return stage._replace(hidden=MoTLayer.forward(self, stage.hidden, stage.plan, stage.rope))
 
 
-class HeadPipe(_StageIO, MoTHead):
-    """Final norm + vocab-parallel logits (+ the continuous modalities' noise predictions, appended after
-    the plan tensors: the last stage's outputs go to the loss, never to another stage, so their sizes may
-    vary); the loss is PipeLoss (DeepSpeed's loss_fn, last stage)."""
-
-    def __init__(self, settings: ModelSettings, tp_group, plans: StagePlans):
-        super().__init__(settings, tp_group)
-        self.plans = plans
+class HeadPipe(MoTHead):
+    """Final norm + vocab-parallel logits (+ the continuous modalities' noise predictions); the loss is
+    PipeLoss (DeepSpeed's loss_fn, last stage)."""
 
     def forward(self, inputs):
-        plan, _ = self.plans(inputs)
-        grids = inputs[1 + PLAN_TENSORS:]
-        out = MoTHead.forward(self, inputs[0], plan,
-                              continuous=inputs_from_grids(self.settings, plan, grids) if grids else ())
-        if self.continuous is None:
-            return (out,) + tuple(inputs[1:1 + PLAN_TENSORS])
-        logits, preds = out
-        return (logits,) + tuple(inputs[1:1 + PLAN_TENSORS]) + tuple(p for _, p in preds)
+        stage = StageTuple(*inputs)
+        out = MoTHead.forward(self, stage.hidden, stage.plan, continuous=stage.continuous)
+        head = HeadOutputs(out) if self.continuous is None else HeadOutputs(*out)
+        return LastStageOutputs(head, stage.plan)
 
 
 class PipeLoss:
-    """loss_fn(outputs, labels) on the last stage. Returns the micro-batch's share of the global batch's
-    objective (model.py `objective_weights`), pre-multiplied by `scale` = DP x accumulation so that
-    DeepSpeed's 1/accumulation and 1/DP averaging cancel; keeps per-modality sums for logging."""
+    """loss_fn(outputs, labels) on the last stage: the model's loss (`head_loss`), as the micro-batch's share of
+    the global batch's objective (model.py `objective_weights`), pre-multiplied by `scale` = DP x
+    accumulation so that DeepSpeed's 1/accumulation and 1/DP averaging cancel; keeps per-modality sums for
+    logging."""
 
-    def __init__(self, settings: ModelSettings, tp_group, plans: StagePlans, scale: float):
-        self.settings, self.tp_group, self.plans, self.scale = settings, tp_group, plans, float(scale)
-        self.sp = settings.sequence_parallel_with(group_size(tp_group))
+    def __init__(self, settings: ModelSettings, parallel: ParallelContext, scale: float):
+        self.settings, self.parallel, self.scale = settings, parallel, float(scale)
         self.loss_sum = self.count = None
 
-    def __call__(self, outputs, labels):
-        """`outputs`: the head's (logits, plan tensors) and, with continuous modalities, ((logits, noise
-        predictions), ...); `labels`: (labels, label modalities, global target counts [M], *noise targets)."""
-        plan, _ = self.plans(outputs)
-        out = modality_loss(outputs[0], plan, labels[0], labels[1], None, self.tp_group, self.settings)
-        if self.settings.continuous:
-            ids = self.settings.continuous_ids()
-            preds = [(plan.modality_rows(m)[1], p) for m, p in zip(ids, outputs[1 + PLAN_TENSORS:])]
-            diff_sum, diff_count = diffusion_loss(preds, labels[3:], self.settings, self.tp_group, self.sp)
-            out = LossOutput(out.loss_sum + diff_sum, out.token_count + diff_count)
+    def __call__(self, outputs: LastStageOutputs, labels: tuple):
+        lab = PipeLabels.unpack(labels)
+        targets = LossTargets(lab.labels, lab.label_modalities, None, lab.noise)
+        out: LossOutput = head_loss(outputs.head, outputs.plan, targets, self.parallel, self.settings)
         if self.loss_sum is None:
             self.loss_sum, self.count = out.loss_sum.detach().clone(), out.token_count.clone()
         else:
             self.loss_sum += out.loss_sum.detach()
             self.count += out.token_count
-        return (out.loss_sum * objective_weights(self.settings, labels[2])).sum() * self.scale
+        return (out.loss_sum * objective_weights(self.settings, lab.global_counts)).sum() * self.scale
 
     def pop(self):
         out, self.loss_sum, self.count = (self.loss_sum, self.count), None, None
         return out
-
-
-def build_pipeline_module(settings: ModelSettings, topo, layout: ParallelLayout, rng_tracker,
-                          checkpoint_fn: Callable) -> Tuple[nn.Module, PipeLoss]:
-    """The stage's PipelineModule and its loss function (DeepSpeed builds only this stage's layers)."""
-    from deepspeed.pipe import LayerSpec, PipelineModule
-    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
-    plans = StagePlans(settings, topo.tp_group)
-    specs = [LayerSpec(EmbeddingPipe, settings, topo.tp_group, plans)]
-    specs += [LayerSpec(MoTLayerPipe, settings, i, topo.tp_group, rng_tracker, plans)
-              for i in range(settings.num_layers)]
-    specs += [LayerSpec(HeadPipe, settings, topo.tp_group, plans)]
-    grid = PipeModelDataParallelTopology(num_pp=topo.pp_size, num_mp=topo.tp_size, num_dp=topo.dp_size)
-    loss = PipeLoss(settings, topo.tp_group, plans, scale=layout.dp * layout.grad_accum)
-    module = PipelineModule(layers=specs, topology=grid, loss_fn=loss, partition_method="type:MoTLayerPipe",
-                            activation_checkpoint_interval=1 if layout.activation_checkpointing else 0,
-                            activation_checkpoint_func=checkpoint_fn, checkpointable_layers=["MoTLayerPipe"])
-    return module, loss

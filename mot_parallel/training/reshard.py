@@ -28,11 +28,11 @@ import torch
 import torch.distributed as dist
 
 from ..convert.deepspeed_files import DeepSpeedShards
-from ..convert.names import canonical_names
+from ..convert.canonical_names import canonical_names
 from ..convert.universal import ShardWriter, fresh_temp_dir, publish, temp_dir
 from ..distributed.startup import barrier_if_distributed
 from ..tensor_parallel.param_meta import declared_partition
-from ..testing.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from ..distributed.host_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from .checkpoint import agree, note
 from .checkpoint_files import CheckpointError, layout_record
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from ..config import Config
-from ..config.layout import ParallelLayout
+from ..config.parallel_layout import ParallelLayout
 from .checkpoint import note
 from .checkpoint_files import (FORMAT_1, CheckpointError, layout_problem, problems, read_manifest,
                                step_dirs, step_of)

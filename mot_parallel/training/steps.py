@@ -47,7 +47,8 @@ class StepRunner:
         for mb in batch.micro_batches:
             t0 = self._sync()
             with record_function("mot/forward"):
-                out = self.engine(mb.tokens, mb.plan, mb.labels, mb.label_modalities, None, mb.continuous)
+                out = self.engine(mb.tokens, mb.plan, labels=mb.labels, label_modalities=mb.label_modalities,
+                                  continuous=mb.continuous)
             t1 = self._sync()
             with record_function("mot/backward"):
                 self.engine.backward((out.loss_sum * weights).sum() * self.topo.dp_size, scale_wrt_gas=False)

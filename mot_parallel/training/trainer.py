@@ -33,28 +33,26 @@ import torch.distributed as dist
 from torch.profiler import record_function
 
 from ..config import Config, dump_config, validate
-from ..data import MoTDataLoader
+from ..data import LoaderSettings, MoTDataLoader
 from ..data.datasets import open_datasets
 from ..distributed import ParallelTopology, detect_launch_env, init_distributed
 from ..distributed import device as dev
 from ..distributed.launch_env import LaunchEnv
 from ..distributed.op_build_lock import check_op_build_locks
-from ..flops import peak_tflops, training_flops_per_token
 from ..model import MoTLayer, MoTModel, ModelSettings, plan_for
 from ..model.diffusion import noiser_for
 from ..model.model import objective_weights
 from ..model.settings import DTYPES
 from ..tensor_parallel import register_tp_grad_hooks, tp_partial_grad_params
 from . import rng
-from .checkpoint import CheckpointManager, TrainState
+from .checkpoint import CheckpointContents, CheckpointManager, TrainState
 from .ds_config import deepspeed_config
 from .diagnostics import Diagnostics
 from .evaluate import Evaluator
 from .faults import FaultInjector
-from .metrics import MetricsLogger, step_record, valid_record
+from .metrics import MetricsLogger, StepStats, ThroughputBasis, step_record, valid_record
 from .model_record import model_record
 from .optim import WarmupDecayLR, lr_factor, param_groups
-from .pipeline import build_pipeline_module
 from .resume import checkpoint_dir, resolve_resume
 from .run_dir import claim_run_dir
 from .steps import StepRunner
@@ -106,24 +104,23 @@ class Trainer:
         self.loader = self._loader(self.data.train)
         self.state = TrainState()                                                     # 6
         self.fault = FaultInjector.from_env()
-        self.ckpt = CheckpointManager(checkpoint_dir(cfg), cfg.checkpoint.keep_last, self.rank, self.engine,
-                                      {"train": self.state, "loader": self.loader},
-                                      rng.RNGStreams(self.device, self.tracker), L, self.fault, model_record(cfg))
+        contents = CheckpointContents(self.engine, {"train": self.state, "loader": self.loader},
+                                      rng.RNGStreams(self.device, self.tracker))
+        self.ckpt = CheckpointManager(checkpoint_dir(cfg), cfg.checkpoint.keep_last, self.rank, contents, L,
+                                      fault=self.fault, model=model_record(cfg))
         self._resume()
         self.diagnostics = Diagnostics(self.model, self.topo, cfg.model.modalities, cfg.model.num_layers,
                                        cfg.logging.interval, cfg.train.steps) if cfg.logging.diagnostics else None
-        self.steps = StepRunner(self.engine, self.topo, self.settings, self.device, self.pipe_loss,
-                                cfg.logging.time_breakdown, self.diagnostics and self.diagnostics.before_optimizer)
+        self.step_runner = StepRunner(self.engine, self.topo, self.settings, self.device, pipe_loss=self.pipe_loss,
+                                      time_breakdown=cfg.logging.time_breakdown,
+                                      before_optimizer=self.diagnostics and self.diagnostics.before_optimizer)
         self.evaluator = None
         if self.data.valid is not None and cfg.train.eval_iters > 0:
             self.evaluator = Evaluator(lambda: self._loader(self.data.valid, train=False), self.engine, self.topo,
                                        self.settings.num_modalities, self.device, self.pipe_loss, cfg.train.eval_iters)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, cfg.logging.tensorboard, cfg.train.steps, self.step)
-        self.tokens_per_step = L.global_batch_size * cfg.model.max_seq_len
-        self.flops_per_token = training_flops_per_token(self.settings, cfg.model.max_seq_len,
-                                                        recompute=cfg.train.activation_checkpointing)
-        self.model_flops_per_token = training_flops_per_token(self.settings, cfg.model.max_seq_len)
-        self.peak = cfg.logging.peak_tflops or peak_tflops(dev.device_name(self.device))
+        self.throughput = ThroughputBasis.of_run(cfg, self.settings, L, self.ctx.world_size,
+                                                 dev.device_name(self.device))
         self.stop = StopRequest()
         if cfg.checkpoint.save_on_sigterm:
             self.stop.install()
@@ -142,15 +139,13 @@ class Trainer:
     def _loader(self, data, train: bool = True) -> MoTDataLoader:
         """This rank's loader of `data`; with continuous modalities it noises the images on the host
         (validation: no condition dropout)."""
-        cfg, L = self.cfg, self.layout
-        return MoTDataLoader(
-            data.table, seq_len=cfg.model.max_seq_len, micro_batch_size=L.micro_batch_size, dp_size=L.dp,
-            dp_rank=self.topo.dp_rank, grad_accum=L.grad_accum, seed=cfg.train.seed, balance=cfg.data.balance,
-            plan_builder=self._plan, device=self.device, prefetch=cfg.data.prefetch,
-            num_workers=cfg.data.num_workers, order=data.order, noiser=noiser_for(cfg, self.settings), train=train)
+        settings = LoaderSettings.from_config(self.cfg, self.layout, self.topo.dp_rank, train=train)
+        return MoTDataLoader(data.table, settings, plan_builder=self._plan, device=self.device, order=data.order,
+                             noiser=noiser_for(self.cfg, self.settings))
 
     def _build_engine(self, deepspeed) -> None:
         from deepspeed import checkpointing as ds_ckpt
+        from .pipeline_module import build_pipeline_module  # imports DeepSpeed's pipeline: only when built
         cfg, topo = self.cfg, self.topo
         if topo.pp_size > 1:
             self.model, self.pipe_loss = build_pipeline_module(self.settings, topo, self.layout, self.tracker,
@@ -160,7 +155,7 @@ class Trainer:
             ckpt_fn = ds_ckpt.checkpoint if self.layout.activation_checkpointing else None
 
             def build():
-                return MoTModel(self.settings, tp_group=topo.tp_group, rng_tracker=self.tracker,
+                return MoTModel(self.settings, parallel=topo.context(), rng_tracker=self.tracker,
                                 activation_checkpoint=ckpt_fn)
             if self.layout.zero_stage == 3:  # parameters are partitioned as they are created
                 with deepspeed.zero.Init(config_dict_or_path=self.ds_config, mpu=topo.mpu()):
@@ -176,9 +171,8 @@ class Trainer:
             lr_scheduler=lambda opt: WarmupDecayLR(opt, cfg))
 
     def _plan(self, mb):
-        return plan_for(self.settings, mb.modality_ids, mb.segment_ids, tp_size=self.topo.tp_size,
-                        tp_rank=self.topo.tp_rank, device=self.device, span_ids=mb.span_ids,
-                        context_start=mb.context_start)
+        return plan_for(self.settings, mb.modality_ids, mb.segment_ids, parallel=self.topo.context(),
+                        device=self.device, span_ids=mb.span_ids, context_start=mb.context_start)
 
     def _resume(self) -> None:
         from .reshard import load_universal, resharded
@@ -224,12 +218,12 @@ class Trainer:
                                f"planned global count {batch.global_label_counts.tolist()}")
         if self.step % cfg.logging.interval and self.step != cfg.train.steps:
             return
-        record = step_record(
-            self.step, loss_sum.tolist(), count.tolist(), objective_weights(self.settings, count).tolist(),
-            cfg.model.modalities, cfg.train.optimizer.lr *
-            lr_factor(self.step - 1, cfg), self.engine.get_global_grad_norm(), self.tokens_per_step, step_time,
-            self.flops_per_token, self.model_flops_per_token, self.ctx.world_size, self.peak,
-            dev.peak_memory_gb(self.device), {"data": t_data, **times})
+        weights = objective_weights(self.settings, count).tolist()
+        stats = StepStats(self.step, loss_sum.tolist(), count.tolist(), weights,
+                          lr=cfg.train.optimizer.lr * lr_factor(self.step - 1, cfg),
+                          grad_norm=self.engine.get_global_grad_norm(), step_time=step_time,
+                          peak_mem_gb=dev.peak_memory_gb(self.device), times={"data": t_data, **times})
+        record = step_record(stats, self.throughput)
         record.update(self.state.progress())
         if self.diagnostics is not None:
             record.update(self.diagnostics.end())
@@ -263,9 +257,10 @@ class Trainer:
                 if self.diagnostics is not None:
                     self.diagnostics.begin(self.step + 1, batch)
                 with record_function("mot/step"):
-                    sums, times = self.steps.run(batch)
+                    sums, times = self.step_runner.run(batch)
                 step_time = time.perf_counter() - t0
-                self.state.advance(self.tokens_per_step, self.model_flops_per_token * self.tokens_per_step, step_time)
+                tokens = self.throughput.tokens_per_step
+                self.state.advance(tokens, self.throughput.model_flops_per_token * tokens, step_time)
                 if self.on_step_end is not None:
                     self.on_step_end(self.step)
                 self._log(batch, sums, times, t_data, step_time)
