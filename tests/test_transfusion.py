@@ -355,7 +355,7 @@ def test_sample_tool_writes_pictures_and_text(tmp_path, capsys):
     assert all(set(r) == {"accuracy", "stderr", "chance", "mismatched"} for r in res["checks"].values())
 
 
-@pytest.mark.parametrize("encoder", ["linear", "unet"])
+@pytest.mark.parametrize("encoder", ["linear", pytest.param("unet", marks=pytest.mark.slow)])
 def test_pictures_sampled_together_equal_pictures_sampled_alone(encoder):
     """generate_images (every picture's guided passes as columns of one forward, one plan) gives each picture
     what generate_image gives it alone, within float tolerance."""
