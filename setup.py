@@ -28,9 +28,9 @@ setup(
         # 0.16.1, the newest pip offers Python 3.11, and 0.19.2 in `tests/run.sh --megatron 0.19.2`)
         "megatron": ["megatron-core>=0.16,<0.20"],
         # transformers: the hf-to-mot conversion tests build a tiny Llama (test-only).
-        # scikit-learn, tokenizers: tests/test_real_corpus.py builds a tiny real-data corpus (see "study").
-        # diffusers, Pillow: tests/test_preprocess_images.py builds a tiny VAE and PNGs (see "transfusion").
-        # pyarrow: tests/test_preprocess_text.py writes a parquet file (see "data").
+        # scikit-learn, tokenizers: tests/tools/test_build_real_corpus.py builds a tiny real-data corpus (see "study").
+        # diffusers, Pillow: tests/tools/test_preprocess_images.py builds a tiny VAE and PNGs (see "transfusion").
+        # pyarrow: tests/tools/test_preprocess_text.py writes a parquet file (see "data").
         "dev": ["pytest>=7", "matplotlib", "transformers>=4.40", "scikit-learn>=1.0", "tokenizers>=0.15",
                 "diffusers>=0.30", "Pillow>=9.1", "pyarrow>=14"],
         # the Transfusion setting's images (tools/preprocess_data.py --vae, images.decode_patches): diffusers'

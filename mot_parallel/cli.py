@@ -4,7 +4,7 @@ in argparse's own `error:` line, and `user_errors()`, which turns the project's 
 
 Every tool's contract: bad input (a missing or unreadable file, a bad config, a corrupt corpus, an
 out-of-range argument) prints one clear `error:` message naming the file or key and the fix, and exits
-non-zero; tracebacks are for bugs (tests/test_cli_errors.py runs every tool on bad inputs).
+non-zero; tracebacks are for bugs (tests/tools/test_cli_errors.py runs every tool on bad inputs).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 #   tests/run.sh -k tp_layers         # any pytest arguments (test files given: only those run)
 #   tests/run.sh --latest             # the newest releases of every dependency (.venv-latest), default suite
 #   tests/run.sh --latest --freeze    # ... and when it passes, write its versions to tests/constraints.txt
-#   tests/run.sh --megatron 0.19.2    # tests/test_megatron*.py against that megatron-core release
+#   tests/run.sh --megatron 0.19.2    # tests/megatron/test_*.py against that megatron-core release
 # (MOT_LATEST=1 is --latest.) docs/testing.md says what each lane exercises.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +58,7 @@ PY
 )"
   [ "$found" = "$megatron" ] || { echo "error: megatron.core reports $found, not $megatron" >&2; exit 1; }
   echo "[run.sh] megatron-core $found from $lane"
-  tests=(tests/test_megatron*.py)
+  tests=(tests/megatron/test_*.py)
 fi
 [ -n "$freeze" ] || exec "$MOT_PY" -m pytest -q "${tests[@]}" ${args[@]+"${args[@]}"}
 status=0

@@ -5,7 +5,7 @@
     python tools/gpu_check.py --prepare-wheels .whl [--python-version 3.12 ...]
     # 2. on the GPU machine (offline), from the repository root; results in OUT/gpu_check.{md,json,log}
     PYTHONUNBUFFERED=1 python3 tools/gpu_check.py --wheels .whl --out OUT
-    # on a CPU machine: the same script end to end at tiny shapes (tests/test_gpu_check.py runs it)
+    # on a CPU machine: the same script end to end at tiny shapes (tests/tools/test_gpu_check.py runs it)
     python tools/gpu_check.py --cpu-smoke --out /tmp/gpu_check_smoke
 
 What --prepare-wheels downloads (pure-python or manylinux x86-64 wheels for each --python-version, default

@@ -2,7 +2,7 @@
 GPTModel subclass that routes tokens and carries the plan (model.py), the keywords of Megatron's calls to
 both, checked in one place (call_keywords.py), the TransformerConfig check and mapping (settings.py), and universal-checkpoint conversion in both directions (checkpoint.py, names.py).
 
-Tested versions (version.py, checked at import): megatron-core 0.16.x to 0.19.x; CI runs tests/test_megatron*.py
+Tested versions (version.py, checked at import): megatron-core 0.16.x to 0.19.x; CI runs tests/megatron/test_*.py
 on 0.16.1 and on 0.19.2 (`tests/run.sh --megatron 0.19.2`). The CUDA-only tests (recompute, bf16 + CUDA RNG
 tracker, dist_checkpointing I/O) run in the GPU check (docs/gpu_check.md)."""
 from megatron.core import __version__ as _megatron_version

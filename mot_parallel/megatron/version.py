@@ -1,6 +1,6 @@
 """Which megatron-core releases the plug-in is tested with, checked once when the plug-in is imported.
 
-The range is setup.py's `megatron` extra (a test keeps the two equal): CI runs tests/test_megatron*.py on the
+The range is setup.py's `megatron` extra (a test keeps the two equal): CI runs tests/megatron/test_*.py on the
 oldest (the newest release pip offers Python 3.11) and the newest (`tests/run.sh --megatron 0.19.2`).
 Older releases lack APIs the plug-in relies on (process-group collections, the layer-offset signature), so
 they are refused; a newer release may well work, but nothing has tested it, so it is a warning.

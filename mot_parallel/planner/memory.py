@@ -31,7 +31,7 @@ stream: N/t with sequence parallelism else N; full-sequence tensors after the SP
   (model/attention_mask.py: on an accelerator FlexAttention's block indices, KBs; on CPU the dense
   bool [b, s, s]; nothing without document masking).
 DeepSpeed's buffers follow DeepSpeed 0.19's ZeRO implementation (checked against measured memory on
-CPU in tests/test_planner.py); other versions may differ by a bucket or two.
+CPU in tests/planner/test_planner.py); other versions may differ by a bucket or two.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Parameters per rank, counted analytically from the model settings and the layout. Mirrors the model
 exactly (vocab padding, GQA, QK-norm, Q/K/V biases, untie subsets, final norm, tied embeddings, DeepSpeed's
-pipeline partition by layer type); tests/test_planner.py checks it against the real model built on the meta device."""
+pipeline partition by layer type); tests/planner/test_planner.py checks it against the real model built on the meta device."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ from ..model.settings import ModelSettings
 def stage_layers(num_layers: int, pp: int, stage: int) -> range:
     """Layers of a pipeline stage, as DeepSpeed's `partition_method='type:MoTLayerPipe'` assigns them:
     for layer counts divisible by PP (the config requires it) an even split, embedding on the first
-    stage and head on the last (tests/test_planner.py checks this against DeepSpeed's partitioner)."""
+    stage and head on the last (tests/planner/test_planner.py checks this against DeepSpeed's partitioner)."""
     if num_layers % pp:
         raise ValueError(f"{num_layers} layers do not split evenly into {pp} stages")
     per = num_layers // pp

@@ -1,4 +1,4 @@
-"""Measure a training run's memory on CPU, for checking the planner's model (tests/test_planner.py).
+"""Measure a training run's memory on CPU, for checking the planner's model (tests/planner/test_planner.py).
 
 glibc is set to return freed tensors to the OS (device.set_host_allocator("release")), so resident memory
 follows live tensors; the kernel's exact resident high-water mark (VmHWM, reset through /proc/self/clear_refs

@@ -10,7 +10,7 @@ the run's and refuses any difference, by config key, before any process group.
 
 SHARD_SHAPED settings matter only to DeepSpeed checkpoints (the padding of the vocabulary rows, which the
 universal loader re-pads). Everything else in ModelSettings may change on resume, for the reason given
-in NOT_RECORDED (tests/test_checkpoints.py keeps the three lists covering every field).
+in NOT_RECORDED (tests/integration/test_resume.py keeps the three lists covering every field).
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ...data.corpus import SegmentTable
 from ...data.loader import MoTDataLoader
+from ...data.loader_settings import LoaderSettings
 
 
 class ProfileCorpus(SegmentTable):
@@ -59,8 +60,9 @@ def simulate(table: SegmentTable, layout: dict, steps: int, host_ms: float, devi
                            [m for m, a in zip(table.modalities, table.atomic) if a])
     rate = calibrate()
     alone = [_host_step(host_ms, device_ms, rate) for _ in range(steps)]
-    loader = MoTDataLoader(corpus, seq_len=layout["seq_len"], micro_batch_size=layout["micro_batch_size"],
-                           dp_size=layout["dp"], dp_rank=0, grad_accum=layout["micro_batches"], seed=seed, prefetch=2)
+    settings = LoaderSettings(seq_len=layout["seq_len"], micro_batch_size=layout["micro_batch_size"],
+                              grad_accum=layout["micro_batches"], seed=seed, dp_size=layout["dp"], prefetch=2)
+    loader = MoTDataLoader(corpus, settings)
     next(loader)  # start-up
     shared, wait, loader_ms = [], [], []
     cpu, mine = time.process_time(), time.thread_time()  # the loader's CPU: the process's less this thread's
