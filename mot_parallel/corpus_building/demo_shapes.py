@@ -4,7 +4,7 @@ the scorer matches samples against).
 Drawn by hand rather than from formulas: at 5-9 pixels formulas made some shapes coincide (a 4-pixel star
 was a square, a circle a cross). These 24 stamps are pairwise distinct: the highest overlap (intersection
 over union, best of the shifts by up to one pixel) between two of them is 0.84 (a small circle and a small
-square), and every other pair is below 0.81 (tests/test_picture_score.py checks both).
+square), and every other pair is below 0.81 (tests/studies/test_picture_score.py checks both).
 """
 from __future__ import annotations
 

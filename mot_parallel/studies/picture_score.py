@@ -15,7 +15,7 @@ match reaches 0.5. Then
   count   the number of shapes is the caption's count (chance 1/4).
 A canvas filled with the caption's colour scores on colour only: its one component is no shape, so shape,
 size and count fail, and half of its ink lies in each half. Ground-truth renders score 1 on every check
-(tests/test_picture_score.py). Beside the uniform chance, `score_pictures` reports each check against
+(tests/studies/test_picture_score.py). Beside the uniform chance, `score_pictures` reports each check against
 mismatched captions (every picture scored against the next picture's caption): what the scorer gives a
 model that ignores the caption but draws like the world.
 """
