@@ -12,9 +12,12 @@ plus the output head 2 * h * V. Training = 3 x forward, 4 x with full activation
 """
 from __future__ import annotations
 
+import math
 from typing import Dict
 
+from .model.continuous import TIME_FEATURES
 from .model.settings import ModelSettings
+from .model.unet import unet_flops, unet_param_shapes
 
 
 def attention_matrix_params(s: ModelSettings) -> int:
@@ -38,13 +41,38 @@ def part_params(s: ModelSettings) -> Dict[str, int]:
             "ffn": 3 * h * s.ffn_hidden_size, "norms": 2 * h}
 
 
+def _time_mlp_params(h: int) -> int:
+    return TIME_FEATURES * h + h + h * h + h
+
+
 def continuous_params(s: ModelSettings) -> Dict[str, int]:
     """Parameters of the continuous modalities' projections (model/continuous.py, replicated over TP):
-    in = patch projection + timestep MLP (256 features -> h -> h), out = noise prediction, biases included."""
-    h, f = s.hidden_size, 256
-    embed = sum(c.patch_dim * h + h + f * h + h + h * h + h for c in s.continuous)
-    head = sum(h * c.patch_dim + c.patch_dim for c in s.continuous)
+    in = patch projection (or U-Net down blocks) + timestep MLP (256 features -> h -> h), out = noise
+    prediction (or U-Net up blocks + their own timestep MLP), biases and GroupNorms included."""
+    h = s.hidden_size
+    embed = head = 0
+    for c in s.continuous:
+        embed += _time_mlp_params(h)
+        if c.unet:
+            shapes = lambda up: unet_param_shapes("u", c.channels, c.patch, c.unet_channels, h, up).values()  # noqa: E731
+            embed += sum(math.prod(v) for v in shapes(False))
+            head += sum(math.prod(v) for v in shapes(True)) + _time_mlp_params(h)
+        else:
+            embed += c.patch_dim * h + h
+            head += h * c.patch_dim + c.patch_dim
     return {"embedding": embed, "head": head}
+
+
+def continuous_flops_per_token(s: ModelSettings, c) -> float:
+    """Forward FLOPs a token of continuous modality `c` adds to the transformer's (its share of its image's
+    in and out paths; the LM head still runs on every token): a linear encoder's two projections and its
+    per-patch timestep MLP, or a U-Net's down and up convolutions and two timestep MLPs per image."""
+    h = s.hidden_size
+    time_mlp = 2 * (TIME_FEATURES * h + h * h)
+    if not c.unet:
+        return 2 * c.patch_dim * h + time_mlp + 2 * h * c.patch_dim
+    paths = sum(unet_flops(c.channels, c.patch, c.unet_channels, h, c.grid, up) for up in (False, True))
+    return (paths + 2 * time_mlp) / c.num_patches
 
 
 def param_counts(s: ModelSettings, padded_vocab: bool = True) -> Dict[str, int]:
@@ -74,8 +102,8 @@ def forward_flops_per_token(s: ModelSettings, seq_len: int, causal: bool = True)
     ffn = 2 * 3 * h * s.ffn_hidden_size
     head = 2 * h * s.padded_vocab(1)
     layer = proj + attn + ffn
-    # continuous tokens also pass their modality's projections (the LM head still runs on every token)
-    cont = max((2 * (c.patch_dim * h + 256 * h + h * h) + 2 * h * c.patch_dim for c in s.continuous), default=0)
+    # continuous tokens also pass their modality's in and out paths (the LM head still runs on every token)
+    cont = max((continuous_flops_per_token(s, c) for c in s.continuous), default=0)
     return {"layer": layer, "layer_gemm": proj + ffn, "layer_attention": attn, "head": head,
             "continuous_token_extra": cont, "total": s.num_layers * layer + head}
 

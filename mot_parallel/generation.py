@@ -4,12 +4,17 @@
     ids = generate_text(model.model, prompt_ids, max_new_tokens=20)            # greedy at temperature 0
     patches = generate_image(model.model, caption_ids, steps=50, cfg_scale=3.0, seed=0)   # [P, patch_dim]
 
+    pictures = generate_images(model.model, [ids_a, ids_b], steps=25, seeds=[0, 1])  # sampled together
+
 Text: the whole sequence is run again for every new token (no KV cache yet: the models this runs on here are
 small; a cache needs an incremental attention path). Image: the caption, the image's BOI marker and P patch
 positions; every patch starts as Gaussian noise and is denoised with deterministic DDIM steps; each step runs
 the model conditioned (caption + BOI + patches) and unconditioned (BOI + patches: what condition dropout
 trained) and mixes the noise predictions, eps = eps_u + cfg_scale * (eps_c - eps_u) (classifier-free
 guidance). The patches attend to each other bidirectionally and to the context causally, as in training.
+Both passes of every picture of a batch run as columns of one forward, whose plan is built once.
+The caption's keys and values are recomputed at every step rather than cached: on CPU at the demo's size
+that recomputation is a minority of a step's time (tools/bench_sampling.py measures it).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import torch
 
 from .model.diffusion import cosine_alpha_bar, ddim_sample
 from .model.model import MoTModel
+from .model.unet import image_order
 from .sampling_checks import check_ids, check_image_request
 
 
@@ -49,41 +55,70 @@ def generate_text(model: MoTModel, prompt: Sequence[int], max_new_tokens: int, t
     return ids[len(prompt):]
 
 
-def _eps(model: MoTModel, context: Sequence[int], x: torch.Tensor, t: int, m: int) -> torch.Tensor:
-    """The model's noise prediction for the image patches `x` [P, D] at timestep t after `context` tokens."""
-    n, p = len(context), x.shape[0]
-    tokens = torch.tensor(list(context) + [0] * p).view(-1, 1)
-    mods = torch.tensor([0] * n + [m] * p).view(-1, 1)
-    spans = torch.tensor([-1] * n + [0] * p).view(-1, 1)
-    plan = model.build_plan(mods, torch.zeros_like(tokens), span_ids=spans)
-    k = model.settings.continuous_ids().index(m)
-    inputs = [(torch.zeros(0, c.patch_dim), torch.zeros(0, dtype=torch.long)) for c in model.settings.continuous]
-    inputs[k] = (x, torch.full((p,), t, dtype=torch.long))
-    device = _device(model)
-    inputs = [(a.to(device), b.to(device), None) for a, b in inputs]
-    _, preds = model(tokens.to(device), plan, continuous=inputs)
-    return preds[k][1].float()
+class _ImageBatch:
+    """One forward's layout for n pictures sampled together: per picture a conditioned column (caption, BOI,
+    P patch positions) and, with guidance, an unconditioned one (BOI, patches: what condition dropout
+    trained), padded at the end with a separate document that nothing attends to. Built once per batch:
+    the plan (routing, attention mask) does not change between DDIM steps, only the patches and t do."""
+
+    def __init__(self, model: MoTModel, contexts: Sequence[Sequence[int]], m: int, num_patches: int):
+        s, self.m, self.p = max(len(c) for c in contexts) + num_patches, m, num_patches
+        b = len(contexts)
+        tokens, mods = torch.zeros(s, b, dtype=torch.long), torch.zeros(s, b, dtype=torch.long)
+        segments, spans = torch.ones(s, b, dtype=torch.long), torch.full((s, b), -1, dtype=torch.long)
+        for j, c in enumerate(contexts):
+            n = len(c)
+            tokens[:n, j] = torch.tensor(list(c), dtype=torch.long)
+            mods[n:n + num_patches, j], spans[n:n + num_patches, j] = m, 0
+            segments[:n + num_patches, j] = 0
+        self.device = _device(model)
+        self.tokens = tokens.to(self.device)
+        self.plan = model.build_plan(mods, segments, span_ids=spans)
+        self.order = image_order(self.plan, m, num_patches, self.device)    # grouped rows -> picture order
+        self.inverse = torch.argsort(self.order)
+
+    def eps(self, model: MoTModel, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Noise predictions [b, P, D] for the patches `x` [b, P, D] (column order) at timestep t."""
+        s = model.settings
+        k = s.continuous_ids().index(self.m)
+        inputs = [(torch.zeros(0, c.patch_dim, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device),
+                   None) for c in s.continuous]
+        rows = x.reshape(-1, x.shape[-1]).index_select(0, self.inverse)
+        inputs[k] = (rows, torch.full((rows.shape[0],), t, dtype=torch.long, device=self.device), None)
+        _, preds = model(self.tokens, self.plan, continuous=inputs)
+        return preds[k][1].float().index_select(0, self.order).view_as(x)
 
 
 @torch.no_grad()
+def generate_images(model: MoTModel, captions: Sequence[Sequence[int]], modality: str = "image", steps: int = 50,
+                    cfg_scale: float = 3.0, seeds: Sequence[int] = ()) -> List[torch.Tensor]:
+    """Patches [P, patch_dim] of one image per caption (token ids), sampled together in one batch (DDIM,
+    CFG); picture i starts from the noise of seed seeds[i] (default i), as generate_image(seed=seeds[i])."""
+    model.eval()
+    s = model.settings
+    for caption in captions:  # SamplingError (a ValueError) names the argument
+        check_image_request(s, caption, modality, steps, cfg_scale)
+    spec = s.spec(modality)
+    boi = [spec.boi_token] if spec.boi_token is not None else []
+    guided = cfg_scale != 1.0
+    contexts = [ctx for c in captions for ctx in ([list(c) + boi, boi] if guided else [list(c) + boi])]
+    batch = _ImageBatch(model, contexts, s.modalities.index(modality), spec.num_patches)
+    seeds = list(seeds) or list(range(len(captions)))
+    x_T = torch.stack([torch.randn(spec.num_patches, spec.patch_dim, generator=torch.Generator().manual_seed(seed))
+                       for seed in seeds]).to(batch.device)
+
+    def predict(x, t):
+        if not guided:
+            return batch.eps(model, x, t)
+        eps = batch.eps(model, x.repeat_interleave(2, dim=0), t)
+        eps_c, eps_u = eps[0::2], eps[1::2]
+        return eps_u + cfg_scale * (eps_c - eps_u)
+    x = ddim_sample(predict, x_T, cosine_alpha_bar(s.diffusion_timesteps), steps,
+                    clip=1.0 if spec.source == "pixels" else 0.0)  # pixels live in [-1, 1]
+    return list(x.cpu())
+
+
 def generate_image(model: MoTModel, caption: Sequence[int], modality: str = "image", steps: int = 50,
                    cfg_scale: float = 3.0, seed: int = 0) -> torch.Tensor:
     """Patches [P, patch_dim] of an image of `modality` for the caption token ids (DDIM, CFG)."""
-    model.eval()
-    s = model.settings
-    check_image_request(s, caption, modality, steps, cfg_scale)  # SamplingError (a ValueError) names the argument
-    spec = s.spec(modality)
-    m = s.modalities.index(modality)
-    boi = [spec.boi_token] if spec.boi_token is not None else []
-    g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(spec.num_patches, spec.patch_dim, generator=g).to(_device(model))
-
-    def guided(x, t):
-        eps = _eps(model, list(caption) + boi, x, t, m)
-        if cfg_scale == 1.0:
-            return eps
-        eps_u = _eps(model, boi, x, t, m)
-        return eps_u + cfg_scale * (eps - eps_u)
-    x = ddim_sample(guided, x_T, cosine_alpha_bar(s.diffusion_timesteps), steps,
-                    clip=1.0 if spec.source == "pixels" else 0.0)  # pixels live in [-1, 1]
-    return x.cpu()
+    return generate_images(model, [caption], modality, steps, cfg_scale, [seed])[0]

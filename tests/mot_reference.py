@@ -110,25 +110,132 @@ def _timestep_features(t, dim, timesteps):
     return torch.cat([torch.cos(args), torch.sin(args)])
 
 
+def _time_mlp(W, part, name, t, s):
+    lin = lambda n, v: W[f"{part}.continuous.{n}.{name}.weight"] @ v + W[f"{part}.continuous.{n}.{name}.bias"]  # noqa: E731
+    return lin("time_out", F.silu(lin("time_in", _timestep_features(t, 256, s.diffusion_timesteps))))
+
+
+def _images(patches, mods, spans, m):
+    """{(column, span id): [(position, patch key)] in position order} of modality m's images."""
+    out = {}
+    for (i, j) in sorted(patches, key=lambda ij: (ij[1], ij[0])):
+        if int(mods[i, j]) == m:
+            out.setdefault((j, int(spans[i, j])), []).append((i, j))
+    return out
+
+
+def _assemble(vectors, spec):
+    """Patch vectors (raster order, values (row, column, channel)) -> [C, H, W], pixel by pixel."""
+    gh, gw = spec.grid
+    p, ch = spec.patch, spec.channels
+    img = torch.zeros(ch, gh * p, gw * p)
+    for k, v in enumerate(vectors):
+        for r in range(p):
+            for q in range(p):
+                for c in range(ch):
+                    img[c, (k // gw) * p + r, (k % gw) * p + q] = v[(r * p + q) * ch + c]
+    return img
+
+
+def _gn(W, name, v):
+    """GroupNorm with 4 channels a group (at most 32 groups), as model/unet.py."""
+    return F.group_norm(v, max(1, min(32, v.shape[1] // 4)), W[f"{name}.weight"], W[f"{name}.bias"])
+
+
+def _resblock(W, pre, x, emb):
+    conv = lambda n, v: F.conv2d(v, W[f"{pre}.{n}.weight"], W[f"{pre}.{n}.bias"], padding=1)  # noqa: E731
+    scale, shift = (W[f"{pre}.emb.weight"][:, :, 0, 0] @ emb + W[f"{pre}.emb.bias"]).chunk(2)
+    h = _gn(W, f"{pre}.norm2", conv("conv1", F.silu(_gn(W, f"{pre}.norm1", x)))) * (1 + scale[:, None, None])
+    return x + conv("conv2", F.silu(h + shift[:, None, None]))
+
+
+def _prime_factors(n):
+    """The U-Net's downsampling steps (its layer plan, not what the reference checks): the model's own list."""
+    from mot_parallel.model.unet import factors
+    return factors(n)
+
+
+def _unet_down(W, pre, img, emb, patch):
+    """One image [C, H, W] -> [hidden, gh, gw] (model/unet.py's down blocks, written out)."""
+    x = F.conv2d(img[None], W[f"{pre}.conv_in.weight"], W[f"{pre}.conv_in.bias"], padding=1)
+    steps = _prime_factors(patch)
+    for k, f in enumerate(steps):
+        x = _resblock(W, f"{pre}.res.{k}", x, emb)
+        x = F.conv2d(x, W[f"{pre}.down.{k}.weight"], W[f"{pre}.down.{k}.bias"], stride=f)
+    x = _resblock(W, f"{pre}.res.{len(steps)}", x, emb)
+    return F.conv2d(x, W[f"{pre}.proj.weight"], W[f"{pre}.proj.bias"])[0]
+
+
+def _unet_up(W, pre, x, emb, patch, noised):
+    """Transformer outputs [hidden, gh, gw] + the noised image [C, H, W] -> noise [C, H, W] (the up blocks,
+    written out)."""
+    steps = _prime_factors(patch)
+    x = F.conv2d(x[None], W[f"{pre}.proj.weight"], W[f"{pre}.proj.bias"])
+    for k in reversed(range(len(steps))):
+        x = _resblock(W, f"{pre}.res.{k + 1}", x, emb)
+        x = F.conv_transpose2d(x, W[f"{pre}.up.{k}.weight"], W[f"{pre}.up.{k}.bias"], stride=steps[k])
+    x = x + F.conv2d(noised[None], W[f"{pre}.skip.weight"], W[f"{pre}.skip.bias"], padding=1)
+    x = _resblock(W, f"{pre}.res.0", x, emb)
+    x = F.silu(_gn(W, f"{pre}.norm_out", x))
+    x = F.conv2d(x, W[f"{pre}.conv_out.weight"], W[f"{pre}.conv_out.bias"], padding=1)
+    return (x + F.conv2d(noised[None], W[f"{pre}.skip_out.weight"], W[f"{pre}.skip_out.bias"]))[0]
+
+
+def _embed_images(W, s, x, mods, patches, spans):
+    """Continuous positions of x [S, B, h] get their patch embedding: linear per patch, or U-Net per image."""
+    for spec in s.continuous:
+        m, name = s.modalities.index(spec.name), spec.name
+        if not spec.unet:
+            for (i, j), (x_t, t, _) in patches.items():
+                if int(mods[i, j]) == m:
+                    lin = W[f"embedding.continuous.proj.{name}.weight"] @ x_t + W[f"embedding.continuous.proj.{name}.bias"]
+                    x[i, j] = lin + _time_mlp(W, "embedding", name, t, s)
+            continue
+        for keys in _images(patches, mods, spans, m).values():
+            emb = _time_mlp(W, "embedding", name, patches[keys[0]][1], s)
+            img = _assemble([patches[k][0] for k in keys], spec)
+            out = _unet_down(W, f"embedding.continuous.unet.{name}", img, emb, spec.patch)
+            for k, (i, j) in enumerate(keys):
+                x[i, j] = out[:, k // spec.grid[1], k % spec.grid[1]] + emb
+    return x
+
+
+def _predictions(W, s, xn, mods, patches, spans):
+    """{(i, j): predicted noise [D]} at every continuous position."""
+    preds = {}
+    for spec in s.continuous:
+        m, name = s.modalities.index(spec.name), spec.name
+        if not spec.unet:
+            for (i, j) in patches:
+                if int(mods[i, j]) == m:
+                    preds[(i, j)] = W[f"head.continuous.proj.{name}.weight"] @ xn[i, j] + W[f"head.continuous.proj.{name}.bias"]
+            continue
+        for keys in _images(patches, mods, spans, m).values():
+            emb = _time_mlp(W, "head", name, patches[keys[0]][1], s)
+            grid = torch.stack([xn[i, j] for i, j in keys]).t().reshape(-1, *spec.grid)
+            noised = _assemble([patches[k][0] for k in keys], spec)
+            out = _unet_up(W, f"head.continuous.unet.{name}", grid, emb, spec.patch, noised)
+            p, gw = spec.patch, spec.grid[1]
+            for k, key in enumerate(keys):
+                r, q = (k // gw) * p, (k % gw) * p
+                preds[key] = out[:, r:r + p, q:q + p].permute(1, 2, 0).reshape(-1)  # values (row, column, channel)
+    return preds
+
+
 def reference_transfusion(W, s, tokens, mods, labels, label_mods, patches, positions, segments, spans, context):
     """The Transfusion setting, token by token: `patches[(i, j)]` = (x_t [D], t, eps [D]) at every continuous
-    position. Embedding: the token's row, or its modality's patch projection + timestep MLP; head: LM loss
-    on discrete targets, per-patch MSE of the noise prediction. Returns per-modality (loss sums, counts)."""
-    x = W["embedding.word_embeddings.weight"][tokens].clone()
-    for (i, j), (x_t, t, _) in patches.items():
-        name = s.modalities[int(mods[i, j])]
-        lin = lambda n, v: W[f"embedding.continuous.{n}.{name}.weight"] @ v + W[f"embedding.continuous.{n}.{name}.bias"]  # noqa: E731
-        feat = _timestep_features(t, 256, s.diffusion_timesteps)
-        x[i, j] = lin("proj", x_t) + lin("time_out", F.silu(lin("time_in", feat)))
+    position. Embedding: the token's row, or its modality's patch projection + timestep MLP (U-Net: the
+    image's patches assembled pixel by pixel, down blocks, one vector per patch + the timestep MLP); head: LM
+    loss on discrete targets, per-patch MSE of the noise prediction (U-Net: the image's transformer outputs
+    and its noised pixels through the up blocks). Returns per-modality (loss sums, counts)."""
+    x = _embed_images(W, s, W["embedding.word_embeddings.weight"][tokens].clone(), mods, patches, spans)
     for n in range(s.num_layers):
         x = reference_layer(W, f"layers.{n}.", s, x, mods, positions, segments, spans, context)
     xn = _final_norm(W, s, x, mods)
     loss_sum, count, _ = _lm_part(W, s, xn, labels, label_mods)
-    for (i, j), (_, _, eps) in patches.items():
-        m = int(mods[i, j])
-        name = s.modalities[m]
-        pred = W[f"head.continuous.proj.{name}.weight"] @ xn[i, j] + W[f"head.continuous.proj.{name}.bias"]
-        loss_sum = loss_sum + F.one_hot(torch.tensor(m), s.num_modalities) * (pred - eps).pow(2).mean()
+    for key, pred in _predictions(W, s, xn, mods, patches, spans).items():
+        m = int(mods[key])
+        loss_sum = loss_sum + F.one_hot(torch.tensor(m), s.num_modalities) * (pred - patches[key][2]).pow(2).mean()
         count = count + F.one_hot(torch.tensor(m), s.num_modalities).float()
     return loss_sum, count
 

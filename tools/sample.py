@@ -9,12 +9,14 @@ a universal checkpoint, or a single-file export. Captions and prompts are text f
 corpus was built with (tools/preprocess_data.py --tokenizer records it in the corpus sidecar: found through the
 checkpoint's data.path, or --corpus PREFIX, or given as --tokenizer PATH; generation stops at its EOD), else
 demo-world words (mot_parallel/corpus_building/demo_corpus.py); any vocabulary takes token ids (--caption-ids 3,17,5).
---score N draws N random demo captions, samples a picture for each, and checks the colour of the drawn
-pixels and the half of the picture they occupy against the caption (data/demo_pictures.py score_picture):
-it prints the accuracy of each next to chance (1/8 for the colour, 1/2 for the half).
+--score N draws N demo captions held out from training (corpus_building/demo_pictures.py), samples a picture for each
+(--batch at a time) and checks colour, half, shape, count and size against the caption
+(studies/picture_score.py): it prints each accuracy with its standard error, next to chance and to the same
+pictures scored against mismatched captions; --out then writes the samples under their ground-truth renders.
 Pictures are decoded from their patches: pixels directly, latents with --vae DIR (a local diffusers VAE).
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -67,53 +69,72 @@ def _export_run(run_dir):
     return out
 
 
-def _picture(model, caption_ids, args, seed):
-    from mot_parallel.generation import generate_image
+def _pictures(model, captions, args, seeds):
+    """RGB pictures in [0, 1] for caption token ids, sampled --batch at a time."""
+    from mot_parallel.generation import generate_images
     from mot_parallel.sampling_checks import check_finite
     spec = model.settings.spec("image")
     rgb = spec is not None and spec.source == "pixels" and spec.channels == 3
     if spec is not None and not rgb and args.vae is None:
         raise SamplingError(f"this model samples {spec.source} ({spec.channels} channels): give --vae DIR, the "
                             "diffusers VAE that decodes them")
-    patches = generate_image(model, caption_ids, steps=args.steps, cfg_scale=args.cfg, seed=seed)
-    check_finite(patches, "the sampled picture")
-    if rgb:
-        from mot_parallel.corpus_building.demo_pictures import from_patches
-        return from_patches(patches.numpy())
-    from mot_parallel.data.images import decode_patches  # latents: a VAE decodes them
-    return decode_patches(patches.numpy(), spec, args.vae) / 255.0
+    out = []
+    for i in range(0, len(captions), args.batch):
+        for patches in generate_images(model, captions[i:i + args.batch], steps=args.steps, cfg_scale=args.cfg,
+                                       seeds=seeds[i:i + args.batch]):
+            check_finite(patches, "the sampled picture")
+            if rgb:
+                from mot_parallel.corpus_building.demo_pictures import from_patches
+                out.append(from_patches(patches.numpy(), spec.patch))
+            else:
+                from mot_parallel.data.images import decode_patches  # latents: a VAE decodes them
+                out.append(decode_patches(patches.numpy(), spec, args.vae) / 255.0)
+    return out
 
 
 def _score(model, args):
-    from mot_parallel.corpus_building.demo_corpus import _caption
-    from mot_parallel.corpus_building.demo_pictures import score_picture
-    rng = np.random.default_rng([args.seed, 7])
-    colour = half = 0
-    pictures = []
-    for k in range(args.score):
-        ids, attrs = _caption(rng)
-        rgb = _picture(model, ids, args, args.seed + k)
-        c, h = score_picture(rgb, attrs)
-        colour, half = colour + c, half + h
-        pictures.append(rgb)
-    res = {"samples": args.score, "colour_accuracy": colour / args.score, "colour_chance": 1 / 8,
-           "half_accuracy": half / args.score, "half_chance": 1 / 2, "steps": args.steps, "cfg_scale": args.cfg}
-    return res, pictures
+    """Pictures for --score captions of the demo world (held out from training unless --score-captions train),
+    scored on colour, half, shape, count and size (studies/picture_score.py)."""
+    from mot_parallel.corpus_building.demo_pictures import held_out_captions, render, training_caption
+    from mot_parallel.studies.picture_score import score_pictures
+    if args.score_captions == "held-out":
+        captions = held_out_captions(args.score, args.seed)
+    else:
+        rng = np.random.default_rng([args.seed, 7])
+        captions = [training_caption(rng) for _ in range(args.score)]
+    pictures = _pictures(model, [ids for ids, _ in captions], args, [args.seed + k for k in range(args.score)])
+    attrs = [a for _, a in captions]
+    table = score_pictures(pictures, attrs)
+    truths = [render(a, np.random.default_rng([args.seed, k])) for k, a in enumerate(attrs)]
+    res = {"samples": args.score, "captions": args.score_captions, "steps": args.steps, "cfg_scale": args.cfg,
+           "checks": table}
+    return res, pictures, truths
 
 
-def _save(pictures, path):
+def _save(pictures, path, truths=()):
+    """A grid of pictures, 8 a row; with `truths`, each row of samples under the row of its ground truths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     cols = min(8, len(pictures))
-    rows = -(-len(pictures) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
+    rows = []
+    for i in range(0, len(pictures), cols):
+        rows += ([list(truths[i:i + cols])] if truths else []) + [list(pictures[i:i + cols])]
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 1.0, len(rows) * 1.0), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, rgb in zip(axes.flat, pictures):
-        ax.imshow(rgb)
-    fig.tight_layout()
-    fig.savefig(make_parent(path), dpi=100, metadata=png_metadata("sample.py picture"))
+    for r, row in enumerate(rows):
+        for c, rgb in enumerate(row):
+            axes[r, c].imshow(rgb, interpolation="nearest")
+    fig.tight_layout(pad=0.2)
+    fig.savefig(make_parent(path), dpi=80, metadata=png_metadata("sample.py picture"))
+
+
+def _print_table(res):
+    print(f"{res['samples']} pictures for {res['captions']} captions ({res['steps']} DDIM steps, guidance {res['cfg_scale']}):")
+    print(f"{'check':7} {'accuracy':>9} {'stderr':>7} {'chance':>7} {'mismatched':>11}")
+    for name, r in res["checks"].items():
+        print(f"{name:7} {r['accuracy']:>9.3f} {r['stderr']:>7.3f} {r['chance']:>7.3f} {r['mismatched']:>11.3f}")
 
 
 def text_tokenizer(args):
@@ -165,7 +186,10 @@ def main(argv=None):
     ap.add_argument("--prompt")
     ap.add_argument("--prompt-ids", type=int_list)
     ap.add_argument("--tokens", type=int_in(1, 1 << 16), default=16, help="text tokens to generate")
-    ap.add_argument("--score", type=int_in(1, 10000), help="sample and score N random demo captions")
+    ap.add_argument("--score", type=int_in(1, 10000), help="sample and score N demo captions held out from training")
+    ap.add_argument("--score-captions", choices=["held-out", "train"], default="held-out",
+                    help="draw the --score captions from the held-out ones (default) or from the training ones")
+    ap.add_argument("--batch", type=int_in(1, 4096), default=16, help="pictures sampled together")
     ap.add_argument("--steps", type=int_in(1, 100000), default=50,
                     help="DDIM steps (at most the model's diffusion.timesteps)")
     ap.add_argument("--cfg", type=float_in(0.0, 100.0), default=3.0,
@@ -198,7 +222,8 @@ def _sample(args, out):
     prompt = _ids(args.prompt, args.prompt_ids, "--prompt", tok) if args.prompt or args.prompt_ids else None
     caption = _ids(args.caption, args.caption_ids, "--caption", tok) if args.caption or args.caption_ids else None
     with user_errors():
-        model = _model(args.checkpoint)
+        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):  # --json: stdout is the JSON
+            model = _model(args.checkpoint)
         if prompt is not None:
             from mot_parallel.generation import generate_text
             from mot_parallel.corpus_building.demo_corpus import WORDS
@@ -208,16 +233,14 @@ def _sample(args, out):
             else:
                 print(" ".join(WORDS[i] if i < len(WORDS) else str(i) for i in ids) if args.prompt else ids)
         if caption is not None:
-            rgb = _picture(model, caption, args, args.seed)
+            (rgb,) = _pictures(model, [caption], args, [args.seed])
             _save([rgb], out)
             print(f"wrote {out}")
         if args.score:
-            res, pictures = _score(model, args)
+            res, pictures, truths = _score(model, args)
             if out:
-                _save(pictures, out)
-            print(json.dumps(res, indent=1) if args.json else
-                  f"{res['samples']} samples: colour right {res['colour_accuracy']:.0%} (chance 12.5%), "
-                  f"picture in the named half {res['half_accuracy']:.0%} (chance 50%)")
+                _save(pictures, out, truths)
+            print(json.dumps(res, indent=1)) if args.json else _print_table(res)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ def continuous_errors(cfg: Config) -> List[str]:
         elif m.max_seq_len < c.grid[0] * c.grid[1] + 2:
             err.append(f"model.max_seq_len={m.max_seq_len} cannot hold one {name} ({c.grid[0] * c.grid[1]} patches "
                        "and its BOI/EOI markers); raise it or use a smaller grid")
+        if c.patch_encoder == "unet" and (c.unet_channels < 4 or c.unet_channels % 4):
+            err.append(f"{key}.unet_channels={c.unet_channels} must be a positive multiple of 4 (GroupNorm groups of "
+                       "4 channels)")
         for marker in ("boi_token", "eoi_token"):
             value = getattr(c, marker)
             if value is not None and not 0 <= value < m.vocab_size:

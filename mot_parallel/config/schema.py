@@ -55,6 +55,11 @@ class ContinuousConfig:
     grid: List[int] = opt([16, 16], "Patches per image, [height, width] (Transfusion: 256 px -> 32x32 latents -> 16x16).")
     boi_token: Optional[int] = opt(None, "Text-side id that opens an image (BOI); generation emits it before the patches.")
     eoi_token: Optional[int] = opt(None, "Text-side id that closes an image (EOI).")
+    patch_encoder: Literal["linear", "unet"] = opt(
+        "linear", "How patches enter and leave the transformer (Transfusion §3.2): 'linear', one projection per "
+        "patch; 'unet', U-Net down blocks before and up blocks after the transformer (model/unet.py).")
+    unet_channels: int = opt(32, "patch_encoder unet: convolution width at full resolution (a multiple of 4), "
+                             "doubled at each downsampling step (one per prime factor of the patch side).")
 
 
 @dataclass
@@ -87,9 +92,10 @@ class ModelConfig:
     qk_norm: bool = opt(False, "RMSNorm on queries and keys per head dim (per modality when attention is untied).")
     untie_final_norm: bool = opt(False, "One final norm per modality (BAGEL) instead of a shared one.")
     continuous: Dict[str, ContinuousConfig] = opt(
-        {}, "Continuous modalities (Transfusion): {modality: {source, channels, patch, grid, boi_token, eoi_token}}; "
-        "their patches enter through an input projection + timestep embedding and leave through an output "
-        "projection trained with the diffusion loss. Every other modality is discrete (token ids).")
+        {}, "Continuous modalities (Transfusion): {modality: {source, channels, patch, grid, boi_token, eoi_token, "
+        "patch_encoder, unet_channels}}; their patches enter through an input projection (or U-Net down blocks) "
+        "+ timestep embedding and leave through an output projection (or U-Net up blocks) trained with the "
+        "diffusion loss. Every other modality is discrete (token ids).")
     tie_embeddings: bool = opt(False, "Share the input embedding with the output head.")
     attention_dropout: float = opt(0.0, "Dropout on attention probabilities (pretraining normally 0).")
     hidden_dropout: float = opt(0.0, "Dropout on sub-layer outputs before the residual add.")

@@ -18,7 +18,9 @@ from . import demo_corpus, demo_pictures
 def register_demo_corpora() -> None:
     """Hand the demo builders to the runtime (idempotent): entry points call this before training."""
     register_demo(DemoCorpus("demo", tuple(demo_corpus.MODALITIES), demo_corpus.VOCAB_SIZE,
-                             lambda prefix, n, seed: demo_corpus.write_demo_corpus(prefix, n, seed=seed, overwrite=True)))
+                             lambda prefix, n, seed, _: demo_corpus.write_demo_corpus(prefix, n, seed=seed,
+                                                                                      overwrite=True)))
     register_demo(DemoCorpus("pictures", tuple(demo_pictures.MODALITIES), demo_pictures.VOCAB_SIZE,
-                             lambda prefix, n, seed: demo_pictures.write_demo_pictures(prefix, n, seed=seed, overwrite=True),
-                             dict(demo_pictures.CONTINUOUS)))
+                             lambda prefix, n, seed, patch: demo_pictures.write_demo_pictures(
+                                 prefix, n, seed=seed, patch=patch, overwrite=True),
+                             lambda patch: {"image": demo_pictures.continuous_spec(patch)}, tuple(demo_pictures.PATCHES)))

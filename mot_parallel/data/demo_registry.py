@@ -10,7 +10,7 @@ and nothing registered, the data preflight says so by name instead of importing 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from ..config.schema import DEMO_CORPUS
 from .indexed import DataError
@@ -21,8 +21,9 @@ class DemoCorpus:
     kind: str                                  # "demo" (tokens) or "pictures" (continuous images)
     modalities: Tuple[str, ...]
     vocab_size: int
-    write: Callable[[str, int, int], str]      # (prefix, documents, seed) -> prefix, an atomic write
-    continuous: Dict[str, dict] = field(default_factory=dict)   # model.continuous entries it needs
+    write: Callable[[str, int, int, int], str]  # (prefix, documents, seed, patch) -> prefix, an atomic write
+    continuous: Optional[Callable[[int], Dict[str, dict]]] = None  # patch side -> model.continuous it needs
+    patches: Tuple[int, ...] = ()              # the patch sides its pictures can be cut into (none: tokens)
 
 
 _DEMOS: Dict[str, DemoCorpus] = {}

@@ -31,19 +31,29 @@ def _demo(cfg: Config) -> DemoCorpus:
     return registered_demo(_demo_kind(cfg))
 
 
+def _demo_patch(cfg: Config) -> int:
+    """The patch side the picture demo is cut into: the config's, where the demo offers it (else its first
+    side, which check_demo_fits then names as needed); 0 for the token demo."""
+    image, patches = cfg.model.continuous.get("image"), _demo(cfg).patches
+    return (image.patch if image.patch in patches else patches[0]) if image is not None and patches else 0
+
+
 def demo_prefix(cfg: Config) -> str:
-    return os.path.join(cfg.run.output_dir, "demo_corpus", f"{_demo_kind(cfg)}_{cfg.data.demo_documents}")
+    image = cfg.model.continuous.get("image")
+    kind = f"{_demo_kind(cfg)}_p{image.patch}" if image is not None else _demo_kind(cfg)
+    return os.path.join(cfg.run.output_dir, "demo_corpus", f"{kind}_{cfg.data.demo_documents}")
 
 
 def check_demo_fits(cfg: Config) -> None:
     demo = _demo(cfg)
     keys = ("source", "channels", "patch", "grid")
     image = cfg.model.continuous.get("image")
+    want = demo.continuous(_demo_patch(cfg) or demo.patches[0])["image"] if cfg.model.continuous else {}
     continuous_ok = not cfg.model.continuous or (set(cfg.model.continuous) == {"image"} and all(
-        getattr(image, k) == demo.continuous["image"][k] for k in keys))
+        getattr(image, k) == want[k] for k in keys))
     if list(cfg.model.modalities) != list(demo.modalities) or cfg.model.vocab_size < demo.vocab_size or \
             not continuous_ok:
-        need = f" and model.continuous.image {dict((k, demo.continuous['image'][k]) for k in keys)}" \
+        need = f" and model.continuous.image {dict((k, want[k]) for k in keys)} (patch one of {list(demo.patches)})" \
             if cfg.model.continuous else ""
         raise DataError(f"data.path={DEMO_CORPUS} asks for the demo corpus: it needs model.modalities = "
                         f"{list(demo.modalities)} and model.vocab_size >= {demo.vocab_size}{need} (got "
@@ -117,7 +127,7 @@ def open_corpus(cfg: Config) -> Corpus:
         check_demo_fits(cfg)
         prefix = demo_prefix(cfg)
         if not os.path.isfile(prefix + ".idx"):
-            _demo(cfg).write(prefix, cfg.data.demo_documents, 0)  # overwrites only its own: a rank racing rank
+            _demo(cfg).write(prefix, cfg.data.demo_documents, 0, _demo_patch(cfg))  # overwrites only its own
     else:
         check_corpus_files(prefix)
     corpus = _corpus(prefix, cfg)

@@ -89,17 +89,19 @@ class MoTHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, plan: RoutingPlan, labels: Optional[torch.Tensor] = None,
                 label_modalities: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
-                noise: Sequence[torch.Tensor] = ()):
-        """With labels: LossOutput (LM losses, and the diffusion losses against `noise[k]`, continuous
-        modality k's noise targets in grouped order). Without: the logits [N, V/tp] (grouped order), and with
-        continuous modalities also their noise predictions (ContinuousHead.predict)."""
+                continuous: Sequence = ()):
+        """`continuous[k]`: (noised patches, timesteps, noise) of continuous modality k in grouped order (the
+        noise may be None without labels). With labels: LossOutput (LM losses, and the diffusion losses
+        against the noise). Without: the logits [N, V/tp] (grouped order), and with continuous modalities
+        also their noise predictions (ContinuousHead.predict; a U-Net decoder reads the patches and t)."""
         x = hidden.reshape(-1, self.settings.hidden_size)
         counts = plan.stream_counts if self.norm_copies else None
         h = self.final_norm(x, counts)
         logits, _ = self.output_layer(h, sp_sizes=plan.sp_sizes)  # [N, V/tp], grouped
-        preds = self.continuous.predict(h, plan) if self.continuous is not None else ()
+        preds = self.continuous.predict(h, plan, continuous) if self.continuous is not None else ()
         if labels is None:
             return logits if self.continuous is None else (logits, preds)
+        noise = [c[2] for c in continuous]
         return self.loss(HeadOutputs(logits, preds), plan, LossTargets(labels, label_modalities, loss_mask, noise))
 
     def loss(self, outputs: "HeadOutputs", plan: RoutingPlan, targets: "LossTargets") -> LossOutput:
@@ -208,4 +210,4 @@ class MoTModel(nn.Module):
                 self.activation_checkpoint(layer, x, plan, rope)
         if not self.post_process:
             return x
-        return self.head(x, plan, labels, label_modalities, loss_mask, [c[2] for c in continuous])
+        return self.head(x, plan, labels, label_modalities, loss_mask, continuous)

@@ -27,6 +27,8 @@ class ContinuousSpec:
     source: str = "latents"            # 'latents' (VAE) or 'pixels' (RGB in [-1, 1])
     boi_token: Optional[int] = None
     eoi_token: Optional[int] = None
+    patch_encoder: str = "linear"      # 'linear' or 'unet' (model/unet.py)
+    unet_channels: int = 32
 
     @property
     def patch_dim(self) -> int:
@@ -35,6 +37,10 @@ class ContinuousSpec:
     @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    @property
+    def unet(self) -> bool:
+        return self.patch_encoder == "unet"
 
 
 # config precision names -> parameter dtypes (training precision, export dtype)
@@ -137,5 +143,5 @@ def continuous_specs(cfg: Config) -> Tuple[ContinuousSpec, ...]:
         c = cfg.model.continuous.get(name)
         if c is not None:
             out.append(ContinuousSpec(name, c.channels, c.patch, (int(c.grid[0]), int(c.grid[1])), c.source,
-                                      c.boi_token, c.eoi_token))
+                                      c.boi_token, c.eoi_token, c.patch_encoder, c.unet_channels))
     return tuple(out)

@@ -14,7 +14,9 @@ else the inter-node fabric (its per-GPU bandwidth bounds the ring).
 Step time = (compute + TP comm) x (1 + bubble) + exposed DP comm + optimizer, where compute uses the
 GEMM / attention efficiencies, the 1F1B bubble is (PP - 1) / micro-batches, (1 - dp_overlap) of DP
 traffic is exposed (the post-step all-gather of ZeRO-1/2 fully), and the optimizer streams ~36 bytes
-per parameter of its partition through HBM.
+per parameter of its partition through HBM. A model with continuous modalities is assumed to spend half
+its tokens on them (CONTINUOUS_SHARE, Transfusion's 1:1 text:image token mix); their patch encoders and
+decoders (a linear projection or U-Net blocks, flops.continuous_flops_per_token) run on every TP rank.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from ..config.parallel_layout import ParallelLayout
 from ..model.settings import ModelSettings
 from .hardware import Hardware
 from .params import rank_params, stage_layers
+
+
+CONTINUOUS_SHARE = 0.5
 
 
 @dataclass
@@ -104,6 +109,8 @@ def estimate(s: ModelSettings, L: ParallelLayout, seq: int, hw: Hardware, act_by
     mult = 4.0 if L.activation_checkpointing else 3.0
     peak = hw.peak_tflops * 1e12
     gemm = (f["layer_gemm"] * s.num_layers + f["head"]) * mult * tokens_step / L.world_size
+    # continuous modalities' in/out paths run replicated on every TP rank (model/continuous.py)
+    gemm += f["continuous_token_extra"] * CONTINUOUS_SHARE * mult * tokens_step * L.tp / L.world_size
     attn = f["layer_attention"] * s.num_layers * mult * tokens_step / L.world_size
     compute = gemm / (peak * hw.gemm_efficiency) + attn / (peak * hw.attention_efficiency)
     bubble = (L.pp - 1) / m if L.pp > 1 else 0.0

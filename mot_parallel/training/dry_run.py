@@ -15,6 +15,7 @@ from ..config import Config, validate
 from ..distributed.collectives import VirtualGroup
 from ..distributed.parallel_context import ParallelContext
 from ..model import ModelSettings, MoTModel
+from ..model.unet import unet_param_shapes
 from ..planner import GPUS, evaluate, rank_params, stage_layers
 from ..tensor_parallel.param_meta import modality_of, tp_partition
 
@@ -27,10 +28,19 @@ def expected_full_shapes(s: ModelSettings, tp: int) -> List[Tuple[str, Tuple[int
     bias = [(r"^layers\.\d+\.self_attention\.linear_qkv\.bias" + mod, (qkv_bias,), 0)] if s.qkv_bias else []
     for c in s.continuous:  # replicated over TP (model/continuous.py)
         n = re.escape(c.name)
+        time_parts = ["embedding", "head"] if c.unet else ["embedding"]
+        for part in time_parts:
+            bias += [(rf"^{part}\.continuous\.time_in\.{n}\.weight$", (h, 256), -1),
+                     (rf"^{part}\.continuous\.time_out\.{n}\.weight$", (h, h), -1),
+                     (rf"^{part}\.continuous\.(time_in|time_out)\.{n}\.bias$", (h,), -1)]
+        if c.unet:
+            for part, up in (("embedding", False), ("head", True)):
+                shapes = unet_param_shapes(f"{part}.continuous.unet.{c.name}", c.channels, c.patch, c.unet_channels,
+                                           h, up)
+                bias += [("^" + re.escape(name) + "$", shape, -1) for name, shape in shapes.items()]
+            continue
         bias += [(rf"^embedding\.continuous\.proj\.{n}\.weight$", (h, c.patch_dim), -1),
-                 (rf"^embedding\.continuous\.time_in\.{n}\.weight$", (h, 256), -1),
-                 (rf"^embedding\.continuous\.time_out\.{n}\.weight$", (h, h), -1),
-                 (rf"^embedding\.continuous\.(proj|time_in|time_out)\.{n}\.bias$", (h,), -1),
+                 (rf"^embedding\.continuous\.proj\.{n}\.bias$", (h,), -1),
                  (rf"^head\.continuous\.proj\.{n}\.weight$", (c.patch_dim, h), -1),
                  (rf"^head\.continuous\.proj\.{n}\.bias$", (c.patch_dim,), -1)]
     return bias + [

@@ -7,7 +7,9 @@ so the routing plan crosses a stage boundary as tensors (model/routing.py `to_te
 
 A model with continuous modalities (Transfusion) gives the first stage, after those, each continuous
 modality's noised patches and timesteps; the embedding consumes them, so they never cross a stage (their
-sizes vary per micro-batch). The noise targets ride with the labels, which only the last stage reads.
+sizes vary per micro-batch). The noise targets ride with the labels, which only the last stage reads. A
+U-Net decoder (model/unet.py) reads the timesteps and the noised patches: they cross the stages as
+fixed-shape integer tensors after the plan's (continuous.decoder_grids), which the head reads back.
 
 Inside a stage the tuple is a `StageTuple`: the plan travels in it as the host-side object, built once
 when the micro-batch enters the stage (pipeline_module.py `MoTPipelineModule.forward`: one small device->host read) together
@@ -23,6 +25,7 @@ from typing import NamedTuple, Sequence, Tuple
 import torch
 from ..distributed.parallel_context import ParallelContext
 from ..model.layer import MoTLayer
+from ..model.continuous import decoder_grids, inputs_from_grids
 from ..model.model import HeadOutputs, LossOutput, LossTargets, MoTEmbedding, MoTHead, head_loss, objective_weights
 from ..model.rope import rope_cos_sin
 from ..model.routing import PLAN_TENSORS, RoutingPlan
@@ -35,7 +38,8 @@ class StageTuple(NamedTuple):
     plan: RoutingPlan               # host-side, this micro-batch's
     rope: tuple                     # (cos, sin) for the plan's positions
     plan_tensors: tuple             # the plan as sent between stages (sent on unchanged)
-    continuous: tuple = ()          # first stage: per continuous modality (noised patches, timesteps)
+    continuous: tuple = ()          # per continuous modality (noised patches, timesteps): on the first stage,
+                                    # and on every stage when a U-Net decoder needs them in the head
 
 
 class LastStageOutputs(NamedTuple):
@@ -77,16 +81,22 @@ def enter(inputs: Sequence[torch.Tensor], settings: ModelSettings, parallel: Par
     rope = rope_cos_sin(plan.position_ids, plan.seq_len, plan.batch, settings.head_dim, settings.rope_theta,
                         inputs[0].device, settings.rope_scaling)
     rest = inputs[1 + PLAN_TENSORS:]
-    continuous = tuple((rest[2 * k], rest[2 * k + 1]) for k in range(len(rest) // 2))
+    if rest and not rest[0].is_floating_point():  # a later stage: the U-Net decoder's grids (leave)
+        continuous = tuple(inputs_from_grids(settings, plan, rest))
+    else:                                         # the first stage: (noised patches, timesteps) pairs
+        continuous = tuple((rest[2 * k], rest[2 * k + 1]) for k in range(len(rest) // 2))
     return StageTuple(inputs[0], plan, rope, plan_tensors, continuous)
 
 
-def leave(out):
-    """A stage's last module's result -> what DeepSpeed sends on (tensors), or the loss's input."""
+def leave(out, settings: ModelSettings):
+    """A stage's last module's result -> what DeepSpeed sends on (tensors), or the loss's input. A U-Net
+    decoder's inputs go on as fixed-shape integer grids (continuous.decoder_grids): a stage boundary carries
+    the same shapes every micro-batch, and no gradient for them."""
     if isinstance(out, LastStageOutputs):
         return out
     stage = StageTuple(*out)
-    return (stage.hidden,) + stage.plan_tensors
+    grids = decoder_grids(settings, stage.plan, stage.continuous) if stage.continuous else ()
+    return (stage.hidden,) + stage.plan_tensors + grids
 
 
 class EmbeddingPipe(MoTEmbedding):
@@ -94,7 +104,8 @@ class EmbeddingPipe(MoTEmbedding):
         """Consumes the continuous inputs: the tuple it returns has fixed shapes."""
         stage = StageTuple(*inputs)
         hidden = MoTEmbedding.forward(self, stage.hidden, stage.plan, stage.continuous)
-        return stage._replace(hidden=hidden, continuous=())
+        unet = any(c.unet for c in self.settings.continuous)   # the head's up blocks read them too
+        return stage._replace(hidden=hidden, continuous=stage.continuous if unet else ())
 
 
 class MoTLayerPipe(MoTLayer):
@@ -109,7 +120,7 @@ class HeadPipe(MoTHead):
 
     def forward(self, inputs):
         stage = StageTuple(*inputs)
-        out = MoTHead.forward(self, stage.hidden, stage.plan)
+        out = MoTHead.forward(self, stage.hidden, stage.plan, continuous=stage.continuous)
         head = HeadOutputs(out) if self.continuous is None else HeadOutputs(*out)
         return LastStageOutputs(head, stage.plan)
 

@@ -22,7 +22,7 @@ class MoTPipelineModule(PipelineModule):
         self.settings, self.parallel = settings, parallel
 
     def forward(self, forward_input):
-        return leave(super().forward(enter(forward_input, self.settings, self.parallel)))
+        return leave(super().forward(enter(forward_input, self.settings, self.parallel)), self.settings)
 
 
 

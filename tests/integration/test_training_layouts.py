@@ -6,8 +6,9 @@ ZeRO-1 (test_three_d.py: the same at the demo size, 10 steps, 1e-5). The loss is
 loss tokens, so DP=2 reproduces DP=1 with 2 accumulation steps.
 The same for the Transfusion setting (continuous images trained by diffusion, on the picture demo): its
 input/output projections are replicated over TP (partial gradients under SP), the noise is drawn per image,
-never per rank, so every layout trains the same model. The default suite trains a representative subset
-(DEFAULT_LAYOUTS); `tests/run.sh --slow` trains every layout."""
+never per rank, so every layout trains the same model; and with the U-Net patch encoder (model/unet.py),
+whose grad norm must match too (1e-3 relative, as the token layouts'). The default suite trains a
+representative subset (DEFAULT_LAYOUTS, UNET_DEFAULT); `tests/run.sh --slow` trains every layout."""
 import pytest
 
 from mot_parallel.testing import run_distributed
@@ -60,27 +61,54 @@ def test_layout_matches_single_process(name, reference, tmp_path):
         assert abs(got[step]["grad_norm"] - ref["grad_norm"]) <= 1e-3 * ref["grad_norm"], (name, step)
 
 
-TRANSFUSION = ["model.vocab_size=320", "model.modalities=[text,image]",
-               "model.continuous={image: {source: pixels, channels: 3, patch: 4, grid: [6, 6], boi_token: 256, "
-               "eoi_token: 257}}"]
+IMAGE = "{source: pixels, channels: 3, patch: 8, grid: [4, 4], boi_token: 256, eoi_token: 257"
+TRANSFUSION = ["model.vocab_size=320", "model.modalities=[text,image]", f"model.continuous={{image: {IMAGE}}}}}"]
 TRANSFUSION_LAYOUTS = ["dp2-zero3", "tp2", "tp2-sp", "pp2", "tp2-sp-pp2"]
+# the U-Net patch encoder: whole images through convolutions on every TP rank, the stream gathered for the
+# up blocks under SP, the timesteps crossing pipeline stages; 4 steps (the first 4 of the linear run's data)
+UNET = ["model.vocab_size=320", "model.modalities=[text,image]", "train.steps=4",
+        f"model.continuous={{image: {IMAGE}, patch_encoder: unet, unet_channels: 8}}}}"]
+UNET_LAYOUTS = ["dp2-zero3", "tp2", "tp2-sp", "pp2", "tp2-sp-pp2"]
+UNET_DEFAULT = "tp2-sp-pp2"   # the default suite's instance; the others run with --slow
+
+
+def _transfusion_reference(tmp_path_factory, overrides, name):
+    run = tmp_path_factory.mktemp(name)
+    (ref,) = run_distributed(train_body, 1, args=(overrides + [f"run.output_dir={run}"],), timeout=300)
+    last = max(ref)
+    assert ref[last]["loss/image"] < ref[1]["loss/image"] and ref[1]["tokens/image"] > 0
+    return ref
 
 
 @pytest.fixture(scope="module")
 def transfusion_reference(tmp_path_factory):
-    run = tmp_path_factory.mktemp("single_tf")
-    (ref,) = run_distributed(train_body, 1, args=(TRANSFUSION + [f"run.output_dir={run}"],), timeout=300)
-    assert ref[8]["loss/image"] < ref[1]["loss/image"] and ref[1]["tokens/image"] > 0
-    return ref
+    return _transfusion_reference(tmp_path_factory, TRANSFUSION, "single_tf")
+
+
+@pytest.fixture(scope="module")
+def unet_reference(tmp_path_factory):
+    return _transfusion_reference(tmp_path_factory, UNET, "single_unet")
+
+
+def _matches(reference, overrides, name, tmp_path):
+    world, layout = LAYOUTS[name]
+    got = run_distributed(train_body, world, args=(overrides + layout + [f"run.output_dir={tmp_path}"],),
+                          timeout=300)[0]
+    assert sorted(got) == sorted(reference)
+    for step, ref in reference.items():
+        for key in ("loss", "loss/text", "loss/image"):
+            assert abs(got[step][key] - ref[key]) <= 1e-4 * abs(ref[key]), (name, step, key, got[step][key], ref[key])
+        assert got[step]["tokens/image"] == ref["tokens/image"]
+        assert abs(got[step]["grad_norm"] - ref["grad_norm"]) <= 1e-3 * ref["grad_norm"], (name, step)
 
 
 @pytest.mark.parametrize("name", _slow_unless_default(TRANSFUSION_LAYOUTS, ("dp2-zero3", "tp2-sp-pp2")))
 def test_transfusion_layout_matches_single_process(name, transfusion_reference, tmp_path):
-    world, overrides = LAYOUTS[name]
-    got = run_distributed(train_body, world, args=(TRANSFUSION + overrides + [f"run.output_dir={tmp_path}"],),
-                          timeout=300)[0]
-    for step, ref in transfusion_reference.items():
-        for key in ("loss", "loss/text", "loss/image"):
-            assert abs(got[step][key] - ref[key]) <= 1e-4 * abs(ref[key]), (name, step, key, got[step][key], ref[key])
-        assert got[step]["tokens/image"] == ref["tokens/image"]
+    _matches(transfusion_reference, TRANSFUSION, name, tmp_path)
+
+
+@pytest.mark.parametrize("name", [n if n == UNET_DEFAULT else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in UNET_LAYOUTS])
+def test_unet_layout_matches_single_process(name, unet_reference, tmp_path):
+    _matches(unet_reference, UNET, name, tmp_path)
 

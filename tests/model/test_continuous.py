@@ -4,11 +4,16 @@
   LM loss on discrete targets only, attention causal over the sequence but bidirectional inside an image,
   document masking, a condition-dropped image seeing only from its BOI marker) equals an independent
   token-by-token reference (tests/mot_reference.py), loss sums and every gradient within 1e-5 relative,
-  for full MoT, FFN-only and dense;
+  for full MoT, FFN-only and dense; with the U-Net patch encoder too (images assembled pixel by pixel from
+  their patches in the reference, two images in one column);
 - the attention mask equals the rule written out pairwise;
 - the per-modality target counts the packer computes from metadata (the loss normaliser) equal what the
   micro-batches actually train on, on random corpora;
 - every layout draws the same noise for the same image (seeded by step, document, segment; never rank);
+- under TP + SP a rank whose shard holds no image trains the same gradients as one process (no hang), for
+  the linear and the U-Net patch encoder;
+- the U-Net's FLOPs, parameters and dry-run shapes are counted; pictures sampled together equal pictures
+  sampled alone;
 - bad corpora are refused before training, naming the file: a patch size that does not match the config,
   a modality continuous in the corpus and discrete in the model (and the reverse), NaN/inf values."""
 import numpy as np
@@ -22,15 +27,17 @@ from mot_parallel.data.corpus_set import CorpusPart, CorpusSet
 from mot_parallel.model import ModelSettings, MoTModel, build_routing_plan
 from mot_parallel.model.diffusion import Noiser
 from mot_parallel.model.settings import ContinuousSpec
+from mot_parallel.testing import run_distributed
 from mot_reference import allowed_keys, leaf_copies, reference_transfusion
 
 D = 4  # patch values: 1 channel, 2 x 2 patch
 IMAGE = ContinuousSpec("image", channels=1, patch=2, grid=(1, 3))
-# two columns of 10 tokens; column 0: [text x3, image x3, text x2 | text x2], column 1: [image x3, text x4 | image x3]
-MODS = torch.tensor([[0, 0, 0, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 1, 1, 1]]).t()
+# two columns of 10 tokens; column 0: [text x2, image x3, text x3 | text x2], column 1: [image x3, text x4 | image x3]
+# (the images at positions 2-4 and 0-2 overlap in time: their patches interleave in the flat s-major order)
+MODS = torch.tensor([[0, 0, 1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 1, 1, 1]]).t()
 SEGS = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0, 0, 1, 1, 1]]).t()
-SPANS = torch.tensor([[-1, -1, -1, 0, 0, 0, -1, -1, -1, -1], [0, 0, 0, -1, -1, -1, -1, 1, 1, 1]]).t()
-CONTEXT = torch.tensor([[-1, -1, -1, 2, 2, 2, -1, -1, -1, -1], [-1] * 10]).t()  # column 0's image: dropped caption
+SPANS = torch.tensor([[-1, -1, 0, 0, 0, -1, -1, -1, -1, -1], [0, 0, 0, -1, -1, -1, -1, 1, 1, 1]]).t()
+CONTEXT = torch.tensor([[-1, -1, 1, 1, 1, -1, -1, -1, -1, -1], [-1] * 10]).t()  # column 0's image: dropped caption
 
 
 def settings(**kw):
@@ -57,9 +64,9 @@ def _batch(seed=0):
     return tokens, labels, label_mods, patches
 
 
-def _ours(model, s, batch, context):
+def _ours(model, s, batch, context, plan=None):
     tokens, labels, label_mods, patches = batch
-    plan = build_routing_plan(MODS, 2, routed=s.routed, segment_ids=SEGS, span_ids=SPANS, context_start=context)
+    plan = plan or build_routing_plan(MODS, 2, routed=s.routed, segment_ids=SEGS, span_ids=SPANS, context_start=context)
     order = sorted(patches, key=lambda ij: ij[0] * MODS.shape[1] + ij[1])  # flat s-major = grouped order
     x_t = torch.stack([patches[k][0] for k in order])
     t = torch.tensor([patches[k][1] for k in order])
@@ -67,11 +74,12 @@ def _ours(model, s, batch, context):
     return model(tokens, plan, labels, label_mods, None, [(x_t, t, eps)])
 
 
+UNET = ContinuousSpec("image", channels=1, patch=2, grid=(1, 3), patch_encoder="unet", unet_channels=16)
 CASES = [dict(), dict(untie=frozenset({"ffn"})), dict(untie=frozenset()),
-         dict(norm_placement="post", qk_norm=True, untie_final_norm=True)]
+         dict(norm_placement="post", qk_norm=True, untie_final_norm=True), dict(continuous=(UNET,))]
 
 
-@pytest.mark.parametrize("case", CASES, ids=["mot", "ffn-only", "dense", "post-qknorm-finalnorm"])
+@pytest.mark.parametrize("case", CASES, ids=["mot", "ffn-only", "dense", "post-qknorm-finalnorm", "unet-mot"])
 @pytest.mark.parametrize("dropped", [False, True], ids=["conditioned", "condition-dropped"])
 def test_model_matches_a_token_by_token_reference(case, dropped):
     s = settings(**case)
@@ -99,6 +107,44 @@ def test_model_matches_a_token_by_token_reference(case, dropped):
         assert ((p.grad - ref).abs().max() / scale) < 1e-5, name
 
 
+def _tp_sp_body(encoder):
+    """TP=2 + SP with the TP gradient sum in backward hooks (DeepSpeed ZeRO's route): this batch's 20 grouped
+    tokens split 10/10, so rank 0 holds only text and rank 1 every patch."""
+    from mot_parallel.config import ParallelLayout
+    from mot_parallel.distributed import ParallelTopology
+    from mot_parallel.tensor_parallel import register_tp_grad_hooks, tp_partial_grad_params
+    from mot_parallel.tensor_parallel.layout import gather_full
+    spec = UNET if encoder == "unet" else IMAGE
+    topo = ParallelTopology.build(ParallelLayout(tp=2))
+    from mot_parallel.distributed.parallel_context import ParallelContext
+    model = MoTModel(settings(continuous=(spec,)), parallel=ParallelContext.of(topo.tp_group, True))
+    register_tp_grad_hooks(tp_partial_grad_params(model), topo.tp_group)
+    ref = MoTModel(settings(continuous=(spec,), vocab_multiple=16))
+    losses = []
+    for m in (model, ref):
+        plan = m.build_plan(MODS, SEGS, span_ids=SPANS, context_start=CONTEXT)
+        out = _ours(m, m.settings, _batch(), CONTEXT, plan)
+        (out.loss_sum * torch.tensor([1.0, 2.0])).sum().backward()
+        losses.append(out.loss_sum.detach())
+        if m is model:
+            assert plan.sp_sizes == (10, 10) and plan.local_counts[1] == 9 * topo.tp_rank
+    worst = float((losses[0] - losses[1]).abs().max() / losses[1].abs().max())
+    refs = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        g, r = gather_full(p.grad, p, topo.tp_group), refs[name].grad
+        worst = max(worst, float((g - r).abs().max() / r.abs().max().clamp(min=1e-6)))
+    return worst
+
+
+@pytest.mark.parametrize("encoder", ["linear", pytest.param("unet", marks=pytest.mark.slow)])  # U-Net under SP:
+def test_tp_sp_with_every_image_in_one_shard_matches_one_process(encoder):  # also test_training_layouts' default
+    """A TP rank whose sequence-parallel shard holds no image still runs the image path (on nothing): its
+    hook-summed gradients of the replicated image weights meet the other rank's in the same order (it used
+    to skip the path and hang), and loss sums and every gradient equal one process's within 1e-5."""
+    for worst in run_distributed(_tp_sp_body, 2, args=(encoder,), timeout=120):
+        assert worst < 1e-5
+
+
 def test_attention_mask_is_causal_bidirectional_within_images_and_respects_context():
     plan = build_routing_plan(MODS, 2, segment_ids=SEGS, span_ids=SPANS, context_start=CONTEXT)
     dense = plan.attention_mask.dense()
@@ -108,7 +154,7 @@ def test_attention_mask_is_causal_bidirectional_within_images_and_respects_conte
             want = torch.zeros(S, dtype=torch.bool)
             want[allowed_keys(i, j, S, SEGS, SPANS, CONTEXT)] = True
             assert torch.equal(dense[j, 0, i], want), (i, j)
-    assert dense[0, 0, 3, 5] and not dense[0, 0, 3, 1]  # an image patch sees the image's later patches, not its caption
+    assert dense[0, 0, 2, 4] and not dense[0, 0, 2, 0]  # an image patch sees the image's later patches, not its caption
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -204,11 +250,11 @@ def test_bad_corpora_are_refused_by_name(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ training
-from mot_parallel.testing import DistributedTestError, run_distributed  # noqa: E402
+from mot_parallel.testing import DistributedTestError  # noqa: E402
 from train_utils import TINY, losses, train_body  # noqa: E402
 
 TF = ["model.vocab_size=320", "model.modalities=[text,image]",
-      "model.continuous={image: {source: pixels, channels: 3, patch: 4, grid: [6, 6], boi_token: 256, eoi_token: 257}}"]
+      "model.continuous={image: {source: pixels, channels: 3, patch: 8, grid: [4, 4], boi_token: 256, eoi_token: 257}}"]
 
 
 def test_kill_and_resume_is_exact(tmp_path):
@@ -278,8 +324,9 @@ def test_noiser_follows_the_schedule_and_limits_image_first_noise():
     assert not n(x0, 0, 7, 2, image_first=True, train=False).drop_condition  # evaluation: no dropout
 
 
-def test_sample_tool_writes_pictures_and_text(tmp_path):
-    """tools/sample.py on an (untrained) Transfusion checkpoint: a picture for a caption, text for a prompt."""
+def test_sample_tool_writes_pictures_and_text(tmp_path, capsys):
+    """tools/sample.py on an (untrained) Transfusion checkpoint: a picture for a caption, text for a prompt, and
+    the --score table (held-out captions; each check's accuracy, standard error, chance, mismatched baseline)."""
     import subprocess
     import sys
     from mot_parallel.config import load_config
@@ -296,3 +343,84 @@ def test_sample_tool_writes_pictures_and_text(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "p.png").stat().st_size > 0 and len(out.stdout.splitlines()[0].split()) == 3
+    import importlib.util
+    import json
+    spec = importlib.util.spec_from_file_location("sample_tool", "tools/sample.py")
+    sample_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample_tool)
+    sample_tool.main(tool[2:] + ["--score", "3", "--batch", "2", "--json", "--out", str(tmp_path / "grid.png")])
+    res = json.loads(capsys.readouterr().out)
+    assert res["samples"] == 3 and res["captions"] == "held-out" and (tmp_path / "grid.png").stat().st_size > 0
+    assert set(res["checks"]) == {"colour", "half", "shape", "count", "size"}
+    assert all(set(r) == {"accuracy", "stderr", "chance", "mismatched"} for r in res["checks"].values())
+
+
+@pytest.mark.parametrize("encoder", ["linear", pytest.param("unet", marks=pytest.mark.slow)])
+def test_pictures_sampled_together_equal_pictures_sampled_alone(encoder):
+    """generate_images (every picture's guided passes as columns of one forward, one plan) gives each picture
+    what generate_image gives it alone, within float tolerance."""
+    from mot_parallel.generation import generate_image, generate_images
+    spec = ContinuousSpec("image", channels=3, patch=4, grid=(2, 2), source="pixels", boi_token=38,
+                          patch_encoder=encoder, unet_channels=8)
+    model = MoTModel(settings(continuous=(spec,)))
+    captions = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
+    together = generate_images(model, captions, steps=3, cfg_scale=2.0, seeds=[5, 6, 7])
+    for caption, seed, got in zip(captions, [5, 6, 7], together):
+        alone = generate_image(model, caption, steps=3, cfg_scale=2.0, seed=seed)
+        assert got.shape == (4, 48) and torch.allclose(got, alone, atol=1e-5), (encoder, caption)
+
+
+def test_unet_images_are_the_corpus_layout():
+    """The U-Net's patch rows <-> image conversion is images.patchify's layout (values (row, column, channel))."""
+    from mot_parallel.data.images import patchify
+    from mot_parallel.model.unet import to_images, to_rows
+    imgs = np.random.default_rng(0).standard_normal((2, 3, 8, 12)).astype(np.float32)
+    rows = np.concatenate([patchify(i, 4) for i in imgs])
+    got = to_images(torch.from_numpy(rows), 3, 4, (2, 3))
+    assert torch.equal(got, torch.from_numpy(imgs)) and torch.equal(to_rows(got, 4), torch.from_numpy(rows))
+
+
+def test_unet_flops_parameters_and_dry_run_are_counted(monkeypatch):
+    """flops.py counts the U-Net's convolutions as the convolutions run (2 x multiply-adds, counted at every
+    call), its parameters as the model holds them, and the dry run finds every U-Net parameter where the
+    settings put it (TP=2 x PP=2)."""
+    import torch.nn.functional as F
+    from mot_parallel.config import load_config
+    from mot_parallel.flops import continuous_flops_per_token, param_counts
+    from mot_parallel.model import unet
+    from mot_parallel.training.dry_run import check_rank
+    counted = []
+
+    def conv2d(x, w, b=None, **kw):
+        out = F.conv2d(x, w, b, **kw)
+        counted.append(2 * out.numel() * w[0].numel())
+        return out
+
+    def conv_transpose2d(x, w, b=None, **kw):
+        counted.append(2 * x.numel() * w[0].numel())
+        return F.conv_transpose2d(x, w, b, **kw)
+    monkeypatch.setattr(unet, "F", type("F", (), dict(conv2d=conv2d, conv_transpose2d=conv_transpose2d, silu=F.silu,
+                                                      group_norm=F.group_norm)))
+    for patch, grid in ((8, (1, 2)), (10, (1, 1)), (4, (2, 3))):
+        args = (unet.UNetShape(3, patch, 16, 32), 0, ("image", False), torch.float32, None)
+        down, up = unet.UNetDown(*args), unet.UNetUp(*args, out_std=0.02)
+        x, emb = torch.randn(2, 3, grid[0] * patch, grid[1] * patch), torch.randn(2, 32)
+        for up_path, net, inp in ((False, down, (x, emb)), (True, up, (torch.randn(2, 32, *grid), emb, x))):
+            counted.clear()
+            net(*inp)
+            assert sum(counted) == 2 * unet.unet_flops(3, patch, 16, 32, grid, up_path), (patch, net)
+    monkeypatch.undo()
+    unet_flops = unet.unet_flops
+    image = "{source: pixels, channels: 3, patch: 8, grid: [4, 4], boi_token: 256, eoi_token: 257"
+    cfg = load_config(None, TINY + ["model.vocab_size=320", "model.modalities=[text,image]", "parallel.tensor_parallel=2",
+                                    "parallel.pipeline_parallel=2", "parallel.zero_stage=1",
+                                    f"model.continuous={{image: {image}, patch_encoder: unet, unet_channels: 8}}}}"])
+    s = ModelSettings.from_config(cfg)
+    assert param_counts(s)["total"] == sum(p.numel() for p in MoTModel(s, device="meta").parameters())
+    spec = s.continuous[0]
+    time_mlps = 2 * 2 * (256 * 32 + 32 * 32)  # the down and the up path's timestep MLP, once per image
+    paths = unet_flops(3, 8, 8, 32, (4, 4)) + unet_flops(3, 8, 8, 32, (4, 4), up=True)
+    assert continuous_flops_per_token(s, spec) == pytest.approx((paths + time_mlps) / 16)
+    for rank in range(4):
+        report = check_rank(cfg, 4, rank)
+        assert not report["problems"] and report["params"] == report["planned_params"], report["problems"]

@@ -27,6 +27,9 @@ VARIANTS = {
     "dense": ["model.untie=[]"],
     "norms-final-untied": ["model.untie=[norms]", "model.untie_final_norm=true"],
     "tied": ["model.tie_embeddings=true", "model.vocab_size=1000"],
+    "transfusion-linear": ["model.continuous={image: {source: pixels, channels: 3, patch: 4, grid: [4, 4]}}"],
+    "transfusion-unet": ["model.continuous={image: {source: pixels, channels: 3, patch: 8, grid: [4, 4], "
+                         "patch_encoder: unet, unet_channels: 16}}"],
 }
 
 

@@ -70,6 +70,7 @@ BASE = {
     "bench_loader": ["--config", DEMO],
     "bench_preprocess": ["--documents", "10", "--pairs", "2"],
     "bench_train": ["--config", DEMO, "--steps", "2", "--skip", "0"],
+    "bench_sampling": ["--config", os.path.join(ROOT, "configs", "demo_transfusion_cpu.yaml"), "--repeat", "1"],
     "build_real_corpus": ["--output-prefix", "{tmp}/real/r"],
     "compare_runs": ["{run}", "{run}"],
     "convert_checkpoint hf-to-mot": ["hf-to-mot", "--hf", "{a_dir}", "--out", "{tmp}/u_new", "--modalities", "text"],
@@ -117,6 +118,8 @@ ARGUMENTS = {
                      "overrides": OVERRIDES, "--simulate": FLAG, "--mix": CHOICE, "--documents": POSITIVE,
                      "--micro-batches": POSITIVE, "--micro-batch-size": POSITIVE, "--seq-len": POSITIVE,
                      "--host-ms": ("negative", "nan", "inf", "word"), "--device-ms": ("negative", "nan", "inf", "word")},
+    "bench_sampling": {"--config": CONFIG, "--pictures": POSITIVE, "--repeat": POSITIVE, "--json": FLAG,
+                       "overrides": OVERRIDES},
     "bench_train": {"--config": CONFIG, "--nproc": POSITIVE, "--steps": POSITIVE, "--skip": NON_NEGATIVE + ("=2",),
                     "--eval-iters": NON_NEGATIVE, "--json": FLAG, "overrides": OVERRIDES},
     "build_real_corpus": {
@@ -179,7 +182,7 @@ ARGUMENTS = {
     "sample": {
         "--checkpoint": IN_DIR, "--caption": ("=purple unicorn",), "--caption-ids": ("word", "=3,x", "negative"),
         "--prompt": ("=zzz",), "--prompt-ids": ("word", "=1,,2"), "--tokens": POSITIVE, "--score": POSITIVE,
-        "--steps": POSITIVE, "--cfg": ("nan", "inf", "negative", "word", "=1000"), "--seed": SEED, "--vae": IN_DIR,
+        "--score-captions": CHOICE, "--batch": POSITIVE, "--steps": POSITIVE, "--cfg": ("nan", "inf", "negative", "word", "=1000"), "--seed": SEED, "--vae": IN_DIR,
         "--out": OUT_PNG + ("={a_dir}/x.png",), "--overwrite": FLAG, "--json": FLAG,
         "--corpus": ("missing", "={corpus}"), "--tokenizer": ("missing", "file")},
     "pretrain": {"--config": CONFIG, "--check": FLAG, "--dry-run": FLAG, "--world-size": POSITIVE,
@@ -349,6 +352,7 @@ CONFIG_COMMANDS = {  # argv before and after --config <file>
     "preprocess_data": (["--input", "{good_jsonl}", "--output-prefix", "{tmp}/out/c"], []),
     "convert_checkpoint": (["from-universal"], ["--universal", "{a_dir}"]),
     "bench_checkpoint_hash": ([], ["--sample-mib", "1", "--dir", "{tmp}"]),
+    "bench_sampling": ([], ["--repeat", "1"]),
 }
 BAD_CONFIG_WORDS = {"latin1": ["not UTF-8", "line 3"], "nan": ["train.optimizer.lr=nan", "model.max_seq_len=1"]}
 
@@ -434,3 +438,11 @@ def test_entry_points_as_processes(command, bad_files):
     assert out.returncode in (1, 2), out.stderr
     errors = [line for line in out.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_bench_sampling_refuses_a_model_without_pictures(capsys):
+    """bench_sampling on a config with no continuous modality: one error line naming model.continuous."""
+    with pytest.raises(SystemExit) as e:
+        _main("bench_sampling")(["--config", DEMO])
+    err = (str(e.value.code) + capsys.readouterr().err).strip()
+    assert err.startswith("error:") and "model.continuous is empty" in err and len(err.splitlines()) == 1, err

@@ -103,10 +103,11 @@ def test_patchify_is_the_raster_layout_and_unpatchify_its_inverse():
 
 def test_demo_pictures_use_the_same_layout():
     img = demo_pictures.render((2, 1, 3, 0, 2), np.random.default_rng(0))
-    rows = demo_pictures.to_patches(img)
-    np.testing.assert_allclose(rows, reference_patches(img.transpose(2, 0, 1) * 2.0 - 1.0, demo_pictures.PATCH),
-                               rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(demo_pictures.from_patches(rows), img, atol=1e-6)
+    for patch in (4, 8):
+        rows = demo_pictures.to_patches(img, patch)
+        np.testing.assert_allclose(rows, reference_patches(img.transpose(2, 0, 1) * 2.0 - 1.0, patch),
+                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(demo_pictures.from_patches(rows, patch), img, atol=1e-6)
 
 
 def test_read_image_converts_to_rgb_and_centre_crops(tmp_path):
