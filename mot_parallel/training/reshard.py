@@ -35,6 +35,7 @@ from ..tensor_parallel.param_meta import declared_partition
 from ..distributed.host_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from .checkpoint import agree, note
 from .checkpoint_files import CheckpointError, layout_record
+from .run_dir import checkpoint_dir
 
 RESHARD_DIR = ".reshard"
 
@@ -127,7 +128,6 @@ def _layout_text(rec: Dict[str, int]) -> str:
 def resharded(target, trainer) -> Iterator[str]:
     """The checkpoint `target` (a ResumeTarget with reshard_from) as a universal checkpoint, for the trainer
     to load inside the block; afterwards it is deleted and rank 0 reports time and memory."""
-    from .resume import checkpoint_dir
     t, step_dir = trainer, target.path
     parent = os.path.join(checkpoint_dir(t.cfg), RESHARD_DIR)
     if os.path.islink(parent) or (os.path.exists(parent) and not os.path.isdir(parent)):

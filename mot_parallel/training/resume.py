@@ -32,6 +32,7 @@ from .checkpoint import note
 from .checkpoint_files import (FORMAT_1, CheckpointError, layout_problem, problems, read_manifest,
                                step_dirs, step_of)
 from .model_record import model_problem, model_record
+from .run_dir import checkpoint_dir
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,6 @@ class ResumeTarget:
     @property
     def step(self) -> int:
         return step_of(self.tag) if self.tag else 0
-
-
-def checkpoint_dir(cfg: Config) -> str:
-    return cfg.checkpoint.dir or os.path.join(cfg.run.output_dir, "checkpoints")
 
 
 def resolve_resume(cfg: Config, layout: ParallelLayout) -> Optional[ResumeTarget]:

@@ -32,6 +32,11 @@ from typing import Dict, Optional
 
 from .checkpoint_files import CheckpointError
 
+
+def checkpoint_dir(cfg) -> str:
+    """Where a run's checkpoints live: checkpoint.dir, else <run.output_dir>/checkpoints."""
+    return cfg.checkpoint.dir or os.path.join(cfg.run.output_dir, "checkpoints")
+
 LOCK = ".run.lock"
 STAGING = ".staging"
 _held: Dict[str, int] = {}  # lock file real path -> open fd, for the life of the process (an OS resource)
@@ -40,7 +45,6 @@ _held: Dict[str, int] = {}  # lock file real path -> open fd, for the life of th
 def claim_run_dir(cfg, rank: int, hold: bool = True) -> None:
     """Steps 1-3 above for the config's run and checkpoint directories (`rank`: the launched rank);
     `hold=False` releases the locks this call took once the checks are done."""
-    from .resume import checkpoint_dir
     ckpt = checkpoint_dir(cfg)
     if rank != 0:
         return _check_access(ckpt)
