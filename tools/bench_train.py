@@ -21,6 +21,7 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mot_parallel.cli import checked_config, int_in, user_errors  # noqa: E402
+from mot_parallel.corpus_building import register_demo_corpora  # noqa: E402
 from mot_parallel.preflight import preflight  # noqa: E402
 from mot_parallel.testing import run_distributed  # noqa: E402
 
@@ -91,6 +92,7 @@ def main(argv=None):
             variants[name] = ov
             cfg, layout = checked_config(args.config, ov, world=args.nproc)  # before any process
             with user_errors():
+                register_demo_corpora()  # data.path: demo
                 preflight(cfg, layout)
         for name, ov in variants.items():
             records = run_distributed(_train, args.nproc, args=(args.config, ov), timeout=3600)[0]

@@ -125,7 +125,9 @@ def _run(config, overrides, action, arg, nproc, source):
                                   f"{source[1]}; give a new run.output_dir (or checkpoint.dir)")
         else:
             check_dir("--out", _scratch(arg), SCRATCH, [source], overwrite=True)
+        from mot_parallel.corpus_building import register_demo_corpora
         from mot_parallel.data.from_config import check_data
+        register_demo_corpora()  # data.path: demo (the trainer's workers register their own)
         check_data(cfg, full=False)  # the trainer opens the config's corpus: one it cannot open is named here
         resolve_resume(cfg, layout)
     if launched:
