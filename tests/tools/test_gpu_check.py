@@ -60,20 +60,20 @@ def test_a_failing_part_is_recorded_and_the_next_runs(tmp_path):
 
     tool.RUNNERS.update(device=broken, gpu_tests=lambda shape, args, env, timeout: {
         "status": "ok", "rows": [("pytest -m gpu", "1 passed", "")]})
-    assert tool.main(["--cpu-smoke", "--parts", "device,gpu_tests", "--out", str(tmp_path),
+    assert tool.main(["--cpu-smoke", "--parts", "device,gpu_tests", "--out", str(tmp_path / "report"),
                       "--work-dir", str(tmp_path / "w")]) == 0
-    parts = json.load(open(tmp_path / "gpu_check.json"))["parts"]
+    parts = json.load(open(tmp_path / "report" / "gpu_check.json"))["parts"]
     assert parts["device"]["status"] == "error" and "illegal memory access" in parts["device"]["error"]
     assert parts["gpu_tests"]["status"] == "ok"
 
 
 def test_budget_skips_and_unknown_parts_are_refused(tmp_path):
     tool = _tool()
-    assert tool.main(["--cpu-smoke", "--parts", "device", "--budget-s", "0", "--out", str(tmp_path),
+    assert tool.main(["--cpu-smoke", "--parts", "device", "--budget-s", "0", "--out", str(tmp_path / "report"),
                       "--work-dir", str(tmp_path / "w")]) == 0
-    assert json.load(open(tmp_path / "gpu_check.json"))["parts"]["device"]["status"] == "skipped"
+    assert json.load(open(tmp_path / "report" / "gpu_check.json"))["parts"]["device"]["status"] == "skipped"
     with pytest.raises(SystemExit, match="unknown part"):
-        tool.main(["--parts", "device,warp_drive", "--out", str(tmp_path), "--work-dir", str(tmp_path / "w")])
+        tool.main(["--parts", "device,warp_drive", "--out", str(tmp_path / "report"), "--work-dir", str(tmp_path / "w")])
 
 
 def test_time_limit_kills_the_process_group():
