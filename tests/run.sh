@@ -2,7 +2,7 @@
 # The test command (README). Sets up the environment, then runs pytest on 2-4 gloo processes per test.
 #   tests/run.sh                      # default suite, what CI runs: the versions of tests/constraints.txt
 #   tests/run.sh --slow               # also the slow tests (Slurm cluster on loopback, long trainings, sweeps)
-#   tests/run.sh -k tp_layers         # any pytest arguments (test files given: only those run)
+#   tests/run.sh tests/tensor_parallel  # any pytest arguments (test files or directories given: only those run)
 #   tests/run.sh --latest             # the newest releases of every dependency (.venv-latest), default suite
 #   tests/run.sh --latest --freeze    # ... and when it passes, write its versions to tests/constraints.txt
 #   tests/run.sh --megatron 0.19.2    # tests/megatron/test_*.py against that megatron-core release
