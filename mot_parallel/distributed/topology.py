@@ -30,6 +30,8 @@ class ParallelTopology:
         self.pp_ranks = _mine(layout.pp_groups(), rank)
         self.dp_ranks = _mine(layout.dp_groups(), rank)
         self.mp_ranks = _mine(layout.mp_groups(), rank)
+        self._context = ParallelContext.of(tp_group, layout.sequence_parallel, pp_rank=self.coord.pp,
+                                           pp_size=layout.pp, dp_group=dp_group)
 
     @classmethod
     def build(cls, layout: ParallelLayout, rank: Optional[int] = None) -> "ParallelTopology":
@@ -81,9 +83,9 @@ class ParallelTopology:
     is_last_stage = property(lambda self: self.coord.pp == self.layout.pp - 1)
 
     def context(self) -> ParallelContext:
-        """What this rank's modules need to know about the split (model/, training/pipeline.py)."""
-        return ParallelContext.of(self.tp_group, self.layout.sequence_parallel, pp_rank=self.pp_rank,
-                                  pp_size=self.pp_size, dp_group=self.dp_group)
+        """What this rank's modules need to know about the split (model/, training/pipeline.py): one object,
+        built with the topology (the loader thread plans every micro-batch with it)."""
+        return self._context
 
     def mpu(self):
         """DeepSpeed's duck-typed `mpu` view of this topology (see mpu.py)."""

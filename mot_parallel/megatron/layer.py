@@ -73,7 +73,8 @@ class MoTTransformerLayer(MoTLayer, BaseTransformerLayer):
         if tp_group is None:
             tp_group = parallel_state.get_tensor_model_parallel_group()
         number = layer_number + _layer_offset(config, vp_stage, _pp_rank(pg_collection))  # global, 1-based
-        settings = settings_from_megatron(config, mot, group_size(tp_group))
+        parallel = ParallelContext.of(tp_group, config.sequence_parallel)
+        settings = settings_from_megatron(config, mot, parallel.tp_size)
         # the plan carries the attention mask exactly when one applies (document masking, or the caller's
         # attention_mask folded in by MoTGPTModel), so the layer always uses the plan's
         settings = settings.with_(document_masking=True)
@@ -82,7 +83,6 @@ class MoTTransformerLayer(MoTLayer, BaseTransformerLayer):
         on_accelerator = dev.accelerator_available()  # Megatron's RNG tracker exists only on CUDA
         tracker = tensor_parallel.get_cuda_rng_tracker() if on_accelerator else None
         device = dev.current_device() if on_accelerator and not config.use_cpu_initialization else None
-        parallel = ParallelContext.of(tp_group, config.sequence_parallel)
         super().__init__(settings, number - 1, parallel=parallel, rng_tracker=tracker, device=device)
         self.config, self.layer_number, self.tp_group = config, number, tp_group  # Megatron's numbering
         self.pg_collection = pg_collection

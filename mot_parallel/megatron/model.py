@@ -39,7 +39,6 @@ import torch
 from megatron.core.models.gpt import GPTModel
 from megatron.core.packed_seq_params import PackedSeqParams
 
-from ..distributed.collectives import group_size
 from ..distributed.parallel_context import ParallelContext
 from ..model.model import plan_for
 from ..model.rope import rope_cos_sin
@@ -72,8 +71,8 @@ class MoTGPTModel(GPTModel):
         kwargs["position_embedding_type"] = "none"
         super().__init__(config, transformer_layer_spec, vocab_size, max_sequence_length, **kwargs)
         self.mot = mot
-        self.settings = settings_from_megatron(config, mot, group_size(self.own_tp_group()))
         self.parallel = ParallelContext.of(self.own_tp_group(), config.sequence_parallel)
+        self.settings = settings_from_megatron(config, mot, self.parallel.tp_size)
         if self.parallel.sequence_parallel and not kwargs.get("scatter_embedding_sequence_parallel", True):
             raise ValueError("MoTGPTModel under sequence parallelism needs scatter_embedding_sequence_parallel=True "
                              "(the MoT layers expect this rank's shard of the grouped tokens)")

@@ -94,15 +94,20 @@ class MoTHead(nn.Module):
         noise may be None without labels). With labels: LossOutput (LM losses, and the diffusion losses
         against the noise). Without: the logits [N, V/tp] (grouped order), and with continuous modalities
         also their noise predictions (ContinuousHead.predict; a U-Net decoder reads the patches and t)."""
+        out = self.outputs(hidden, plan, continuous)
+        if labels is None:
+            return out.logits if self.continuous is None else tuple(out)
+        noise = [c[2] for c in continuous]
+        return self.loss(out, plan, LossTargets(labels, label_modalities, loss_mask, noise))
+
+    def outputs(self, hidden: torch.Tensor, plan: RoutingPlan, continuous: Sequence = ()) -> "HeadOutputs":
+        """What the head computes before any loss (a pipeline's last stage hands this to the loss)."""
         x = hidden.reshape(-1, self.settings.hidden_size)
         counts = plan.stream_counts if self.norm_copies else None
         h = self.final_norm(x, counts)
         logits, _ = self.output_layer(h, sp_sizes=plan.sp_sizes)  # [N, V/tp], grouped
         preds = self.continuous.predict(h, plan, continuous) if self.continuous is not None else ()
-        if labels is None:
-            return logits if self.continuous is None else (logits, preds)
-        noise = [c[2] for c in continuous]
-        return self.loss(HeadOutputs(logits, preds), plan, LossTargets(labels, label_modalities, loss_mask, noise))
+        return HeadOutputs(logits, preds)
 
     def loss(self, outputs: "HeadOutputs", plan: RoutingPlan, targets: "LossTargets") -> LossOutput:
         return head_loss(outputs, plan, targets, self.parallel, self.settings)
@@ -128,7 +133,7 @@ class LossTargets(NamedTuple):
 def modality_loss(logits: torch.Tensor, plan: RoutingPlan, targets: LossTargets, parallel: ParallelContext,
                   settings: ModelSettings) -> LossOutput:
     """Per-modality loss sums and token counts from grouped-order, vocab-sharded logits and sequence-order
-    labels (the head's loss; the pipeline's last stage calls the head's `loss` too)."""
+    labels (the LM part of `head_loss`)."""
     target = plan.group_ids(targets.labels)
     losses = vocab_parallel_cross_entropy(logits, target, parallel.tp_group, settings.vocab_size, IGNORE_INDEX)
     weight = (target != IGNORE_INDEX).to(torch.float32)

@@ -120,9 +120,7 @@ class HeadPipe(MoTHead):
 
     def forward(self, inputs):
         stage = StageTuple(*inputs)
-        out = MoTHead.forward(self, stage.hidden, stage.plan, continuous=stage.continuous)
-        head = HeadOutputs(out) if self.continuous is None else HeadOutputs(*out)
-        return LastStageOutputs(head, stage.plan)
+        return LastStageOutputs(self.outputs(stage.hidden, stage.plan, stage.continuous), stage.plan)
 
 
 class PipeLoss:
