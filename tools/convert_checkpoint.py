@@ -70,8 +70,10 @@ def _with_trainer(config, overrides, action, arg):
     from mot_parallel.training import Trainer
     scratch = _scratch(arg) if action == "export" else None
     cfg = load_config(config, list(overrides) + ([f"run.output_dir={scratch}"] if scratch else []))
-    if scratch:
-        claim_scratch(scratch, SCRATCH)
+    if scratch:  # one rank claims it: concurrent claims raced (one rank saw another's directory before its mark)
+        if dist.get_rank() == 0:
+            claim_scratch(scratch, SCRATCH)
+        dist.barrier()
     trainer = Trainer(cfg)
     try:
         if action == "export":
