@@ -10,8 +10,9 @@ Text: the whole sequence is run again for every new token (no KV cache yet: the 
 small; a cache needs an incremental attention path). Image: the caption, the image's BOI marker and P patch
 positions; every patch starts as Gaussian noise and is denoised with deterministic DDIM steps; each step runs
 the model conditioned (caption + BOI + patches) and unconditioned (BOI + patches: what condition dropout
-trained) and mixes the noise predictions, eps = eps_u + cfg_scale * (eps_c - eps_u) (classifier-free
-guidance). The patches attend to each other bidirectionally and to the context causally, as in training.
+trained) and mixes the predictions (of the noise or of v, diffusion.prediction), out = out_u + cfg_scale *
+(out_c - out_u) (classifier-free guidance; linear in either, so both mix alike). The patches attend to each
+other bidirectionally and to the context causally, as in training.
 Both passes of every picture of a batch run as columns of one forward, whose plan is built once.
 The caption's keys and values are recomputed at every step rather than cached: on CPU at the demo's size
 that recomputation is a minority of a step's time (tools/bench_sampling.py measures it).
@@ -77,8 +78,8 @@ class _ImageBatch:
         self.order = image_order(self.plan, m, num_patches, self.device)    # grouped rows -> picture order
         self.inverse = torch.argsort(self.order)
 
-    def eps(self, model: MoTModel, x: torch.Tensor, t: int) -> torch.Tensor:
-        """Noise predictions [b, P, D] for the patches `x` [b, P, D] (column order) at timestep t."""
+    def outputs(self, model: MoTModel, x: torch.Tensor, t: int) -> torch.Tensor:
+        """The model's predictions (noise or v) [b, P, D] for the patches `x` [b, P, D] (column order) at timestep t."""
         s = model.settings
         k = s.continuous_ids().index(self.m)
         inputs = [(torch.zeros(0, c.patch_dim, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device),
@@ -109,12 +110,13 @@ def generate_images(model: MoTModel, captions: Sequence[Sequence[int]], modality
 
     def predict(x, t):
         if not guided:
-            return batch.eps(model, x, t)
-        eps = batch.eps(model, x.repeat_interleave(2, dim=0), t)
-        eps_c, eps_u = eps[0::2], eps[1::2]
-        return eps_u + cfg_scale * (eps_c - eps_u)
+            return batch.outputs(model, x, t)
+        out = batch.outputs(model, x.repeat_interleave(2, dim=0), t)
+        out_c, out_u = out[0::2], out[1::2]
+        return out_u + cfg_scale * (out_c - out_u)
     x = ddim_sample(predict, x_T, cosine_alpha_bar(s.diffusion_timesteps), steps,
-                    clip=1.0 if spec.source == "pixels" else 0.0)  # pixels live in [-1, 1]
+                    clip=1.0 if spec.source == "pixels" else 0.0,  # pixels live in [-1, 1]
+                    prediction=s.diffusion_prediction)
     return list(x.cpu())
 
 

@@ -181,22 +181,39 @@ def _unet_up(W, pre, x, emb, patch, noised):
     return (x + F.conv2d(noised[None], W[f"{pre}.skip_out.weight"], W[f"{pre}.skip_out.bias"]))[0]
 
 
+def _image_position(s, spec, k):
+    """Patch k's (raster index) 2-D sine-cosine position embedding, element by element: a quarter of the width
+    each for sin(row w_i), cos(row w_i), sin(col w_i), cos(col w_i), w_i = 10000^(-i / quarter), times
+    init_std * sqrt(2 * patch_dim) (model/image_positions.py's scale)."""
+    q = s.hidden_size // 4
+    row, col = divmod(k, spec.grid[1])
+    w = [10000.0 ** (-i / q) for i in range(q)]
+    values = [f(a * wi) for a in (row, col) for f in (math.sin, math.cos) for wi in w]
+    return torch.tensor(values) * (s.init_std * math.sqrt(2.0 * spec.patch_dim))
+
+
 def _embed_images(W, s, x, mods, patches, spans):
-    """Continuous positions of x [S, B, h] get their patch embedding: linear per patch, or U-Net per image."""
+    """Continuous positions of x [S, B, h] get their patch embedding: linear per patch, or U-Net per image;
+    with position_embedding sincos2d, plus the patch's 2-D position in its image."""
     for spec in s.continuous:
         m, name = s.modalities.index(spec.name), spec.name
+        images = _images(patches, mods, spans, m).values() if spec.unet or spec.position_embedding != "none" else []
         if not spec.unet:
             for (i, j), (x_t, t, _) in patches.items():
                 if int(mods[i, j]) == m:
                     lin = W[f"embedding.continuous.proj.{name}.weight"] @ x_t + W[f"embedding.continuous.proj.{name}.bias"]
                     x[i, j] = lin + _time_mlp(W, "embedding", name, t, s)
-            continue
-        for keys in _images(patches, mods, spans, m).values():
-            emb = _time_mlp(W, "embedding", name, patches[keys[0]][1], s)
-            img = _assemble([patches[k][0] for k in keys], spec)
-            out = _unet_down(W, f"embedding.continuous.unet.{name}", img, emb, spec.patch)
-            for k, (i, j) in enumerate(keys):
-                x[i, j] = out[:, k // spec.grid[1], k % spec.grid[1]] + emb
+        else:
+            for keys in images:
+                emb = _time_mlp(W, "embedding", name, patches[keys[0]][1], s)
+                img = _assemble([patches[k][0] for k in keys], spec)
+                out = _unet_down(W, f"embedding.continuous.unet.{name}", img, emb, spec.patch)
+                for k, (i, j) in enumerate(keys):
+                    x[i, j] = out[:, k // spec.grid[1], k % spec.grid[1]] + emb
+        if spec.position_embedding == "sincos2d":
+            for keys in images:
+                for k, (i, j) in enumerate(keys):
+                    x[i, j] = x[i, j] + _image_position(s, spec, k)
     return x
 
 

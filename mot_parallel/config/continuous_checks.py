@@ -23,6 +23,9 @@ def continuous_errors(cfg: Config) -> List[str]:
         if c.patch_encoder == "unet" and (c.unet_channels < 4 or c.unet_channels % 4):
             err.append(f"{key}.unet_channels={c.unet_channels} must be a positive multiple of 4 (GroupNorm groups of "
                        "4 channels)")
+        if c.position_embedding == "sincos2d" and m.hidden_size % 4:
+            err.append(f"{key}.position_embedding=sincos2d needs model.hidden_size divisible by 4 (a quarter of the "
+                       f"width per sine or cosine of the row or column), not {m.hidden_size}")
         for marker in ("boi_token", "eoi_token"):
             value = getattr(c, marker)
             if value is not None and not 0 <= value < m.vocab_size:

@@ -60,6 +60,10 @@ class ContinuousConfig:
         "patch; 'unet', U-Net down blocks before and up blocks after the transformer (model/unet.py).")
     unet_channels: int = opt(32, "patch_encoder unet: convolution width at full resolution (a multiple of 4), "
                              "doubled at each downsampling step (one per prime factor of the patch side).")
+    position_embedding: Literal["none", "sincos2d"] = opt(
+        "none", "Where a patch sits in its image, added to its input vector: 'none' (the Transfusion paper's: "
+        "RoPE's 1-D positions only, so a patch's row and column are learnt from its offset to BOI) or "
+        "'sincos2d', DiT's fixed 2-D sine-cosine embedding of (row, column) (model/image_positions.py).")
 
 
 @dataclass
@@ -93,7 +97,7 @@ class ModelConfig:
     untie_final_norm: bool = opt(False, "One final norm per modality (BAGEL) instead of a shared one.")
     continuous: Dict[str, ContinuousConfig] = opt(
         {}, "Continuous modalities (Transfusion): {modality: {source, channels, patch, grid, boi_token, eoi_token, "
-        "patch_encoder, unet_channels}}; their patches enter through an input projection (or U-Net down blocks) "
+        "patch_encoder, unet_channels, position_embedding}}; their patches enter through an input projection (or U-Net down blocks) "
         "+ timestep embedding and leave through an output projection (or U-Net up blocks) trained with the "
         "diffusion loss. Every other modality is discrete (token ids).")
     tie_embeddings: bool = opt(False, "Share the input embedding with the output head.")
@@ -108,6 +112,10 @@ class DiffusionConfig:
     loss_weight: float = opt(5.0, "lambda in L = L_LM + lambda * L_diffusion (Transfusion: 5).")
     timesteps: int = opt(1000, "DDPM steps T; training draws t uniformly in [0, T).")
     schedule: Literal["cosine"] = opt("cosine", "Noise schedule (Nichol & Dhariwal's cosine).")
+    prediction: Literal["epsilon", "v"] = opt(
+        "epsilon", "What the model predicts under MSE: 'epsilon', the noise (Transfusion's), or 'v' = sqrt(abar) eps "
+        "- sqrt(1 - abar) x_0 (Salimans & Ho), whose loss keeps weight on the clean image at high noise "
+        "(model/diffusion.py says why; docs/transfusion.md measures both).")
     image_first_max_t: int = opt(
         500, "Noise limiting: t < this for an image that opens its document (image -> caption), so the caption "
         "is learnt from a recognisable image (Transfusion: 500); 0 = off.")

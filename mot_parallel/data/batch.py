@@ -31,10 +31,10 @@ class ContinuousInputs(NamedTuple):
     """One continuous modality's tokens of a micro-batch, in flat (s-major) order."""
     x_t: torch.Tensor   # [n, D] float32, noised patches (the model's input)
     t: torch.Tensor     # [n] int64, the timestep of each patch's image
-    eps: torch.Tensor   # [n, D] float32, the noise (the diffusion target)
+    target: torch.Tensor  # [n, D] float32, the diffusion target: the noise, or v (diffusion.prediction)
 
     def to(self, move) -> "ContinuousInputs":
-        return ContinuousInputs(move(self.x_t), move(self.t), move(self.eps))
+        return ContinuousInputs(move(self.x_t), move(self.t), move(self.target))
 
 
 @dataclass
@@ -105,14 +105,14 @@ class _Images:
             order = self.row_of[m].T.reshape(-1)            # s-major: the grouped slice's order
             order = order[order >= 0]
             cat = lambda key: np.concatenate([getattr(r, key) for r in self.rows[m]]) if self.rows[m] else None  # noqa: E731
-            x, eps = cat("x_t"), cat("eps")
+            x, target = cat("x_t"), cat("target")
             t = np.concatenate([np.full(len(r.x_t), r.t, np.int64) for r in self.rows[m]]) if self.rows[m] else None
             if x is None:  # no image of this modality here: empty, but shaped for the projections
                 d = self.dims[m]
                 out.append(ContinuousInputs(torch.zeros(0, d), torch.zeros(0, dtype=torch.long), torch.zeros(0, d)))
                 continue
             out.append(ContinuousInputs(torch.from_numpy(x[order]), torch.from_numpy(t[order]),
-                                        torch.from_numpy(eps[order])))
+                                        torch.from_numpy(target[order])))
         return out
 
 

@@ -31,6 +31,7 @@ from ..tensor_parallel import mappings as M
 from ..tensor_parallel.param_meta import mark_replicated, mark_sequence_parallel, set_modality
 from ..tensor_parallel.weight_init import draw_full, normal_init, param_seed
 from .diffusion import timestep_features
+from .image_positions import patch_indices, position_table
 from .routing import RoutingPlan
 from .settings import ContinuousSpec, ModelSettings
 from .unet import UNetDown, UNetShape, UNetUp, image_order, to_images, to_rows
@@ -93,6 +94,7 @@ class ContinuousEmbedding(nn.Module):
             seed = param_seed(s.seed, f"embedding.continuous.{c.name}")
             (self.unet if c.unet else self.proj)[c.name] = _modules(s, c, seed, sp, device, up=False)
             _time_mlp(self, s, c, seed, sp, device)
+        self.position_tables = {}   # modality -> its fixed 2-D position table (image_positions.py), built lazily
 
     def forward(self, x: torch.Tensor, plan: RoutingPlan, inputs: Sequence) -> torch.Tensor:
         """x: the embedded stream [n, h] (grouped order, this rank's shard); inputs[k]: (x_t [n_k, D], t [n_k])
@@ -105,9 +107,20 @@ class ContinuousEmbedding(nn.Module):
                 continue             # gradients are summed over TP as they are produced, in the same order)
             vec = self._unet(c, x_t, t, plan, m, x.dtype)[own] if c.unet else \
                 self.proj[c.name](x_t[own].to(x.dtype)) + _time_embedding(self, c.name, t[own], x.dtype)
+            if c.position_embedding == "sincos2d":
+                vec = vec + self._positions(c, plan, m, x)[own]
             pieces += [x[cursor:rows.start], vec]
             cursor = rows.stop
         return torch.cat(pieces + [x[cursor:]]) if pieces else x
+
+    def _positions(self, c: ContinuousSpec, plan: RoutingPlan, m: int, x: torch.Tensor) -> torch.Tensor:
+        """Modality m's rows' 2-D position embeddings [n_m, h] (grouped order, all ranks' rows); the fixed
+        table is built once per modality, outside the state dict (it is no parameter)."""
+        table = self.position_tables.get(c.name)
+        if table is None or table.device != x.device or table.dtype != x.dtype:
+            table = position_table(c.grid, self.settings.hidden_size, self.settings.init_std, c.patch_dim)
+            table = self.position_tables[c.name] = table.to(x.device, x.dtype)
+        return table.index_select(0, patch_indices(plan, m, c.num_patches, x.device))
 
     def _unet(self, c: ContinuousSpec, x_t, t, plan: RoutingPlan, m: int, dtype) -> torch.Tensor:
         """Every image of modality m (all ranks' rows: a convolution needs the whole image) through the down

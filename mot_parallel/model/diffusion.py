@@ -2,11 +2,17 @@
 
 Training draws, per image, a timestep t uniform in [0, T) (capped below `image_first_max_t` for an image
 that opens its document: noise limiting, so a caption that follows is learnt from a recognisable image)
-and noise eps ~ N(0, I); the model sees x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps and predicts eps
-(MSE). Both draws come from a generator seeded by the image's identity (seed, step, document, segment),
-never by the rank that happens to read it, so every layout trains on exactly the same noise. The same
-generator decides condition dropout (the image does not see the text before it), which classifier-free
-guidance needs at sampling.
+and noise eps ~ N(0, I); the model sees x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps and predicts, under
+MSE, either eps (`diffusion.prediction: epsilon`, Transfusion's) or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+(`v`, Salimans & Ho 2022). Why v exists: at high noise the clean picture implied by an eps prediction is
+(x_t - sqrt(1 - abar) eps_hat) / sqrt(abar), which multiplies the prediction's error by up to 1/sqrt(abar)
+(~40 at t = 0.9 T, unbounded at T - 1), while an eps loss weighs those steps as any other; a small model then
+learns low-noise denoising and samples speckle, because DDIM's first steps decide the layout from exactly those
+amplified estimates. A v target is eps at high noise' weight of x_0 error, so the layout is learnt
+(docs/transfusion.md measures both). Both draws come from a generator seeded by the image's identity (seed,
+step, document, segment), never by the rank that happens to read it, so every layout trains on exactly the
+same noise. The same generator decides condition dropout (the image does not see the text before it), which
+classifier-free guidance needs at sampling.
 """
 from __future__ import annotations
 
@@ -25,10 +31,13 @@ def cosine_alpha_bar(timesteps: int, s: float = 0.008) -> np.ndarray:
     return np.cumprod(1.0 - betas)
 
 
+PREDICTIONS = ("epsilon", "v")   # what the model predicts (diffusion.prediction)
+
+
 @dataclass(frozen=True)
 class Noised:
     x_t: np.ndarray        # [P, D] float32
-    eps: np.ndarray        # [P, D] float32, the target
+    target: np.ndarray     # [P, D] float32: the noise eps, or v (diffusion.prediction)
     t: int
     drop_condition: bool
 
@@ -37,8 +46,11 @@ class Noiser:
     """Host-side noising of one image's patches, deterministic in the image's identity."""
 
     def __init__(self, timesteps: int, image_first_max_t: int, condition_dropout: float, seed: int,
-                 patch_dims: Optional[Dict[int, int]] = None):
+                 patch_dims: Optional[Dict[int, int]] = None, prediction: str = "epsilon"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"diffusion prediction {prediction!r} is not one of {PREDICTIONS}")
         self.patch_dims = dict(patch_dims or {})     # modality id -> patch values (for empty micro-batches)
+        self.prediction = prediction
         self.alpha_bar = cosine_alpha_bar(timesteps)
         self.timesteps, self.first_max, self.dropout, self.seed = timesteps, image_first_max_t, condition_dropout, seed
 
@@ -50,7 +62,9 @@ class Noiser:
         drop = bool(g.random() < self.dropout) and train
         eps = g.standard_normal(x0.shape, dtype=np.float32)
         a = self.alpha_bar[t]
-        return Noised((math.sqrt(a) * x0 + math.sqrt(1 - a) * eps).astype(np.float32), eps, t, drop)
+        x_t = (math.sqrt(a) * x0 + math.sqrt(1 - a) * eps).astype(np.float32)
+        target = eps if self.prediction == "epsilon" else (math.sqrt(a) * eps - math.sqrt(1 - a) * x0).astype(np.float32)
+        return Noised(x_t, target, t, drop)
 
 
 def noiser_for(cfg, settings) -> Optional[Noiser]:
@@ -59,7 +73,7 @@ def noiser_for(cfg, settings) -> Optional[Noiser]:
         return None
     d = cfg.diffusion
     dims = {settings.modalities.index(c.name): c.patch_dim for c in settings.continuous}
-    return Noiser(d.timesteps, d.image_first_max_t, d.condition_dropout, cfg.train.seed, dims)
+    return Noiser(d.timesteps, d.image_first_max_t, d.condition_dropout, cfg.train.seed, dims, d.prediction)
 
 
 def timestep_features(t: torch.Tensor, dim: int, timesteps: int) -> torch.Tensor:
@@ -70,27 +84,39 @@ def timestep_features(t: torch.Tensor, dim: int, timesteps: int) -> torch.Tensor
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, alpha_bar: np.ndarray,
-              clip: float = 0.0) -> torch.Tensor:
-    """One deterministic DDIM step (eta = 0) from t to t_prev (t_prev < 0: the clean sample). `clip` > 0
-    clamps the predicted clean sample to [-clip, clip] (pixels live in [-1, 1]): at large t the estimate
-    divides by sqrt(abar_t) ~ 0 and would otherwise amplify the noise prediction's error without bound;
-    eps is then re-derived from the clamped estimate, as in DDPM/DDIM reference implementations."""
-    a_t = float(alpha_bar[t])
-    a_prev = float(alpha_bar[t_prev]) if t_prev >= 0 else 1.0
-    x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+def clean_and_noise(x_t: torch.Tensor, out: torch.Tensor, a_t: float, prediction: str = "epsilon",
+                    clip: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x_0, eps) implied by the model's output `out` at x_t (abar = a_t): `out` is eps or v (PREDICTIONS).
+    `clip` > 0 clamps x_0 to [-clip, clip] (pixels live in [-1, 1]; an eps prediction's x_0 divides by
+    sqrt(abar) ~ 0 at high t) and re-derives eps from the clamped x_0, as DDPM/DDIM reference implementations do."""
+    if prediction == "v":   # no division: x_0 = sqrt(a) x_t - sqrt(1 - a) v, eps = sqrt(1 - a) x_t + sqrt(a) v
+        x0, eps = math.sqrt(a_t) * x_t - math.sqrt(1 - a_t) * out, math.sqrt(1 - a_t) * x_t + math.sqrt(a_t) * out
+    else:
+        x0, eps = (x_t - math.sqrt(1 - a_t) * out) / math.sqrt(a_t), out
     if clip > 0:
         x0 = x0.clamp(-clip, clip)
         eps = (x_t - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    return x0, eps
+
+
+def ddim_step(x_t: torch.Tensor, out: torch.Tensor, t: int, t_prev: int, alpha_bar: np.ndarray,
+              clip: float = 0.0, prediction: str = "epsilon") -> torch.Tensor:
+    """One deterministic DDIM step (eta = 0) from t to t_prev (t_prev < 0: the clean sample), given the
+    model's output `out` (eps or v) at x_t; `clip` as clean_and_noise."""
+    x0, eps = clean_and_noise(x_t, out, float(alpha_bar[t]), prediction, clip)
+    a_prev = float(alpha_bar[t_prev]) if t_prev >= 0 else 1.0
     return math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
 
 
-def ddim_sample(predict_eps, x_T: torch.Tensor, alpha_bar: np.ndarray, steps: int, clip: float = 0.0) -> torch.Tensor:
-    """Deterministic DDIM from pure noise `x_T` in `steps` steps; `predict_eps(x_t, t)` is the model."""
+def ddim_sample(predict, x_T: torch.Tensor, alpha_bar: np.ndarray, steps: int, clip: float = 0.0,
+                prediction: str = "epsilon") -> torch.Tensor:
+    """Deterministic DDIM from pure noise `x_T` in `steps` steps; `predict(x_t, t)` is the model (its output
+    eps or v, as `prediction` says)."""
     schedule = ddim_timesteps(len(alpha_bar), steps)
     x = x_T
     for i, t in enumerate(schedule):
-        x = ddim_step(x, predict_eps(x, t), t, schedule[i + 1] if i + 1 < len(schedule) else -1, alpha_bar, clip)
+        t_prev = schedule[i + 1] if i + 1 < len(schedule) else -1
+        x = ddim_step(x, predict(x, t), t, t_prev, alpha_bar, clip, prediction)
     return x
 
 

@@ -29,6 +29,7 @@ class ContinuousSpec:
     eoi_token: Optional[int] = None
     patch_encoder: str = "linear"      # 'linear' or 'unet' (model/unet.py)
     unet_channels: int = 32
+    position_embedding: str = "none"   # 'none' or 'sincos2d' (model/image_positions.py)
 
     @property
     def patch_dim(self) -> int:
@@ -75,6 +76,7 @@ class ModelSettings:
     document_masking: bool = True
     continuous: Tuple[ContinuousSpec, ...] = ()   # continuous modalities (Transfusion), in modality order
     diffusion_timesteps: int = 1000
+    diffusion_prediction: str = "epsilon"   # what the continuous head predicts: 'epsilon' or 'v' (diffusion.py)
     diffusion_loss_weight: float = 5.0
     params_dtype: torch.dtype = torch.float32
     perform_initialization: bool = True
@@ -133,6 +135,7 @@ class ModelSettings:
             seed=cfg.train.seed,
             document_masking=cfg.data.document_masking, params_dtype=params_dtype or torch.float32,
             continuous=continuous_specs(cfg), diffusion_timesteps=cfg.diffusion.timesteps,
+            diffusion_prediction=cfg.diffusion.prediction,
             diffusion_loss_weight=cfg.diffusion.loss_weight)
 
 
@@ -143,5 +146,6 @@ def continuous_specs(cfg: Config) -> Tuple[ContinuousSpec, ...]:
         c = cfg.model.continuous.get(name)
         if c is not None:
             out.append(ContinuousSpec(name, c.channels, c.patch, (int(c.grid[0]), int(c.grid[1])), c.source,
-                                      c.boi_token, c.eoi_token, c.patch_encoder, c.unet_channels))
+                                      c.boi_token, c.eoi_token, c.patch_encoder, c.unet_channels,
+                                      c.position_embedding))
     return tuple(out)

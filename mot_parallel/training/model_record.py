@@ -22,7 +22,7 @@ from ..config import Config
 
 RECORDED = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size", "modalities",
             "untie", "norm_placement", "qk_norm", "qkv_bias", "untie_final_norm", "tie_embeddings", "norm_eps",
-            "rope_theta", "rope_scaling", "continuous", "diffusion_timesteps")
+            "rope_theta", "rope_scaling", "continuous", "diffusion_timesteps", "diffusion_prediction")
 SHARD_SHAPED = ("vocab_multiple",)
 NOT_RECORDED = {
     "attention_dropout": "a training choice; no weight depends on it",
@@ -37,6 +37,7 @@ NOT_RECORDED = {
     "perform_initialization": "a construction flag",
 }
 CONFIG_KEYS = {"vocab_multiple": "model.make_vocab_size_divisible_by", "diffusion_timesteps": "diffusion.timesteps",
+               "diffusion_prediction": "diffusion.prediction",
                "continuous": "model.continuous (and its order in model.modalities)"}
 
 
@@ -63,10 +64,20 @@ def model_differences(saved: dict, now: dict, deepspeed: bool) -> List[str]:
     (SHARD_SHAPED ones only for a DeepSpeed checkpoint; a setting the checkpoint predates is not compared)."""
     out = []
     for name in RECORDED + (SHARD_SHAPED if deepspeed else ()):
-        if name in saved and saved[name] != now[name]:
+        if name in saved and _filled(name, saved[name]) != now[name]:
             out.append(f"{CONFIG_KEYS.get(name, 'model.' + name)}: the checkpoint has {saved[name]}, this run "
                        f"{now[name]}")
     return out
+
+
+def _filled(name: str, value):
+    """A recorded value as this version records it: a continuous modality recorded before one of its settings
+    existed (position_embedding) had that setting's default."""
+    if name != "continuous" or not isinstance(value, list):
+        return value
+    from ..model.settings import ContinuousSpec
+    defaults = {f.name: f.default for f in dataclasses.fields(ContinuousSpec) if f.default is not dataclasses.MISSING}
+    return [{**defaults, **v} if isinstance(v, dict) else v for v in value]
 
 
 def model_problem(where: str, saved: dict, cfg: Config, deepspeed: bool) -> str:

@@ -6,9 +6,9 @@ ZeRO-1 (test_three_d.py: the same at the demo size, 10 steps, 1e-5). The loss is
 loss tokens, so DP=2 reproduces DP=1 with 2 accumulation steps.
 The same for the Transfusion setting (continuous images trained by diffusion, on the picture demo): its
 input/output projections are replicated over TP (partial gradients under SP), the noise is drawn per image,
-never per rank, so every layout trains the same model; and with the U-Net patch encoder (model/unet.py),
-whose grad norm must match too (1e-3 relative, as the token layouts'). The default suite trains a
-representative subset (DEFAULT_LAYOUTS, UNET_DEFAULT); `tests/run.sh --slow` trains every layout."""
+never per rank, so every layout trains the same model (with the demo's 2-D positions and v prediction); and
+with the U-Net patch encoder (model/unet.py), whose grad norm must match too (1e-3 relative, as the token
+layouts'). The default suite trains a representative subset (DEFAULT_LAYOUTS, UNET_DEFAULT); `tests/run.sh --slow` trains every layout."""
 import pytest
 
 from mot_parallel.testing import run_distributed
@@ -62,7 +62,9 @@ def test_layout_matches_single_process(name, reference, tmp_path):
 
 
 IMAGE = "{source: pixels, channels: 3, patch: 8, grid: [4, 4], boi_token: 256, eoi_token: 257"
-TRANSFUSION = ["model.vocab_size=320", "model.modalities=[text,image]", f"model.continuous={{image: {IMAGE}}}}}"]
+# the demo's settings: 2-D positions (patch indices count every rank's rows) and v prediction
+TRANSFUSION = ["model.vocab_size=320", "model.modalities=[text,image]", "diffusion.prediction=v",
+               f"model.continuous={{image: {IMAGE}, position_embedding: sincos2d}}}}"]
 TRANSFUSION_LAYOUTS = ["dp2-zero3", "tp2", "tp2-sp", "pp2", "tp2-sp-pp2"]
 # the U-Net patch encoder: whole images through convolutions on every TP rank, the stream gathered for the
 # up blocks under SP, the timesteps crossing pipeline stages; 4 steps (the first 4 of the linear run's data)

@@ -5,17 +5,20 @@
   document masking, a condition-dropped image seeing only from its BOI marker) equals an independent
   token-by-token reference (tests/mot_reference.py), loss sums and every gradient within 1e-5 relative,
   for full MoT, FFN-only and dense; with the U-Net patch encoder too (images assembled pixel by pixel from
-  their patches in the reference, two images in one column);
+  their patches in the reference, two images in one column), and with the 2-D position embedding (written
+  out element by element in the reference) on either encoder;
 - the attention mask equals the rule written out pairwise;
 - the per-modality target counts the packer computes from metadata (the loss normaliser) equal what the
   micro-batches actually train on, on random corpora;
 - every layout draws the same noise for the same image (seeded by step, document, segment; never rank);
 - under TP + SP a rank whose shard holds no image trains the same gradients as one process (no hang), for
-  the linear and the U-Net patch encoder;
+  the linear and the U-Net patch encoder and with 2-D positions (whose patch indices count all ranks' rows);
 - the U-Net's FLOPs, parameters and dry-run shapes are counted; pictures sampled together equal pictures
   sampled alone;
 - bad corpora are refused before training, naming the file: a patch size that does not match the config,
   a modality continuous in the corpus and discrete in the model (and the reverse), NaN/inf values."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -75,11 +78,14 @@ def _ours(model, s, batch, context, plan=None):
 
 
 UNET = ContinuousSpec("image", channels=1, patch=2, grid=(1, 3), patch_encoder="unet", unet_channels=16)
+PLACED = replace(IMAGE, position_embedding="sincos2d")
 CASES = [dict(), dict(untie=frozenset({"ffn"})), dict(untie=frozenset()),
-         dict(norm_placement="post", qk_norm=True, untie_final_norm=True), dict(continuous=(UNET,))]
+         dict(norm_placement="post", qk_norm=True, untie_final_norm=True), dict(continuous=(UNET,)),
+         dict(continuous=(PLACED,)), dict(continuous=(replace(UNET, position_embedding="sincos2d"),))]
 
 
-@pytest.mark.parametrize("case", CASES, ids=["mot", "ffn-only", "dense", "post-qknorm-finalnorm", "unet-mot"])
+@pytest.mark.parametrize("case", CASES, ids=["mot", "ffn-only", "dense", "post-qknorm-finalnorm", "unet-mot",
+                                             "positions-mot", "unet-positions-mot"])
 @pytest.mark.parametrize("dropped", [False, True], ids=["conditioned", "condition-dropped"])
 def test_model_matches_a_token_by_token_reference(case, dropped):
     s = settings(**case)
@@ -114,7 +120,7 @@ def _tp_sp_body(encoder):
     from mot_parallel.distributed import ParallelTopology
     from mot_parallel.tensor_parallel import register_tp_grad_hooks, tp_partial_grad_params
     from mot_parallel.tensor_parallel.layout import gather_full
-    spec = UNET if encoder == "unet" else IMAGE
+    spec = {"unet": UNET, "linear": IMAGE, "positions": PLACED}[encoder]
     topo = ParallelTopology.build(ParallelLayout(tp=2))
     from mot_parallel.distributed.parallel_context import ParallelContext
     model = MoTModel(settings(continuous=(spec,)), parallel=ParallelContext.of(topo.tp_group, True))
@@ -136,8 +142,9 @@ def _tp_sp_body(encoder):
     return worst
 
 
-@pytest.mark.parametrize("encoder", ["linear", pytest.param("unet", marks=pytest.mark.slow)])  # U-Net under SP:
-def test_tp_sp_with_every_image_in_one_shard_matches_one_process(encoder):  # also test_training_layouts' default
+# the U-Net under SP is also test_training_layouts' default instance
+@pytest.mark.parametrize("encoder", ["linear", "positions", pytest.param("unet", marks=pytest.mark.slow)])
+def test_tp_sp_with_every_image_in_one_shard_matches_one_process(encoder):
     """A TP rank whose sequence-parallel shard holds no image still runs the image path (on nothing): its
     hook-summed gradients of the replicated image weights meet the other rank's in the same order (it used
     to skip the path and hang), and loss sums and every gradient equal one process's within 1e-5."""
@@ -210,7 +217,7 @@ def _noise_of(table, dp, rank, step_count=3):
         for mb in batch.micro_batches:
             flat = (mb.modality_ids == 1).reshape(-1).nonzero().flatten()
             for k, idx in enumerate(flat.tolist()):
-                out[(batch.step, mb.micro + 4 // dp * rank, idx)] = mb.continuous[0].eps[k]
+                out[(batch.step, mb.micro + 4 // dp * rank, idx)] = mb.continuous[0].target[k]
     loader.close()
     return out
 
@@ -299,28 +306,52 @@ def test_a_transfusion_checkpoint_reshards_and_loads_for_inference(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def test_ddim_with_an_oracle_recovers_the_image():
-    """With the true noise at every step (an oracle model), DDIM lands on the image it was told about."""
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_ddim_with_an_oracle_recovers_the_image(prediction):
+    """With the true noise (or the true v) at every step (an oracle model), DDIM lands on the image it was
+    told about, with and without clipping the clean estimate."""
     from mot_parallel.model.diffusion import cosine_alpha_bar, ddim_sample
     ab = cosine_alpha_bar(1000)
     x0 = torch.rand(36, 48) * 2 - 1
-    oracle = lambda x, t: (x - float(ab[t]) ** 0.5 * x0) / float(1 - ab[t]) ** 0.5  # noqa: E731
+
+    def oracle(x, t):
+        a = float(ab[t])
+        eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5
+        return eps if prediction == "epsilon" else a ** 0.5 * eps - (1 - a) ** 0.5 * x0
     for clip in (0.0, 1.0):
-        out = ddim_sample(oracle, torch.randn(36, 48, generator=torch.Generator().manual_seed(0)), ab, 20, clip)
+        out = ddim_sample(oracle, torch.randn(36, 48, generator=torch.Generator().manual_seed(0)), ab, 20, clip,
+                          prediction)
         assert torch.allclose(out, x0, atol=1e-4), clip
 
 
-def test_noiser_follows_the_schedule_and_limits_image_first_noise():
+def test_a_v_prediction_gives_the_clean_image_without_dividing_by_the_signal():
+    """At t = T - 1 (abar ~ 1e-9) an eps prediction off by 1e-3 puts x_0 off by ~30 (unclipped), a v prediction
+    off by the same puts it off by 1e-3: why diffusion.prediction=v exists (model/diffusion.py)."""
+    from mot_parallel.model.diffusion import clean_and_noise, cosine_alpha_bar
+    a = float(cosine_alpha_bar(1000)[-1])
+    x0, eps = torch.rand(8, 12) * 2 - 1, torch.randn(8, 12, generator=torch.Generator().manual_seed(3))
+    x_t = a ** 0.5 * x0 + (1 - a) ** 0.5 * eps
+    v = a ** 0.5 * eps - (1 - a) ** 0.5 * x0
+    x0_eps, _ = clean_and_noise(x_t, eps + 1e-3, a, "epsilon")
+    x0_v, eps_v = clean_and_noise(x_t, v + 1e-3, a, "v")
+    assert (x0_eps - x0).abs().max() > 10 and (x0_v - x0).abs().max() < 2e-3
+    assert torch.allclose(eps_v, eps, atol=2e-3)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_noiser_follows_the_schedule_and_limits_image_first_noise(prediction):
     from mot_parallel.model.diffusion import Noiser
-    n = Noiser(1000, 500, 0.3, seed=1, patch_dims={1: 4})
+    n = Noiser(1000, 500, 0.3, seed=1, patch_dims={1: 4}, prediction=prediction)
     x0 = np.ones((3, 4), np.float32)
     draws = [n(x0, step, 7, 2, image_first=True) for step in range(200)]
     assert max(d.t for d in draws) < 500 and 0.2 < np.mean([d.drop_condition for d in draws]) < 0.4
     d = draws[0]
     a = n.alpha_bar[d.t]
-    assert np.allclose(d.x_t, np.sqrt(a) * x0 + np.sqrt(1 - a) * d.eps, atol=1e-6)
+    eps = (d.x_t - np.sqrt(a) * x0) / np.sqrt(1 - a)
+    want = eps if prediction == "epsilon" else np.sqrt(a) * eps - np.sqrt(1 - a) * x0
+    assert np.allclose(d.target, want, atol=1e-5)
     again = n(x0, 0, 7, 2, image_first=True)
-    assert again.t == d.t and np.array_equal(again.eps, d.eps)          # the image's identity decides
+    assert again.t == d.t and np.array_equal(again.target, d.target)          # the image's identity decides
     assert not n(x0, 0, 7, 2, image_first=True, train=False).drop_condition  # evaluation: no dropout
 
 

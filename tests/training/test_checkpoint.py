@@ -268,6 +268,24 @@ def test_every_model_setting_is_compared_on_resume_or_says_why_not():
     assert {f.name for f in dataclasses.fields(ModelSettings)} == set(RECORDED) | set(SHARD_SHAPED) | set(NOT_RECORDED)
 
 
+def test_a_checkpoint_from_before_a_continuous_setting_existed_still_fits_its_default():
+    """A Transfusion checkpoint recorded before `position_embedding` existed resumes into a model that leaves it
+    at its default, and is refused, by key, by one that sets it."""
+    from mot_parallel.training.model_record import model_differences, model_record
+    image = "{image: {source: pixels, channels: 3, patch: 8, grid: [4, 4], boi_token: 256, eoi_token: 257"
+    tf = TINY + ["model.vocab_size=320", "model.modalities=[text,image]"]
+    now = model_record(load_config(None, tf + [f"model.continuous={image}}}}}"]))
+    old = dict(now, continuous=[{k: v for k, v in c.items() if k != "position_embedding"} for c in now["continuous"]])
+    del old["diffusion_prediction"]
+    assert model_differences(old, now, deepspeed=True) == []
+    placed = model_record(load_config(None, tf + [f"model.continuous={image}, position_embedding: sincos2d}}}}",
+                                                  "diffusion.prediction=v"]))
+    diffs = model_differences(old, placed, deepspeed=True)
+    assert len(diffs) == 1 and diffs[0].startswith("model.continuous") and "sincos2d" in diffs[0]
+    assert model_differences(now, placed, deepspeed=True)[-1].startswith("diffusion.prediction: the checkpoint has "
+                                                                         "epsilon, this run v")
+
+
 def test_the_hash_cost_benchmark_reports_every_config(capsys):
     import importlib.util
     spec = importlib.util.spec_from_file_location("bench", os.path.join(os.path.dirname(__file__), "..", "..", "tools",
