@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
 
 from ..distributed.accelerators import peak_tflops
-from ..flops import training_flops_per_token
+from ..flops import continuous_flops_per_token, training_flops_per_token
 
 
 def _fmt_time(seconds: float) -> str:
@@ -112,6 +112,8 @@ class ThroughputBasis:
     model_flops_per_token: float   # the model's: 3 x forward, dense-equivalent
     world_size: int
     peak_tflops: Optional[float]   # per device; None: MFU unknown
+    # continuous modality id -> training FLOPs (3 x forward) its encoder and decoder add per image token
+    continuous_flops_per_token: Dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def of_run(cls, cfg, settings, layout, world_size: int, device_name: str) -> "ThroughputBasis":
@@ -121,7 +123,17 @@ class ThroughputBasis:
         return cls(cfg.model.modalities, tokens_per_step=layout.global_batch_size * seq, world_size=world_size,
                    flops_per_token=training_flops_per_token(settings, seq, recompute=recompute),
                    model_flops_per_token=training_flops_per_token(settings, seq),
-                   peak_tflops=cfg.logging.peak_tflops or peak_tflops(device_name))
+                   peak_tflops=cfg.logging.peak_tflops or peak_tflops(device_name),
+                   continuous_flops_per_token={settings.modalities.index(c.name): 3 * continuous_flops_per_token(
+                       settings, c) for c in settings.continuous})
+
+    def model_flops(self, tokens: int, label_counts: Sequence[float]) -> float:
+        """A step's model FLOPs: the transformer's per token, plus each continuous modality's patch encoder and
+        decoder per image token (`label_counts`: the global batch's targets per modality, host values; every
+        patch is a target). The U-Net's convolutions are most of an image token's cost at small widths, so a
+        FLOPs axis without them would compare encoders wrongly."""
+        extra = sum(f * float(label_counts[m]) for m, f in self.continuous_flops_per_token.items())
+        return self.model_flops_per_token * tokens + extra
 
 
 def step_record(stats: StepStats, basis: ThroughputBasis) -> Dict:

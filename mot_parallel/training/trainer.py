@@ -260,7 +260,7 @@ class Trainer:
                     sums, times = self.step_runner.run(batch)
                 step_time = time.perf_counter() - t0
                 tokens = self.throughput.tokens_per_step
-                self.state.advance(tokens, self.throughput.model_flops_per_token * tokens, step_time)
+                self.state.advance(tokens, self.throughput.model_flops(tokens, batch.global_label_counts), step_time)
                 if self.on_step_end is not None:
                     self.on_step_end(self.step)
                 self._log(batch, sums, times, t_data, step_time)

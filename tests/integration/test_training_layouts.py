@@ -12,7 +12,7 @@ layouts'). The default suite trains a representative subset (DEFAULT_LAYOUTS, UN
 import pytest
 
 from mot_parallel.testing import run_distributed
-from train_utils import train_body
+from train_utils import TINY, train_body
 
 LAYOUTS = {
     "dp2-zero1": (2, ["parallel.zero_stage=1"]),
@@ -79,7 +79,24 @@ def _transfusion_reference(tmp_path_factory, overrides, name):
     (ref,) = run_distributed(train_body, 1, args=(overrides + [f"run.output_dir={run}"],), timeout=300)
     last = max(ref)
     assert ref[last]["loss/image"] < ref[1]["loss/image"] and ref[1]["tokens/image"] > 0
+    _check_flops_axis(ref, overrides)
     return ref
+
+
+def _check_flops_axis(ref, overrides):
+    """flops_total (compare_runs' FLOPs axis) counts the transformer per token and the patch encoder and
+    decoder per image token (a U-Net's convolutions are most of an image token's cost at this width)."""
+    from mot_parallel.config import load_config
+    from mot_parallel.flops import continuous_flops_per_token, training_flops_per_token
+    from mot_parallel.model.settings import ModelSettings
+    cfg = load_config(None, TINY + overrides)
+    s = ModelSettings.from_config(cfg)
+    per_step = training_flops_per_token(s, cfg.model.max_seq_len) * cfg.train.global_batch_size * cfg.model.max_seq_len
+    per_image_token = 3 * continuous_flops_per_token(s, s.continuous[0])
+    total = 0.0
+    for step in sorted(ref):
+        total += per_step + per_image_token * ref[step]["tokens/image"]
+        assert abs(ref[step]["flops_total"] - total) <= 1e-9 * total, (step, ref[step]["flops_total"], total)
 
 
 @pytest.fixture(scope="module")
