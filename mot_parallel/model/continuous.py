@@ -105,27 +105,30 @@ class ContinuousEmbedding(nn.Module):
             rows, own = plan.modality_rows(m)
             if plan.counts[m] == 0:  # not `own` rows: every TP rank must touch the weights alike (their SP
                 continue             # gradients are summed over TP as they are produced, in the same order)
-            vec = self._unet(c, x_t, t, plan, m, x.dtype)[own] if c.unet else \
+            # whole images, in raster order: what the U-Net convolves and what a patch's position is read from
+            whole = c.unet or c.position_embedding != "none"
+            order = image_order(plan, m, c.num_patches, x.device) if whole else None
+            vec = self._unet(c, x_t, t, order, x.dtype)[own] if c.unet else \
                 self.proj[c.name](x_t[own].to(x.dtype)) + _time_embedding(self, c.name, t[own], x.dtype)
             if c.position_embedding == "sincos2d":
-                vec = vec + self._positions(c, plan, m, x)[own]
+                vec = vec + self._positions(c, order, x)[own]
             pieces += [x[cursor:rows.start], vec]
             cursor = rows.stop
         return torch.cat(pieces + [x[cursor:]]) if pieces else x
 
-    def _positions(self, c: ContinuousSpec, plan: RoutingPlan, m: int, x: torch.Tensor) -> torch.Tensor:
-        """Modality m's rows' 2-D position embeddings [n_m, h] (grouped order, all ranks' rows); the fixed
-        table is built once per modality, outside the state dict (it is no parameter)."""
+    def _positions(self, c: ContinuousSpec, order: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The modality's rows' 2-D position embeddings [n_m, h] (grouped order, all ranks' rows; `order`:
+        unet.image_order); the fixed table is built once per modality, outside the state dict (it is no
+        parameter, and a meta-device build would leave a non-persistent buffer uninitialised)."""
         table = self.position_tables.get(c.name)
         if table is None or table.device != x.device or table.dtype != x.dtype:
             table = position_table(c.grid, self.settings.hidden_size, self.settings.init_std, c.patch_dim)
             table = self.position_tables[c.name] = table.to(x.device, x.dtype)
-        return table.index_select(0, patch_indices(plan, m, c.num_patches, x.device))
+        return table.index_select(0, patch_indices(order, c.num_patches))
 
-    def _unet(self, c: ContinuousSpec, x_t, t, plan: RoutingPlan, m: int, dtype) -> torch.Tensor:
-        """Every image of modality m (all ranks' rows: a convolution needs the whole image) through the down
-        blocks, plus the timestep embedding: [n_m, h] in the modality's grouped order."""
-        order = image_order(plan, m, c.num_patches, x_t.device)
+    def _unet(self, c: ContinuousSpec, x_t, t, order: torch.Tensor, dtype) -> torch.Tensor:
+        """Every image of the modality (all ranks' rows, gathered by `order`: a convolution needs the whole image)
+        through the down blocks, plus the timestep embedding: [n_m, h] in the modality's grouped order."""
         emb = _time_embedding(self, c.name, t[order].view(-1, c.num_patches)[:, 0], dtype)
         out = self.unet[c.name](to_images(x_t[order].to(dtype), c.channels, c.patch, c.grid), emb)
         rows = (out + emb[:, :, None, None]).permute(0, 2, 3, 1).reshape(-1, self.settings.hidden_size)

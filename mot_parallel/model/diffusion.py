@@ -8,8 +8,8 @@ MSE, either eps (`diffusion.prediction: epsilon`, Transfusion's) or v = sqrt(aba
 (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar), which multiplies the prediction's error by up to 1/sqrt(abar)
 (~40 at t = 0.9 T, unbounded at T - 1), while an eps loss weighs those steps as any other; a small model then
 learns low-noise denoising and samples speckle, because DDIM's first steps decide the layout from exactly those
-amplified estimates. A v target is eps at high noise' weight of x_0 error, so the layout is learnt
-(docs/transfusion.md measures both). Both draws come from a generator seeded by the image's identity (seed,
+amplified estimates. A v loss is the x_0 error weighted by 1 + SNR, never less than 1, so the layout is
+learnt (docs/transfusion.md measures both). Both draws come from a generator seeded by the image's identity (seed,
 step, document, segment), never by the rank that happens to read it, so every layout trains on exactly the
 same noise. The same generator decides condition dropout (the image does not see the text before it), which
 classifier-free guidance needs at sampling.
@@ -63,7 +63,8 @@ class Noiser:
         eps = g.standard_normal(x0.shape, dtype=np.float32)
         a = self.alpha_bar[t]
         x_t = (math.sqrt(a) * x0 + math.sqrt(1 - a) * eps).astype(np.float32)
-        target = eps if self.prediction == "epsilon" else (math.sqrt(a) * eps - math.sqrt(1 - a) * x0).astype(np.float32)
+        target = eps if self.prediction == "epsilon" else \
+            (math.sqrt(a) * eps - math.sqrt(1 - a) * x0).astype(np.float32)   # v
         return Noised(x_t, target, t, drop)
 
 

@@ -19,9 +19,6 @@ from typing import Tuple
 
 import torch
 
-from .routing import RoutingPlan
-from .unet import image_order
-
 
 def sincos_2d(grid: Tuple[int, int], width: int) -> torch.Tensor:
     """[gh * gw, width] float32, raster order; width a multiple of 4."""
@@ -43,9 +40,9 @@ def position_table(grid: Tuple[int, int], width: int, init_std: float, patch_dim
     return sincos_2d(grid, width) * (init_std * math.sqrt(patch_dim) * math.sqrt(2.0))
 
 
-def patch_indices(plan: RoutingPlan, m: int, num_patches: int, device) -> torch.Tensor:
-    """For each of modality m's rows (grouped order, all ranks' tokens): its patch's raster index in its image."""
-    order = image_order(plan, m, num_patches, device)
+def patch_indices(order: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """For each of a modality's rows (grouped order, all ranks' tokens): its patch's raster index in its image,
+    given `order` (unet.image_order: the rows image by image, each in raster order)."""
     index = torch.empty_like(order)
-    index[order] = torch.arange(order.numel(), device=device) % num_patches
+    index[order] = torch.arange(order.numel(), device=order.device) % num_patches
     return index
