@@ -139,14 +139,17 @@ class ThroughputBasis:
 def step_record(stats: StepStats, basis: ThroughputBasis) -> Dict:
     """"loss" is the objective; loss/<modality> the mean loss per target of that modality.
     tflops_per_device counts what the hardware executes (recompute included, as Megatron reports);
-    mfu counts model FLOPs only (3 x forward, dense-equivalent), against the device's peak."""
+    mfu counts model FLOPs only (3 x forward, dense-equivalent), against the device's peak. Both include the
+    continuous modalities' patch encoders and decoders per image token (`stats.counts`: every patch is a
+    target), which activation checkpointing does not recompute."""
     rec = {"kind": "train", "step": stats.step, "loss": objective(stats.loss_sum, stats.weights)}
     for m, s, c in zip(basis.modalities, stats.loss_sum, stats.counts):
         rec[f"loss/{m}"] = float(s) / c if c > 0 else None
         rec[f"tokens/{m}"] = int(c)
     tokens, seconds, world = basis.tokens_per_step, stats.step_time, basis.world_size
-    tflops = basis.flops_per_token * tokens / seconds / world / 1e12
-    model_tflops = basis.model_flops_per_token * tokens / seconds / world / 1e12
+    encoders = basis.model_flops(tokens, stats.counts) - basis.model_flops_per_token * tokens
+    tflops = (basis.flops_per_token * tokens + encoders) / seconds / world / 1e12
+    model_tflops = basis.model_flops(tokens, stats.counts) / seconds / world / 1e12
     grad_norm = float(stats.grad_norm) if stats.grad_norm is not None else float("nan")
     rec.update({"lr": stats.lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds,
                 "tflops_per_device": tflops, "mfu": model_tflops / basis.peak_tflops if basis.peak_tflops else None,

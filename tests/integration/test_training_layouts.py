@@ -85,7 +85,8 @@ def _transfusion_reference(tmp_path_factory, overrides, name):
 
 def _check_flops_axis(ref, overrides):
     """flops_total (compare_runs' FLOPs axis) counts the transformer per token and the patch encoder and
-    decoder per image token (a U-Net's convolutions are most of an image token's cost at this width)."""
+    decoder per image token (a U-Net's convolutions are most of an image token's cost at this width), and so do
+    each step's logged TFLOP/s (the reference runs one process, without recompute)."""
     from mot_parallel.config import load_config
     from mot_parallel.flops import continuous_flops_per_token, training_flops_per_token
     from mot_parallel.model.settings import ModelSettings
@@ -97,6 +98,9 @@ def _check_flops_axis(ref, overrides):
     for step in sorted(ref):
         total += per_step + per_image_token * ref[step]["tokens/image"]
         assert abs(ref[step]["flops_total"] - total) <= 1e-9 * total, (step, ref[step]["flops_total"], total)
+        executed = ref[step]["tflops_per_device"] * 1e12 * ref[step]["step_time_s"]
+        want = per_step + per_image_token * ref[step]["tokens/image"]
+        assert abs(executed - want) <= 1e-9 * want, (step, executed, want)
 
 
 @pytest.fixture(scope="module")
