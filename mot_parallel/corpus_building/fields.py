@@ -33,11 +33,11 @@ def parse_fields(keys: Optional[Sequence[str]], modalities: Sequence[str], text:
     """--json-keys items -> Fields (default: Megatron's 'text'); DataError naming the bad item."""
     out = []
     for item in keys or ["text"]:
-        names, _, modality = item.partition(":")
-        modality = modality or text
+        names, colon, modality = item.partition(":")
         alternatives = tuple(n for n in names.split(","))
-        if not names or not all(alternatives):
+        if not names or not all(alternatives) or (colon and not modality):   # "text:" is a modality left out
             raise DataError(f"--json-keys {item}: expected FIELD[,FIELD...][:MODALITY]")
+        modality = modality or text
         if modality not in modalities:
             raise DataError(f"--json-keys {item}: modality {modality!r} is not one of {list(modalities)}")
         out.append(Field(alternatives, modality))

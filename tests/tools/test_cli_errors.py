@@ -392,6 +392,7 @@ BAD_FILES = [
     ("preprocess_data", ["--input", "{good_jsonl}", "--tokenizer", "{tmp}/nowhere"], ["--tokenizer", "nowhere"]),
     ("preprocess_data", TI + ["--codebook-size", "image"], ["--codebook-size image", "MODALITY=SIZE"]),
     ("preprocess_data", TI + ["--json-keys", "text:video"], ["--json-keys text:video", "not one of"]),
+    ("preprocess_data", TI + ["--json-keys", "text:"], ["--json-keys text:", "FIELD[,FIELD...][:MODALITY]"]),
     ("preprocess_data", TI + ["--eod-token", "5"], ["--eod-token", "--tokenizer"]),
     ("preprocess_data", TI + ["--image-tokenizer", "{a_dir}"], ["--image-tokenizer", "no config.json", "VQModel"]),
     ("preprocess_data", TI + ["--image-tokenizer", "{tmp}"], ["--output-prefix", "lies inside the input", "(--image-tokenizer)"]),
