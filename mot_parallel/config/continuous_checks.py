@@ -42,4 +42,6 @@ def continuous_errors(cfg: Config) -> List[str]:
             err.append(f"diffusion.image_first_max_t={d.image_first_max_t} must be in [0, diffusion.timesteps]")
         if not 0.0 <= d.condition_dropout < 1.0:
             err.append(f"diffusion.condition_dropout={d.condition_dropout} must be in [0, 1)")
+    if not d.timestep_std > 0:   # NaN is named by the float-key check
+        err.append(f"diffusion.timestep_std={d.timestep_std} must be > 0 (the spread of logit(t/T))")
     return err

@@ -110,8 +110,14 @@ class ModelConfig:
 class DiffusionConfig:
     """How continuous modalities are trained (Transfusion: DDPM, cosine schedule, epsilon prediction)."""
     loss_weight: float = opt(5.0, "lambda in L = L_LM + lambda * L_diffusion (Transfusion: 5).")
-    timesteps: int = opt(1000, "DDPM steps T; training draws t uniformly in [0, T).")
+    timesteps: int = opt(1000, "DDPM steps T.")
     schedule: Literal["cosine"] = opt("cosine", "Noise schedule (Nichol & Dhariwal's cosine).")
+    timestep_sampling: Literal["uniform", "logit_normal"] = opt(
+        "uniform", "How training draws t: 'uniform' in [0, T) (Transfusion's), or 'logit_normal': t/T = "
+        "sigmoid(timestep_mean + timestep_std z), z ~ N(0, 1) (SD3's), which with timestep_mean > 0 trains more "
+        "at high noise, where a small object's place is decided (model/diffusion.py).")
+    timestep_mean: float = opt(0.0, "Logit-normal t sampling: the mean of logit(t/T).")
+    timestep_std: float = opt(1.0, "Logit-normal t sampling: the standard deviation of logit(t/T), > 0.")
     prediction: Literal["epsilon", "v"] = opt(
         "epsilon", "What the model predicts under MSE: 'epsilon', the noise (Transfusion's), or 'v' = sqrt(abar) eps "
         "- sqrt(1 - abar) x_0 (Salimans & Ho), whose loss keeps weight on the clean image at high noise "

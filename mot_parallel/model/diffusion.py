@@ -1,18 +1,19 @@
 """DDPM for continuous modalities (Transfusion): the cosine schedule, noising on the host, the loss, DDIM steps.
 
-Training draws, per image, a timestep t uniform in [0, T) (capped below `image_first_max_t` for an image
-that opens its document: noise limiting, so a caption that follows is learnt from a recognisable image)
-and noise eps ~ N(0, I); the model sees x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps and predicts, under
-MSE, either eps (`diffusion.prediction: epsilon`, Transfusion's) or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
-(`v`, Salimans & Ho 2022). Why v exists: at high noise the clean picture implied by an eps prediction is
-(x_t - sqrt(1 - abar) eps_hat) / sqrt(abar), which multiplies the prediction's error by up to 1/sqrt(abar)
-(~40 at t = 0.9 T, unbounded at T - 1), while an eps loss weighs those steps as any other; a small model then
-learns low-noise denoising and samples speckle, because DDIM's first steps decide the layout from exactly those
-amplified estimates. A v loss is the x_0 error weighted by 1 + SNR, never less than 1, so the layout is
-learnt (docs/transfusion.md measures both). Both draws come from a generator seeded by the image's identity (seed,
-step, document, segment), never by the rank that happens to read it, so every layout trains on exactly the
-same noise. The same generator decides condition dropout (the image does not see the text before it), which
-classifier-free guidance needs at sampling.
+Training draws, per image, a timestep t uniform in [0, T), or with `diffusion.timestep_sampling: logit_normal`
+t/T = sigmoid(mean + std z) (SD3's; mean > 0 spends more of training at high noise, where a small object's place
+is decided), scaled below `image_first_max_t` for an image that opens its document (noise limiting, so a caption
+that follows is learnt from a recognisable image), and noise eps ~ N(0, I); the model sees x_t = sqrt(abar_t)
+x_0 + sqrt(1 - abar_t) eps and predicts, under MSE, either eps (`diffusion.prediction: epsilon`, Transfusion's)
+or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (`v`, Salimans & Ho 2022). Why v exists: at high noise the clean
+picture implied by an eps prediction is (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar), which multiplies the
+prediction's error by up to 1/sqrt(abar) (~40 at t = 0.9 T, unbounded at T - 1), while an eps loss weighs those
+steps as any other; a small model then learns low-noise denoising and samples speckle, because DDIM's first
+steps decide the layout from exactly those amplified estimates. A v loss is the x_0 error weighted by 1 + SNR,
+never less than 1, so the layout is learnt (docs/transfusion.md measures both). Both draws come from a generator
+seeded by the image's identity (seed, step, document, segment), never by the rank that happens to read it, so
+every layout trains on exactly the same noise. The same generator decides condition dropout (the image does not
+see the text before it), which classifier-free guidance needs at sampling.
 """
 from __future__ import annotations
 
@@ -46,11 +47,13 @@ class Noiser:
     """Host-side noising of one image's patches, deterministic in the image's identity."""
 
     def __init__(self, timesteps: int, image_first_max_t: int, condition_dropout: float, seed: int,
-                 patch_dims: Optional[Dict[int, int]] = None, prediction: str = "epsilon"):
+                 patch_dims: Optional[Dict[int, int]] = None, prediction: str = "epsilon",
+                 logit_normal: Optional[Tuple[float, float]] = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"diffusion prediction {prediction!r} is not one of {PREDICTIONS}")
         self.patch_dims = dict(patch_dims or {})     # modality id -> patch values (for empty micro-batches)
         self.prediction = prediction
+        self.logit_normal = logit_normal             # (mean, std) of logit(t / T), or None: uniform t
         self.alpha_bar = cosine_alpha_bar(timesteps)
         self.timesteps, self.first_max, self.dropout, self.seed = timesteps, image_first_max_t, condition_dropout, seed
 
@@ -58,7 +61,7 @@ class Noiser:
                  train: bool = True) -> Noised:
         g = np.random.default_rng([self.seed, 0x6469666675, step, doc, segment])
         top = self.first_max if (image_first and self.first_max > 0) else self.timesteps
-        t = int(g.integers(0, top))
+        t = self._timestep(g, top)
         drop = bool(g.random() < self.dropout) and train
         eps = g.standard_normal(x0.shape, dtype=np.float32)
         a = self.alpha_bar[t]
@@ -68,13 +71,23 @@ class Noiser:
         return Noised(x_t, target, t, drop)
 
 
+    def _timestep(self, g: np.random.Generator, top: int) -> int:
+        """t in [0, top): uniform, or top * sigmoid(mean + std z) (logit-normal)."""
+        if self.logit_normal is None:
+            return int(g.integers(0, top))
+        mean, std = self.logit_normal
+        u = 1.0 / (1.0 + math.exp(-(mean + std * float(g.standard_normal()))))
+        return min(int(u * top), top - 1)
+
+
 def noiser_for(cfg, settings) -> Optional[Noiser]:
     """The data loader's noiser for a config (None without continuous modalities)."""
     if not settings.continuous:
         return None
     d = cfg.diffusion
     dims = {settings.modalities.index(c.name): c.patch_dim for c in settings.continuous}
-    return Noiser(d.timesteps, d.image_first_max_t, d.condition_dropout, cfg.train.seed, dims, d.prediction)
+    return Noiser(d.timesteps, d.image_first_max_t, d.condition_dropout, cfg.train.seed, dims, d.prediction,
+                  (d.timestep_mean, d.timestep_std) if d.timestep_sampling == "logit_normal" else None)
 
 
 def timestep_features(t: torch.Tensor, dim: int, timesteps: int) -> torch.Tensor:

@@ -131,6 +131,8 @@ MALFORMED = [
     (["data.path=null"], None, ["data.path is empty"]),
     (["data.valid_path=demo"], None, ["data.valid_path=demo", "data.valid_fraction"]),
     (["model.max_seq_len=1000000000000"], None, ["model.max_seq_len=1000000000000 exceeds 4194304"]),
+    (["diffusion.timestep_std=0"], None, ["diffusion.timestep_std=0.0 must be > 0"]),
+    (["diffusion.timestep_sampling=lognormal"], None, ["did you mean 'logit_normal'"]),
 ]
 
 

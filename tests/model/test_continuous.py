@@ -206,8 +206,8 @@ def test_target_counts_equal_what_the_micro_batches_train_on(tmp_path, seed):
     loader.close()
 
 
-def _noise_of(table, dp, rank, step_count=3):
-    noiser = Noiser(100, 50, 0.2, 7, {1: D})
+def _noise_of(table, dp, rank, step_count=3, logit_normal=None):
+    noiser = Noiser(100, 50, 0.2, 7, {1: D}, logit_normal=logit_normal)
     settings = LoaderSettings(seq_len=16, micro_batch_size=1, dp_size=dp, dp_rank=rank, grad_accum=4 // dp, seed=5,
                               prefetch=1)
     loader = MoTDataLoader(table, settings, noiser=noiser)
@@ -217,18 +217,22 @@ def _noise_of(table, dp, rank, step_count=3):
         for mb in batch.micro_batches:
             flat = (mb.modality_ids == 1).reshape(-1).nonzero().flatten()
             for k, idx in enumerate(flat.tolist()):
-                out[(batch.step, mb.micro + 4 // dp * rank, idx)] = mb.continuous[0].target[k]
+                ins = mb.continuous[0]
+                out[(batch.step, mb.micro + 4 // dp * rank, idx)] = torch.cat([ins.target[k], ins.t[k:k + 1].float()])
     loader.close()
     return out
 
 
-def test_every_layout_draws_the_same_noise(tmp_path):
+@pytest.mark.parametrize("logit_normal", [None, (1.0, 1.0)], ids=["uniform", "logit_normal"])
+def test_every_layout_draws_the_same_noise(tmp_path, logit_normal):
+    """Each patch's noise and its image's timestep are the same whichever data-parallel rank reads it."""
     c = _open(_corpus(tmp_path / "c"))
     table = CorpusSet([CorpusPart("c", c, np.arange(c.num_docs))], ["text", "image"], ["image"], ["image"])
-    single = _noise_of(table, 1, 0)
-    split = {**_noise_of(table, 2, 0), **_noise_of(table, 2, 1)}
+    single = _noise_of(table, 1, 0, logit_normal=logit_normal)
+    split = {**_noise_of(table, 2, 0, logit_normal=logit_normal), **_noise_of(table, 2, 1, logit_normal=logit_normal)}
     assert single.keys() == split.keys() and len(single) > 10
     assert all(torch.equal(single[k], split[k]) for k in single)
+    assert len({float(v[-1]) for v in single.values()}) > 2     # the timesteps vary: the check compares them
 
 
 def test_bad_corpora_are_refused_by_name(tmp_path):
@@ -355,9 +359,33 @@ def test_noiser_follows_the_schedule_and_limits_image_first_noise(prediction):
     assert not n(x0, 0, 7, 2, image_first=True, train=False).drop_condition  # evaluation: no dropout
 
 
+@pytest.mark.parametrize("mean,std", [(0.0, 1.0), (1.0, 1.0), (-0.5, 0.3), (3.0, 2.0)])
+def test_logit_normal_timesteps_follow_their_distribution_and_the_cap(mean, std):
+    """diffusion.timestep_sampling=logit_normal: t/T = sigmoid(mean + std z), inside [0, T) (and below the
+    image-first cap), its median at T sigmoid(mean) and its quartiles where the logit-normal puts them, with the
+    draw still decided by the image's identity; uniform draws are unchanged by the option's existence."""
+    from mot_parallel.model.diffusion import Noiser
+    expit = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    T = 1000
+    n = Noiser(T, 500, 0.0, seed=3, patch_dims={1: 4}, prediction="v", logit_normal=(mean, std))
+    x0 = np.zeros((2, 4), np.float32)
+    ts = np.array([n(x0, step, doc, 0, image_first=False).t for step in range(40) for doc in range(50)])
+    assert ts.min() >= 0 and ts.max() < T
+    for q in (0.25, 0.5, 0.75):   # 2000 draws: a quantile's standard error is < 0.02 of T here
+        want = T * expit(mean + std * {0.25: -0.6745, 0.5: 0.0, 0.75: 0.6745}[q])
+        assert abs(np.quantile(ts, q) - want) < 0.03 * T, (q, np.quantile(ts, q), want)
+    capped = [n(x0, step, 1, 0, image_first=True).t for step in range(300)]
+    assert max(capped) < 500
+    assert n(x0, 5, 9, 1, image_first=False).t == n(x0, 5, 9, 1, image_first=False).t
+    uniform = Noiser(T, 500, 0.0, seed=3, patch_dims={1: 4}, prediction="v")
+    g = np.random.default_rng([3, 0x6469666675, 5, 9, 1])
+    assert uniform(x0, 5, 9, 1, image_first=False).t == int(g.integers(0, T))
+
+
 def test_sample_tool_writes_pictures_and_text(tmp_path, capsys):
-    """tools/sample.py on an (untrained) Transfusion checkpoint: a picture for a caption, text for a prompt, and
-    the --score table (held-out captions; each check's accuracy, standard error, chance, mismatched baseline)."""
+    """tools/sample.py on an (untrained) Transfusion checkpoint: a picture for a caption, text for a prompt, the
+    --score table (held-out captions; each check's accuracy, standard error, chance, mismatched baseline) and the
+    --probe rows (a clean-picture error per noise level)."""
     import subprocess
     import sys
     from mot_parallel.config import load_config
