@@ -23,7 +23,7 @@ from typing import List, Sequence
 
 import torch
 
-from .model.diffusion import cosine_alpha_bar, ddim_sample
+from .model.diffusion import clean_and_noise, cosine_alpha_bar, ddim_sample
 from .model.model import MoTModel
 from .model.unet import image_order
 from .sampling_checks import check_ids, check_image_request
@@ -118,6 +118,27 @@ def generate_images(model: MoTModel, captions: Sequence[Sequence[int]], modality
                     clip=1.0 if spec.source == "pixels" else 0.0,  # pixels live in [-1, 1]
                     prediction=s.diffusion_prediction)
     return list(x.cpu())
+
+
+def clean_estimator(model: MoTModel, modality: str = "image", batch: int = 16):
+    """estimate(contexts, x_t, t): the model's clean-patch estimates x0_hat [n, P, D] of noised patches x_t
+    [n, P, D] at timestep t, each after its token context (no guidance), `batch` pictures per forward; what a
+    DDIM step reads from the model (studies/denoiser_probe.py)."""
+    s = model.settings
+    spec, m, alpha_bar = s.spec(modality), s.modalities.index(modality), cosine_alpha_bar(s.diffusion_timesteps)
+
+    @torch.no_grad()
+    def estimate(contexts: Sequence[Sequence[int]], x_t: torch.Tensor, t: int) -> torch.Tensor:
+        model.eval()
+        out = []
+        for i in range(0, len(contexts), batch):
+            b = _ImageBatch(model, contexts[i:i + batch], m, spec.num_patches)
+            x = x_t[i:i + batch].to(b.device)
+            x0, _ = clean_and_noise(x, b.outputs(model, x, t), float(alpha_bar[t]), s.diffusion_prediction,
+                                    clip=1.0 if spec.source == "pixels" else 0.0)
+            out.append(x0.cpu())
+        return torch.cat(out)
+    return estimate
 
 
 def generate_image(model: MoTModel, caption: Sequence[int], modality: str = "image", steps: int = 50,

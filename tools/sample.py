@@ -3,6 +3,7 @@
     python tools/sample.py --checkpoint runs/demo_transfusion --caption "the picture shows two large red star at the top ." --out red.png
     python tools/sample.py --checkpoint runs/demo_transfusion --prompt "the picture shows" --tokens 12
     python tools/sample.py --checkpoint runs/demo_transfusion --score 64 [--out grid.png] [--json]
+    python tools/sample.py --checkpoint runs/demo_transfusion --probe 64 [--json]
 
 --checkpoint: a run directory (its newest checkpoint is exported to a universal checkpoint next to it first),
 a universal checkpoint, or a single-file export. Captions and prompts are text for the tokenizer the training
@@ -13,6 +14,9 @@ demo-world words (mot_parallel/corpus_building/demo_corpus.py); any vocabulary t
 (--batch at a time) and checks colour, half, shape, count and size against the caption
 (studies/picture_score.py): it prints each accuracy with its standard error, next to chance and to the same
 pictures scored against mismatched captions; --out then writes the samples under their ground-truth renders.
+--probe N noises the ground-truth renders of N held-out captions to 0.8, 0.65, 0.5, 0.35 and 0.2 of T and prints
+the model's clean-picture error under the right caption, with its shape or colour word changed, and without it
+(studies/denoiser_probe.py): how much the caption's shape word helps at each noise level, without sampling.
 Pictures are decoded from their patches: pixels directly, latents with --vae DIR (a local diffusers VAE).
 """
 import argparse
@@ -111,6 +115,34 @@ def _score(model, args):
     return res, pictures, truths
 
 
+def _probe(model, args):
+    """--probe: studies/denoiser_probe.py on the renders of --probe held-out demo captions."""
+    import torch
+    from mot_parallel.corpus_building.demo_pictures import SIDE, held_out_captions, render, to_patches
+    from mot_parallel.generation import clean_estimator
+    from mot_parallel.model.diffusion import cosine_alpha_bar
+    from mot_parallel.studies.denoiser_probe import probe_denoiser
+    spec = model.settings.spec("image")
+    if spec is None or spec.source != "pixels" or spec.channels != 3 or tuple(spec.grid) != (SIDE // spec.patch,) * 2:
+        raise SamplingError(f"--probe reads the picture demo's {SIDE} x {SIDE} RGB pixels: this model's continuous "
+                            "image modality is not that (model.continuous.image: source pixels, 3 channels, grid "
+                            f"{SIDE} / patch)")
+    attrs = [a for _, a in held_out_captions(args.probe, args.seed)]
+    truths = torch.tensor(np.stack([to_patches(render(a, np.random.default_rng([args.seed, k])), spec.patch)
+                                    for k, a in enumerate(attrs)]))
+    rows = probe_denoiser(clean_estimator(model, batch=args.batch), attrs, truths, spec.boi_token,
+                          cosine_alpha_bar(model.settings.diffusion_timesteps), seed=args.seed)
+    return {"pictures": args.probe, "captions": "held-out", "rows": rows}
+
+
+def _print_probe(res):
+    print(f"clean-picture MSE of {res['pictures']} noised held-out renders, by caption (gap: changed - right):")
+    print(f"{'t':>5} {'right':>8} {'shape':>8} {'colour':>8} {'none':>8} {'gap/shape':>10} {'gap/colour':>11}")
+    for r in res["rows"]:
+        print(f"{r['t']:>5} {r['mse/right']:>8.4f} {r['mse/shape']:>8.4f} {r['mse/colour']:>8.4f} {r['mse/none']:>8.4f} "
+              f"{r['gap/shape']:>10.5f} {r['gap/colour']:>11.5f}")
+
+
 def _save(pictures, path, truths=()):
     """A grid of pictures, 8 a row; with `truths`, each row of samples under the row of its ground truths."""
     import matplotlib
@@ -187,6 +219,8 @@ def main(argv=None):
     ap.add_argument("--prompt-ids", type=int_list)
     ap.add_argument("--tokens", type=int_in(1, 1 << 16), default=16, help="text tokens to generate")
     ap.add_argument("--score", type=int_in(1, 10000), help="sample and score N demo captions held out from training")
+    ap.add_argument("--probe", type=int_in(1, 10000),
+                    help="clean-picture errors of N noised held-out renders, per noise level and caption word")
     ap.add_argument("--score-captions", choices=["held-out", "train"], default="held-out",
                     help="draw the --score captions from the held-out ones (default) or from the training ones")
     ap.add_argument("--batch", type=int_in(1, 4096), default=16, help="pictures sampled together")
@@ -203,8 +237,8 @@ def main(argv=None):
     add_overwrite(ap)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if not (args.caption or args.caption_ids or args.prompt or args.prompt_ids or args.score):
-        sys.exit("error: give --caption, --prompt or --score")
+    if not (args.caption or args.caption_ids or args.prompt or args.prompt_ids or args.score or args.probe):
+        sys.exit("error: give --caption, --prompt, --score or --probe")
     out = args.out or ("sample.png" if args.caption or args.caption_ids else None)
     with user_errors():  # a picture goes to a new file (or an earlier one of ours, with --overwrite)
         if out:
@@ -241,6 +275,9 @@ def _sample(args, out):
             if out:
                 _save(pictures, out, truths)
             print(json.dumps(res, indent=1)) if args.json else _print_table(res)
+        if args.probe:
+            res = _probe(model, args)
+            print(json.dumps(res, indent=1)) if args.json else _print_probe(res)
 
 
 if __name__ == "__main__":

@@ -412,6 +412,10 @@ def test_sample_tool_writes_pictures_and_text(tmp_path, capsys):
     assert res["samples"] == 3 and res["captions"] == "held-out" and (tmp_path / "grid.png").stat().st_size > 0
     assert set(res["checks"]) == {"colour", "half", "shape", "count", "size"}
     assert all(set(r) == {"accuracy", "stderr", "chance", "mismatched"} for r in res["checks"].values())
+    sample_tool.main(tool[2:] + ["--probe", "3", "--batch", "2", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert res["pictures"] == 3 and [r["t"] for r in res["rows"]] == [800, 650, 500, 350, 200]
+    assert all(np.isfinite(r["mse/right"]) and r["mse/right"] > 0 for r in res["rows"])
 
 
 @pytest.mark.parametrize("encoder", ["linear", pytest.param("unet", marks=pytest.mark.slow)])
