@@ -181,7 +181,7 @@ ARGUMENTS = {
                      "--out": OUT_DIR, "--overwrite": FLAG, "--json": FLAG, "overrides": OVERRIDES},
     "sample": {
         "--checkpoint": IN_DIR, "--caption": ("=purple unicorn",), "--caption-ids": ("word", "=3,x", "negative"),
-        "--prompt": ("=zzz",), "--prompt-ids": ("word", "=1,,2"), "--tokens": POSITIVE, "--score": POSITIVE,
+        "--prompt": ("=zzz",), "--prompt-ids": ("word", "=1,,2"), "--tokens": POSITIVE, "--score": POSITIVE, "--probe": POSITIVE,
         "--score-captions": CHOICE, "--batch": POSITIVE, "--steps": POSITIVE, "--cfg": ("nan", "inf", "negative", "word", "=1000"), "--seed": SEED, "--vae": IN_DIR,
         "--out": OUT_PNG + ("={a_dir}/x.png",), "--overwrite": FLAG, "--json": FLAG,
         "--corpus": ("missing", "={corpus}"), "--tokenizer": ("missing", "file")},
