@@ -70,13 +70,14 @@ class Noiser:
             (math.sqrt(a) * eps - math.sqrt(1 - a) * x0).astype(np.float32)   # v
         return Noised(x_t, target, t, drop)
 
-
     def _timestep(self, g: np.random.Generator, top: int) -> int:
         """t in [0, top): uniform, or top * sigmoid(mean + std z) (logit-normal)."""
         if self.logit_normal is None:
             return int(g.integers(0, top))
         mean, std = self.logit_normal
-        u = 1.0 / (1.0 + math.exp(-(mean + std * float(g.standard_normal()))))
+        x = mean + std * float(g.standard_normal())
+        # the sigmoid in the form whose exp cannot overflow: any finite mean and std the config accepts
+        u = 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
         return min(int(u * top), top - 1)
 
 

@@ -382,6 +382,17 @@ def test_logit_normal_timesteps_follow_their_distribution_and_the_cap(mean, std)
     assert uniform(x0, 5, 9, 1, image_first=False).t == int(g.integers(0, T))
 
 
+@pytest.mark.parametrize("mean,std,want", [(-1e300, 1.0, 0), (-800.0, 1.0, 0), (800.0, 1.0, 999),
+                                           (1e300, 1.0, 999), (0.0, 1e300, None)])
+def test_logit_normal_timesteps_survive_extreme_settings(mean, std, want):
+    """Any finite mean and std the config accepts gives a timestep in [0, T), never an overflow: the extremes
+    pin t to the ends (an enormous std to one end or the other)."""
+    from mot_parallel.model.diffusion import Noiser
+    n = Noiser(1000, 500, 0.0, seed=3, patch_dims={1: 4}, prediction="v", logit_normal=(mean, std))
+    ts = {n(np.zeros((1, 4), np.float32), step, 0, 0, image_first=False).t for step in range(20)}
+    assert ts <= {0, 999} if want is None else ts == {want}, ts
+
+
 def test_sample_tool_writes_pictures_and_text(tmp_path, capsys):
     """tools/sample.py on an (untrained) Transfusion checkpoint: a picture for a caption, text for a prompt, the
     --score table (held-out captions; each check's accuracy, standard error, chance, mismatched baseline) and the
