@@ -90,6 +90,11 @@ class _ImageBatch:
         return preds[k][1].float().index_select(0, self.order).view_as(x)
 
 
+def _x0_clip(spec) -> float:
+    """The clamp of clean estimates: pixels live in [-1, 1]; latents are unbounded (clean_and_noise's clip)."""
+    return 1.0 if spec.source == "pixels" else 0.0
+
+
 @torch.no_grad()
 def generate_images(model: MoTModel, captions: Sequence[Sequence[int]], modality: str = "image", steps: int = 50,
                     cfg_scale: float = 3.0, seeds: Sequence[int] = ()) -> List[torch.Tensor]:
@@ -115,7 +120,7 @@ def generate_images(model: MoTModel, captions: Sequence[Sequence[int]], modality
         out_c, out_u = out[0::2], out[1::2]
         return out_u + cfg_scale * (out_c - out_u)
     x = ddim_sample(predict, x_T, cosine_alpha_bar(s.diffusion_timesteps), steps,
-                    clip=1.0 if spec.source == "pixels" else 0.0,  # pixels live in [-1, 1]
+                    clip=_x0_clip(spec),
                     prediction=s.diffusion_prediction)
     return list(x.cpu())
 
@@ -135,7 +140,7 @@ def clean_estimator(model: MoTModel, modality: str = "image", batch: int = 16):
             b = _ImageBatch(model, contexts[i:i + batch], m, spec.num_patches)
             x = x_t[i:i + batch].to(b.device)
             x0, _ = clean_and_noise(x, b.outputs(model, x, t), float(alpha_bar[t]), s.diffusion_prediction,
-                                    clip=1.0 if spec.source == "pixels" else 0.0)
+                                    clip=_x0_clip(spec))
             out.append(x0.cpu())
         return torch.cat(out)
     return estimate

@@ -132,8 +132,11 @@ class ThroughputBasis:
         decoder per image token (`label_counts`: the global batch's targets per modality, host values; every
         patch is a target). The U-Net's convolutions are most of an image token's cost at small widths, so a
         FLOPs axis without them would compare encoders wrongly."""
-        extra = sum(f * float(label_counts[m]) for m, f in self.continuous_flops_per_token.items())
-        return self.model_flops_per_token * tokens + extra
+        return self.model_flops_per_token * tokens + self.encoder_flops(label_counts)
+
+    def encoder_flops(self, label_counts: Sequence[float]) -> float:
+        """The continuous modalities' patch encoder and decoder FLOPs of a step (`label_counts` as model_flops)."""
+        return sum(f * float(label_counts[m]) for m, f in self.continuous_flops_per_token.items())
 
 
 def step_record(stats: StepStats, basis: ThroughputBasis) -> Dict:
@@ -147,9 +150,9 @@ def step_record(stats: StepStats, basis: ThroughputBasis) -> Dict:
         rec[f"loss/{m}"] = float(s) / c if c > 0 else None
         rec[f"tokens/{m}"] = int(c)
     tokens, seconds, world = basis.tokens_per_step, stats.step_time, basis.world_size
-    encoders = basis.model_flops(tokens, stats.counts) - basis.model_flops_per_token * tokens
+    encoders = basis.encoder_flops(stats.counts)
     tflops = (basis.flops_per_token * tokens + encoders) / seconds / world / 1e12
-    model_tflops = basis.model_flops(tokens, stats.counts) / seconds / world / 1e12
+    model_tflops = (basis.model_flops_per_token * tokens + encoders) / seconds / world / 1e12
     grad_norm = float(stats.grad_norm) if stats.grad_norm is not None else float("nan")
     rec.update({"lr": stats.lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds,
                 "tflops_per_device": tflops, "mfu": model_tflops / basis.peak_tflops if basis.peak_tflops else None,
