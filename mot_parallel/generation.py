@@ -97,9 +97,10 @@ def _x0_clip(spec) -> float:
 
 @torch.no_grad()
 def generate_images(model: MoTModel, captions: Sequence[Sequence[int]], modality: str = "image", steps: int = 50,
-                    cfg_scale: float = 3.0, seeds: Sequence[int] = ()) -> List[torch.Tensor]:
+                    cfg_scale: float = 3.0, seeds: Sequence[int] = (), on_step=None) -> List[torch.Tensor]:
     """Patches [P, patch_dim] of one image per caption (token ids), sampled together in one batch (DDIM,
-    CFG); picture i starts from the noise of seed seeds[i] (default i), as generate_image(seed=seeds[i])."""
+    CFG); picture i starts from the noise of seed seeds[i] (default i), as generate_image(seed=seeds[i]).
+    `on_step(t, x0)` sees each step's guided clean estimates [n, P, patch_dim] (ddim_sample)."""
     model.eval()
     s = model.settings
     for caption in captions:  # SamplingError (a ValueError) names the argument
@@ -120,8 +121,7 @@ def generate_images(model: MoTModel, captions: Sequence[Sequence[int]], modality
         out_c, out_u = out[0::2], out[1::2]
         return out_u + cfg_scale * (out_c - out_u)
     x = ddim_sample(predict, x_T, cosine_alpha_bar(s.diffusion_timesteps), steps,
-                    clip=_x0_clip(spec),
-                    prediction=s.diffusion_prediction)
+                    clip=_x0_clip(spec), prediction=s.diffusion_prediction, on_step=on_step)
     return list(x.cpu())
 
 

@@ -3,6 +3,7 @@
     python tools/sample.py --checkpoint runs/demo_transfusion --caption "the picture shows two large red star at the top ." --out red.png
     python tools/sample.py --checkpoint runs/demo_transfusion --prompt "the picture shows" --tokens 12
     python tools/sample.py --checkpoint runs/demo_transfusion --score 64 [--out grid.png] [--json]
+    python tools/sample.py --checkpoint runs/demo_transfusion --score 8 --trajectory forming.png
     python tools/sample.py --checkpoint runs/demo_transfusion --probe 64 [--json]
 
 --checkpoint: a run directory (its newest checkpoint is exported to a universal checkpoint next to it first),
@@ -14,6 +15,8 @@ demo-world words (mot_parallel/corpus_building/demo_corpus.py); any vocabulary t
 (--batch at a time) and checks colour, half, shape, count and size against the caption
 (studies/picture_score.py): it prints each accuracy with its standard error, next to chance and to the same
 pictures scored against mismatched captions; --out then writes the samples under their ground-truth renders.
+--trajectory PNG (with --caption or --score) draws how the first 8 pictures form: their clean estimates at 8 of
+the DDIM steps, one row per step labelled t (under the ground truths with --score).
 --probe N noises the ground-truth renders of N held-out captions to 0.8, 0.65, 0.5, 0.35 and 0.2 of T and prints
 the model's clean-picture error under the right caption, with its shape or colour word changed, and without it
 (studies/denoiser_probe.py): how much the caption's shape word helps at each noise level, without sampling.
@@ -31,7 +34,8 @@ import numpy as np  # noqa: E402
 
 from mot_parallel.cli import (add_overwrite, existing_dir, existing_path, float_in, input_errors,  # noqa: E402
                                int_in, int_list, seed, user_errors)
-from mot_parallel.outputs import check_png, make_parent, png_metadata  # noqa: E402
+from mot_parallel.outputs import check_png  # noqa: E402
+from mot_parallel.studies.picture_grid import save_grid, save_trajectory  # noqa: E402
 from mot_parallel.sampling_checks import SamplingError  # noqa: E402
 
 
@@ -73,8 +77,9 @@ def _export_run(run_dir):
     return out
 
 
-def _pictures(model, captions, args, seeds):
-    """RGB pictures in [0, 1] for caption token ids, sampled --batch at a time."""
+def _pictures(model, captions, args, seeds, trajectory=None):
+    """RGB pictures in [0, 1] for caption token ids, sampled --batch at a time. A `trajectory` list receives
+    (t, [RGB]) for the first batch's first TRAJECTORY_PICTURES pictures at TRAJECTORY_ROWS of the steps."""
     from mot_parallel.generation import generate_images
     from mot_parallel.sampling_checks import check_finite
     spec = model.settings.spec("image")
@@ -82,32 +87,60 @@ def _pictures(model, captions, args, seeds):
     if spec is not None and not rgb and args.vae is None:
         raise SamplingError(f"this model samples {spec.source} ({spec.channels} channels): give --vae DIR, the "
                             "diffusers VAE that decodes them")
+
+    def decode(patches):
+        if rgb:
+            from mot_parallel.corpus_building.demo_pictures import from_patches
+            return from_patches(patches.numpy(), spec.patch, spec.grid)
+        from mot_parallel.data.images import decode_patches  # latents: a VAE decodes them
+        return decode_patches(patches.numpy(), spec, args.vae) / 255.0
+
+    def record(t, x0):
+        if t in shown:
+            check_finite(x0, "a clean estimate")
+            trajectory.append((t, [decode(p) for p in x0[:TRAJECTORY_PICTURES].cpu()]))
+    shown = _trajectory_steps(model, args.steps) if trajectory is not None else ()
     out = []
     for i in range(0, len(captions), args.batch):
         for patches in generate_images(model, captions[i:i + args.batch], steps=args.steps, cfg_scale=args.cfg,
-                                       seeds=seeds[i:i + args.batch]):
+                                       seeds=seeds[i:i + args.batch], on_step=record if i == 0 and shown else None):
             check_finite(patches, "the sampled picture")
-            if rgb:
-                from mot_parallel.corpus_building.demo_pictures import from_patches
-                out.append(from_patches(patches.numpy(), spec.patch))
-            else:
-                from mot_parallel.data.images import decode_patches  # latents: a VAE decodes them
-                out.append(decode_patches(patches.numpy(), spec, args.vae) / 255.0)
+            out.append(decode(patches))
     return out
 
 
-def _score(model, args):
+TRAJECTORY_ROWS, TRAJECTORY_PICTURES = 8, 8
+
+
+def _trajectory_steps(model, steps):
+    """The timesteps --trajectory shows: TRAJECTORY_ROWS of the DDIM schedule, evenly spaced, first and last."""
+    from mot_parallel.model.diffusion import ddim_timesteps
+    schedule = ddim_timesteps(model.settings.diffusion_timesteps, steps)
+    picks = np.linspace(0, len(schedule) - 1, min(TRAJECTORY_ROWS, len(schedule))).round().astype(int)
+    return {schedule[i] for i in picks}
+
+
+def _score(model, args, trajectory=None):
     """Pictures for --score captions of the demo world (held out from training unless --score-captions train),
     scored on colour, half, shape, count and size (studies/picture_score.py)."""
-    from mot_parallel.corpus_building.demo_pictures import held_out_captions, render, training_caption
+    from mot_parallel.corpus_building.demo_pictures import SIDE, held_out_captions, render, training_caption
     from mot_parallel.studies.picture_score import score_pictures
+    spec = model.settings.spec("image")
+    if spec is not None and spec.source == "pixels" and tuple(g * spec.patch for g in spec.grid) != (SIDE, SIDE):
+        raise SamplingError(f"--score checks pictures of the demo world's {SIDE} x {SIDE} canvas: this model draws "
+                            f"{spec.grid[0] * spec.patch} x {spec.grid[1] * spec.patch} (model.continuous.image grid "
+                            "x patch); sample its pictures with --caption instead")
     if args.score_captions == "held-out":
         captions = held_out_captions(args.score, args.seed)
     else:
         rng = np.random.default_rng([args.seed, 7])
         captions = [training_caption(rng) for _ in range(args.score)]
-    pictures = _pictures(model, [ids for ids, _ in captions], args, [args.seed + k for k in range(args.score)])
+    pictures = _pictures(model, [ids for ids, _ in captions], args, [args.seed + k for k in range(args.score)],
+                         trajectory)
     attrs = [a for _, a in captions]
+    if pictures[0].shape != (SIDE, SIDE, 3):   # latents: known once the VAE has decoded them
+        raise SamplingError(f"--score checks RGB pictures of the demo world's {SIDE} x {SIDE} canvas: this model's "
+                            f"decode to {' x '.join(map(str, pictures[0].shape))}; sample them with --caption instead")
     table = score_pictures(pictures, attrs)
     truths = [render(a, np.random.default_rng([args.seed, k])) for k, a in enumerate(attrs)]
     res = {"samples": args.score, "captions": args.score_captions, "steps": args.steps, "cfg_scale": args.cfg,
@@ -141,25 +174,6 @@ def _print_probe(res):
     for r in res["rows"]:
         print(f"{r['t']:>5} {r['mse/right']:>8.4f} {r['mse/shape']:>8.4f} {r['mse/colour']:>8.4f} {r['mse/none']:>8.4f} "
               f"{r['gap/shape']:>10.5f} {r['gap/colour']:>11.5f}")
-
-
-def _save(pictures, path, truths=()):
-    """A grid of pictures, 8 a row; with `truths`, each row of samples under the row of its ground truths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    cols = min(8, len(pictures))
-    rows = []
-    for i in range(0, len(pictures), cols):
-        rows += ([list(truths[i:i + cols])] if truths else []) + [list(pictures[i:i + cols])]
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 1.0, len(rows) * 1.0), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for r, row in enumerate(rows):
-        for c, rgb in enumerate(row):
-            axes[r, c].imshow(rgb, interpolation="nearest")
-    fig.tight_layout(pad=0.2)
-    fig.savefig(make_parent(path), dpi=80, metadata=png_metadata("sample.py picture"))
 
 
 def _print_table(res):
@@ -234,16 +248,24 @@ def main(argv=None):
     ap.add_argument("--tokenizer", type=existing_path,
                     help="a local text tokenizer (tokenizer.json or a tokenizer directory)")
     ap.add_argument("--out", help="PNG to write (default sample.png for --caption)")
+    ap.add_argument("--trajectory", metavar="PNG",
+                    help="with --caption or --score: write the clean estimates of the first pictures at 8 of the steps")
     add_overwrite(ap)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not (args.caption or args.caption_ids or args.prompt or args.prompt_ids or args.score or args.probe):
         sys.exit("error: give --caption, --prompt, --score or --probe")
     out = args.out or ("sample.png" if args.caption or args.caption_ids else None)
+    if args.trajectory and not (args.caption or args.caption_ids or args.score):
+        sys.exit("error: --trajectory shows how --caption or --score pictures are sampled: give one of them")
+    if args.trajectory and out and os.path.realpath(args.trajectory) == os.path.realpath(out):
+        sys.exit(f"error: --trajectory {args.trajectory} is also the --out picture: give it another name")
+    inputs = [("--checkpoint", args.checkpoint), ("--vae", args.vae), ("--tokenizer", args.tokenizer),
+              ("--corpus", args.corpus)]
     with user_errors():  # a picture goes to a new file (or an earlier one of ours, with --overwrite)
-        if out:
-            check_png("--out", out, [("--checkpoint", args.checkpoint), ("--vae", args.vae),
-                                     ("--tokenizer", args.tokenizer), ("--corpus", args.corpus)], args.overwrite)
+        for flag, path in (("--out", out), ("--trajectory", args.trajectory)):
+            if path:
+                check_png(flag, path, inputs, args.overwrite)
     try:
         _sample(args, out)
     except SamplingError as e:
@@ -266,14 +288,20 @@ def _sample(args, out):
                 print(tok.decode([i for i in ids if i < tok.vocab_size]))
             else:
                 print(" ".join(WORDS[i] if i < len(WORDS) else str(i) for i in ids) if args.prompt else ids)
+        trajectory = [] if args.trajectory else None
         if caption is not None:
-            (rgb,) = _pictures(model, [caption], args, [args.seed])
-            _save([rgb], out)
+            (rgb,) = _pictures(model, [caption], args, [args.seed], trajectory)
+            save_grid([rgb], out)
             print(f"wrote {out}")
+            if trajectory:
+                save_trajectory(trajectory, args.trajectory)
+                trajectory = None   # --score does not redraw it
         if args.score:
-            res, pictures, truths = _score(model, args)
+            res, pictures, truths = _score(model, args, trajectory)
             if out:
-                _save(pictures, out, truths)
+                save_grid(pictures, out, truths)
+            if trajectory:
+                save_trajectory(trajectory, args.trajectory, truths)
             print(json.dumps(res, indent=1)) if args.json else _print_table(res)
         if args.probe:
             res = _probe(model, args)

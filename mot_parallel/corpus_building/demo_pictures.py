@@ -128,9 +128,11 @@ def to_patches(img: np.ndarray, patch: int) -> np.ndarray:
     return patchify((img * 2.0 - 1.0).transpose(2, 0, 1), patch).astype(np.float32)
 
 
-def from_patches(patches: np.ndarray, patch: int) -> np.ndarray:
-    """Inverse of to_patches, clipped to [0, 1]."""
-    x = unpatchify(np.asarray(patches, np.float32), 3, patch, (SIDE // patch, SIDE // patch)).transpose(1, 2, 0)
+def from_patches(patches: np.ndarray, patch: int, grid: Sequence[int] = ()) -> np.ndarray:
+    """Inverse of to_patches, clipped to [0, 1]; `grid` (rows, columns of patches) for a canvas other than
+    this world's SIDE x SIDE."""
+    grid = tuple(grid) or (SIDE // patch, SIDE // patch)
+    x = unpatchify(np.asarray(patches, np.float32), 3, patch, grid).transpose(1, 2, 0)
     return np.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
 

@@ -124,14 +124,18 @@ def ddim_step(x_t: torch.Tensor, out: torch.Tensor, t: int, t_prev: int, alpha_b
 
 
 def ddim_sample(predict, x_T: torch.Tensor, alpha_bar: np.ndarray, steps: int, clip: float = 0.0,
-                prediction: str = "epsilon") -> torch.Tensor:
+                prediction: str = "epsilon", on_step=None) -> torch.Tensor:
     """Deterministic DDIM from pure noise `x_T` in `steps` steps; `predict(x_t, t)` is the model (its output
-    eps or v, as `prediction` says)."""
+    eps or v, as `prediction` says). `on_step(t, x0)`, if given, sees each step's clean estimate: where a
+    sample commits to its layout (tools/sample.py --trajectory)."""
     schedule = ddim_timesteps(len(alpha_bar), steps)
     x = x_T
     for i, t in enumerate(schedule):
         t_prev = schedule[i + 1] if i + 1 < len(schedule) else -1
-        x = ddim_step(x, predict(x, t), t, t_prev, alpha_bar, clip, prediction)
+        out = predict(x, t)
+        if on_step is not None:
+            on_step(t, clean_and_noise(x, out, float(alpha_bar[t]), prediction, clip)[0])
+        x = ddim_step(x, out, t, t_prev, alpha_bar, clip, prediction)
     return x
 
 
