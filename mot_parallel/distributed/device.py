@@ -6,6 +6,7 @@ Everything else asks this module; no other file names the CUDA device type or th
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Optional
 
 import torch
@@ -28,6 +29,19 @@ def pick_device(local_rank: int = 0, force_cpu: bool = False) -> torch.device:
         torch.cuda.set_device(index)
         return torch.device(_ACCEL, index)
     return torch.device("cpu")
+
+
+def share_cpu_threads(local_processes: int) -> Optional[int]:
+    """CPU runs: give each of a node's `local_processes` processes its share of the cores this process may use.
+    torch gives every process all of them, so N processes on a node run N x cores compute threads that evict
+    each other (and anything else running there, a sampler say) at every matmul. OMP_NUM_THREADS, when set, is
+    the user's choice and is kept. Returns the threads set, or None when kept."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // max(1, local_processes))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def current_device() -> torch.device:

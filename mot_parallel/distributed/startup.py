@@ -40,6 +40,8 @@ def init_distributed(env: Optional[LaunchEnv] = None, *, force_cpu: bool = False
     env = env or detect_launch_env(argv=sys.argv)
     device = dev.pick_device(env.local_rank, force_cpu=force_cpu)
     backend = dev.backend_for(device)
+    if not dev.is_accelerator(device):
+        dev.share_cpu_threads(env.local_world_size)
     if dist.is_available() and dist.is_initialized():
         if dist.get_world_size() != env.world_size:
             raise RuntimeError(f"torch.distributed is already initialised with world size {dist.get_world_size()}, "

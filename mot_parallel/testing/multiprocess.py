@@ -53,7 +53,6 @@ class _Job:
     kwargs: Dict[str, Any]
     world_size: int
     port: int
-    threads: int           # torch threads per rank: N processes share the machine's cores
     env: Dict[str, str]    # extra environment variables of every rank
 
 
@@ -63,12 +62,10 @@ def _worker(job: _Job, rank: int, conn) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job.port), RANK=str(rank), WORLD_SIZE=world,
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=world)
     try:
-        import torch
-        torch.set_num_threads(job.threads)  # N processes share the machine's cores
         from mot_parallel.corpus_building import register_demo_corpora
         from mot_parallel.distributed import init_distributed
         register_demo_corpora()  # bodies train on data.path: demo as launch/pretrain.py does
-        init_distributed(force_cpu=True, require_process_group=True, timeout_s=300)
+        init_distributed(force_cpu=True, require_process_group=True, timeout_s=300)   # and N ranks share the cores
         result = job.fn(*job.args, **job.kwargs)
         # plain pickle: tensors travel by value (torch's reducers would share file descriptors that die
         # with this process while the parent may still be reading them)
@@ -87,8 +84,7 @@ def run_distributed(fn: Callable, world_size: int, args: Sequence[Any] = (), kwa
                     timeout: float = 120.0, grace: float = 3.0, env: Optional[Dict[str, str]] = None) -> List[Any]:
     """Run `fn(*args, **kwargs)` on `world_size` gloo ranks; return the per-rank results in rank order."""
     ctx = _ctx()
-    threads = max(1, (os.cpu_count() or 1) // world_size)
-    job = _Job(fn, tuple(args), kwargs or {}, world_size, free_port(), threads=threads, env=env or {})
+    job = _Job(fn, tuple(args), kwargs or {}, world_size, free_port(), env=env or {})
     procs, conns = [], []
     for rank in range(world_size):
         parent, child = ctx.Pipe(duplex=False)
