@@ -115,6 +115,8 @@ TRAJECTORY_ROWS, TRAJECTORY_PICTURES = 8, 8
 def _trajectory_steps(model, steps):
     """The timesteps --trajectory shows: TRAJECTORY_ROWS of the DDIM schedule, evenly spaced, first and last."""
     from mot_parallel.model.diffusion import ddim_timesteps
+    if not 1 <= steps <= model.settings.diffusion_timesteps:
+        return set()   # generate_images refuses these --steps by name
     schedule = ddim_timesteps(model.settings.diffusion_timesteps, steps)
     picks = np.linspace(0, len(schedule) - 1, min(TRAJECTORY_ROWS, len(schedule))).round().astype(int)
     return {schedule[i] for i in picks}

@@ -60,17 +60,20 @@ def _sample(argv, capsys):
 
 @pytest.mark.parametrize("which,extra,words", [
     ("transfusion", ["--steps", "51"], ["--steps 51", "1 to 50"]),
+    ("transfusion", ["--steps", "100000", "--trajectory", "{tmp}/t.png"], ["--steps 100000", "1 to 50"]),
     ("transfusion", ["--caption-ids", "3,999"], ["the caption", "[999]", "[0, 320)"]),
     ("plain", [], ["no continuous 'image' modality", "Transfusion checkpoint"]),
     ("nan", [], ["NaN"]),
+    ("nan", ["--trajectory", "{tmp}/t.png"], ["NaN"]),
 ])
 def test_requests_the_model_cannot_serve_are_one_error_line(checkpoints, capsys, which, extra, words):
     out = checkpoints["tmp"] / f"{which}.png"
     argv = ["--checkpoint", checkpoints[which][0], "--steps", "2", "--out", out]
+    extra = [a.format(tmp=checkpoints["tmp"]) for a in extra]
     argv += extra if "--caption-ids" in extra else ["--caption-ids", "3,4"] + extra
     message = _sample(argv, capsys)
     assert all(w in message for w in words), message
-    assert not out.exists()
+    assert not out.exists() and not (checkpoints["tmp"] / "t.png").exists()
 
 
 def test_generate_image_checks_before_the_first_step(checkpoints):
