@@ -7,7 +7,7 @@
      replaced or deleted, and an earlier output of the same tool is replaced only when asked.
   3. A path that cannot be created (a parent that is a file, or not writable) is refused before any work.
 
-The marks: a directory holds MARKER, a JSON file {"written_by": kind}; a PNG carries a text chunk
+The marks: a directory holds MARKER, a JSON file {"written_by": kind}; a PNG carries a text chunk (studies/png_files.py)
 {"mot_parallel": kind}; a corpus prefix is marked by its own sidecar (<prefix>.mot.json with a "mot_parallel/..."
 format); other files get a kind-specific recogniser (`is_ours`). Staging directories (`<out>.writing`) are marked
 too, so a leftover is removed only when it is ours. Errors are `OutputError` (one line: the flag, the path, the fix).
@@ -20,7 +20,6 @@ import shutil
 from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 MARKER = ".mot_parallel_output"
-PNG_KEY = "mot_parallel"
 Inputs = Iterable[Tuple[str, Optional[str]]]  # (flag naming it, path); None paths are skipped
 # the checkpoint directories the converters write, by kind (their marks; here so a tool checks --out without
 # importing the writers, which load torch or megatron)
@@ -44,14 +43,31 @@ def refuse_overlap(flag: str, out: str, inputs: Inputs, what: str = "the input")
         if not path:
             continue
         other = os.path.realpath(path)
-        how = "is" if real == other else "lies inside" if _inside(real, other) else \
+        how = "is" if real == other or _same_file(real, other) else "lies inside" if _inside(real, other) else \
             "contains" if _inside(other, real) else None
         if how:
             raise OutputError(f"{flag} {out} {how} {what} {path} ({in_flag}); write the output elsewhere")
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Two names of one file (a hard link): real paths differ, the inode is the same."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:   # either does not exist (yet)
+        return False
+
+
+NAME_MAX = 255   # bytes in one path component on Linux, macOS and Windows file systems
+
+
 def _check_creatable(flag: str, path: str) -> None:
-    """Rule 3: the nearest existing ancestor is a writable directory."""
+    """Rule 3: a name the file system can hold, and the nearest existing ancestor is a writable directory."""
+    if not path:
+        raise OutputError(f"{flag}: an empty name; give a path")
+    long = [c for c in os.path.abspath(path).split(os.sep) if len(os.fsencode(c)) > NAME_MAX]
+    if long:
+        raise OutputError(f"{flag} {path}: the name {long[0][:40]}... is longer than {NAME_MAX} bytes; choose a "
+                          f"shorter {flag}")
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -121,14 +137,6 @@ def check_files(flag: str, paths: Sequence[str], is_ours: Callable[[], bool], in
 
 # ------------------------------------------------------------------------------------------ kinds of output
 
-def check_png(flag: str, path: str, inputs: Inputs = (), overwrite: bool = False) -> str:
-    """A plot or picture: a .png name (matplotlib would append one to a bare name and write elsewhere)."""
-    if not path.lower().endswith(".png"):
-        raise OutputError(f"{flag} {path}: give a file name ending in .png")
-    check_files(flag, [path], lambda: png_is_ours(path), inputs, overwrite)
-    return path
-
-
 def new_file(path: str, mode: str = "wb"):
     """Open a temporary file that must not exist yet, never through a symbolic link (O_EXCL | O_NOFOLLOW): a link
     planted at a predictable name like <prefix>.bin.tmp.<pid> would make the writer truncate its target."""
@@ -144,34 +152,6 @@ def make_parent(path: str) -> str:
     """Create the directories above a checked output file (right before writing it); returns `path`."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return path
-
-
-def png_metadata(kind: str) -> dict:
-    """savefig(..., metadata=png_metadata(kind)): the mark `check_png` recognises."""
-    return {PNG_KEY: kind}
-
-
-def png_is_ours(path: str) -> bool:
-    """A PNG whose text chunks hold our key (read without decoding the picture)."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(8) != b"\x89PNG\r\n\x1a\n":
-                return False
-            while True:
-                head = f.read(8)
-                if len(head) < 8:
-                    return False
-                size, tag = int.from_bytes(head[:4], "big"), head[4:]
-                if tag in (b"tEXt", b"iTXt") and size < 1 << 16:
-                    if f.read(size).split(b"\0", 1)[0] == PNG_KEY.encode():
-                        return True
-                    f.seek(4, 1)
-                elif tag in (b"IDAT", b"IEND"):
-                    return False
-                else:
-                    f.seek(size + 4, 1)
-    except OSError:
-        return False
 
 
 def corpus_files(prefix: str, extra: Sequence[str] = ()) -> list:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from hf_utils import mot_universal
-from mot_parallel.outputs import MARKER, OutputError, png_is_ours
+from mot_parallel.studies.png_files import png_is_ours
+from mot_parallel.outputs import MARKER, OutputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TOOLS = {}
@@ -246,3 +247,46 @@ def test_corpus_writers_never_write_through_a_link_at_their_temporary_names(tmp_
         w.close({"format": "mot_parallel/1"})
     w.abort()
     assert target.read_text() == "weeks of work" and not os.path.exists(tmp_path / "ok.bin")
+
+
+@pytest.mark.parametrize("name", [".png", "..png", "d/.PNG", "", "x.png.txt", "x"])
+def test_a_png_output_needs_a_name_before_its_extension(tmp_path, name):
+    """matplotlib writes NAME.png for any name without a .png extension, ".png" included (os.path.splitext
+    sees no extension in it): a name the check did not see would be written, over a user's file."""
+    from mot_parallel.studies.png_files import check_png
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / ".PNG.png").write_text("a user's file")
+    with pytest.raises(OutputError, match="ending in .png"):
+        check_png("--plot", str(tmp_path / name) if name else name)
+    assert check_png("--plot", str(tmp_path / "d" / "A.PNG"))
+
+
+def test_save_png_replaces_a_link_planted_at_its_name_and_never_follows_it(tmp_path):
+    """A checked name can become a symbolic link while the tool works: save_png writes a new file beside it and
+    renames it over the name, so the link's target keeps its bytes; no temporary file is left."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mot_parallel.studies.png_files import save_png
+    target, path = tmp_path / "target.txt", tmp_path / "p.png"
+    target.write_text("a user's file")
+    os.symlink(target, path)
+    fig = plt.figure(figsize=(1, 1))
+    assert save_png(fig, str(path), "test plot", dpi=20) == str(path)
+    assert target.read_text() == "a user's file" and not path.is_symlink() and png_is_ours(str(path))
+    assert sorted(os.listdir(tmp_path)) == ["p.png", "target.txt"]
+    (tmp_path / "f").write_text("a file, not a directory")
+    with pytest.raises(OutputError, match="cannot be written"):
+        save_png(fig, str(tmp_path / "f" / "q.png"), "test plot", dpi=20)
+
+
+def test_hard_links_and_overlong_names_are_refused_before_work(tmp_path):
+    from mot_parallel.studies.png_files import check_png
+    from mot_parallel.outputs import refuse_overlap
+    (tmp_path / "in.png").write_bytes(b"data")
+    os.link(tmp_path / "in.png", tmp_path / "alias.png")
+    with pytest.raises(OutputError, match="is the input"):
+        refuse_overlap("--out", str(tmp_path / "alias.png"), [("--in", str(tmp_path / "in.png"))])
+    with pytest.raises(OutputError, match="longer than 255 bytes"):
+        check_png("--out", str(tmp_path / ("a" * 256 + ".png")))
+    assert check_png("--out", str(tmp_path / ("a" * 251 + ".png")))

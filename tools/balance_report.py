@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from mot_parallel.data.balance import batch_stats  # noqa: E402
 from mot_parallel.cli import add_overwrite, int_in, positive_int_list, seed, user_errors  # noqa: E402
-from mot_parallel.outputs import check_png, make_parent, png_metadata  # noqa: E402
+from mot_parallel.studies.png_files import check_png, save_png  # noqa: E402
 from mot_parallel.data.corpus import SegmentTable  # noqa: E402
 from mot_parallel.data.packing import pack_balanced, pack_sequential  # noqa: E402
 from mot_parallel.corpus_building.profiles import MIXES, modalities_of, read_profiles  # noqa: E402
@@ -118,7 +118,7 @@ def plot(extras, modalities, path):
     axes[2].set_ylabel("tokens")
     axes[2].legend()
     fig.tight_layout()
-    fig.savefig(make_parent(path), dpi=100, metadata=png_metadata("balance_report plot"))
+    save_png(fig, path, "balance_report plot", dpi=100)
 
 
 def print_table(result, mods, layout, steps, source):

@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from mot_parallel.studies.analysis import RunDataError, compare_runs, load_run  # noqa: E402
 from mot_parallel.cli import add_overwrite  # noqa: E402
-from mot_parallel.outputs import OutputError, check_png  # noqa: E402
+from mot_parallel.studies.png_files import check_png  # noqa: E402
+from mot_parallel.outputs import OutputError  # noqa: E402
 
 AXIS_NAMES = {"step": "steps", "tokens": "tokens", "flops": "FLOPs", "time_s": "wall-clock"}
 

@@ -34,7 +34,8 @@ import numpy as np  # noqa: E402
 
 from mot_parallel.cli import (add_overwrite, existing_dir, existing_path, float_in, input_errors,  # noqa: E402
                                int_in, int_list, seed, user_errors)
-from mot_parallel.outputs import check_png  # noqa: E402
+from mot_parallel.studies.png_files import check_png  # noqa: E402
+from mot_parallel.outputs import refuse_overlap  # noqa: E402
 from mot_parallel.studies.picture_grid import save_grid, save_trajectory  # noqa: E402
 from mot_parallel.sampling_checks import SamplingError  # noqa: E402
 
@@ -79,7 +80,7 @@ def _export_run(run_dir):
 
 def _pictures(model, captions, args, seeds, trajectory=None):
     """RGB pictures in [0, 1] for caption token ids, sampled --batch at a time. A `trajectory` list receives
-    (t, [RGB]) for the first batch's first TRAJECTORY_PICTURES pictures at TRAJECTORY_ROWS of the steps."""
+    (t, [RGB]) for the first TRAJECTORY_PICTURES pictures at TRAJECTORY_ROWS of the steps."""
     from mot_parallel.generation import generate_images
     from mot_parallel.sampling_checks import check_finite
     spec = model.settings.spec("image")
@@ -98,14 +99,18 @@ def _pictures(model, captions, args, seeds, trajectory=None):
     def record(t, x0):
         if t in shown:
             check_finite(x0, "a clean estimate")
-            trajectory.append((t, [decode(p) for p in x0[:TRAJECTORY_PICTURES].cpu()]))
+            # i (this batch's first picture) pictures are in frames[t] already
+            frames.setdefault(t, []).extend(decode(p) for p in x0[:TRAJECTORY_PICTURES - i].cpu())
     shown = _trajectory_steps(model, args.steps) if trajectory is not None else ()
-    out = []
+    frames, out = {}, []
     for i in range(0, len(captions), args.batch):
+        watch = record if shown and i < TRAJECTORY_PICTURES else None
         for patches in generate_images(model, captions[i:i + args.batch], steps=args.steps, cfg_scale=args.cfg,
-                                       seeds=seeds[i:i + args.batch], on_step=record if i == 0 and shown else None):
+                                       seeds=seeds[i:i + args.batch], on_step=watch):
             check_finite(patches, "the sampled picture")
             out.append(decode(patches))
+    if trajectory is not None:
+        trajectory.extend(sorted(frames.items(), reverse=True))   # rows from T-1 down
     return out
 
 
@@ -255,19 +260,22 @@ def main(argv=None):
     add_overwrite(ap)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if not (args.caption or args.caption_ids or args.prompt or args.prompt_ids or args.score or args.probe):
+    if not (args.caption is not None or args.caption_ids or args.prompt or args.prompt_ids or args.score or args.probe):
         sys.exit("error: give --caption, --prompt, --score or --probe")
-    out = args.out or ("sample.png" if args.caption or args.caption_ids else None)
-    if args.trajectory and not (args.caption or args.caption_ids or args.score):
+    captioned = args.caption is not None or args.caption_ids
+    if captioned and args.score:
+        sys.exit("error: --caption and --score each write the --out picture: run them one at a time")
+    if args.trajectory is not None and not (captioned or args.score):
         sys.exit("error: --trajectory shows how --caption or --score pictures are sampled: give one of them")
-    if args.trajectory and out and os.path.realpath(args.trajectory) == os.path.realpath(out):
-        sys.exit(f"error: --trajectory {args.trajectory} is also the --out picture: give it another name")
+    out = args.out if args.out is not None else "sample.png" if captioned else None
     inputs = [("--checkpoint", args.checkpoint), ("--vae", args.vae), ("--tokenizer", args.tokenizer),
               ("--corpus", args.corpus)]
     with user_errors():  # a picture goes to a new file (or an earlier one of ours, with --overwrite)
         for flag, path in (("--out", out), ("--trajectory", args.trajectory)):
-            if path:
+            if path is not None:
                 check_png(flag, path, inputs, args.overwrite)
+        if out is not None and args.trajectory is not None:   # also a hard link, or one inside the other
+            refuse_overlap("--trajectory", args.trajectory, [("--out", out)], "the output")
     try:
         _sample(args, out)
     except SamplingError as e:
@@ -290,21 +298,18 @@ def _sample(args, out):
                 print(tok.decode([i for i in ids if i < tok.vocab_size]))
             else:
                 print(" ".join(WORDS[i] if i < len(WORDS) else str(i) for i in ids) if args.prompt else ids)
-        trajectory = [] if args.trajectory else None
+        said = sys.stderr if args.json else sys.stdout   # --json: stdout is the JSON alone
+        trajectory = [] if args.trajectory is not None else None
         if caption is not None:
             (rgb,) = _pictures(model, [caption], args, [args.seed], trajectory)
-            save_grid([rgb], out)
-            print(f"wrote {out}")
-            if trajectory:
-                save_trajectory(trajectory, args.trajectory)
-                trajectory = None   # --score does not redraw it
+            print(f"wrote {save_grid([rgb], out)}", file=said)
         if args.score:
             res, pictures, truths = _score(model, args, trajectory)
-            if out:
-                save_grid(pictures, out, truths)
-            if trajectory:
-                save_trajectory(trajectory, args.trajectory, truths)
+            if out is not None:
+                print(f"wrote {save_grid(pictures, out, truths)}", file=said)
             print(json.dumps(res, indent=1)) if args.json else _print_table(res)
+        if trajectory:
+            print(f"wrote {save_trajectory(trajectory, args.trajectory, truths if args.score else ())}", file=said)
         if args.probe:
             res = _probe(model, args)
             print(json.dumps(res, indent=1)) if args.json else _print_probe(res)

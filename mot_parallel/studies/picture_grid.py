@@ -1,7 +1,7 @@
 """Picture grids as PNG files (tools/sample.py): samples under their ground truths, and sampling trajectories."""
 from __future__ import annotations
 
-from ..outputs import make_parent, png_metadata
+from .png_files import save_png
 
 
 def save_grid(pictures, path, truths=()):
@@ -10,18 +10,18 @@ def save_grid(pictures, path, truths=()):
     rows = []
     for i in range(0, len(pictures), cols):
         rows += ([list(truths[i:i + cols])] if truths else []) + [list(pictures[i:i + cols])]
-    _draw(rows, path)
+    return _draw(rows, path)
 
 
 def save_trajectory(trajectory, path, truths=()):
     """--trajectory: the ground truths (with --score), then one row of clean estimates per shown step, labelled t."""
     n = len(trajectory[0][1])
     rows = ([list(truths[:n])] if truths else []) + [pics for _, pics in trajectory]
-    _draw(rows, path, (["truth"] if truths else []) + [f"t={t}" for t, _ in trajectory])
+    return _draw(rows, path, (["truth"] if truths else []) + [f"t={t}" for t, _ in trajectory])
 
 
 def _draw(rows, path, labels=()):
-    """rows of RGB pictures in [0, 1] as one PNG, each row labelled when `labels` are given."""
+    """rows of RGB pictures in [0, 1] as one PNG, each row labelled when `labels` are given; returns `path`."""
     import matplotlib   # here, not at the top: only a written picture needs it
     matplotlib.use("Agg")   # files only: no display needed
     import matplotlib.pyplot as plt
@@ -39,4 +39,4 @@ def _draw(rows, path, labels=()):
         if labels:
             axes[r, 0].set_ylabel(labels[r], fontsize=8)
     fig.tight_layout(pad=0.2)
-    fig.savefig(make_parent(path), dpi=80, metadata=png_metadata("sample.py picture"))
+    return save_png(fig, path, "sample.py picture", dpi=80)

@@ -112,16 +112,17 @@ def test_on_step_sees_every_clean_estimate_and_changes_nothing(checkpoints):
 @pytest.mark.parametrize("steps,rows", [(3, 3), (25, 8), (8, 8)])
 def test_trajectory_draws_one_row_per_shown_step(tmp_path, capsys, steps, rows):
     """--trajectory with --score: the ground truths, then the clean estimates at min(steps, 8) of the DDIM steps
-    (evenly spaced, the first and the last among them), one 80-pixel row each (the PNG's height says how many)."""
+    (evenly spaced, the first and the last among them), one 80-pixel row each (the PNG's height says how many),
+    one 80-pixel column per picture, whichever --batch they were sampled in."""
     import matplotlib.image
     path, _ = _universal(tmp_path / "demo_canvas", DEMO_CANVAS)
     module = _tool()
     shown = sorted(module._trajectory_steps(module._model(path), steps), reverse=True)
     assert len(shown) == rows and shown[0] == 49 and shown[-1] == 0
     module.main(["--checkpoint", path, "--score", "3", "--steps", str(steps), "--trajectory", str(tmp_path / "t.png"),
-                 "--out", str(tmp_path / "s.png")])
+                 "--out", str(tmp_path / "s.png"), "--batch", "2"])
     assert "shape" in capsys.readouterr().out
-    assert matplotlib.image.imread(tmp_path / "t.png").shape[0] == 80 * (1 + rows)   # + the truths' row
+    assert matplotlib.image.imread(tmp_path / "t.png").shape[:2] == (80 * (1 + rows), 80 * 3 + 48)   # + truths, labels
     assert matplotlib.image.imread(tmp_path / "s.png").shape[0] == 80 * 2
 
 
@@ -129,8 +130,11 @@ def test_trajectory_needs_pictures_and_its_own_file(checkpoints, capsys):
     tf = checkpoints["transfusion"][0]
     png = checkpoints["tmp"] / "t.png"
     assert "give one of them" in _sample(["--checkpoint", tf, "--prompt-ids", "3", "--trajectory", png], capsys)
-    assert "also the --out picture" in _sample(["--checkpoint", tf, "--caption-ids", "3", "--out", png,
-                                                 "--trajectory", png], capsys)
+    assert "is the output" in _sample(["--checkpoint", tf, "--caption-ids", "3", "--out", png, "--trajectory", png],
+                                      capsys)
+    assert "lies inside the output" in _sample(["--checkpoint", tf, "--caption-ids", "3", "--out", png,
+                                                "--trajectory", png / "t.png"], capsys)
+    assert "one at a time" in _sample(["--checkpoint", tf, "--caption-ids", "3", "--score", "2"], capsys)
     assert not png.exists()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
-from ...outputs import make_parent, png_metadata
+from ..png_files import save_png
 from .crossing import curve
 from .run_curves import RunCurves
 
@@ -41,5 +41,5 @@ def plot_comparison(runs: Sequence[RunCurves], comparison: Dict, path: str) -> N
         ax_flops.set_title(f"{block['name']}: validation loss vs training FLOPs")
         ax_step.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(make_parent(path), dpi=100, metadata=png_metadata("loss curves"))  # the mark --overwrite recognises
+    save_png(fig, path, "loss curves", dpi=100)  # marked: the mark --overwrite recognises
     plt.close(fig)
