@@ -290,3 +290,33 @@ def test_hard_links_and_overlong_names_are_refused_before_work(tmp_path):
     with pytest.raises(OutputError, match="longer than 255 bytes"):
         check_png("--out", str(tmp_path / ("a" * 256 + ".png")))
     assert check_png("--out", str(tmp_path / ("a" * 251 + ".png")))
+
+
+def test_an_overwritten_corpus_leaves_no_files_of_the_old_one(tmp_path):
+    """--overwrite replaces a corpus as a whole: the patches (and finiteness stamps) of a continuous modality the
+    new corpus lacks are removed with it; a file its sidecar does not declare, or one a crafted sidecar names
+    through a path, is never touched."""
+    from mot_parallel.data.continuous_store import ContinuousWriter
+    from mot_parallel.data.indexed import IndexedWriter
+    prefix, info = str(tmp_path / "c"), {"patch_dim": 2}
+
+    def write(modalities):
+        w = ContinuousWriter(prefix, np.uint16, {m + 1: (name, info) for m, name in enumerate(modalities)},
+                             overwrite=True)
+        w.add_document([(np.ones((1, 2)), 1), (np.array([3]), 0)])
+        w.close({})
+    write(["image", "speech"])
+    open(prefix + ".speech.patches.checked", "w").write("stamp")
+    open(prefix + ".video.patches", "w").write("a user's file")
+    write(["image"])
+    assert sorted(os.listdir(tmp_path)) == ["c.bin", "c.idx", "c.image.patches", "c.mot.json", "c.video.patches"]
+    w = IndexedWriter(prefix, overwrite=True)   # a token corpus over it: no patches at all
+    w.add_document([(np.array([1, 2]), 0)])
+    w.close({"format": "mot_parallel/1"})
+    assert sorted(os.listdir(tmp_path)) == ["c.bin", "c.idx", "c.mot.json", "c.video.patches"]
+    (tmp_path / "d").mkdir()
+    open(tmp_path / "d" / "x.patches", "w").write("a user's file elsewhere")
+    sidecar = json.load(open(prefix + ".mot.json"))
+    json.dump(dict(sidecar, continuous={"/../d/x": info}), open(prefix + ".mot.json", "w"))
+    IndexedWriter(prefix, overwrite=True).close({"format": "mot_parallel/1"})
+    assert (tmp_path / "d" / "x.patches").read_text() == "a user's file elsewhere"

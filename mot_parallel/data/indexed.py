@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -65,6 +66,20 @@ def _missing_dirs(path: str) -> List[str]:
     return out
 
 
+def _replaced_only(prefix: str, extra: Sequence[str]) -> List[str]:
+    """The files of the corpus an overwrite replaces that the new one will not have: the patches of continuous
+    modalities its sidecar declares and the new corpus lacks, with their finiteness stamps (continuous_store.py).
+    Left beside the new corpus, they would look like part of it."""
+    try:
+        declared = read_sidecar(prefix + SIDECAR).get("continuous") or {}
+    except DataError:   # not a sidecar of ours: check_corpus has refused to replace it already
+        return []
+    # a modality name, never a path: a sidecar that says "../x" must not make this remove a file elsewhere
+    exts = [f".{name}.patches" for name in declared
+            if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_-]+", name) and f".{name}.patches" not in extra]
+    return [prefix + ext + tail for ext in exts for tail in ("", ".checked")]
+
+
 class IndexedWriter:
     """Stream documents into <prefix>.bin/.idx; `close()` publishes atomically, errors leave nothing.
     An existing corpus at `prefix` is replaced only with `overwrite` and only if this project wrote it
@@ -73,6 +88,7 @@ class IndexedWriter:
     def __init__(self, prefix: str, dtype=np.uint16, multimodal: bool = True, overwrite: bool = False,
                  extra: Sequence[str] = ()):
         check_corpus("output prefix", prefix, overwrite=overwrite, extra=extra)
+        self._stale = _replaced_only(prefix, extra) if overwrite else []   # removed by close()
         self.prefix, self.dtype, self.multimodal = prefix, np.dtype(dtype).type, multimodal
         self._made = _missing_dirs(os.path.dirname(os.path.abspath(prefix)))  # removed again by abort()
         os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
@@ -121,6 +137,9 @@ class IndexedWriter:
             os.replace(self.prefix + SIDECAR + self._tmp, self.prefix + SIDECAR)
         os.replace(self.prefix + ".bin" + self._tmp, self.prefix + ".bin")
         os.replace(self.prefix + ".idx" + self._tmp, self.prefix + ".idx")  # last: the dataset now exists
+        for path in self._stale:
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
 
     def abort(self) -> None:
         self._bin.close()
