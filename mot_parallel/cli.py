@@ -134,6 +134,14 @@ def input_errors() -> Tuple[Type[BaseException], ...]:
     return tuple(getattr(sys.modules[m], n) for m, n in names if m in sys.modules)
 
 
+def child_error(what: str, stderr: str) -> str:
+    """One `error:` line for a child process that failed: its own last `error:` line, else the last line it wrote
+    (a traceback's last line names the exception), after `what` it was doing."""
+    lines = stderr.strip().splitlines()
+    said = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    return f"error: {what}: {(said or lines or ['it wrote no message'])[-1][-300:]}"
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """`with user_errors(): ...` exits with 'error: <message>' on a ConfigError, DataError, CheckpointError or

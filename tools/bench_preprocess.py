@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from mot_parallel.cli import int_in  # noqa: E402
+from mot_parallel.cli import child_error, int_in  # noqa: E402
 
 TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preprocess_data.py")
 
@@ -80,7 +80,7 @@ def _run(tmp, kind, workers):
     out = subprocess.run([sys.executable, TOOL] + args + common + ["--output-prefix", prefix], capture_output=True,
                          text=True)
     if out.returncode:
-        sys.exit(out.stderr.strip() or f"error: {kind} run failed")
+        sys.exit(child_error(f"the {kind} run of preprocess_data failed", out.stderr))
     return time.perf_counter() - t0, out.stdout.strip().splitlines()[-1], prefix
 
 

@@ -32,8 +32,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from mot_parallel.cli import (add_overwrite, existing_dir, existing_path, float_in, input_errors,  # noqa: E402
-                               int_in, int_list, seed, user_errors)
+from mot_parallel.cli import (add_overwrite, child_error, existing_dir, existing_path, float_in,  # noqa: E402
+                               input_errors, int_in, int_list, seed, user_errors)
 from mot_parallel.studies.png_files import check_png  # noqa: E402
 from mot_parallel.outputs import refuse_overlap  # noqa: E402
 from mot_parallel.studies.picture_grid import save_grid, save_trajectory  # noqa: E402
@@ -72,9 +72,7 @@ def _export_run(run_dir):
                                "--checkpoint", os.path.join(run_dir, "checkpoints"), "--out", out],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode:
-            said = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-            sys.exit(f"error: {run_dir}: exporting its newest checkpoint for sampling failed: "
-                     f"{said[-1][len('error: '):] if said else done.stderr.strip()[-300:]}")
+            sys.exit(child_error(f"{run_dir}: exporting its newest checkpoint for sampling failed", done.stderr))
     return out
 
 

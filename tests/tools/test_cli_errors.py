@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -448,3 +449,19 @@ def test_bench_sampling_refuses_a_model_without_pictures(capsys):
         _main("bench_sampling")(["--config", DEMO])
     err = (str(e.value.code) + capsys.readouterr().err).strip()
     assert err.startswith("error:") and "model.continuous is empty" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("stderr,tail", [
+    ("a warning\nerror: --x 3: must be 1; give 1\n", "--x 3: must be 1; give 1"),
+    ("Traceback (most recent call last):\n  File \"t.py\", line 1\nValueError: boom\n", "ValueError: boom"),
+    ("", "it wrote no message"), ("error: first\nerror: second\n", "second")])
+def test_a_failed_childs_output_becomes_one_error_line(stderr, tail):
+    """A tool that runs another (sample.py exporting a checkpoint, bench_preprocess) reports the child's failure as
+    one line: its own error line, else its last line (a traceback's names the exception)."""
+    from mot_parallel.cli import child_error
+    assert child_error("building", stderr) == f"error: building: {tail}"
+    rng = np.random.default_rng(0)
+    for _ in range(200):   # whatever the child wrote, one line comes out
+        text = "".join(rng.choice(list("ab: \n\r\x0b\x1c\u2028error")) for _ in range(int(rng.integers(0, 80))))
+        line = child_error("building", text)
+        assert line.startswith("error: building: ") and len(line.splitlines()) == 1
