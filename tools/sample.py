@@ -76,6 +76,9 @@ def _export_run(run_dir):
     return out
 
 
+TRAJECTORY_ROWS, TRAJECTORY_PICTURES = 8, 8   # --trajectory: steps shown, pictures shown
+
+
 def _pictures(model, captions, args, seeds, trajectory=None):
     """RGB pictures in [0, 1] for caption token ids, sampled --batch at a time. A `trajectory` list receives
     (t, [RGB]) for the first TRAJECTORY_PICTURES pictures at TRAJECTORY_ROWS of the steps."""
@@ -112,9 +115,6 @@ def _pictures(model, captions, args, seeds, trajectory=None):
     return out
 
 
-TRAJECTORY_ROWS, TRAJECTORY_PICTURES = 8, 8
-
-
 def _trajectory_steps(model, steps):
     """The timesteps --trajectory shows: TRAJECTORY_ROWS of the DDIM schedule, evenly spaced, first and last."""
     from mot_parallel.model.diffusion import ddim_timesteps
@@ -125,13 +125,19 @@ def _trajectory_steps(model, steps):
     return {schedule[i] for i in picks}
 
 
+def _demo_canvas(spec) -> bool:
+    """Whether a continuous modality's pictures (grid x patch pixels) are the demo world's SIDE x SIDE."""
+    from mot_parallel.corpus_building.demo_pictures import SIDE
+    return tuple(g * spec.patch for g in spec.grid) == (SIDE, SIDE)
+
+
 def _score(model, args, trajectory=None):
     """Pictures for --score captions of the demo world (held out from training unless --score-captions train),
     scored on colour, half, shape, count and size (studies/picture_score.py)."""
     from mot_parallel.corpus_building.demo_pictures import SIDE, held_out_captions, render, training_caption
     from mot_parallel.studies.picture_score import score_pictures
     spec = model.settings.spec("image")
-    if spec is not None and spec.source == "pixels" and tuple(g * spec.patch for g in spec.grid) != (SIDE, SIDE):
+    if spec is not None and spec.source == "pixels" and not _demo_canvas(spec):
         raise SamplingError(f"--score checks pictures of the demo world's {SIDE} x {SIDE} canvas: this model draws "
                             f"{spec.grid[0] * spec.patch} x {spec.grid[1] * spec.patch} (model.continuous.image grid "
                             "x patch); sample its pictures with --caption instead")
@@ -161,7 +167,7 @@ def _probe(model, args):
     from mot_parallel.model.diffusion import cosine_alpha_bar
     from mot_parallel.studies.denoiser_probe import probe_denoiser
     spec = model.settings.spec("image")
-    if spec is None or spec.source != "pixels" or spec.channels != 3 or tuple(spec.grid) != (SIDE // spec.patch,) * 2:
+    if spec is None or spec.source != "pixels" or spec.channels != 3 or not _demo_canvas(spec):
         raise SamplingError(f"--probe reads the picture demo's {SIDE} x {SIDE} RGB pixels: this model's continuous "
                             "image modality is not that (model.continuous.image: source pixels, 3 channels, grid "
                             f"{SIDE} / patch)")
@@ -258,9 +264,9 @@ def main(argv=None):
     add_overwrite(ap)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if not (args.caption is not None or args.caption_ids or args.prompt or args.prompt_ids or args.score or args.probe):
-        sys.exit("error: give --caption, --prompt, --score or --probe")
     captioned = args.caption is not None or args.caption_ids
+    if not (captioned or args.prompt or args.prompt_ids or args.score or args.probe):
+        sys.exit("error: give --caption, --prompt, --score or --probe")
     if captioned and args.score:
         sys.exit("error: --caption and --score each write the --out picture: run them one at a time")
     if args.trajectory is not None and not (captioned or args.score):

@@ -27,18 +27,16 @@ def save_png(fig, path: str, kind: str, dpi: int) -> str:
     reader never sees half a picture."""
     try:
         tmp = f"{make_parent(path)}.tmp.{os.getpid()}"
-        f = new_file(tmp)   # refuses a file already there (not ours: left alone)
+        f = new_file(tmp)   # refuses a file already there (an OutputError: not ours, left alone)
+        try:
+            with f:
+                fig.savefig(f, format="png", dpi=dpi, metadata=png_metadata(kind))
+            os.replace(tmp, path)
+        except BaseException:
+            os.remove(tmp)
+            raise
     except OSError as e:   # what the checks could not foresee: a full disk, a read-only or special file system
         raise OutputError(f"{path}: cannot be written ({e.strerror or e}); choose another place") from None
-    try:
-        with f:
-            fig.savefig(f, format="png", dpi=dpi, metadata=png_metadata(kind))
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.remove(tmp)
-        if isinstance(e, OSError):
-            raise OutputError(f"{path}: cannot be written ({e.strerror or e}); choose another place") from None
-        raise
     return path
 
 
